@@ -1,0 +1,253 @@
+//! The event model, with Elastic Common Schema field names.
+//!
+//! Events serialize as nested JSON objects (`{"process":{"pid":1}}`), the canonical ECS
+//! form. Every event carries `host.id`, the producing plugin, that plugin's run id and a
+//! sequence number (`event.sequence`), so a gap downstream is visible as loss.
+//! Fields we add beyond ECS live under `hids.*`.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Timestamp;
+
+/// One event, as written to every sink: a single JSON object per line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    #[serde(rename = "@timestamp")]
+    pub timestamp: Timestamp,
+    pub event: EventMeta,
+    pub host: Host,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<User>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Group>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
+    pub hids: Hids,
+}
+
+/// `event.*`: what happened. `kind`, `category`, `type` take ECS's allowed values.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventMeta {
+    /// `event` for things that happened, `metric` for periodic stats.
+    pub kind: String,
+    pub category: Vec<String>,
+    #[serde(rename = "type")]
+    pub type_: Vec<String>,
+    /// Our precise name for it: `exec`, `exit`, `setuid`, `stats`, ...
+    pub action: String,
+    /// Position in the producing plugin run's stream, from 1, without gaps at the source.
+    pub sequence: u64,
+    /// ECS `event.module`: always `hids`.
+    pub module: String,
+    /// ECS `event.dataset`: `hids.<plugin>`.
+    pub dataset: String,
+}
+
+/// `host.*`: which machine. `id` is the fleet-wide identity (machine-id by default).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Host {
+    pub id: Arc<str>,
+    pub hostname: Arc<str>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Process {
+    pub pid: u32,
+    /// Unique across pid reuse on this host: `<pid>-<start time in clock ticks>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executable: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args_count: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_line: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_directory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// True when the process has a controlling terminal: someone typed this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interactive: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<Tty>,
+    /// The session leader (normally the login shell); `pid` is the session id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_leader: Option<ProcessRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ProcessRef>,
+}
+
+/// A related process (parent, session leader), as much as is known of it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ProcessRef {
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executable: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_line: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Tty {
+    pub char_device: CharDevice,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CharDevice {
+    pub major: u32,
+    pub minor: u32,
+}
+
+/// `user.*`: the real user; `effective` when it differs matters for privilege changes;
+/// `audit` is the login user (audit loginuid), which survives `su` and `sudo`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct User {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective: Option<UserRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<UserRef>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UserRef {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Group {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Container {
+    pub id: String,
+}
+
+/// Our own fields, beyond ECS.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hids {
+    /// The plugin that produced the event.
+    pub plugin: Arc<str>,
+    /// Random per start of that plugin: with `event.sequence` it names every event uniquely.
+    pub run_id: Arc<str>,
+    /// Set when some fields could not be read; says why (`exited`, `superseded`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incomplete: Option<String>,
+    /// How the event was captured (`cn_proc`, `ebpf`): the fidelity an analyst can expect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<String>,
+    /// Terminal name (`pts/3`), for replaying an interactive session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<String>,
+    /// The process's pid namespace inode: tells container processes apart on one host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_ns: Option<u64>,
+    /// Set when the argument list was cut at the configured bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args_truncated: Option<bool>,
+    /// For `exit`: the signal that ended the process, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_signal: Option<i32>,
+    /// For `event.kind = metric`: the producer's counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<serde_json::Value>,
+}
+
+impl Hids {
+    pub fn new(plugin: Arc<str>, run_id: Arc<str>) -> Self {
+        Hids {
+            plugin,
+            run_id,
+            incomplete: None,
+            capture: None,
+            tty: None,
+            pid_ns: None,
+            args_truncated: None,
+            exit_signal: None,
+            stats: None,
+        }
+    }
+}
+
+impl EventMeta {
+    /// An ECS `event` section; the sequence is filled in when the event is emitted.
+    pub fn new(kind: &str, category: &str, type_: &str, action: &str, plugin: &str) -> Self {
+        EventMeta {
+            kind: kind.to_owned(),
+            category: vec![category.to_owned()],
+            type_: vec![type_.to_owned()],
+            action: action.to_owned(),
+            sequence: 0,
+            module: "hids".to_owned(),
+            dataset: format!("hids.{plugin}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_event_uses_ecs_field_names() {
+        let event = Event {
+            timestamp: Timestamp::from_unix_nanos(0),
+            event: EventMeta::new("event", "process", "start", "exec", "process"),
+            host: Host {
+                id: "h1".into(),
+                hostname: "web-1".into(),
+            },
+            process: Some(Process {
+                pid: 42,
+                args: Some(vec!["/bin/true".into(), "x".into()]),
+                parent: Some(ProcessRef {
+                    pid: 1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            user: Some(User {
+                id: "0".into(),
+                name: Some("root".into()),
+                ..Default::default()
+            }),
+            group: None,
+            container: None,
+            hids: Hids::new("process".into(), "r1".into()),
+        };
+        let v: serde_json::Value = serde_json::to_value(&event).unwrap();
+        assert_eq!(v["event"]["category"][0], "process");
+        assert_eq!(v["event"]["type"][0], "start");
+        assert_eq!(v["process"]["pid"], 42);
+        assert_eq!(v["process"]["args"][1], "x");
+        assert_eq!(v["process"]["parent"]["pid"], 1);
+        assert_eq!(v["user"]["name"], "root");
+        assert_eq!(v["host"]["id"], "h1");
+        assert_eq!(v["@timestamp"], "1970-01-01T00:00:00.000000Z");
+        assert!(v["process"].get("executable").is_none(), "absent fields are omitted");
+    }
+}

@@ -1,0 +1,12 @@
+//! The documents every part of the HIDS agrees on: the event model (Elastic Common
+//! Schema field names, so existing pipelines read our events without a mapping) and the
+//! agent's status document.
+//!
+//! This crate is serde only: no I/O, no runtime. Producing the values (reading `/proc`,
+//! talking to the kernel) belongs to the crates that own those sources.
+
+pub mod event;
+pub mod status;
+mod timestamp;
+
+pub use timestamp::Timestamp;

@@ -1,0 +1,94 @@
+//! The agent's status document: what `<state_dir>/status.json` holds and, with a control
+//! plane, what the agent publishes under its presence key. One shape for both, so an
+//! operator reads the same fields wherever they look.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Timestamp;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub version: String,
+    pub host_id: String,
+    pub hostname: String,
+    pub pid: u32,
+    /// `standalone` without a control plane.
+    pub mode: String,
+    pub started_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub plugins: Vec<PluginStatus>,
+    pub pipeline: PipelineStatus,
+}
+
+/// Life cycle of one supervised plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginState {
+    /// Spawned, handshake not finished yet.
+    Starting,
+    Running,
+    /// Exited unexpectedly; waiting out the restart delay.
+    Backoff,
+    /// Crashed too often in a row; not restarted until an operator asks.
+    Quarantined,
+    /// Stopped on purpose (shutdown, or the resource guard).
+    Stopped,
+    /// Declared but not enabled.
+    Disabled,
+}
+
+impl PluginState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PluginState::Starting => "starting",
+            PluginState::Running => "running",
+            PluginState::Backoff => "backoff",
+            PluginState::Quarantined => "quarantined",
+            PluginState::Stopped => "stopped",
+            PluginState::Disabled => "disabled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PluginStatus {
+    pub name: String,
+    pub path: String,
+    pub state: PluginState,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Run id of the current (or last) start; events carry it as `hids.run_id`.
+    #[serde(default)]
+    pub run_id: Option<String>,
+    /// Starts after the first one.
+    pub restarts: u64,
+    /// Crashes since the last stable run; reaching the limit quarantines.
+    pub consecutive_crashes: u32,
+    /// `Some(false)` for a plugin that speaks no frames: supervised for liveness only.
+    #[serde(default)]
+    pub framed: Option<bool>,
+    #[serde(default)]
+    pub version: Option<String>,
+    /// How the last run ended (`exit status 1`, `signal 9`), if it has.
+    #[serde(default)]
+    pub last_exit: Option<String>,
+    /// Events received from this plugin (all runs).
+    pub events: u64,
+    /// Frames refused as malformed, plus bytes of unframed output discarded.
+    pub frames_rejected: u64,
+    pub bytes_discarded: u64,
+    /// The plugin's own counters, from its last health frame.
+    #[serde(default)]
+    pub health: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PipelineStatus {
+    /// Events written to the sinks.
+    pub events_out: u64,
+    /// Events dropped in the master, by reason.
+    #[serde(default)]
+    pub dropped: BTreeMap<String, u64>,
+}

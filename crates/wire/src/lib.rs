@@ -1,0 +1,226 @@
+//! Frames between the master and its plugins, over the plugin's stdin (control, down) and
+//! stdout (hello, events, health, up). stderr stays plain text: it is the plugin's log.
+//!
+//! Every frame is an 8-byte header and a payload:
+//!
+//! ```text
+//! offset 0  2 bytes  magic "HF" (0x48 0x46): garbage is caught at the first frame
+//! offset 2  1 byte   kind (1 hello, 2 event, 3 health, 4 control)
+//! offset 3  1 byte   flags, 0 for now
+//! offset 4  4 bytes  payload length, little endian, at most the reader's limit
+//! offset 8  payload  JSON: one document per frame
+//! ```
+//!
+//! The protocol version is agreed once, in the hello exchange, not repeated per frame.
+//! A frame of an unknown kind is skipped by its length, so a newer plugin can talk to an
+//! older master. This crate does blocking I/O over `Read`/`Write` only; async callers
+//! parse the header with [`Header::parse`] and read the payload themselves.
+
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+pub const MAGIC: [u8; 2] = *b"HF";
+pub const HEADER_LEN: usize = 8;
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Default bound on one payload: an exec event with a 128 KiB argv fits with room to spare.
+pub const DEFAULT_MAX_PAYLOAD: u32 = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Hello,
+    Event,
+    Health,
+    Control,
+    Unknown(u8),
+}
+
+impl Kind {
+    pub fn to_byte(self) -> u8 {
+        match self {
+            Kind::Hello => 1,
+            Kind::Event => 2,
+            Kind::Health => 3,
+            Kind::Control => 4,
+            Kind::Unknown(b) => b,
+        }
+    }
+
+    pub fn from_byte(b: u8) -> Kind {
+        match b {
+            1 => Kind::Hello,
+            2 => Kind::Event,
+            3 => Kind::Health,
+            4 => Kind::Control,
+            other => Kind::Unknown(other),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("not a frame: expected magic 48 46, found {0:02x} {1:02x}")]
+    BadMagic(u8, u8),
+    #[error("frame payload of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: u64, max: u32 },
+    #[error("stream ended inside a frame")]
+    Truncated,
+    #[error("malformed {what} payload: {source}")]
+    Payload {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub kind: Kind,
+    pub flags: u8,
+    pub len: u32,
+}
+
+impl Header {
+    /// Checks the magic and the length limit.
+    ///
+    /// # Errors
+    /// [`WireError::BadMagic`] when the bytes are not a frame header,
+    /// [`WireError::TooLarge`] when the announced payload exceeds `max_payload`.
+    pub fn parse(bytes: &[u8; HEADER_LEN], max_payload: u32) -> Result<Header, WireError> {
+        if bytes[0..2] != MAGIC {
+            return Err(WireError::BadMagic(bytes[0], bytes[1]));
+        }
+        let len = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+        if len > max_payload {
+            return Err(WireError::TooLarge {
+                len: u64::from(len),
+                max: max_payload,
+            });
+        }
+        Ok(Header {
+            kind: Kind::from_byte(bytes[2]),
+            flags: bytes[3],
+            len,
+        })
+    }
+
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let len = self.len.to_le_bytes();
+        [
+            MAGIC[0],
+            MAGIC[1],
+            self.kind.to_byte(),
+            self.flags,
+            len[0],
+            len[1],
+            len[2],
+            len[3],
+        ]
+    }
+}
+
+/// Appends one frame to `out`.
+///
+/// # Errors
+/// [`WireError::TooLarge`] when the payload does not fit a u32 length.
+pub fn encode_frame(kind: Kind, payload: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+    let len = u32::try_from(payload.len()).map_err(|_| WireError::TooLarge {
+        len: payload.len() as u64,
+        max: u32::MAX,
+    })?;
+    let header = Header {
+        kind,
+        flags: 0,
+        len,
+    };
+    out.extend_from_slice(&header.encode());
+    out.extend_from_slice(payload);
+    Ok(())
+}
+
+/// Writes one frame with a single `write_all`, so frames from several threads sharing a
+/// locked writer never interleave.
+///
+/// # Errors
+/// I/O errors of `w`, and [`WireError::TooLarge`].
+pub fn write_frame<W: Write>(w: &mut W, kind: Kind, payload: &[u8]) -> Result<(), WireError> {
+    let mut buf = Vec::with_capacity(HEADER_LEN + payload.len());
+    encode_frame(kind, payload, &mut buf)?;
+    w.write_all(&buf)?;
+    Ok(())
+}
+
+/// Reads one frame into `payload` (replacing its contents).
+///
+/// Returns `Ok(None)` on a clean end of stream between frames.
+///
+/// # Errors
+/// [`WireError::Truncated`] when the stream ends inside a frame; header errors as in
+/// [`Header::parse`]; I/O errors of `r`.
+pub fn read_frame<R: Read>(
+    r: &mut R,
+    max_payload: u32,
+    payload: &mut Vec<u8>,
+) -> Result<Option<Header>, WireError> {
+    let mut head = [0u8; HEADER_LEN];
+    let mut filled = 0;
+    while filled < HEADER_LEN {
+        match r.read(&mut head[filled..]) {
+            Ok(0) if filled == 0 => return Ok(None),
+            Ok(0) => return Err(WireError::Truncated),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let header = Header::parse(&head, max_payload)?;
+    payload.clear();
+    payload.resize(header.len as usize, 0);
+    r.read_exact(payload).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => WireError::Truncated,
+        _ => WireError::Io(e),
+    })?;
+    Ok(Some(header))
+}
+
+/// The master's opening frame to a plugin: who it is and where it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterHello {
+    pub protocol: u32,
+    /// The name the plugin is declared under (its events carry it as `hids.plugin`).
+    pub plugin: String,
+    pub host_id: String,
+    pub hostname: String,
+    /// Fresh for every start of the plugin; events carry it as `hids.run_id`.
+    pub run_id: String,
+}
+
+/// The plugin's answer to [`MasterHello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginHello {
+    pub protocol: u32,
+    pub name: String,
+    pub version: String,
+}
+
+/// Commands from the master to a plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Control {
+    /// Finish what is queued and exit.
+    Shutdown,
+}
+
+/// Parses a JSON payload of the given frame kind.
+///
+/// # Errors
+/// [`WireError::Payload`] when the payload is not the expected document.
+pub fn decode<'a, T: Deserialize<'a>>(what: &'static str, payload: &'a [u8]) -> Result<T, WireError> {
+    serde_json::from_slice(payload).map_err(|source| WireError::Payload { what, source })
+}
+
+#[cfg(test)]
+mod tests;

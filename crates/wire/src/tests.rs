@@ -1,0 +1,122 @@
+use super::*;
+use proptest::prelude::*;
+
+#[test]
+fn golden_event_frame() {
+    let mut out = Vec::new();
+    encode_frame(Kind::Event, b"{}", &mut out).unwrap();
+    #[rustfmt::skip]
+    let expected = [
+        0x48, 0x46,             // magic "HF"
+        0x02,                   // kind: event
+        0x00,                   // flags
+        0x02, 0x00, 0x00, 0x00, // payload length 2, little endian
+        b'{', b'}',             // payload
+    ];
+    assert_eq!(out, expected);
+    let mut cursor = &expected[..];
+    let mut payload = Vec::new();
+    let header = read_frame(&mut cursor, DEFAULT_MAX_PAYLOAD, &mut payload)
+        .unwrap()
+        .unwrap();
+    assert_eq!(header.kind, Kind::Event);
+    assert_eq!(payload, b"{}");
+    assert!(read_frame(&mut cursor, DEFAULT_MAX_PAYLOAD, &mut payload)
+        .unwrap()
+        .is_none());
+}
+
+#[test]
+fn golden_hello_frame() {
+    let hello = PluginHello {
+        protocol: 1,
+        name: "p".into(),
+        version: "1".into(),
+    };
+    let body = serde_json::to_vec(&hello).unwrap();
+    assert_eq!(body, br#"{"protocol":1,"name":"p","version":"1"}"#);
+    let mut out = Vec::new();
+    encode_frame(Kind::Hello, &body, &mut out).unwrap();
+    assert_eq!(&out[..8], &[0x48, 0x46, 0x01, 0x00, 39, 0, 0, 0]);
+    let back: PluginHello = decode("hello", &out[8..]).unwrap();
+    assert_eq!(back, hello);
+}
+
+#[test]
+fn control_frame_is_tagged_json() {
+    let body = serde_json::to_vec(&Control::Shutdown).unwrap();
+    assert_eq!(body, br#"{"command":"shutdown"}"#);
+}
+
+#[test]
+fn garbage_is_refused_at_the_header() {
+    let mut cursor = &b"hello world\n"[..];
+    let err = read_frame(&mut cursor, DEFAULT_MAX_PAYLOAD, &mut Vec::new()).unwrap_err();
+    assert!(matches!(err, WireError::BadMagic(b'h', b'e')), "{err}");
+}
+
+#[test]
+fn oversized_frame_is_refused_before_allocating() {
+    let header = Header {
+        kind: Kind::Event,
+        flags: 0,
+        len: u32::MAX,
+    }
+    .encode();
+    let mut cursor = &header[..];
+    let mut payload = Vec::new();
+    let err = read_frame(&mut cursor, 1024, &mut payload).unwrap_err();
+    assert!(matches!(err, WireError::TooLarge { .. }));
+    assert_eq!(payload.capacity(), 0);
+}
+
+#[test]
+fn truncated_frame_is_an_error_not_a_hang() {
+    let mut out = Vec::new();
+    encode_frame(Kind::Event, b"{\"a\":1}", &mut out).unwrap();
+    for cut in 1..out.len() {
+        let mut cursor = &out[..cut];
+        let err = read_frame(&mut cursor, DEFAULT_MAX_PAYLOAD, &mut Vec::new()).unwrap_err();
+        assert!(matches!(err, WireError::Truncated), "cut at {cut}: {err}");
+    }
+}
+
+#[test]
+fn unknown_kind_is_carried_not_refused() {
+    let mut out = Vec::new();
+    encode_frame(Kind::Unknown(77), b"x", &mut out).unwrap();
+    let mut cursor = &out[..];
+    let header = read_frame(&mut cursor, 16, &mut Vec::new()).unwrap().unwrap();
+    assert_eq!(header.kind, Kind::Unknown(77));
+}
+
+proptest! {
+    #[test]
+    fn frames_round_trip(frames in proptest::collection::vec((any::<u8>(), proptest::collection::vec(any::<u8>(), 0..300)), 0..20)) {
+        let mut stream = Vec::new();
+        for (kind, payload) in &frames {
+            encode_frame(Kind::from_byte(*kind), payload, &mut stream).unwrap();
+        }
+        let mut cursor = &stream[..];
+        let mut payload = Vec::new();
+        for (kind, expected) in &frames {
+            let header = read_frame(&mut cursor, DEFAULT_MAX_PAYLOAD, &mut payload).unwrap().unwrap();
+            prop_assert_eq!(header.kind.to_byte(), *kind);
+            prop_assert_eq!(&payload, expected);
+        }
+        prop_assert!(read_frame(&mut cursor, DEFAULT_MAX_PAYLOAD, &mut payload).unwrap().is_none());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+        let mut cursor = &bytes[..];
+        let mut payload = Vec::new();
+        // Whatever happens, it ends: each step consumes input or stops.
+        for _ in 0..bytes.len() + 1 {
+            match read_frame(&mut cursor, 4096, &mut payload) {
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+}
