@@ -42,10 +42,13 @@ const PROC_EVENT_EXIT: u32 = 0x8000_0000;
 /// One process event from the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcEvent {
+    /// The CPU the event was produced on; `u32::MAX` on acks from kernels before 4.x,
+    /// which bypass the per-CPU numbering.
     pub cpu: u32,
     /// `ktime_get_ns()` when the kernel produced the event: CLOCK_MONOTONIC nanoseconds.
     pub timestamp_ns: u64,
-    /// The connector header's sequence number (per CPU in the kernel).
+    /// The connector header's sequence number: the kernel's per-CPU event counter, so a
+    /// gap on one CPU is a count of events lost.
     pub cn_seq: u32,
     pub cn_ack: u32,
     pub data: EventData,
@@ -324,18 +327,22 @@ pub fn parse_connector(body: &[u8]) -> Result<Message, ParseError> {
 /// (`PROC_CN_MCAST_IGNORE`) process events. The 4-byte form is used because every kernel
 /// since 2.6.15 accepts it; the event-type filter (6.6+) would silently subscribe to
 /// nothing on older kernels.
-pub fn subscription_request(op: u32, seq: u32, port_id: u32) -> [u8; NLMSG_HDRLEN + CN_MSG_LEN + 4] {
+///
+/// `token` goes in both `seq` and `ack`: the kernel answers with an ack event whose
+/// `ack` is `token + 1` (its `seq` is overwritten with the per-CPU event counter on
+/// current kernels, so only `ack` identifies the answer).
+pub fn subscription_request(op: u32, token: u32, port_id: u32) -> [u8; NLMSG_HDRLEN + CN_MSG_LEN + 4] {
     let mut b = [0u8; NLMSG_HDRLEN + CN_MSG_LEN + 4];
     let total = b.len() as u32;
     b[0..4].copy_from_slice(&total.to_ne_bytes());
     b[4..6].copy_from_slice(&NLMSG_DONE.to_ne_bytes());
     // flags 0
-    b[8..12].copy_from_slice(&seq.to_ne_bytes());
+    b[8..12].copy_from_slice(&token.to_ne_bytes());
     b[12..16].copy_from_slice(&port_id.to_ne_bytes());
     b[16..20].copy_from_slice(&CN_IDX_PROC.to_ne_bytes());
     b[20..24].copy_from_slice(&CN_VAL_PROC.to_ne_bytes());
-    b[24..28].copy_from_slice(&seq.to_ne_bytes());
-    // ack 0
+    b[24..28].copy_from_slice(&token.to_ne_bytes());
+    b[28..32].copy_from_slice(&token.to_ne_bytes());
     b[32..34].copy_from_slice(&4u16.to_ne_bytes());
     // flags 0
     b[36..40].copy_from_slice(&op.to_ne_bytes());

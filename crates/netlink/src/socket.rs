@@ -89,11 +89,11 @@ impl ProcSocket {
     }
 
     fn subscribe(&mut self) -> io::Result<()> {
-        let seq = self.port_id;
-        let req = subscription_request(PROC_CN_MCAST_LISTEN, seq, self.port_id);
+        let token = self.port_id;
+        let req = subscription_request(PROC_CN_MCAST_LISTEN, token, self.port_id);
         rustix::net::send(&self.fd, &req, SendFlags::empty())?;
-        // The kernel answers with an ack event carrying our seq; other listeners' acks
-        // and ordinary events may arrive first.
+        // The kernel answers with an ack event whose `ack` is our token + 1; other
+        // listeners' acks and ordinary events may arrive first.
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
             let datagram = match self.recv(false) {
@@ -103,7 +103,7 @@ impl ProcSocket {
             };
             for msg in messages(datagram).flatten() {
                 match msg {
-                    Message::Event(ev) if ev.cn_seq == seq => {
+                    Message::Event(ev) if ev.cn_ack == token.wrapping_add(1) => {
                         if let EventData::Ack { err } = ev.data {
                             if err == 0 {
                                 return Ok(());

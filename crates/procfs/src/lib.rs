@@ -16,3 +16,5 @@ pub use reader::{list_pids, ProcDir, ReadOutcome};
 /// The kernel's `USER_HZ`: `/proc` times are in these ticks. Fixed at 100 by the Linux
 /// ABI on every architecture we run on, whatever `CONFIG_HZ` is.
 pub const TICKS_PER_SEC: u64 = 100;
+
+pub mod host;

@@ -133,7 +133,7 @@ fn subscription_request_layout() {
     #[rustfmt::skip]
     let expected: [u8; 40] = [
         40, 0, 0, 0,   3, 0,   0, 0,   9, 0, 0, 0,   0xd2, 0x04, 0, 0, // nlmsghdr, pid 1234
-        1, 0, 0, 0,   1, 0, 0, 0,   9, 0, 0, 0,   0, 0, 0, 0,   4, 0,   0, 0, // cn_msg
+        1, 0, 0, 0,   1, 0, 0, 0,   9, 0, 0, 0,   9, 0, 0, 0,   4, 0,   0, 0, // cn_msg
         1, 0, 0, 0, // PROC_CN_MCAST_LISTEN
     ];
     assert_eq!(req, expected);

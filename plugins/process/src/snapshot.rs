@@ -1,0 +1,91 @@
+//! What is read from `/proc` the moment an exec is reported, before the process can
+//! vanish. Raw bytes only: parsing waits for the enrichment thread, so the capture thread
+//! goes back to the socket as fast as it can.
+
+use hids_procfs::{ProcDir, ReadOutcome};
+
+/// Raw contents of a process's `/proc` entries, read through one pinned directory.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub cmdline: Vec<u8>,
+    pub cmdline_truncated: bool,
+    pub exe: Option<Vec<u8>>,
+    pub stat: Option<Vec<u8>>,
+    pub status: Option<Vec<u8>>,
+    pub cwd: Option<Vec<u8>>,
+    pub cgroup: Option<Vec<u8>>,
+    pub pid_ns: Option<Vec<u8>>,
+    pub loginuid: Option<Vec<u8>>,
+}
+
+/// Why a snapshot is missing or partial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gap {
+    /// The process was gone (or a zombie) before we could read it.
+    Exited,
+    /// `/proc/<pid>` was there but not readable (hidepid, LSM).
+    Unreadable,
+    /// The capture queue's byte budget was spent: reported without reading `/proc`.
+    Backlog,
+}
+
+impl Gap {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Gap::Exited => "exited",
+            Gap::Unreadable => "unreadable",
+            Gap::Backlog => "backlog",
+        }
+    }
+}
+
+impl Snapshot {
+    /// Heap bytes held, for the capture queue's byte budget.
+    pub fn heap_bytes(&self) -> usize {
+        let opt = |o: &Option<Vec<u8>>| o.as_ref().map_or(0, Vec::capacity);
+        self.cmdline.capacity()
+            + opt(&self.exe)
+            + opt(&self.stat)
+            + opt(&self.status)
+            + opt(&self.cwd)
+            + opt(&self.cgroup)
+            + opt(&self.pid_ns)
+            + opt(&self.loginuid)
+    }
+}
+
+/// Reads everything an exec event needs. The most volatile entry (the argument list,
+/// which empties when the process exits) is read first.
+pub fn take(proc_root: &str, pid: u32, max_args_bytes: usize) -> Result<Snapshot, Gap> {
+    let dir = ProcDir::open(proc_root, pid).map_err(|e| classify(&e))?;
+    let mut snap = Snapshot::default();
+    match dir.read("cmdline", &mut snap.cmdline, max_args_bytes) {
+        Ok(outcome) => snap.cmdline_truncated = outcome == ReadOutcome::Truncated,
+        Err(e) => return Err(classify(&e)),
+    }
+    snap.cmdline.shrink_to_fit();
+    snap.exe = dir.read_link("exe").ok();
+    snap.stat = read_small(&dir, "stat");
+    snap.status = read_small(&dir, "status");
+    snap.cwd = dir.read_link("cwd").ok();
+    snap.cgroup = read_small(&dir, "cgroup");
+    snap.pid_ns = dir.read_link("ns/pid").ok();
+    snap.loginuid = read_small(&dir, "loginuid");
+    Ok(snap)
+}
+
+fn read_small(dir: &ProcDir, name: &str) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    dir.read(name, &mut buf, 8192).ok()?;
+    buf.shrink_to_fit();
+    Some(buf)
+}
+
+fn classify(e: &std::io::Error) -> Gap {
+    match e.raw_os_error() {
+        Some(code) if code == rustix::io::Errno::ACCESS.raw_os_error() || code == rustix::io::Errno::PERM.raw_os_error() => {
+            Gap::Unreadable
+        }
+        _ => Gap::Exited,
+    }
+}
