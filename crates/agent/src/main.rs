@@ -1,1 +1,264 @@
-fn main(){}
+//! `hids-agent`: the master process of the HIDS agent.
+//!
+//! It supervises plugins (each a child process speaking frames over its stdin/stdout),
+//! forwards their events to the sinks, and reports its status. It holds no detection
+//! logic. Without a control plane it runs standalone on built-in defaults.
+
+mod config;
+mod logging;
+mod pipeline;
+mod status;
+mod supervisor;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use hids_types::status::AgentStatus;
+use hids_types::Timestamp;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{Config, PluginSpec};
+use crate::pipeline::PipelineCounters;
+use crate::supervisor::{Context, SharedStatus};
+
+/// Exit code for a configuration the agent refuses to start with (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+/// HIDS agent: watches what runs on this host and reports it as ECS JSON events.
+///
+/// With no arguments it runs standalone on built-in defaults: the process plugin,
+/// events as JSON lines on stdout, logs on stderr. Needs root (the kernel's process
+/// events require CAP_NET_ADMIN).
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// Configuration file (TOML); see packaging/agent.toml for every key.
+    #[arg(long, short, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log level on stderr, overriding the config: error, warn, info, debug, trace.
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show the running agent's status (from <state_dir>/status.json).
+    Status {
+        /// Print the status document as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Read the status from this directory instead of the config's state_dir.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+    /// Check the configuration and print the plugins it would run, then exit.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match &cli.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => return config_error(&e.to_string()),
+        },
+        None => Config::default(),
+    };
+    match cli.command {
+        Some(Command::Status { json, state_dir }) => {
+            let dir = state_dir.unwrap_or_else(|| config.state_dir.clone());
+            match status::read(&dir) {
+                Ok(s) if json => match serde_json::to_string_pretty(&s) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => return fail(&e.into()),
+                },
+                Ok(s) => print!("{}", status::render(&s, config.status_interval_secs)),
+                Err(e) => return fail(&e),
+            }
+            ExitCode::SUCCESS
+        }
+        Some(Command::CheckConfig) => match config.validate(&agent_dir()) {
+            Ok(specs) => {
+                for s in specs {
+                    println!(
+                        "{:<16} {:<8} {} {}",
+                        s.name,
+                        if s.enabled { "enabled" } else { "disabled" },
+                        s.path.display(),
+                        s.args.join(" ")
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_error(&e.to_string()),
+        },
+        None => run(config, cli.log_level),
+    }
+}
+
+fn config_error(msg: &str) -> ExitCode {
+    eprintln!("hids-agent: configuration error:\n{msg}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("hids-agent: {e:#}");
+    ExitCode::FAILURE
+}
+
+/// Where built-in plugins live: next to this binary.
+fn agent_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn run(mut config: Config, log_level: Option<String>) -> ExitCode {
+    if let Some(level) = log_level {
+        config.log_level = level;
+    }
+    let specs = match config.validate(&agent_dir()) {
+        Ok(specs) => specs,
+        Err(e) => return config_error(&e.to_string()),
+    };
+    let host_id = match config.host_id.clone().map_or_else(hids_procfs::host::machine_id, Ok) {
+        Ok(id) => id,
+        Err(e) => {
+            return config_error(&format!(
+                "no host_id in the config and /etc/machine-id is unreadable ({e}); set host_id"
+            ))
+        }
+    };
+    logging::init(&config.log_level);
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e.into()),
+    };
+    let result = runtime.block_on(agent(config, specs, host_id));
+    // Whatever is still running (a plugin task past its deadline) is dropped, which
+    // kills its child; never wait on it.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn agent(config: Config, specs: Vec<PluginSpec>, host_id: String) -> anyhow::Result<()> {
+    let hostname = hids_procfs::host::hostname();
+    let state_dir = config.state_dir.clone();
+    if let Err(e) = std::fs::create_dir_all(&state_dir) {
+        tracing::warn!(
+            "cannot create state_dir {}: {e}; status will not be written (set state_dir)",
+            state_dir.display()
+        );
+    }
+    let counters = Arc::new(PipelineCounters::default());
+    let (events_tx, events_rx) = mpsc::channel(config.pipeline.queue_events);
+    let sinks: Vec<Box<dyn hids_sink::Sink>> =
+        vec![Box::new(hids_sink::StdoutSink::new().context("stdout is not open")?)];
+    let sink_thread = pipeline::start(events_rx, sinks, counters.clone())?;
+
+    let ctx = Arc::new(Context {
+        host_id: host_id.clone(),
+        hostname: hostname.clone(),
+        supervisor: config.supervisor.clone(),
+        events: events_tx,
+    });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut statuses: Vec<SharedStatus> = Vec::new();
+    let mut tasks = Vec::new();
+    for spec in specs {
+        let status = supervisor::new_status(&spec);
+        statuses.push(status.clone());
+        if spec.enabled {
+            tasks.push(tokio::spawn(supervisor::supervise(
+                spec,
+                ctx.clone(),
+                status,
+                shutdown_rx.clone(),
+            )));
+        }
+    }
+    drop(ctx);
+    tracing::info!(
+        "hids-agent {} started: host {host_id} ({hostname}), {} plugin(s), standalone",
+        env!("CARGO_PKG_VERSION"),
+        tasks.len()
+    );
+
+    let started_at = Timestamp::now();
+    let snapshot = |plugins: &[SharedStatus]| AgentStatus {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        host_id: host_id.clone(),
+        hostname: hostname.clone(),
+        pid: std::process::id(),
+        mode: "standalone".to_owned(),
+        labels: config.labels.clone(),
+        started_at,
+        updated_at: Timestamp::now(),
+        plugins: plugins
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect(),
+        pipeline: counters.status(),
+    };
+    let mut status_failed = false;
+    let mut write_status = |doc: &AgentStatus| match status::write(&state_dir, doc) {
+        Ok(()) => status_failed = false,
+        Err(e) if !status_failed => {
+            status_failed = true;
+            tracing::warn!("cannot write {}: {e}", status::path(&state_dir).display());
+        }
+        Err(_) => {}
+    };
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(config.status_interval_secs));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => write_status(&snapshot(&statuses)),
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping plugins"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: stopping plugins"); break; }
+        }
+    }
+
+    let _ = shutdown_tx.send(true);
+    // Each plugin gets its stop timeout; the agent must be gone within 5 s regardless,
+    // and dropping a task's child kills it.
+    let deadline = Duration::from_millis(config.supervisor.stop_timeout_ms.min(4000) + 500);
+    let all = futures_join(tasks);
+    if tokio::time::timeout(deadline, all).await.is_err() {
+        tracing::warn!("plugins did not stop in time; killed");
+    }
+    write_status(&snapshot(&statuses));
+    // The sink thread ends, flushed, once every sender is gone (the plugin tasks held
+    // them). Give it a moment, never forever.
+    for _ in 0..50 {
+        if sink_thread.is_finished() {
+            let _ = sink_thread.join();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}

@@ -63,7 +63,7 @@ impl Session {
                 plugin: name.to_owned(),
                 host_id: hids_procfs::host::machine_id().unwrap_or_else(|_| "unknown".into()),
                 hostname: hids_procfs::host::hostname(),
-                run_id: format!("{:016x}", random_u64()),
+                run_id: hids_wire::new_run_id(),
             };
             return Ok(Session {
                 mode: Mode::Standalone,
@@ -208,13 +208,4 @@ pub fn init_logging(level: &str) {
         .with_target(false)
         .with_ansi(false)
         .try_init();
-}
-
-/// A random 64-bit value for run ids, from the kernel.
-pub fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    if let Ok(mut f) = File::open("/dev/urandom") {
-        let _ = io::Read::read_exact(&mut f, &mut b);
-    }
-    u64::from_ne_bytes(b) ^ u64::from(std::process::id())
 }

@@ -16,6 +16,8 @@ pub struct AgentStatus {
     pub pid: u32,
     /// `standalone` without a control plane.
     pub mode: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     pub started_at: Timestamp,
     pub updated_at: Timestamp,
     pub plugins: Vec<PluginStatus>,

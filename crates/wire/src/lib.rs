@@ -214,6 +214,20 @@ pub enum Control {
     Shutdown,
 }
 
+/// A fresh run id: 16 hex digits from the kernel's random source. The master gives one
+/// to each start of a plugin; with `event.sequence` it names every event uniquely.
+pub fn new_run_id() -> String {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut b);
+    }
+    // Never all zeros, even without /dev/urandom: mix in the pid and the time.
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!("{:016x}", u64::from_ne_bytes(b) ^ t ^ u64::from(std::process::id()))
+}
+
 /// Parses a JSON payload of the given frame kind.
 ///
 /// # Errors

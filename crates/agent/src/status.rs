@@ -1,0 +1,113 @@
+//! `<state_dir>/status.json`: written by the running agent, read by `hids-agent status`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use hids_types::status::AgentStatus;
+
+pub const STATUS_FILE: &str = "status.json";
+
+pub fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join(STATUS_FILE)
+}
+
+/// Writes the status atomically (temporary file, then rename), so a reader never sees
+/// half a document.
+///
+/// # Errors
+/// When the state directory is not writable.
+pub fn write(state_dir: &Path, status: &AgentStatus) -> std::io::Result<()> {
+    let body = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
+    let tmp = state_dir.join(".status.json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&body)?;
+    f.write_all(b"\n")?;
+    drop(f);
+    std::fs::rename(&tmp, path(state_dir))
+}
+
+/// Reads a status file.
+///
+/// # Errors
+/// A message saying what to do when the file is missing or unreadable.
+pub fn read(state_dir: &Path) -> anyhow::Result<AgentStatus> {
+    let p = path(state_dir);
+    let bytes = std::fs::read(&p).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read {}: {e}\nIs the agent running with this state_dir? Pass --config with the agent's \
+             config file, or --state-dir",
+            p.display()
+        )
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{} is not a status document: {e}", p.display()))
+}
+
+/// Renders a status for a person: a header and a table of plugins.
+pub fn render(s: &AgentStatus, interval_secs: u64) -> String {
+    let age = SystemTime::now()
+        .duration_since(s.updated_at.0)
+        .unwrap_or(Duration::ZERO);
+    let mut out = String::new();
+    out.push_str(&format!(
+        "hids-agent {}  host {} ({})  pid {}  mode {}\n",
+        s.version, s.host_id, s.hostname, s.pid, s.mode
+    ));
+    out.push_str(&format!(
+        "updated {} ago{}\n",
+        humantime::format_duration(Duration::from_secs(age.as_secs())),
+        if age.as_secs() > 3 * interval_secs.max(1) + 2 {
+            "  (stale: is the agent still running?)"
+        } else {
+            ""
+        }
+    ));
+    let dropped: u64 = s.pipeline.dropped.values().sum();
+    out.push_str(&format!(
+        "events out {}  dropped in agent {}\n\n",
+        s.pipeline.events_out, dropped
+    ));
+    let rows: Vec<[String; 8]> = s
+        .plugins
+        .iter()
+        .map(|p| {
+            [
+                p.name.clone(),
+                p.state.as_str().to_owned(),
+                p.pid.map_or("-".into(), |x| x.to_string()),
+                p.restarts.to_string(),
+                p.events.to_string(),
+                p.frames_rejected.to_string(),
+                match p.framed {
+                    Some(true) => p.version.clone().unwrap_or_else(|| "yes".into()),
+                    Some(false) => "unframed".into(),
+                    None => "-".into(),
+                },
+                p.last_exit.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let header = ["PLUGIN", "STATE", "PID", "RESTARTS", "EVENTS", "REJECTED", "VERSION", "LAST EXIT"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(cell);
+            } else {
+                l.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        l.trim_end().to_owned() + "\n"
+    };
+    out.push_str(&line(header.to_vec()));
+    for row in &rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}

@@ -1,0 +1,439 @@
+//! Plugin supervision: start each plugin as a child process, speak the frame protocol
+//! with it, forward its events and log, restart it with exponential backoff when it
+//! dies, and quarantine it when it keeps dying.
+//!
+//! A plugin can never take the master down: its output is read with bounded buffers,
+//! a broken frame stream kills and restarts that plugin only, and a plugin that speaks
+//! no frames at all is still supervised (its stdout is discarded and counted).
+
+use std::io;
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hids_types::status::{PluginState, PluginStatus};
+use hids_wire::{Control, Header, Kind, MasterHello, PluginHello, HEADER_LEN, MAGIC, PROTOCOL_VERSION};
+use rustix::process::{Pid, Signal};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{PluginSpec, SupervisorConfig};
+use crate::logging::forward_plugin_log;
+
+/// What every plugin task shares.
+pub struct Context {
+    pub host_id: String,
+    pub hostname: String,
+    pub supervisor: SupervisorConfig,
+    pub events: mpsc::Sender<Vec<u8>>,
+}
+
+pub type SharedStatus = Arc<Mutex<PluginStatus>>;
+
+pub fn new_status(spec: &PluginSpec) -> SharedStatus {
+    Arc::new(Mutex::new(PluginStatus {
+        name: spec.name.clone(),
+        path: spec.path.display().to_string(),
+        state: if spec.enabled {
+            PluginState::Starting
+        } else {
+            PluginState::Disabled
+        },
+        pid: None,
+        run_id: None,
+        restarts: 0,
+        consecutive_crashes: 0,
+        framed: None,
+        version: None,
+        last_exit: None,
+        events: 0,
+        frames_rejected: 0,
+        bytes_discarded: 0,
+        health: None,
+    }))
+}
+
+fn update<R>(status: &SharedStatus, f: impl FnOnce(&mut PluginStatus) -> R) -> R {
+    let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
+    f(&mut s)
+}
+
+/// How one run of a plugin ended.
+enum Outcome {
+    Exited(io::Result<ExitStatus>),
+    Violation(String),
+    Shutdown,
+}
+
+/// Runs one plugin until the agent shuts down (or the plugin is quarantined).
+pub async fn supervise(
+    spec: PluginSpec,
+    ctx: Arc<Context>,
+    status: SharedStatus,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let sup = &ctx.supervisor;
+    let mut first = true;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        if !first {
+            update(&status, |s| s.restarts += 1);
+        }
+        first = false;
+        let run_id = hids_wire::new_run_id();
+        let started = Instant::now();
+        let outcome = match run_once(&spec, &ctx, &status, &run_id, &mut shutdown).await {
+            Ok(outcome) => outcome,
+            Err(e) => Outcome::Exited(Err(e)),
+        };
+        let last_exit = match &outcome {
+            Outcome::Shutdown => {
+                update(&status, |s| {
+                    s.state = PluginState::Stopped;
+                    s.pid = None;
+                });
+                break;
+            }
+            Outcome::Exited(Ok(st)) => describe_exit(st),
+            Outcome::Exited(Err(e)) => format!("could not run: {e}"),
+            Outcome::Violation(why) => format!("killed for a protocol violation: {why}"),
+        };
+        if *shutdown.borrow() {
+            update(&status, |s| {
+                s.state = PluginState::Stopped;
+                s.pid = None;
+                s.last_exit = Some(last_exit);
+            });
+            break;
+        }
+        let stable = started.elapsed() >= Duration::from_secs(sup.stable_after_secs);
+        let crashes = update(&status, |s| {
+            s.consecutive_crashes = if stable { 1 } else { s.consecutive_crashes + 1 };
+            s.pid = None;
+            s.last_exit = Some(last_exit.clone());
+            s.consecutive_crashes
+        });
+        if crashes >= sup.quarantine_after {
+            update(&status, |s| s.state = PluginState::Quarantined);
+            tracing::error!(
+                plugin = %spec.name,
+                "plugin {} failed {crashes} times in a row (last: {last_exit}); quarantined: \
+                 it will not be restarted until the agent restarts or an operator asks",
+                spec.name
+            );
+            // Stay here, reported as quarantined, until the agent stops.
+            let _ = shutdown.wait_for(|stop| *stop).await;
+            break;
+        }
+        let delay = backoff(sup, crashes);
+        update(&status, |s| s.state = PluginState::Backoff);
+        tracing::warn!(
+            plugin = %spec.name,
+            "plugin {} stopped unexpectedly ({last_exit}); restart {crashes} of at most {} in {:?}",
+            spec.name,
+            sup.quarantine_after - 1,
+            delay
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
+        }
+    }
+}
+
+/// Delay before restart number `crashes`: initial, doubled per crash, capped.
+pub fn backoff(sup: &SupervisorConfig, crashes: u32) -> Duration {
+    let factor = 1u64 << crashes.saturating_sub(1).min(20);
+    let ms = sup.backoff_initial_ms.saturating_mul(factor);
+    Duration::from_millis(ms).min(Duration::from_secs(sup.backoff_max_secs.max(1)))
+}
+
+fn describe_exit(st: &ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (st.code(), st.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "ended".to_owned(),
+    }
+}
+
+async fn run_once(
+    spec: &PluginSpec,
+    ctx: &Context,
+    status: &SharedStatus,
+    run_id: &str,
+    shutdown: &mut watch::Receiver<bool>,
+) -> io::Result<Outcome> {
+    let mut child = spawn(spec)?;
+    let pid = child.id().unwrap_or(0);
+    let (Some(mut stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err(io::Error::other("child pipes missing"));
+    };
+    update(status, |s| {
+        s.state = PluginState::Running;
+        s.pid = Some(pid);
+        s.run_id = Some(run_id.to_owned());
+        s.framed = None;
+        s.version = None;
+    });
+    tracing::info!(plugin = %spec.name, pid, run_id, "started {}", spec.path.display());
+
+    let hello = MasterHello {
+        protocol: PROTOCOL_VERSION,
+        plugin: spec.name.clone(),
+        host_id: ctx.host_id.clone(),
+        hostname: ctx.hostname.clone(),
+        run_id: run_id.to_owned(),
+    };
+    let mut frame = Vec::new();
+    let body = serde_json::to_vec(&hello).map_err(io::Error::other)?;
+    hids_wire::encode_frame(Kind::Hello, &body, &mut frame).map_err(io::Error::other)?;
+    // A plugin that does not read stdin may have closed it: not an error for us.
+    let _ = stdin.write_all(&frame).await;
+    let mut stdin = Some(stdin);
+
+    tokio::spawn(forward_plugin_log(spec.name.clone(), stderr));
+    let pump = pump(stdout, ctx, status, &spec.name);
+    tokio::pin!(pump);
+    let mut pump_done = false;
+
+    let outcome = loop {
+        tokio::select! {
+            st = child.wait() => break Outcome::Exited(st),
+            _ = shutdown.wait_for(|stop| *stop) => break Outcome::Shutdown,
+            end = &mut pump, if !pump_done => {
+                pump_done = true;
+                if let Err(why) = end {
+                    break Outcome::Violation(why);
+                }
+            }
+        }
+    };
+    match &outcome {
+        Outcome::Exited(_) => {}
+        Outcome::Violation(why) => {
+            tracing::error!(plugin = %spec.name, "refusing plugin output: {why}; killing it");
+            update(status, |s| s.frames_rejected += 1);
+            kill_group(pid, Signal::KILL);
+            let _ = child.wait().await;
+            return Ok(outcome);
+        }
+        Outcome::Shutdown => {
+            stop_child(&mut child, stdin.take(), pid, &ctx.supervisor).await;
+        }
+    }
+    // Events written just before the exit are still in the pipe: forward them, but do
+    // not wait on a grandchild that inherited the pipe and keeps it open.
+    if !pump_done {
+        let _ = tokio::time::timeout(Duration::from_millis(500), &mut pump).await;
+    }
+    Ok(outcome)
+}
+
+fn spawn(spec: &PluginSpec) -> io::Result<Child> {
+    let master_pid = rustix::process::getpid();
+    let mut cmd = Command::new(&spec.path);
+    cmd.args(&spec.args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        // Its own process group, so a stop reaches whatever the plugin started.
+        .process_group(0);
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs in the forked child before exec. It only makes two
+    // raw syscalls (prctl, getppid) and may build an io::Error from an errno; none of
+    // these allocate or take locks, so it is safe in a child of a threaded process.
+    unsafe {
+        cmd.pre_exec(move || {
+            // If the master dies, even by SIGKILL, the kernel kills the plugin.
+            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+            // The master may have died between fork and prctl.
+            if rustix::process::getppid() != Some(master_pid) {
+                return Err(rustix::io::Errno::SRCH.into());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+fn kill_group(pid: u32, sig: Signal) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = rustix::process::kill_process_group(pid, sig);
+    }
+}
+
+/// Asks a plugin to stop (shutdown frame, then stdin closed), then SIGTERM, then SIGKILL,
+/// each after half of the stop timeout.
+async fn stop_child(child: &mut Child, stdin: Option<ChildStdin>, pid: u32, sup: &SupervisorConfig) {
+    if let Some(mut stdin) = stdin {
+        let mut frame = Vec::new();
+        if let Ok(body) = serde_json::to_vec(&Control::Shutdown) {
+            if hids_wire::encode_frame(Kind::Control, &body, &mut frame).is_ok() {
+                let _ = tokio::time::timeout(Duration::from_millis(100), stdin.write_all(&frame)).await;
+            }
+        }
+        drop(stdin);
+    }
+    let half = Duration::from_millis(sup.stop_timeout_ms / 2);
+    if tokio::time::timeout(half, child.wait()).await.is_ok() {
+        kill_group(pid, Signal::KILL);
+        return;
+    }
+    kill_group(pid, Signal::TERM);
+    if tokio::time::timeout(half, child.wait()).await.is_ok() {
+        kill_group(pid, Signal::KILL);
+        return;
+    }
+    kill_group(pid, Signal::KILL);
+    let _ = child.wait().await;
+}
+
+/// Reads the plugin's stdout until it closes. `Err` is a protocol violation (the caller
+/// kills the plugin); a plugin that never says hello is unframed and its output is
+/// discarded and counted.
+async fn pump(stdout: ChildStdout, ctx: &Context, status: &SharedStatus, name: &str) -> Result<(), String> {
+    let max = ctx.supervisor.max_frame_bytes;
+    let mut r = BufReader::with_capacity(64 * 1024, stdout);
+    let mut head = [0u8; HEADER_LEN];
+    match read_full(&mut r, &mut head).await {
+        Ok(true) => {}
+        Ok(false) | Err(_) => return Ok(()),
+    }
+    if head[..2] != MAGIC {
+        tracing::warn!(
+            plugin = %name,
+            "plugin {name} does not speak the frame protocol; supervising it for liveness only and discarding its stdout"
+        );
+        update(status, |s| {
+            s.framed = Some(false);
+            s.bytes_discarded += HEADER_LEN as u64;
+        });
+        let mut sink = [0u8; 8192];
+        loop {
+            match r.read(&mut sink).await {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(n) => update(status, |s| s.bytes_discarded += n as u64),
+            }
+        }
+    }
+    let mut payload = Vec::new();
+    let header = Header::parse(&head, max).map_err(|e| e.to_string())?;
+    if header.kind != Kind::Hello {
+        return Err(format!("first frame is {:?}, expected hello", header.kind));
+    }
+    read_payload(&mut r, header.len, &mut payload).await?;
+    let hello: PluginHello = hids_wire::decode("hello", &payload).map_err(|e| e.to_string())?;
+    if hello.protocol != PROTOCOL_VERSION {
+        return Err(format!(
+            "plugin speaks protocol {}, this agent speaks {PROTOCOL_VERSION}",
+            hello.protocol
+        ));
+    }
+    update(status, |s| {
+        s.framed = Some(true);
+        s.version = Some(hello.version.clone());
+    });
+    let mut bad_events = 0u64;
+    loop {
+        match read_full(&mut r, &mut head).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        }
+        let header = Header::parse(&head, max).map_err(|e| e.to_string())?;
+        let mut payload = Vec::with_capacity(header.len as usize);
+        read_payload(&mut r, header.len, &mut payload).await?;
+        match header.kind {
+            Kind::Event => {
+                if !is_event_object(&payload) {
+                    bad_events += 1;
+                    update(status, |s| s.frames_rejected += 1);
+                    if bad_events.is_power_of_two() {
+                        tracing::warn!(plugin = %name, "refused {bad_events} event frame(s) that are not single-line JSON objects");
+                    }
+                    continue;
+                }
+                if ctx.events.send(payload).await.is_err() {
+                    // The pipeline is gone: the agent is shutting down.
+                    return Ok(());
+                }
+                update(status, |s| s.events += 1);
+            }
+            Kind::Health => {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&payload) {
+                    update(status, |s| s.health = Some(v));
+                }
+            }
+            // A repeated hello, a control frame going the wrong way, or a kind from a
+            // newer protocol: its length is known, so skip it.
+            Kind::Hello | Kind::Control | Kind::Unknown(_) => {}
+        }
+    }
+}
+
+/// The sinks write one event per line: an event must be one JSON object on one line.
+/// This is a framing check, not a JSON validation: plugins are trusted to produce JSON,
+/// but never to break the line framing of the stream.
+fn is_event_object(p: &[u8]) -> bool {
+    p.first() == Some(&b'{') && p.last() == Some(&b'}') && !p.contains(&b'\n')
+}
+
+/// Fills `buf`; `Ok(false)` on a clean end of stream before the first byte.
+async fn read_full<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> io::Result<bool> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = r.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            if filled == 0 {
+                return Ok(false);
+            }
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "stream ended inside a frame"));
+        }
+        filled += n;
+    }
+    Ok(true)
+}
+
+async fn read_payload<R: AsyncRead + Unpin>(r: &mut R, len: u32, payload: &mut Vec<u8>) -> Result<(), String> {
+    payload.clear();
+    payload.resize(len as usize, 0);
+    match read_full(r, payload).await {
+        Ok(true) => Ok(()),
+        Ok(false) if len == 0 => Ok(()),
+        Ok(false) | Err(_) => Err("stream ended inside a frame".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let sup = SupervisorConfig {
+            backoff_initial_ms: 100,
+            backoff_max_secs: 1,
+            ..SupervisorConfig::default()
+        };
+        assert_eq!(backoff(&sup, 1), Duration::from_millis(100));
+        assert_eq!(backoff(&sup, 2), Duration::from_millis(200));
+        assert_eq!(backoff(&sup, 4), Duration::from_millis(800));
+        assert_eq!(backoff(&sup, 5), Duration::from_secs(1));
+        assert_eq!(backoff(&sup, 1000), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn event_framing_check() {
+        assert!(is_event_object(b"{\"a\":1}"));
+        assert!(!is_event_object(b"{\"a\":\n1}"));
+        assert!(!is_event_object(b"garbage"));
+        assert!(!is_event_object(b""));
+    }
+}
