@@ -353,7 +353,10 @@ mod tests {
     #[test]
     fn builtins_resolve_next_to_the_agent() {
         let cfg = Config::default();
-        let err = cfg.validate(Path::new("/opt/hids/bin")).unwrap_err().to_string();
+        let err = cfg
+            .validate(Path::new("/opt/hids/bin"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/opt/hids/bin/hids-plugin-process"), "{err}");
     }
 }

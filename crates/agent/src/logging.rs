@@ -93,6 +93,9 @@ mod tests {
         assert_eq!(split_level(" WARN disk full"), (Level::WARN, "disk full"));
         assert_eq!(split_level("ERROR x"), (Level::ERROR, "x"));
         assert_eq!(split_level("hello there"), (Level::INFO, "hello there"));
-        assert_eq!(split_level("info lower case is text"), (Level::INFO, "info lower case is text"));
+        assert_eq!(
+            split_level("info lower case is text"),
+            (Level::INFO, "info lower case is text")
+        );
     }
 }

@@ -128,7 +128,11 @@ fn run(mut config: Config, log_level: Option<String>) -> ExitCode {
         Ok(specs) => specs,
         Err(e) => return config_error(&e.to_string()),
     };
-    let host_id = match config.host_id.clone().map_or_else(hids_procfs::host::machine_id, Ok) {
+    let host_id = match config
+        .host_id
+        .clone()
+        .map_or_else(hids_procfs::host::machine_id, Ok)
+    {
         Ok(id) => id,
         Err(e) => {
             return config_error(&format!(
@@ -137,7 +141,10 @@ fn run(mut config: Config, log_level: Option<String>) -> ExitCode {
         }
     };
     logging::init(&config.log_level);
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(&e.into()),
     };
@@ -165,8 +172,9 @@ async fn agent(config: Config, specs: Vec<PluginSpec>, host_id: String) -> anyho
     }
     let counters = Arc::new(PipelineCounters::default());
     let (events_tx, events_rx) = mpsc::channel(config.pipeline.queue_events);
-    let sinks: Vec<Box<dyn hids_sink::Sink>> =
-        vec![Box::new(hids_sink::StdoutSink::new().context("stdout is not open")?)];
+    let sinks: Vec<Box<dyn hids_sink::Sink>> = vec![Box::new(
+        hids_sink::StdoutSink::new().context("stdout is not open")?,
+    )];
     let sink_thread = pipeline::start(events_rx, sinks, counters.clone())?;
 
     let ctx = Arc::new(Context {

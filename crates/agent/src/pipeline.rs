@@ -56,7 +56,12 @@ pub fn start(
         })
 }
 
-fn write_all(sinks: &mut [Box<dyn Sink>], failing: &mut [bool], event: &[u8], counters: &PipelineCounters) {
+fn write_all(
+    sinks: &mut [Box<dyn Sink>],
+    failing: &mut [bool],
+    event: &[u8],
+    counters: &PipelineCounters,
+) {
     let mut delivered = false;
     for (sink, failing) in sinks.iter_mut().zip(failing.iter_mut()) {
         match sink.write(event) {

@@ -40,7 +40,8 @@ pub fn read(state_dir: &Path) -> anyhow::Result<AgentStatus> {
             p.display()
         )
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{} is not a status document: {e}", p.display()))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| anyhow::anyhow!("{} is not a status document: {e}", p.display()))
 }
 
 /// Renders a status for a person: a header and a table of plugins.
@@ -87,7 +88,16 @@ pub fn render(s: &AgentStatus, interval_secs: u64) -> String {
             ]
         })
         .collect();
-    let header = ["PLUGIN", "STATE", "PID", "RESTARTS", "EVENTS", "REJECTED", "VERSION", "LAST EXIT"];
+    let header = [
+        "PLUGIN",
+        "STATE",
+        "PID",
+        "RESTARTS",
+        "EVENTS",
+        "REJECTED",
+        "VERSION",
+        "LAST EXIT",
+    ];
     let mut widths = header.map(str::len);
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hids_types::status::{PluginState, PluginStatus};
-use hids_wire::{Control, Header, Kind, MasterHello, PluginHello, HEADER_LEN, MAGIC, PROTOCOL_VERSION};
+use hids_wire::{
+    Control, Header, Kind, MasterHello, PluginHello, HEADER_LEN, MAGIC, PROTOCOL_VERSION,
+};
 use rustix::process::{Pid, Signal};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -271,12 +273,18 @@ fn kill_group(pid: u32, sig: Signal) {
 
 /// Asks a plugin to stop (shutdown frame, then stdin closed), then SIGTERM, then SIGKILL,
 /// each after half of the stop timeout.
-async fn stop_child(child: &mut Child, stdin: Option<ChildStdin>, pid: u32, sup: &SupervisorConfig) {
+async fn stop_child(
+    child: &mut Child,
+    stdin: Option<ChildStdin>,
+    pid: u32,
+    sup: &SupervisorConfig,
+) {
     if let Some(mut stdin) = stdin {
         let mut frame = Vec::new();
         if let Ok(body) = serde_json::to_vec(&Control::Shutdown) {
             if hids_wire::encode_frame(Kind::Control, &body, &mut frame).is_ok() {
-                let _ = tokio::time::timeout(Duration::from_millis(100), stdin.write_all(&frame)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(100), stdin.write_all(&frame)).await;
             }
         }
         drop(stdin);
@@ -298,7 +306,12 @@ async fn stop_child(child: &mut Child, stdin: Option<ChildStdin>, pid: u32, sup:
 /// Reads the plugin's stdout until it closes. `Err` is a protocol violation (the caller
 /// kills the plugin); a plugin that never says hello is unframed and its output is
 /// discarded and counted.
-async fn pump(stdout: ChildStdout, ctx: &Context, status: &SharedStatus, name: &str) -> Result<(), String> {
+async fn pump(
+    stdout: ChildStdout,
+    ctx: &Context,
+    status: &SharedStatus,
+    name: &str,
+) -> Result<(), String> {
     let max = ctx.supervisor.max_frame_bytes;
     let mut r = BufReader::with_capacity(64 * 1024, stdout);
     let mut head = [0u8; HEADER_LEN];
@@ -394,14 +407,21 @@ async fn read_full<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> io::Resul
             if filled == 0 {
                 return Ok(false);
             }
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "stream ended inside a frame"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "stream ended inside a frame",
+            ));
         }
         filled += n;
     }
     Ok(true)
 }
 
-async fn read_payload<R: AsyncRead + Unpin>(r: &mut R, len: u32, payload: &mut Vec<u8>) -> Result<(), String> {
+async fn read_payload<R: AsyncRead + Unpin>(
+    r: &mut R,
+    len: u32,
+    payload: &mut Vec<u8>,
+) -> Result<(), String> {
     payload.clear();
     payload.resize(len as usize, 0);
     match read_full(r, payload).await {

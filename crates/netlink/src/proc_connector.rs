@@ -57,24 +57,46 @@ pub struct ProcEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventData {
     /// Answer to a subscription request; `err` is an errno (0 for success).
-    Ack { err: u32 },
+    Ack {
+        err: u32,
+    },
     Fork {
         parent_pid: u32,
         parent_tgid: u32,
         child_pid: u32,
         child_tgid: u32,
     },
-    Exec { pid: u32, tgid: u32 },
-    Uid { pid: u32, tgid: u32, ruid: u32, euid: u32 },
-    Gid { pid: u32, tgid: u32, rgid: u32, egid: u32 },
-    Sid { pid: u32, tgid: u32 },
+    Exec {
+        pid: u32,
+        tgid: u32,
+    },
+    Uid {
+        pid: u32,
+        tgid: u32,
+        ruid: u32,
+        euid: u32,
+    },
+    Gid {
+        pid: u32,
+        tgid: u32,
+        rgid: u32,
+        egid: u32,
+    },
+    Sid {
+        pid: u32,
+        tgid: u32,
+    },
     Ptrace {
         pid: u32,
         tgid: u32,
         tracer_pid: u32,
         tracer_tgid: u32,
     },
-    Comm { pid: u32, tgid: u32, comm: [u8; 16] },
+    Comm {
+        pid: u32,
+        tgid: u32,
+        comm: [u8; 16],
+    },
     Coredump {
         pid: u32,
         tgid: u32,
@@ -90,7 +112,9 @@ pub enum EventData {
         parent_pid: Option<u32>,
         parent_tgid: Option<u32>,
     },
-    Unknown { what: u32 },
+    Unknown {
+        what: u32,
+    },
 }
 
 /// What a datagram can hold besides events.
@@ -331,7 +355,11 @@ pub fn parse_connector(body: &[u8]) -> Result<Message, ParseError> {
 /// `token` goes in both `seq` and `ack`: the kernel answers with an ack event whose
 /// `ack` is `token + 1` (its `seq` is overwritten with the per-CPU event counter on
 /// current kernels, so only `ack` identifies the answer).
-pub fn subscription_request(op: u32, token: u32, port_id: u32) -> [u8; NLMSG_HDRLEN + CN_MSG_LEN + 4] {
+pub fn subscription_request(
+    op: u32,
+    token: u32,
+    port_id: u32,
+) -> [u8; NLMSG_HDRLEN + CN_MSG_LEN + 4] {
     let mut b = [0u8; NLMSG_HDRLEN + CN_MSG_LEN + 4];
     let total = b.len() as u32;
     b[0..4].copy_from_slice(&total.to_ne_bytes());

@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use hids_wire::{Control, Kind, MasterHello, PluginHello, WireError, DEFAULT_MAX_PAYLOAD, PROTOCOL_VERSION};
+use hids_wire::{
+    Control, Kind, MasterHello, PluginHello, WireError, DEFAULT_MAX_PAYLOAD, PROTOCOL_VERSION,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SdkError {
@@ -93,7 +95,10 @@ impl Session {
             name: name.to_owned(),
             version: version.to_owned(),
         };
-        output.frame(Kind::Hello, &serde_json::to_vec(&answer).unwrap_or_default())?;
+        output.frame(
+            Kind::Hello,
+            &serde_json::to_vec(&answer).unwrap_or_default(),
+        )?;
         output.flush()?;
         let flag = shutdown.clone();
         thread::Builder::new()
@@ -179,10 +184,12 @@ impl Output {
     fn frame(&self, kind: Kind, payload: &[u8]) -> io::Result<()> {
         let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         match self.mode {
-            Mode::Supervised => hids_wire::write_frame(&mut *w, kind, payload).map_err(|e| match e {
-                WireError::Io(e) => e,
-                other => io::Error::new(io::ErrorKind::InvalidInput, other),
-            }),
+            Mode::Supervised => {
+                hids_wire::write_frame(&mut *w, kind, payload).map_err(|e| match e {
+                    WireError::Io(e) => e,
+                    other => io::Error::new(io::ErrorKind::InvalidInput, other),
+                })
+            }
             Mode::Standalone => {
                 w.write_all(payload)?;
                 w.write_all(b"\n")

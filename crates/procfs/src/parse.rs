@@ -40,8 +40,14 @@ pub struct Stat {
 /// When a field we need is missing or not a number.
 pub fn parse_stat(b: &[u8]) -> Result<Stat, ParseError> {
     const F: &str = "stat";
-    let open = b.iter().position(|&c| c == b'(').ok_or(malformed(F, "no '('"))?;
-    let close = b.iter().rposition(|&c| c == b')').ok_or(malformed(F, "no ')'"))?;
+    let open = b
+        .iter()
+        .position(|&c| c == b'(')
+        .ok_or(malformed(F, "no '('"))?;
+    let close = b
+        .iter()
+        .rposition(|&c| c == b')')
+        .ok_or(malformed(F, "no ')'"))?;
     if close < open {
         return Err(malformed(F, "')' before '('"));
     }
@@ -57,8 +63,13 @@ pub fn parse_stat(b: &[u8]) -> Result<Stat, ParseError> {
         }
         fields.next()
     };
-    let state = nth(0).and_then(|f| f.first().copied()).ok_or(malformed(F, "no state"))?;
-    let num = |f: Option<&[u8]>, what| f.and_then(|f| parse_num::<u64>(trim(f))).ok_or(malformed(F, what));
+    let state = nth(0)
+        .and_then(|f| f.first().copied())
+        .ok_or(malformed(F, "no state"))?;
+    let num = |f: Option<&[u8]>, what| {
+        f.and_then(|f| parse_num::<u64>(trim(f)))
+            .ok_or(malformed(F, what))
+    };
     let ppid = num(nth(0), "no ppid")? as u32;
     let pgrp = num(nth(0), "no pgrp")? as u32;
     let session = num(nth(0), "no session")? as u32;
@@ -159,9 +170,8 @@ pub fn command_line(args: &[String]) -> String {
             out.push(' ');
         }
         let plain = !a.is_empty()
-            && a.bytes().all(|c| {
-                c.is_ascii_alphanumeric() || b"-_./=:,+@%^".contains(&c)
-            });
+            && a.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_./=:,+@%^".contains(&c));
         if plain {
             out.push_str(a);
         } else {
@@ -250,8 +260,14 @@ pub fn parse_id_file(b: &[u8]) -> impl Iterator<Item = (String, u32)> + '_ {
 }
 
 fn trim(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &b[start..end.max(start)]
 }
 

@@ -43,7 +43,12 @@ impl ProcDir {
     /// # Errors
     /// When the file cannot be opened or read (the process is gone, or hides it).
     pub fn read(&self, name: &str, buf: &mut Vec<u8>, limit: usize) -> io::Result<ReadOutcome> {
-        let fd = rustix::fs::openat(&self.fd, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+        let fd = rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         let file = File::from(fd);
         buf.clear();
         // One byte past the limit tells a full file from a truncated one.
@@ -88,10 +93,16 @@ mod tests {
     fn reads_own_process_and_bounds_reads() {
         let me = ProcDir::open("/proc", std::process::id()).unwrap();
         let mut buf = Vec::new();
-        assert_eq!(me.read("stat", &mut buf, 4096).unwrap(), ReadOutcome::Complete);
+        assert_eq!(
+            me.read("stat", &mut buf, 4096).unwrap(),
+            ReadOutcome::Complete
+        );
         let stat = crate::parse_stat(&buf).unwrap();
         assert_eq!(stat.pid, std::process::id());
-        assert_eq!(me.read("stat", &mut buf, 3).unwrap(), ReadOutcome::Truncated);
+        assert_eq!(
+            me.read("stat", &mut buf, 3).unwrap(),
+            ReadOutcome::Truncated
+        );
         assert_eq!(buf.len(), 3);
         assert!(!me.read_link("exe").unwrap().is_empty());
         assert!(list_pids("/proc").unwrap().contains(&std::process::id()));
@@ -99,7 +110,10 @@ mod tests {
 
     #[test]
     fn a_reaped_process_cannot_be_read_through_its_old_dir() {
-        let mut child = std::process::Command::new("/bin/sleep").arg("10").spawn().unwrap();
+        let mut child = std::process::Command::new("/bin/sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
         let dir = ProcDir::open("/proc", child.id()).unwrap();
         child.kill().unwrap();
         child.wait().unwrap();

@@ -248,6 +248,9 @@ mod tests {
         assert_eq!(v["user"]["name"], "root");
         assert_eq!(v["host"]["id"], "h1");
         assert_eq!(v["@timestamp"], "1970-01-01T00:00:00.000000Z");
-        assert!(v["process"].get("executable").is_none(), "absent fields are omitted");
+        assert!(
+            v["process"].get("executable").is_none(),
+            "absent fields are omitted"
+        );
     }
 }

@@ -225,14 +225,20 @@ pub fn new_run_id() -> String {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    format!("{:016x}", u64::from_ne_bytes(b) ^ t ^ u64::from(std::process::id()))
+    format!(
+        "{:016x}",
+        u64::from_ne_bytes(b) ^ t ^ u64::from(std::process::id())
+    )
 }
 
 /// Parses a JSON payload of the given frame kind.
 ///
 /// # Errors
 /// [`WireError::Payload`] when the payload is not the expected document.
-pub fn decode<'a, T: Deserialize<'a>>(what: &'static str, payload: &'a [u8]) -> Result<T, WireError> {
+pub fn decode<'a, T: Deserialize<'a>>(
+    what: &'static str,
+    payload: &'a [u8],
+) -> Result<T, WireError> {
     serde_json::from_slice(payload).map_err(|source| WireError::Payload { what, source })
 }
 

@@ -86,7 +86,9 @@ fn unknown_kind_is_carried_not_refused() {
     let mut out = Vec::new();
     encode_frame(Kind::Unknown(77), b"x", &mut out).unwrap();
     let mut cursor = &out[..];
-    let header = read_frame(&mut cursor, 16, &mut Vec::new()).unwrap().unwrap();
+    let header = read_frame(&mut cursor, 16, &mut Vec::new())
+        .unwrap()
+        .unwrap();
     assert_eq!(header.kind, Kind::Unknown(77));
 }
 

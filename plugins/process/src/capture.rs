@@ -26,11 +26,31 @@ pub enum Raw {
         /// reported with an earlier timestamp means the snapshot may show that later image.
         read_done_ns: u64,
     },
-    Fork { ts_ns: u64, parent: u32, child: u32 },
-    Exit { ts_ns: u64, pid: u32, exit_code: u32 },
-    Uid { ts_ns: u64, pid: u32, ruid: u32, euid: u32 },
-    Gid { ts_ns: u64, pid: u32, rgid: u32 },
-    Sid { ts_ns: u64, pid: u32 },
+    Fork {
+        ts_ns: u64,
+        parent: u32,
+        child: u32,
+    },
+    Exit {
+        ts_ns: u64,
+        pid: u32,
+        exit_code: u32,
+    },
+    Uid {
+        ts_ns: u64,
+        pid: u32,
+        ruid: u32,
+        euid: u32,
+    },
+    Gid {
+        ts_ns: u64,
+        pid: u32,
+        rgid: u32,
+    },
+    Sid {
+        ts_ns: u64,
+        pid: u32,
+    },
     /// The socket was found empty: every exec reported before that moment, and so
     /// before any snapshot ahead of this marker was finished, is queued ahead of it.
     Drained,
@@ -39,7 +59,9 @@ pub enum Raw {
 impl Raw {
     pub fn heap_bytes(&self) -> usize {
         match self {
-            Raw::Exec { snapshot: Ok(s), .. } => s.heap_bytes(),
+            Raw::Exec {
+                snapshot: Ok(s), ..
+            } => s.heap_bytes(),
             _ => 0,
         }
     }
@@ -158,7 +180,9 @@ fn track_sequence(cpu_seq: &mut Vec<Option<u32>>, cpu: u32, seq: u32, counters: 
         let gap = seq.wrapping_sub(last).wrapping_sub(1);
         // A huge "gap" is a reordering or counter reset, not a loss we can size.
         if gap > 0 && gap < 1 << 30 {
-            counters.kernel_lost.fetch_add(u64::from(gap), Ordering::Relaxed);
+            counters
+                .kernel_lost
+                .fetch_add(u64::from(gap), Ordering::Relaxed);
         }
     }
     cpu_seq[cpu] = Some(seq);
@@ -201,8 +225,20 @@ fn convert(ts_ns: u64, data: EventData, cfg: &CaptureConfig, counters: &Counters
             pid: tgid,
             exit_code,
         },
-        EventData::Uid { pid, tgid, ruid, euid } if pid == tgid => Raw::Uid { ts_ns, pid, ruid, euid },
-        EventData::Gid { pid, tgid, rgid, .. } if pid == tgid => Raw::Gid { ts_ns, pid, rgid },
+        EventData::Uid {
+            pid,
+            tgid,
+            ruid,
+            euid,
+        } if pid == tgid => Raw::Uid {
+            ts_ns,
+            pid,
+            ruid,
+            euid,
+        },
+        EventData::Gid {
+            pid, tgid, rgid, ..
+        } if pid == tgid => Raw::Gid { ts_ns, pid, rgid },
         EventData::Sid { pid, tgid } if pid == tgid => Raw::Sid { ts_ns, pid },
         _ => return None,
     })

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use hids_plugin_sdk::Output;
 use hids_procfs as procfs;
 use hids_types::event::{
-    CharDevice, Container, Event, EventMeta, Group, Hids, Host, Process, ProcessRef, Tty, User, UserRef,
+    CharDevice, Container, Event, EventMeta, Group, Hids, Host, Process, ProcessRef, Tty, User,
+    UserRef,
 };
 use hids_types::Timestamp;
 
@@ -191,7 +192,10 @@ impl Enricher {
                 ..
             } = raw
             {
-                if next_exec_ts.get(pid).is_some_and(|&later| later < *read_done_ns) {
+                if next_exec_ts
+                    .get(pid)
+                    .is_some_and(|&later| later < *read_done_ns)
+                {
                     superseded[i] = true;
                 }
                 next_exec_ts.insert(*pid, *ts_ns);
@@ -200,7 +204,9 @@ impl Enricher {
         for (raw, superseded) in batch.drain(..).zip(superseded) {
             let bytes = raw.heap_bytes();
             let result = self.handle(raw, superseded);
-            self.counters.queue_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.counters
+                .queue_bytes
+                .fetch_sub(bytes, Ordering::Relaxed);
             result?;
         }
         Ok(())
@@ -209,9 +215,16 @@ impl Enricher {
     fn handle(&mut self, raw: Raw, superseded: bool) -> std::io::Result<()> {
         match raw {
             Raw::Exec {
-                ts_ns, pid, snapshot, ..
+                ts_ns,
+                pid,
+                snapshot,
+                ..
             } => self.on_exec(ts_ns, pid, snapshot, superseded),
-            Raw::Fork { ts_ns, parent, child } => {
+            Raw::Fork {
+                ts_ns,
+                parent,
+                child,
+            } => {
                 self.table.fork(parent, child);
                 if self.cfg.emit.fork {
                     let mut ev = self.base(ts_ns, "start", "fork");
@@ -243,7 +256,12 @@ impl Enricher {
                 self.table.exit(pid);
                 Ok(())
             }
-            Raw::Uid { ts_ns, pid, ruid, euid } => {
+            Raw::Uid {
+                ts_ns,
+                pid,
+                ruid,
+                euid,
+            } => {
                 if !self.cfg.emit.setuid {
                     return Ok(());
                 }
@@ -341,7 +359,10 @@ impl Enricher {
                 .and_then(procfs::container_id_from_cgroup)
                 .map(|id| Container { id });
             ev.hids.pid_ns = s.pid_ns.as_deref().and_then(procfs::parse_ns_link);
-            let status = s.status.as_deref().and_then(|b| procfs::parse_status(b).ok());
+            let status = s
+                .status
+                .as_deref()
+                .and_then(|b| procfs::parse_status(b).ok());
             let login = s.loginuid.as_deref().and_then(procfs::parse_loginuid);
             if let Some(st) = status {
                 ev.user = Some(self.user(st.uid[0], st.uid[1], login));

@@ -129,7 +129,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             .spawn(move || capture::run(sock, tx, cfg, counters, shutdown))?
     };
 
-    let mut table = Table::new(args.max_processes, Duration::from_secs(args.exited_linger_secs));
+    let mut table = Table::new(
+        args.max_processes,
+        Duration::from_secs(args.exited_linger_secs),
+    );
     table.scan(&args.proc_root);
     tracing::info!(
         "watching process events (cn_proc); {} processes already running",

@@ -83,7 +83,10 @@ fn read_small(dir: &ProcDir, name: &str) -> Option<Vec<u8>> {
 
 fn classify(e: &std::io::Error) -> Gap {
     match e.raw_os_error() {
-        Some(code) if code == rustix::io::Errno::ACCESS.raw_os_error() || code == rustix::io::Errno::PERM.raw_os_error() => {
+        Some(code)
+            if code == rustix::io::Errno::ACCESS.raw_os_error()
+                || code == rustix::io::Errno::PERM.raw_os_error() =>
+        {
             Gap::Unreadable
         }
         _ => Gap::Exited,

@@ -62,13 +62,19 @@ impl Table {
     /// Fills the table from `/proc`. Processes that vanish mid-scan are skipped.
     pub fn scan(&mut self, proc_root: &str) {
         let Ok(pids) = list_pids(proc_root) else {
-            tracing::warn!("cannot list {proc_root}: parents of already running processes will be unnamed");
+            tracing::warn!(
+                "cannot list {proc_root}: parents of already running processes will be unnamed"
+            );
             return;
         };
         let mut buf = Vec::new();
         for pid in pids {
-            let Ok(dir) = ProcDir::open(proc_root, pid) else { continue };
-            let Ok(_) = dir.read("stat", &mut buf, 4096) else { continue };
+            let Ok(dir) = ProcDir::open(proc_root, pid) else {
+                continue;
+            };
+            let Ok(_) = dir.read("stat", &mut buf, 4096) else {
+                continue;
+            };
             let Ok(stat) = parse_stat(&buf) else { continue };
             let exe = dir
                 .read_link("exe")
@@ -131,7 +137,12 @@ impl Table {
         if self.map.len() >= self.max_entries {
             // Still full of live processes: drop an arbitrary tenth rather than one at a
             // time, so a table at its bound does not pay this on every insert.
-            let drop: Vec<u32> = self.map.keys().take(self.max_entries / 10 + 1).copied().collect();
+            let drop: Vec<u32> = self
+                .map
+                .keys()
+                .take(self.max_entries / 10 + 1)
+                .copied()
+                .collect();
             for pid in drop {
                 self.map.remove(&pid);
             }
@@ -174,7 +185,10 @@ mod tests {
         assert_eq!(t.get(11).unwrap().name.as_deref(), Some("bash"));
         t.exit(10);
         t.sweep();
-        assert!(t.get(10).is_some(), "an exited parent is still named for a while");
+        assert!(
+            t.get(10).is_some(),
+            "an exited parent is still named for a while"
+        );
     }
 
     #[test]

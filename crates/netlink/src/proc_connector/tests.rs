@@ -51,7 +51,13 @@ fn golden_exec() {
     assert_eq!(ev.cpu, 1);
     assert_eq!(ev.timestamp_ns, 0x0123_4567_89ab);
     assert_eq!(ev.cn_seq, 0x11);
-    assert_eq!(ev.data, EventData::Exec { pid: 4242, tgid: 4242 });
+    assert_eq!(
+        ev.data,
+        EventData::Exec {
+            pid: 4242,
+            tgid: 4242
+        }
+    );
 }
 
 #[test]
@@ -59,7 +65,12 @@ fn golden_fork_exit_uid_comm() {
     let fork = rewrite(&EXEC_DATAGRAM, PROC_EVENT_FORK, &[1, 1, 77, 77]);
     assert_eq!(
         only_event(&fork).data,
-        EventData::Fork { parent_pid: 1, parent_tgid: 1, child_pid: 77, child_tgid: 77 }
+        EventData::Fork {
+            parent_pid: 1,
+            parent_tgid: 1,
+            child_pid: 77,
+            child_tgid: 77
+        }
     );
     let exit = rewrite(&EXEC_DATAGRAM, PROC_EVENT_EXIT, &[77, 77, 256, 17, 1, 1]);
     assert_eq!(
@@ -76,7 +87,12 @@ fn golden_fork_exit_uid_comm() {
     let uid = rewrite(&EXEC_DATAGRAM, PROC_EVENT_UID, &[77, 77, 1000, 0]);
     assert_eq!(
         only_event(&uid).data,
-        EventData::Uid { pid: 77, tgid: 77, ruid: 1000, euid: 0 }
+        EventData::Uid {
+            pid: 77,
+            tgid: 77,
+            ruid: 1000,
+            euid: 0
+        }
     );
     let mut comm = rewrite(&EXEC_DATAGRAM, PROC_EVENT_COMM, &[77, 77]);
     comm[60..64].copy_from_slice(b"bash");

@@ -45,7 +45,10 @@ fn stat_truncated_is_an_error() {
 
 #[test]
 fn status_ids_and_nspid() {
-    let s = parse_status(b"Name:\tbash\nUid:\t1000\t0\t0\t0\nGid:\t100\t100\t100\t100\nNSpid:\t4242\t7\n").unwrap();
+    let s = parse_status(
+        b"Name:\tbash\nUid:\t1000\t0\t0\t0\nGid:\t100\t100\t100\t100\nNSpid:\t4242\t7\n",
+    )
+    .unwrap();
     assert_eq!(s.uid, [1000, 0, 0, 0]);
     assert_eq!(s.gid, [100; 4]);
     assert_eq!(s.ns_pids, vec![4242, 7]);
@@ -54,18 +57,30 @@ fn status_ids_and_nspid() {
 
 #[test]
 fn cmdline_split_and_lossy() {
-    assert_eq!(parse_cmdline(b"/bin/true\0storm-a-1\0"), vec!["/bin/true", "storm-a-1"]);
+    assert_eq!(
+        parse_cmdline(b"/bin/true\0storm-a-1\0"),
+        vec!["/bin/true", "storm-a-1"]
+    );
     assert_eq!(parse_cmdline(b"a\0\0b\0"), vec!["a", "", "b"]);
-    assert_eq!(parse_cmdline(b"nginx: worker process"), vec!["nginx: worker process"]);
+    assert_eq!(
+        parse_cmdline(b"nginx: worker process"),
+        vec!["nginx: worker process"]
+    );
     assert_eq!(parse_cmdline(b"\xff\0"), vec!["\u{fffd}"]);
     assert!(parse_cmdline(b"").is_empty());
 }
 
 #[test]
 fn command_line_quotes_what_needs_it() {
-    let args: Vec<String> = ["sh", "-c", "echo 'hi' there", ""].iter().map(|s| s.to_string()).collect();
+    let args: Vec<String> = ["sh", "-c", "echo 'hi' there", ""]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     assert_eq!(command_line(&args), r#"sh -c 'echo '\''hi'\'' there' ''"#);
-    let plain: Vec<String> = ["/bin/true", "storm-x-1"].iter().map(|s| s.to_string()).collect();
+    let plain: Vec<String> = ["/bin/true", "storm-x-1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     assert_eq!(command_line(&plain), "/bin/true storm-x-1");
 }
 
@@ -79,7 +94,11 @@ fn container_ids() {
         format!("0::/machine.slice/libpod-{id}.scope/container\n"),
         format!("1:cpu:/kubepods/besteffort/pod12/{id}\n"),
     ] {
-        assert_eq!(container_id_from_cgroup(cg.as_bytes()).as_deref(), Some(id), "{cg}");
+        assert_eq!(
+            container_id_from_cgroup(cg.as_bytes()).as_deref(),
+            Some(id),
+            "{cg}"
+        );
     }
     let host = b"9:name=systemd:/\n4:memory:/process_api/5ff5302be688f4724435bbe964c64060\n0::/user.slice\n";
     assert_eq!(container_id_from_cgroup(host), None);
@@ -102,7 +121,10 @@ fn ns_tty_loginuid() {
 fn id_files() {
     let passwd = b"root:x:0:0:root:/root:/bin/bash\n# comment\nbroken\nalice:x:1000:1000::/home/alice:/bin/sh\n";
     let entries: Vec<_> = parse_id_file(passwd).collect();
-    assert_eq!(entries, vec![("root".to_string(), 0), ("alice".to_string(), 1000)]);
+    assert_eq!(
+        entries,
+        vec![("root".to_string(), 0), ("alice".to_string(), 1000)]
+    );
 }
 
 proptest! {

@@ -1,0 +1,214 @@
+//! Runs the real `hids-agent` binary in a temporary state directory.
+#![allow(dead_code, clippy::unwrap_used)] // test harness: a failure here is a failed test
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Skips a test that needs root (the kernel's process events), saying so.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !common::is_root() {
+            eprintln!("skipped: needs root for the proc connector");
+            return;
+        }
+    };
+}
+
+pub fn agent_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hids-agent"))
+}
+
+pub struct Agent {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    lines: Arc<Mutex<Vec<Value>>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Agent {
+    /// Starts the agent with `extra` appended to a config that sets the state dir and
+    /// a 1 s status interval.
+    pub fn start(extra: &str) -> Agent {
+        let plugin = agent_bin().with_file_name("hids-plugin-process");
+        assert!(
+            plugin.exists(),
+            "{} is missing: run `cargo build --workspace` before the tests",
+            plugin.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {:?}\nstatus_interval_secs = 1\n{extra}",
+                dir.path().join("state")
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(agent_bin())
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                    panic!("agent printed a line that is not JSON ({e}): {line}")
+                });
+                sink.lock().unwrap().push(v);
+            }
+        });
+        let stderr_text = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = stderr_text.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("agent: {line}");
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        Agent {
+            child,
+            dir,
+            lines,
+            stderr: stderr_text,
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn status(&self) -> Option<Value> {
+        let bytes = std::fs::read(self.state_dir().join("status.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Waits until the status satisfies `pred`, returning it; panics after `timeout`.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.status() {
+                if pred(&s) {
+                    return s;
+                }
+                if start.elapsed() > timeout {
+                    panic!("timed out waiting for {what}; last status: {s:#}");
+                }
+            } else if start.elapsed() > timeout {
+                panic!("timed out waiting for {what}; no status file");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn plugin<'a>(status: &'a Value, name: &str) -> &'a Value {
+        status["plugins"]
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["name"] == name))
+            .unwrap_or_else(|| panic!("no plugin {name} in {status:#}"))
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until `pred` holds for the events seen so far.
+    pub fn wait_events(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let events = self.events();
+            if pred(&events) {
+                return events;
+            }
+            if start.elapsed() > timeout {
+                panic!("timed out waiting for {what}; {} events seen", events.len());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, sig).unwrap();
+    }
+
+    /// Waits for the agent to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Pids of all processes in process group `pgid`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let mut members = Vec::new();
+    for pid in hids_procfs::list_pids("/proc").unwrap_or_default() {
+        let Ok(stat) = std::fs::read(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if let Ok(s) = hids_procfs::parse_stat(&stat) {
+            if s.pgrp == pgid && s.state != b'Z' {
+                members.push(pid);
+            }
+        }
+    }
+    members
+}
+
+pub fn alive(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|b| hids_procfs::parse_stat(&b).ok())
+        .is_some_and(|s| s.state != b'Z')
+}
+
+/// A tag unique to this test run, for matching our own processes' events.
+pub fn tag() -> String {
+    hids_wire::new_run_id()[..10].to_owned()
+}

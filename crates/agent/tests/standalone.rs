@@ -1,0 +1,330 @@
+//! The standalone agent end to end: real binaries, real kernel events, real processes.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{alive, group_members, Agent};
+use rustix::process::Signal;
+use serde_json::Value;
+
+fn exec_of(events: &[Value], pid: u32) -> Option<&Value> {
+    events
+        .iter()
+        .find(|e| e["event"]["action"] == "exec" && e["process"]["pid"] == pid)
+}
+
+fn args_of(ev: &Value) -> Option<Vec<String>> {
+    ev["process"]["args"].as_array().map(|a| {
+        a.iter()
+            .map(|s| s.as_str().unwrap_or_default().to_owned())
+            .collect()
+    })
+}
+
+#[test]
+fn spawned_processes_appear_with_args_and_parent() {
+    require_root!();
+    let agent = Agent::start("");
+    agent.wait_status(
+        "the process plugin to say hello",
+        Duration::from_secs(10),
+        |s| Agent::plugin(s, "process")["framed"] == true,
+    );
+    let tag = common::tag();
+    // A process that lives long enough to be read in full; the tag rides as $0.
+    let mut long = Command::new("/bin/sh")
+        .args(["-c", "sleep 1", &format!("long-{tag}")])
+        .spawn()
+        .unwrap();
+    // And one that exits at once.
+    let mut short = Command::new("/bin/true")
+        .arg(format!("short-{tag}"))
+        .spawn()
+        .unwrap();
+    let (long_pid, short_pid) = (long.id(), short.id());
+    short.wait().unwrap();
+    long.wait().unwrap();
+
+    let events = agent.wait_events("both execs", Duration::from_secs(10), |evs| {
+        exec_of(evs, long_pid).is_some() && exec_of(evs, short_pid).is_some()
+    });
+    let long_ev = exec_of(&events, long_pid).unwrap();
+    assert_eq!(
+        args_of(long_ev).unwrap(),
+        vec![
+            "/bin/sh".to_owned(),
+            "-c".into(),
+            "sleep 1".into(),
+            format!("long-{tag}")
+        ]
+    );
+    assert_eq!(long_ev["process"]["parent"]["pid"], std::process::id());
+    assert_eq!(long_ev["event"]["category"][0], "process");
+    assert_eq!(long_ev["event"]["type"][0], "start");
+    assert_eq!(long_ev["process"]["executable"], "/usr/bin/dash");
+    assert!(long_ev["process"]["command_line"]
+        .as_str()
+        .unwrap()
+        .contains(&tag));
+    assert!(long_ev["process"]["working_directory"].is_string());
+    assert_eq!(long_ev["user"]["id"], "0");
+    assert_eq!(long_ev["user"]["name"], "root");
+    assert!(long_ev["host"]["id"].is_string() && long_ev["host"]["hostname"].is_string());
+    assert_eq!(long_ev["hids"]["plugin"], "process");
+    assert!(long_ev["hids"]["run_id"].is_string());
+    assert!(long_ev["event"]["sequence"].as_u64().unwrap() > 0);
+
+    // The short one is reported either complete or marked incomplete, never with
+    // somebody else's command line.
+    let short_ev = exec_of(&events, short_pid).unwrap();
+    match args_of(short_ev) {
+        Some(args) => assert_eq!(args, vec!["/bin/true".to_owned(), format!("short-{tag}")]),
+        None => assert!(short_ev["hids"]["incomplete"].is_string(), "{short_ev:#}"),
+    }
+    assert_eq!(short_ev["process"]["parent"]["pid"], std::process::id());
+
+    // The child of the long-lived shell names its parent, the shell.
+    let sleep_ev = events
+        .iter()
+        .find(|e| e["event"]["action"] == "exec" && e["process"]["parent"]["pid"] == long_pid)
+        .expect("the shell's child is reported");
+    assert_eq!(args_of(sleep_ev).unwrap(), vec!["sleep", "1"]);
+    assert_eq!(sleep_ev["process"]["parent"]["executable"], "/usr/bin/dash");
+
+    // Sequence numbers of one run have no gaps at the source.
+    let run = long_ev["hids"]["run_id"].clone();
+    let mut seqs: Vec<u64> = events
+        .iter()
+        .filter(|e| e["hids"]["run_id"] == run)
+        .map(|e| e["event"]["sequence"].as_u64().unwrap())
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+}
+
+#[test]
+fn exit_events_carry_the_exit_code() {
+    require_root!();
+    let agent = Agent::start("");
+    agent.wait_status(
+        "the process plugin to say hello",
+        Duration::from_secs(10),
+        |s| Agent::plugin(s, "process")["framed"] == true,
+    );
+    let tag = common::tag();
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", "sleep 0.2; exit 7", &format!("exit-{tag}")])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    let events = agent.wait_events("the exit", Duration::from_secs(10), |evs| {
+        evs.iter()
+            .any(|e| e["event"]["action"] == "exit" && e["process"]["pid"] == pid)
+    });
+    let exit = events
+        .iter()
+        .find(|e| e["event"]["action"] == "exit" && e["process"]["pid"] == pid)
+        .unwrap();
+    assert_eq!(exit["process"]["exit_code"], 7);
+    assert_eq!(exit["event"]["type"][0], "end");
+}
+
+#[test]
+fn stats_record_declares_counts() {
+    require_root!();
+    let agent = Agent::start(
+        "[[plugins]]\nname = \"process\"\nargs = [\"--stats-interval-secs\", \"1\"]\n",
+    );
+    let events = agent.wait_events("a stats record", Duration::from_secs(10), |evs| {
+        evs.iter().any(|e| e["event"]["action"] == "stats")
+    });
+    let stats = events
+        .iter()
+        .find(|e| e["event"]["action"] == "stats")
+        .unwrap();
+    assert_eq!(stats["event"]["kind"], "metric");
+    let s = &stats["hids"]["stats"];
+    for key in ["events_emitted", "execs_seen", "incomplete", "dropped"] {
+        assert!(!s[key].is_null(), "stats lacks {key}: {s:#}");
+    }
+    assert!(s["dropped"]["capture_queue_full"].is_u64());
+    assert!(s["dropped"]["kernel_lost"].is_u64());
+    // The same counters reach the status file as the plugin's health.
+    agent.wait_status("health in the status", Duration::from_secs(5), |st| {
+        Agent::plugin(st, "process")["health"]["execs_seen"].is_u64()
+    });
+}
+
+#[test]
+fn crashing_plugin_is_restarted_then_quarantined() {
+    let agent = Agent::start(
+        "[supervisor]\nbackoff_initial_ms = 50\nquarantine_after = 3\n\
+         [[plugins]]\nname = \"crasher\"\npath = \"/bin/sh\"\nargs = [\"-c\", \"exit 3\"]\n",
+    );
+    let status = agent.wait_status("quarantine", Duration::from_secs(10), |s| {
+        Agent::plugin(s, "crasher")["state"] == "quarantined"
+    });
+    let p = Agent::plugin(&status, "crasher");
+    assert_eq!(p["restarts"], 2, "{p:#}");
+    assert_eq!(p["consecutive_crashes"], 3);
+    assert_eq!(p["last_exit"], "exit status 3");
+    // Quarantined means no more restarts.
+    std::thread::sleep(Duration::from_millis(700));
+    let later = agent.status().unwrap();
+    assert_eq!(Agent::plugin(&later, "crasher")["restarts"], 2);
+    assert!(agent.stderr().contains("quarantined"));
+}
+
+#[test]
+fn unframed_plugin_output_is_discarded_and_the_master_carries_on() {
+    let agent = Agent::start(
+        "[[plugins]]\nname = \"chatty\"\npath = \"/bin/sh\"\nargs = [\"-c\", \"echo not a frame; exec sleep 30\"]\n\
+         [[plugins]]\nname = \"quiet\"\npath = \"/bin/sleep\"\nargs = [\"30\"]\n",
+    );
+    let status = agent.wait_status(
+        "the chatty plugin to be classified",
+        Duration::from_secs(10),
+        |s| Agent::plugin(s, "chatty")["framed"] == false,
+    );
+    let p = Agent::plugin(&status, "chatty");
+    assert_eq!(p["state"], "running");
+    assert!(p["bytes_discarded"].as_u64().unwrap() >= 10);
+    assert_eq!(Agent::plugin(&status, "quiet")["state"], "running");
+    assert!(
+        agent.events().is_empty(),
+        "garbage must never reach the sinks"
+    );
+}
+
+#[test]
+fn broken_frames_after_hello_get_the_plugin_killed_and_restarted() {
+    // A valid hello, then a header announcing a 2 GiB frame.
+    let script = r#"printf 'HF\001\000\055\000\000\000{"protocol":1,"name":"bad","version":"0.0.1"}'; printf 'HF\002\000\377\377\377\177'; exec sleep 30"#;
+    let agent = Agent::start(&format!(
+        "[supervisor]\nbackoff_initial_ms = 50\nquarantine_after = 100\n\
+         [[plugins]]\nname = \"bad\"\npath = \"/bin/sh\"\nargs = [\"-c\", {script:?}]\n"
+    ));
+    let status = agent.wait_status(
+        "a rejected frame and a restart",
+        Duration::from_secs(10),
+        |s| {
+            let p = Agent::plugin(s, "bad");
+            p["frames_rejected"].as_u64().unwrap_or(0) >= 1
+                && p["restarts"].as_u64().unwrap_or(0) >= 1
+        },
+    );
+    let p = Agent::plugin(&status, "bad");
+    let why = p["last_exit"].as_str().unwrap();
+    assert!(
+        why.contains("protocol violation") && why.contains("exceeds the limit"),
+        "{p:#}"
+    );
+    assert_eq!(p["version"], "0.0.1", "the hello itself was accepted");
+    assert!(agent.events().is_empty());
+}
+
+#[test]
+fn sigterm_stops_everything_within_five_seconds() {
+    // A plugin that ignores SIGTERM and has a child of its own.
+    let agent_cfg = "[supervisor]\nstop_timeout_ms = 1000\n\
+         [[plugins]]\nname = \"stubborn\"\npath = \"/bin/sh\"\nargs = [\"-c\", \"trap '' TERM; sleep 300 & while :; do sleep 1; done\"]\n";
+    let mut agent = Agent::start(agent_cfg);
+    let status = agent.wait_status("the plugin to run", Duration::from_secs(10), |s| {
+        Agent::plugin(s, "stubborn")["pid"].is_u64()
+    });
+    let pgid = Agent::plugin(&status, "stubborn")["pid"].as_u64().unwrap() as u32;
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(group_members(pgid).len() >= 2, "the plugin and its sleep");
+    let start = Instant::now();
+    agent.signal(Signal::TERM);
+    let exit = agent
+        .wait_exit(Duration::from_secs(5))
+        .expect("agent exits within 5 s");
+    assert!(exit.success(), "{exit:?}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(
+        group_members(pgid).is_empty(),
+        "left behind: {:?}",
+        group_members(pgid)
+    );
+    let last = agent.status().unwrap();
+    assert_eq!(Agent::plugin(&last, "stubborn")["state"], "stopped");
+}
+
+#[test]
+fn sigkill_of_the_master_takes_its_plugins_along() {
+    let mut agent =
+        Agent::start("[[plugins]]\nname = \"orphan\"\npath = \"/bin/sleep\"\nargs = [\"300\"]\n");
+    let status = agent.wait_status("the plugin to run", Duration::from_secs(10), |s| {
+        Agent::plugin(s, "orphan")["pid"].is_u64()
+    });
+    let pid = Agent::plugin(&status, "orphan")["pid"].as_u64().unwrap() as u32;
+    assert!(alive(pid));
+    agent.signal(Signal::KILL);
+    agent
+        .wait_exit(Duration::from_secs(2))
+        .expect("SIGKILL is final");
+    let start = Instant::now();
+    while alive(pid) && start.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(pid), "plugin {pid} outlived its master");
+}
+
+#[test]
+fn unknown_config_keys_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "state_dir = \"/tmp/x\"\n[supervisor]\nbackof_initial_ms = 5\n",
+    )
+    .unwrap();
+    let out = Command::new(common::agent_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("backof_initial_ms"), "{err}");
+
+    std::fs::write(&cfg, "status_interval_secs = \"soon\"\n").unwrap();
+    let out = Command::new(common::agent_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("status_interval_secs"));
+}
+
+#[test]
+fn status_command_prints_a_table() {
+    let agent =
+        Agent::start("[[plugins]]\nname = \"idle\"\npath = \"/bin/sleep\"\nargs = [\"30\"]\n");
+    agent.wait_status("the plugin to run", Duration::from_secs(10), |s| {
+        Agent::plugin(s, "idle")["pid"].is_u64()
+    });
+    let out = Command::new(common::agent_bin())
+        .args(["status", "--state-dir"])
+        .arg(agent.state_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("PLUGIN") && text.contains("idle") && text.contains("running"),
+        "{text}"
+    );
+    let out = Command::new(common::agent_bin())
+        .args(["status", "--json", "--state-dir"])
+        .arg(agent.state_dir())
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["mode"], "standalone");
+}
