@@ -124,6 +124,24 @@ impl ProcSocket {
         ))
     }
 
+    /// Waits until a datagram is queued, at most `timeout`. Returns whether one is.
+    ///
+    /// # Errors
+    /// When `poll` fails for another reason than a signal.
+    pub fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let ts = Timespec {
+            tv_sec: timeout.as_secs() as _,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
+        match poll(&mut fds, Some(&ts)) {
+            Ok(n) => Ok(n > 0),
+            Err(Errno::INTR) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Receives one datagram. With `dont_wait`, returns [`RecvError::WouldBlock`] at once
     /// when nothing is queued; otherwise blocks up to the configured timeout.
     ///

@@ -1,30 +1,37 @@
 //! The capture thread: drains the proc connector socket, snapshots `/proc` for every exec
-//! at once, and hands everything to the enrichment thread through one bounded queue.
+//! at once, and hands batches to the enrichment thread through one bounded queue.
 //!
-//! This thread never blocks on anything but the socket. When the queue is full (count or
-//! byte budget) the event is dropped here and counted: this is the plugin's one
-//! documented drop point, so the kernel's buffer keeps draining whatever happens
-//! downstream.
+//! Each pass drains the socket until it is empty, reads the argument lists of all execs
+//! in that burst first (they vanish first), completes their snapshots, and queues the
+//! burst as one batch. Batching matters: one wake-up of the enrichment thread (and one
+//! write to the master) per burst instead of per event is most of the plugin's CPU cost
+//! in an exec storm. This thread never blocks on anything but the socket: when the queue
+//! is full, events are dropped here and counted. This is the plugin's one documented
+//! drop point.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hids_netlink::proc_connector::{messages, EventData, Message};
 use hids_netlink::{ProcSocket, RecvError};
 
 use crate::snapshot::{self, Gap, Snapshot};
 
-/// One item on the capture queue, in kernel order.
+/// One event, in kernel order.
 #[derive(Debug)]
 pub enum Raw {
     Exec {
         ts_ns: u64,
         pid: u32,
-        snapshot: Result<Snapshot, Gap>,
+        snapshot: Result<Box<Snapshot>, Gap>,
         /// CLOCK_MONOTONIC when the snapshot was finished: an exec of the same pid
         /// reported with an earlier timestamp means the snapshot may show that later image.
         read_done_ns: u64,
+        /// Set when such a later exec was seen: the snapshot must not be reported.
+        superseded: bool,
     },
     Fork {
         ts_ns: u64,
@@ -51,9 +58,6 @@ pub enum Raw {
         ts_ns: u64,
         pid: u32,
     },
-    /// The socket was found empty: every exec reported before that moment, and so
-    /// before any snapshot ahead of this marker was finished, is queued ahead of it.
-    Drained,
 }
 
 impl Raw {
@@ -67,6 +71,9 @@ impl Raw {
     }
 }
 
+/// Events handed over together, in kernel order.
+pub type Batch = Vec<Raw>;
+
 /// Counters shared by the capture and enrichment threads.
 #[derive(Default)]
 pub struct Counters {
@@ -78,6 +85,9 @@ pub struct Counters {
     pub execs_seen: AtomicU64,
     pub queue_full: AtomicU64,
     pub queue_full_execs: AtomicU64,
+    /// Batches handed over without a drain to empty first (a burst longer than a
+    /// batch): a superseding exec could slip past the check for those.
+    pub forced_batches: AtomicU64,
     /// Heap bytes of snapshots waiting in the queue.
     pub queue_bytes: AtomicUsize,
 }
@@ -85,12 +95,31 @@ pub struct Counters {
 pub struct CaptureConfig {
     pub proc_root: String,
     pub max_args_bytes: usize,
+    /// Budget of snapshot bytes in flight; past it, execs are queued without `/proc` data.
     pub queue_bytes: usize,
+    /// Events held in this thread while the queue is full; past it they are dropped.
+    pub max_pending: usize,
+    /// How long a non-empty batch may wait for more events before it is handed over.
+    pub linger: Duration,
 }
+
+/// Largest batch; a burst longer than this is handed over in pieces.
+const MAX_BATCH: usize = 512;
 
 pub fn monotonic_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+struct Capture {
+    cfg: CaptureConfig,
+    counters: Arc<Counters>,
+    cpu_seq: Vec<Option<u32>>,
+    /// Events converted but not yet handed over.
+    out: Vec<Raw>,
+    out_since: Option<Instant>,
+    /// Index in `out` of the last exec of each pid, for the superseded check.
+    out_execs: HashMap<u32, usize>,
 }
 
 /// Runs until `shutdown` is set or the enrichment thread is gone.
@@ -99,166 +128,272 @@ pub fn monotonic_ns() -> u64 {
 /// When the socket keeps failing: the master restarts the plugin.
 pub fn run(
     mut sock: ProcSocket,
-    tx: SyncSender<Raw>,
+    tx: SyncSender<Batch>,
     cfg: CaptureConfig,
     counters: Arc<Counters>,
     shutdown: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
-    let mut cpu_seq: Vec<Option<u32>> = Vec::new();
-    // True while something arrived since the last Drained marker was queued.
-    let mut marker_owed = false;
+    let mut cap = Capture {
+        cfg,
+        counters,
+        cpu_seq: Vec::new(),
+        out: Vec::new(),
+        out_since: None,
+        out_execs: HashMap::new(),
+    };
+    let mut burst: Vec<(u64, EventData)> = Vec::new();
     let mut io_errors = 0u32;
     while !shutdown.load(Ordering::Relaxed) {
-        match sock.recv(marker_owed) {
-            Ok(datagram) => {
-                io_errors = 0;
-                marker_owed = true;
-                counters.netlink_datagrams.fetch_add(1, Ordering::Relaxed);
-                for msg in messages(datagram) {
-                    match msg {
-                        Ok(Message::Event(ev)) => {
-                            // Acks take a number from the same per-CPU counter on current
-                            // kernels; older ones send them with cpu -1 and no number.
-                            if ev.cpu != u32::MAX {
-                                track_sequence(&mut cpu_seq, ev.cpu, ev.cn_seq, &counters);
-                            }
-                            if let Some(raw) = convert(ev.timestamp_ns, ev.data, &cfg, &counters) {
-                                if !push(&tx, raw, &counters) {
-                                    return Ok(());
-                                }
-                            }
-                        }
-                        Ok(Message::Overrun) => {
-                            counters.enobufs.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(_) => {}
-                        Err(_) => {
-                            counters.parse_errors.fetch_add(1, Ordering::Relaxed);
-                        }
+        // 1. Drain the socket, parsing only.
+        let mut drained = false;
+        while burst.len() < MAX_BATCH {
+            match sock.recv(true) {
+                Ok(datagram) => {
+                    io_errors = 0;
+                    cap.counters
+                        .netlink_datagrams
+                        .fetch_add(1, Ordering::Relaxed);
+                    cap.parse(datagram, &mut burst);
+                }
+                Err(RecvError::WouldBlock) => {
+                    drained = true;
+                    break;
+                }
+                Err(RecvError::Overrun) => {
+                    cap.counters.enobufs.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(RecvError::Io(e)) => {
+                    io_errors += 1;
+                    if io_errors >= 100 {
+                        anyhow::bail!("proc connector socket keeps failing: {e}");
                     }
+                    tracing::warn!("proc connector: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                    break;
                 }
             }
-            Err(RecvError::WouldBlock) => {
-                if marker_owed {
-                    match tx.try_send(Raw::Drained) {
-                        Ok(()) => marker_owed = false,
-                        // Retried on the next pass; the queue drains at memory speed, so a
-                        // short pause beats spinning.
-                        Err(TrySendError::Full(_)) => {
-                            std::thread::sleep(std::time::Duration::from_millis(1));
-                        }
-                        Err(TrySendError::Disconnected(_)) => return Ok(()),
-                    }
-                }
+        }
+        // 2. Every snapshot in `out` was finished before this drain began, so any exec
+        //    that could have replaced the image we read is in `burst` now.
+        for (ts_ns, data) in &burst {
+            if let EventData::Exec { tgid, .. } = data {
+                cap.mark_superseded(*tgid, *ts_ns);
             }
-            Err(RecvError::Overrun) => {
-                counters.enobufs.fetch_add(1, Ordering::Relaxed);
+        }
+        // 3. Hand over what has waited long enough. Only here, right after a drain and
+        //    its check, is a batch final.
+        let age = cap.out_since.map_or(Duration::ZERO, |t| t.elapsed());
+        if !cap.out.is_empty() && (!drained || age >= cap.cfg.linger || cap.out.len() >= MAX_BATCH)
+        {
+            if !drained {
+                cap.counters.forced_batches.fetch_add(1, Ordering::Relaxed);
             }
-            Err(RecvError::Io(e)) => {
-                io_errors += 1;
-                if io_errors >= 100 {
-                    anyhow::bail!("proc connector socket keeps failing: {e}");
-                }
+            if !cap.hand_over(&tx) {
+                return Ok(());
+            }
+        }
+        // 4. Snapshot the burst's execs and queue everything.
+        cap.convert(&mut burst);
+        if drained {
+            let wait = if cap.out.is_empty() {
+                Duration::from_millis(500)
+            } else {
+                // At least 1 ms, so a full queue downstream is not polled in a spin.
+                cap.cfg
+                    .linger
+                    .saturating_sub(age)
+                    .max(Duration::from_millis(1))
+            };
+            if let Err(e) = sock.wait_readable(wait) {
                 tracing::warn!("proc connector: {e}");
-                std::thread::sleep(std::time::Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
     }
     Ok(())
 }
 
-/// The kernel numbers events per CPU; a jump means it dropped some for us.
-fn track_sequence(cpu_seq: &mut Vec<Option<u32>>, cpu: u32, seq: u32, counters: &Counters) {
-    let cpu = cpu as usize;
-    if cpu >= 8192 {
-        return;
-    }
-    if cpu_seq.len() <= cpu {
-        cpu_seq.resize(cpu + 1, None);
-    }
-    if let Some(last) = cpu_seq[cpu] {
-        let gap = seq.wrapping_sub(last).wrapping_sub(1);
-        // A huge "gap" is a reordering or counter reset, not a loss we can size.
-        if gap > 0 && gap < 1 << 30 {
-            counters
-                .kernel_lost
-                .fetch_add(u64::from(gap), Ordering::Relaxed);
+impl Capture {
+    fn parse(&mut self, datagram: &[u8], burst: &mut Vec<(u64, EventData)>) {
+        for msg in messages(datagram) {
+            match msg {
+                Ok(Message::Event(ev)) => {
+                    // Acks take a number from the same per-CPU counter on current
+                    // kernels; older ones send them with cpu -1 and no number.
+                    if ev.cpu != u32::MAX {
+                        self.track_sequence(ev.cpu, ev.cn_seq);
+                    }
+                    burst.push((ev.timestamp_ns, ev.data));
+                }
+                Ok(Message::Overrun) => {
+                    self.counters.enobufs.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    self.counters.parse_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
     }
-    cpu_seq[cpu] = Some(seq);
-}
 
-fn convert(ts_ns: u64, data: EventData, cfg: &CaptureConfig, counters: &Counters) -> Option<Raw> {
-    Some(match data {
-        EventData::Exec { tgid, .. } => {
-            counters.execs_seen.fetch_add(1, Ordering::Relaxed);
-            let snapshot = if counters.queue_bytes.load(Ordering::Relaxed) >= cfg.queue_bytes {
-                Err(Gap::Backlog)
-            } else {
-                snapshot::take(&cfg.proc_root, tgid, cfg.max_args_bytes)
+    /// The kernel numbers events per CPU; a jump means it dropped some for us.
+    fn track_sequence(&mut self, cpu: u32, seq: u32) {
+        let cpu = cpu as usize;
+        if cpu >= 8192 {
+            return;
+        }
+        if self.cpu_seq.len() <= cpu {
+            self.cpu_seq.resize(cpu + 1, None);
+        }
+        if let Some(last) = self.cpu_seq[cpu] {
+            let gap = seq.wrapping_sub(last).wrapping_sub(1);
+            // A huge "gap" is a reordering or counter reset, not a loss we can size.
+            if gap > 0 && gap < 1 << 30 {
+                self.counters
+                    .kernel_lost
+                    .fetch_add(u64::from(gap), Ordering::Relaxed);
+            }
+        }
+        self.cpu_seq[cpu] = Some(seq);
+    }
+
+    /// An exec of `pid` at `ts_ns`: a queued snapshot of `pid` finished after that
+    /// moment may show this newer image, so it is not reported as the older one's.
+    fn mark_superseded(&mut self, pid: u32, ts_ns: u64) {
+        if let Some(&i) = self.out_execs.get(&pid) {
+            if let Some(Raw::Exec {
+                read_done_ns,
+                superseded,
+                ..
+            }) = self.out.get_mut(i)
+            {
+                if *read_done_ns > ts_ns {
+                    *superseded = true;
+                }
+            }
+        }
+    }
+
+    fn convert(&mut self, burst: &mut Vec<(u64, EventData)>) {
+        if burst.is_empty() {
+            return;
+        }
+        // First pass over the burst: the volatile half of every exec's snapshot.
+        let mut begun: Vec<Option<Result<(hids_procfs::ProcDir, Snapshot), Gap>>> = burst
+            .iter()
+            .map(|(_, data)| match data {
+                EventData::Exec { tgid, .. } => {
+                    self.counters.execs_seen.fetch_add(1, Ordering::Relaxed);
+                    Some(
+                        if self.counters.queue_bytes.load(Ordering::Relaxed) >= self.cfg.queue_bytes
+                        {
+                            Err(Gap::Backlog)
+                        } else {
+                            snapshot::begin(&self.cfg.proc_root, *tgid, self.cfg.max_args_bytes)
+                        },
+                    )
+                }
+                _ => None,
+            })
+            .collect();
+        for ((ts_ns, data), begun) in burst.drain(..).zip(begun.iter_mut()) {
+            let raw = match data {
+                EventData::Exec { tgid, .. } => {
+                    let snapshot = match begun.take() {
+                        Some(Ok((dir, mut snap))) => {
+                            snapshot::finish(&dir, &mut snap);
+                            Ok(Box::new(snap))
+                        }
+                        Some(Err(gap)) => Err(gap),
+                        None => Err(Gap::Exited),
+                    };
+                    // Within one burst, a later exec of the same pid happened before
+                    // any of its snapshots were taken.
+                    self.mark_superseded(tgid, ts_ns);
+                    Raw::Exec {
+                        ts_ns,
+                        pid: tgid,
+                        snapshot,
+                        read_done_ns: monotonic_ns(),
+                        superseded: false,
+                    }
+                }
+                // Threads share their process's image: only processes matter here.
+                EventData::Fork {
+                    parent_tgid,
+                    child_pid,
+                    child_tgid,
+                    ..
+                } if child_pid == child_tgid => Raw::Fork {
+                    ts_ns,
+                    parent: parent_tgid,
+                    child: child_tgid,
+                },
+                EventData::Exit {
+                    pid,
+                    tgid,
+                    exit_code,
+                    ..
+                } if pid == tgid => Raw::Exit {
+                    ts_ns,
+                    pid: tgid,
+                    exit_code,
+                },
+                EventData::Uid {
+                    pid,
+                    tgid,
+                    ruid,
+                    euid,
+                } if pid == tgid => Raw::Uid {
+                    ts_ns,
+                    pid,
+                    ruid,
+                    euid,
+                },
+                EventData::Gid {
+                    pid, tgid, rgid, ..
+                } if pid == tgid => Raw::Gid { ts_ns, pid, rgid },
+                EventData::Sid { pid, tgid } if pid == tgid => Raw::Sid { ts_ns, pid },
+                _ => continue,
             };
-            Raw::Exec {
-                ts_ns,
-                pid: tgid,
-                snapshot,
-                read_done_ns: monotonic_ns(),
-            }
+            self.queue(raw);
         }
-        // Threads share their process's image: only processes matter here.
-        EventData::Fork {
-            parent_tgid,
-            child_pid,
-            child_tgid,
-            ..
-        } if child_pid == child_tgid => Raw::Fork {
-            ts_ns,
-            parent: parent_tgid,
-            child: child_tgid,
-        },
-        EventData::Exit {
-            pid,
-            tgid,
-            exit_code,
-            ..
-        } if pid == tgid => Raw::Exit {
-            ts_ns,
-            pid: tgid,
-            exit_code,
-        },
-        EventData::Uid {
-            pid,
-            tgid,
-            ruid,
-            euid,
-        } if pid == tgid => Raw::Uid {
-            ts_ns,
-            pid,
-            ruid,
-            euid,
-        },
-        EventData::Gid {
-            pid, tgid, rgid, ..
-        } if pid == tgid => Raw::Gid { ts_ns, pid, rgid },
-        EventData::Sid { pid, tgid } if pid == tgid => Raw::Sid { ts_ns, pid },
-        _ => return None,
-    })
-}
+    }
 
-/// Queues `raw`, or drops and counts it. Returns false when the consumer is gone.
-fn push(tx: &SyncSender<Raw>, raw: Raw, counters: &Counters) -> bool {
-    let bytes = raw.heap_bytes();
-    let is_exec = matches!(raw, Raw::Exec { .. });
-    counters.queue_bytes.fetch_add(bytes, Ordering::Relaxed);
-    match tx.try_send(raw) {
-        Ok(()) => true,
-        Err(TrySendError::Full(_)) => {
-            counters.queue_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            counters.queue_full.fetch_add(1, Ordering::Relaxed);
-            if is_exec {
-                counters.queue_full_execs.fetch_add(1, Ordering::Relaxed);
+    fn queue(&mut self, raw: Raw) {
+        if self.out.len() >= self.cfg.max_pending {
+            self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
+            if matches!(raw, Raw::Exec { .. }) {
+                self.counters
+                    .queue_full_execs
+                    .fetch_add(1, Ordering::Relaxed);
             }
-            true
+            return;
         }
-        Err(TrySendError::Disconnected(_)) => false,
+        self.counters
+            .queue_bytes
+            .fetch_add(raw.heap_bytes(), Ordering::Relaxed);
+        self.out_since.get_or_insert_with(Instant::now);
+        if let Raw::Exec { pid, .. } = raw {
+            self.out_execs.insert(pid, self.out.len());
+        }
+        self.out.push(raw);
+    }
+
+    /// Hands the batch over, or keeps it (bounded by `max_pending`) while the queue is
+    /// full. Returns false when the consumer is gone.
+    fn hand_over(&mut self, tx: &SyncSender<Batch>) -> bool {
+        match tx.try_send(std::mem::take(&mut self.out)) {
+            Ok(()) => {
+                self.out_since = None;
+                self.out_execs.clear();
+                true
+            }
+            Err(TrySendError::Full(batch)) => {
+                self.out = batch;
+                true
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
     }
 }

@@ -15,7 +15,7 @@ use hids_types::event::{
 };
 use hids_types::Timestamp;
 
-use crate::capture::{monotonic_ns, Counters, Raw};
+use crate::capture::{monotonic_ns, Batch, Counters, Raw};
 use crate::snapshot::{Gap, Snapshot};
 use crate::table::{keep_args, Entry, Table};
 use crate::users::Names;
@@ -34,9 +34,6 @@ pub struct Emit {
 pub struct EnrichConfig {
     pub emit: Emit,
     pub stats_interval: Duration,
-    /// Events held at most between two "socket drained" markers before they are
-    /// processed anyway.
-    pub max_batch: usize,
 }
 
 /// Converts kernel clocks to wall time.
@@ -89,7 +86,6 @@ struct Tally {
     emitted: u64,
     incomplete: HashMap<&'static str, u64>,
     args_truncated: u64,
-    forced_batches: u64,
 }
 
 pub struct Enricher {
@@ -139,28 +135,26 @@ impl Enricher {
     }
 
     /// Runs until the capture thread hangs up, or the master stops reading.
-    pub fn run(mut self, rx: Receiver<Raw>) -> std::io::Result<()> {
+    pub fn run(mut self, rx: Receiver<Batch>) -> std::io::Result<()> {
         let tick = Duration::from_secs(1);
         let mut next_tick = Instant::now() + tick;
         let mut next_stats = Instant::now() + self.cfg.stats_interval;
-        let mut batch: Vec<Raw> = Vec::new();
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
-                Ok(Raw::Drained) => {
-                    self.process_batch(&mut batch)?;
-                    self.out.flush()?;
-                }
-                Ok(raw) => {
-                    batch.push(raw);
-                    if batch.len() >= self.cfg.max_batch {
-                        self.tally.forced_batches += 1;
-                        self.process_batch(&mut batch)?;
+                Ok(batch) => {
+                    for raw in batch {
+                        let bytes = raw.heap_bytes();
+                        let result = self.handle(raw);
+                        self.counters
+                            .queue_bytes
+                            .fetch_sub(bytes, Ordering::Relaxed);
+                        result?;
                     }
+                    self.out.flush()?;
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    self.process_batch(&mut batch)?;
                     self.emit_stats()?;
                     return self.out.flush();
                 }
@@ -178,46 +172,13 @@ impl Enricher {
         }
     }
 
-    /// Processes everything received up to a "drained" marker. An exec whose snapshot
-    /// was taken after a later exec of the same pid is marked superseded: what we read
-    /// may be the later image, and a wrong command line is worse than none.
-    fn process_batch(&mut self, batch: &mut Vec<Raw>) -> std::io::Result<()> {
-        let mut superseded = vec![false; batch.len()];
-        let mut next_exec_ts: HashMap<u32, u64> = HashMap::new();
-        for (i, raw) in batch.iter().enumerate().rev() {
-            if let Raw::Exec {
-                ts_ns,
-                pid,
-                read_done_ns,
-                ..
-            } = raw
-            {
-                if next_exec_ts
-                    .get(pid)
-                    .is_some_and(|&later| later < *read_done_ns)
-                {
-                    superseded[i] = true;
-                }
-                next_exec_ts.insert(*pid, *ts_ns);
-            }
-        }
-        for (raw, superseded) in batch.drain(..).zip(superseded) {
-            let bytes = raw.heap_bytes();
-            let result = self.handle(raw, superseded);
-            self.counters
-                .queue_bytes
-                .fetch_sub(bytes, Ordering::Relaxed);
-            result?;
-        }
-        Ok(())
-    }
-
-    fn handle(&mut self, raw: Raw, superseded: bool) -> std::io::Result<()> {
+    fn handle(&mut self, raw: Raw) -> std::io::Result<()> {
         match raw {
             Raw::Exec {
                 ts_ns,
                 pid,
                 snapshot,
+                superseded,
                 ..
             } => self.on_exec(ts_ns, pid, snapshot, superseded),
             Raw::Fork {
@@ -290,7 +251,6 @@ impl Enricher {
                 ev.process = Some(self.known_process(pid));
                 self.emit(ev)
             }
-            Raw::Drained => Ok(()),
         }
     }
 
@@ -298,7 +258,7 @@ impl Enricher {
         &mut self,
         ts_ns: u64,
         pid: u32,
-        snapshot: Result<Snapshot, Gap>,
+        snapshot: Result<Box<Snapshot>, Gap>,
         superseded: bool,
     ) -> std::io::Result<()> {
         let known = self.table.get(pid).cloned().unwrap_or_default();
@@ -507,7 +467,7 @@ impl Enricher {
             "args_truncated": self.tally.args_truncated,
             "parse_errors": get(&c.parse_errors),
             "netlink_datagrams": get(&c.netlink_datagrams),
-            "forced_batches": self.tally.forced_batches,
+            "forced_batches": get(&c.forced_batches),
             "queue_bytes": c.queue_bytes.load(Ordering::Relaxed),
             "table": { "entries": self.table.len(), "evicted": self.table.evicted },
         });

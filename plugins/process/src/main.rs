@@ -38,9 +38,17 @@ struct Args {
     /// (`hids.args_truncated`).
     #[arg(long, default_value_t = 32 * 1024)]
     max_args_bytes: usize,
-    /// Events the capture queue holds; beyond it events are dropped and counted.
+    /// Batches the capture queue holds (a batch is one burst of events, at most 512).
+    #[arg(long, default_value_t = 64)]
+    queue_batches: usize,
+    /// Events the capture thread holds while the queue is full; beyond it events are
+    /// dropped and counted.
     #[arg(long, default_value_t = 8192)]
-    queue_events: usize,
+    max_pending_events: usize,
+    /// How long a burst may wait for more events before it is handed on, in
+    /// microseconds. Longer means fewer wake-ups (less CPU) and later events.
+    #[arg(long, default_value_t = 2000)]
+    linger_us: u64,
     /// Bytes of `/proc` data the capture queue holds; beyond it execs are reported
     /// without `/proc` fields (`hids.incomplete: backlog`).
     #[arg(long, default_value_t = 4 << 20)]
@@ -114,13 +122,15 @@ fn run(args: Args) -> anyhow::Result<()> {
     // Subscribed first, scanned second: a process started during the scan is seen
     // either by the scan or by the events queued meanwhile.
     let counters = Arc::new(Counters::default());
-    let (tx, rx) = mpsc::sync_channel(args.queue_events.max(64));
+    let (tx, rx) = mpsc::sync_channel(args.queue_batches.max(1));
     let shutdown = session.shutdown_flag();
     let capture = {
         let cfg = CaptureConfig {
             proc_root: args.proc_root.clone(),
             max_args_bytes: args.max_args_bytes.max(256),
             queue_bytes: args.queue_bytes,
+            max_pending: args.max_pending_events.max(64),
+            linger: Duration::from_micros(args.linger_us),
         };
         let counters = counters.clone();
         let shutdown = shutdown.clone();
@@ -146,7 +156,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         EnrichConfig {
             emit,
             stats_interval: Duration::from_secs(args.stats_interval_secs.max(1)),
-            max_batch: 4096,
         },
         host,
         session.hello.plugin.as_str().into(),

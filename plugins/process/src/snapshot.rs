@@ -54,9 +54,10 @@ impl Snapshot {
     }
 }
 
-/// Reads everything an exec event needs. The most volatile entry (the argument list,
-/// which empties when the process exits) is read first.
-pub fn take(proc_root: &str, pid: u32, max_args_bytes: usize) -> Result<Snapshot, Gap> {
+/// The first half of a snapshot: what disappears first when a process exits. The
+/// argument list is released with the process's memory and `exe` with its files, so
+/// these are read for every exec of a burst before anything else is read for any.
+pub fn begin(proc_root: &str, pid: u32, max_args_bytes: usize) -> Result<(ProcDir, Snapshot), Gap> {
     let dir = ProcDir::open(proc_root, pid).map_err(|e| classify(&e))?;
     let mut snap = Snapshot::default();
     match dir.read("cmdline", &mut snap.cmdline, max_args_bytes) {
@@ -65,15 +66,18 @@ pub fn take(proc_root: &str, pid: u32, max_args_bytes: usize) -> Result<Snapshot
     }
     snap.cmdline.shrink_to_fit();
     snap.exe = dir.read_link("exe").ok();
-    snap.stat = read_small(&dir, "stat");
-    snap.status = read_small(&dir, "status");
-    snap.cwd = dir.read_link("cwd").ok();
-    snap.cgroup = read_small(&dir, "cgroup");
-    snap.pid_ns = dir.read_link("ns/pid").ok();
-    snap.loginuid = read_small(&dir, "loginuid");
-    Ok(snap)
+    Ok((dir, snap))
 }
 
+/// The second half: what stays readable until the process is reaped.
+pub fn finish(dir: &ProcDir, snap: &mut Snapshot) {
+    snap.stat = read_small(dir, "stat");
+    snap.status = read_small(dir, "status");
+    snap.cwd = dir.read_link("cwd").ok();
+    snap.cgroup = read_small(dir, "cgroup");
+    snap.pid_ns = dir.read_link("ns/pid").ok();
+    snap.loginuid = read_small(dir, "loginuid");
+}
 fn read_small(dir: &ProcDir, name: &str) -> Option<Vec<u8>> {
     let mut buf = Vec::new();
     dir.read(name, &mut buf, 8192).ok()?;
