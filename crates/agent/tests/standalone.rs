@@ -328,3 +328,105 @@ fn status_command_prints_a_table() {
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["mode"], "standalone");
 }
+
+#[test]
+fn hostile_argv_is_bounded_and_lossy_not_fatal() {
+    require_root!();
+    use std::os::unix::ffi::OsStrExt;
+    let agent = Agent::start("");
+    agent.wait_status(
+        "the process plugin to say hello",
+        Duration::from_secs(10),
+        |s| Agent::plugin(s, "process")["framed"] == true,
+    );
+    let tag = common::tag();
+    // 192 KiB of arguments: the kernel caps one argument at 128 KiB, not the list.
+    let chunk = "x".repeat(64 * 1024);
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", "sleep 1", &format!("argv-{tag}")])
+        .arg(std::ffi::OsStr::from_bytes(b"bad-\xff\xfe-utf8"))
+        .args([&chunk, &chunk, &chunk])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    let events = agent.wait_events("the exec", Duration::from_secs(10), |evs| {
+        exec_of(evs, pid).is_some()
+    });
+    let ev = exec_of(&events, pid).unwrap();
+    let args = args_of(ev).unwrap();
+    assert_eq!(args[3], format!("argv-{tag}"));
+    assert_eq!(args[4], "bad-\u{fffd}\u{fffd}-utf8");
+    assert_eq!(ev["hids"]["args_truncated"], true);
+    let total: usize = args.iter().map(|a| a.len() + 1).sum();
+    assert!(
+        total <= 33 * 1024,
+        "argv is bounded (default 32 KiB), got {total} bytes"
+    );
+    // The agent and its plugin are unharmed.
+    let status = agent.status().unwrap();
+    assert_eq!(Agent::plugin(&status, "process")["restarts"], 0);
+}
+
+#[test]
+fn interactive_session_carries_tty_session_and_login_user() {
+    require_root!();
+    let agent = Agent::start("");
+    agent.wait_status(
+        "the process plugin to say hello",
+        Duration::from_secs(10),
+        |s| Agent::plugin(s, "process")["framed"] == true,
+    );
+    let tag = common::tag();
+    // `script` gives the command a pseudo-terminal and a session of its own, as a login
+    // shell has.
+    let status = Command::new("script")
+        .args(["-qec", &format!("sh -c 'sleep 0.3' tty-{tag}"), "/dev/null"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("script (bsdutils) runs");
+    assert!(status.success());
+    let events = agent.wait_events("the shell's exec", Duration::from_secs(10), |evs| {
+        evs.iter().any(|e| {
+            e["event"]["action"] == "exec"
+                && args_of(e).is_some_and(|a| a.last().is_some_and(|l| l == &format!("tty-{tag}")))
+        })
+    });
+    let ev = events
+        .iter()
+        .find(|e| {
+            e["event"]["action"] == "exec"
+                && args_of(e).is_some_and(|a| a.last().is_some_and(|l| l == &format!("tty-{tag}")))
+        })
+        .unwrap();
+    assert_eq!(ev["process"]["interactive"], true, "{ev:#}");
+    assert!(
+        ev["hids"]["tty"].as_str().unwrap().starts_with("pts/"),
+        "{ev:#}"
+    );
+    assert!(
+        ev["process"]["tty"]["char_device"]["major"]
+            .as_u64()
+            .unwrap()
+            >= 136
+    );
+    let sid = ev["process"]["session_leader"]["pid"].as_u64().unwrap();
+    assert!(sid > 1);
+    // Its child shares the session and terminal, so the session can be replayed.
+    let sh_pid = ev["process"]["pid"].as_u64().unwrap();
+    let events = agent.wait_events("the sleep", Duration::from_secs(10), |evs| {
+        evs.iter()
+            .any(|e| e["event"]["action"] == "exec" && e["process"]["parent"]["pid"] == sh_pid)
+    });
+    let child = events
+        .iter()
+        .find(|e| e["event"]["action"] == "exec" && e["process"]["parent"]["pid"] == sh_pid)
+        .unwrap();
+    assert_eq!(child["process"]["session_leader"]["pid"], sid);
+    assert_eq!(child["hids"]["tty"], ev["hids"]["tty"]);
+    // The login user is whatever this test's session has; when set, it is reported.
+    let login = std::fs::read_to_string("/proc/self/loginuid").unwrap_or_default();
+    if login.trim() != "4294967295" && !login.trim().is_empty() {
+        assert_eq!(ev["user"]["audit"]["id"], login.trim());
+    }
+}

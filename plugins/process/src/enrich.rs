@@ -351,7 +351,18 @@ impl Enricher {
             }
         }
         if ppid != 0 {
-            p.parent = Some(self.process_ref(ppid));
+            let mut parent = self.process_ref(ppid);
+            // Until this exec the process ran its parent's image: when the parent is
+            // already forgotten, that copy still names it.
+            if parent.executable.is_none() && known.ppid == ppid {
+                parent.name = known.name.as_deref().map(str::to_owned);
+                parent.executable = known.exe.as_deref().map(str::to_owned);
+                if let Some(args) = &known.args {
+                    parent.command_line = Some(procfs::command_line(args));
+                    parent.args = Some(args.to_vec());
+                }
+            }
+            p.parent = Some(parent);
         }
         if let Some(reason) = incomplete {
             ev.hids.incomplete = Some(reason.to_owned());
@@ -366,6 +377,7 @@ impl Enricher {
                 exe: p.executable.as_deref().map(Arc::from),
                 args: args_kept,
                 exited_at: None,
+                forked: false,
             },
         );
         ev.process = Some(p);

@@ -47,7 +47,7 @@ struct Args {
     max_pending_events: usize,
     /// How long a burst may wait for more events before it is handed on, in
     /// microseconds. Longer means fewer wake-ups (less CPU) and later events.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 10_000)]
     linger_us: u64,
     /// Bytes of `/proc` data the capture queue holds; beyond it execs are reported
     /// without `/proc` fields (`hids.incomplete: backlog`).

@@ -26,6 +26,9 @@ pub struct Entry {
     /// which run the same image until they exec.
     pub args: Option<Arc<[String]>>,
     pub exited_at: Option<Instant>,
+    /// Whether it ever forked. One that did not can never be named as a parent after
+    /// it exits (its fork events would have come first), so it is forgotten at once.
+    pub forked: bool,
 }
 
 impl Entry {
@@ -93,6 +96,8 @@ impl Table {
                     exe,
                     args,
                     exited_at: None,
+                    // Unknown for processes found by the scan: assume children.
+                    forked: true,
                 },
             );
         }
@@ -100,10 +105,17 @@ impl Table {
 
     /// A new process: it runs its parent's image until it execs.
     pub fn fork(&mut self, parent: u32, child: u32) {
-        let mut entry = self.map.get(&parent).cloned().unwrap_or_default();
+        let mut entry = match self.map.get_mut(&parent) {
+            Some(p) => {
+                p.forked = true;
+                p.clone()
+            }
+            None => Entry::default(),
+        };
         entry.ppid = parent;
         entry.start_ticks = None;
         entry.exited_at = None;
+        entry.forked = false;
         self.insert(child, entry);
     }
 
@@ -111,9 +123,15 @@ impl Table {
         self.insert(pid, entry);
     }
 
+    /// A process exited: kept for `linger` if it has children that may still name it,
+    /// forgotten at once otherwise. This keeps the table small in an exec storm.
     pub fn exit(&mut self, pid: u32) {
-        if let Some(e) = self.map.get_mut(&pid) {
-            e.exited_at = Some(Instant::now());
+        match self.map.get_mut(&pid) {
+            Some(e) if e.forked => e.exited_at = Some(Instant::now()),
+            Some(_) => {
+                self.map.remove(&pid);
+            }
+            None => {}
         }
     }
 
@@ -197,6 +215,7 @@ mod tests {
         for pid in 0..16 {
             t.exec(pid, named("x"));
         }
+        t.fork(3, 2);
         t.exit(3);
         t.exec(100, named("y"));
         assert_eq!(t.len(), 16);
