@@ -5,7 +5,9 @@
 //! This crate is serde only: no I/O, no runtime. Producing the values (reading `/proc`,
 //! talking to the kernel) belongs to the crates that own those sources.
 
+pub mod desired;
 pub mod event;
+pub mod stagger;
 pub mod status;
 mod timestamp;
 

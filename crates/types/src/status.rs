@@ -18,6 +18,19 @@ pub struct AgentStatus {
     pub mode: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The host's addresses (not loopback), for operators looking a host up.
+    #[serde(default)]
+    pub ips: Vec<String>,
+    /// Generation of the last desired state applied (0: none yet).
+    #[serde(default)]
+    pub applied_generation: u64,
+    /// Why the last desired state received was refused, if it was; `None` once one is
+    /// applied.
+    #[serde(default)]
+    pub desired_error: Option<String>,
+    /// True while a `stop_all` command holds every plugin stopped.
+    #[serde(default)]
+    pub stopped_by_command: bool,
     pub started_at: Timestamp,
     pub updated_at: Timestamp,
     pub plugins: Vec<PluginStatus>,

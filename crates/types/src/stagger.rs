@@ -1,0 +1,68 @@
+//! Staggering: anything a whole fleet does periodically (status refresh, stats flush,
+//! scans, reconnects, lease keepalives) is shifted by a per-host offset, so a million
+//! agents never act in the same second. One helper, used everywhere.
+
+use std::time::Duration;
+
+/// A stable hash of a host id, well spread over `u64` (FNV-1a, then the SplitMix64
+/// finaliser: FNV alone clusters on ids that differ only in their last characters).
+pub fn host_hash(host_id: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in host_id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// This host's offset within `period`: `hash(host_id) mod period`, at millisecond
+/// resolution.
+pub fn offset(host_id: &str, period: Duration) -> Duration {
+    let ms = period.as_millis() as u64;
+    if ms == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(host_hash(host_id) % ms)
+}
+
+/// This host's bucket out of `buckets` (for percentage rollouts): stable for a host, so
+/// the same hosts are chosen every time and a larger percentage only adds hosts.
+pub fn bucket(host_id: &str, buckets: u64) -> u64 {
+    host_hash(host_id) % buckets.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_spread_evenly_over_the_period() {
+        // 100,000 hosts with sequential ids (the worst case for a weak hash) over a
+        // 60 s period cut into 60 one-second slots: each slot within 10% of the mean.
+        let period = Duration::from_secs(60);
+        let mut slots = [0u32; 60];
+        let n = 100_000;
+        for i in 0..n {
+            let off = offset(&format!("host-{i:06}"), period);
+            assert!(off < period);
+            slots[off.as_secs() as usize] += 1;
+        }
+        let mean = n as f64 / 60.0;
+        for (s, &count) in slots.iter().enumerate() {
+            let dev = (f64::from(count) - mean).abs() / mean;
+            assert!(dev < 0.10, "slot {s}: {count} vs mean {mean:.0}");
+        }
+    }
+
+    #[test]
+    fn stable_and_bounded() {
+        assert_eq!(host_hash("a"), host_hash("a"));
+        assert_ne!(host_hash("a"), host_hash("b"));
+        assert_eq!(offset("x", Duration::ZERO), Duration::ZERO);
+        assert!(bucket("x", 100) < 100);
+    }
+}
