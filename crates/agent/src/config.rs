@@ -48,6 +48,51 @@ pub struct Config {
     /// The plugins to run. When present, this list replaces the built-in set.
     #[serde(default)]
     pub plugins: Option<Vec<PluginConfig>>,
+    /// The control plane. Without this section the agent runs standalone.
+    #[serde(default)]
+    pub control: Option<ControlConfig>,
+}
+
+/// How the agent joins the control plane (etcd).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// etcd client URLs, `http://` or `https://`.
+    pub endpoints: Vec<String>,
+    /// Public keys (`signing.pub` from `hidsctl keygen`) whose signatures are accepted.
+    pub trusted_keys: Vec<PathBuf>,
+    /// Lease TTL: the agent leaves the fleet listing this long after it dies.
+    #[serde(default = "default_lease_ttl_secs")]
+    pub lease_ttl_secs: u64,
+    /// Prefix of every key.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Rewrite the status key this often even without a change (staggered per host).
+    #[serde(default = "default_status_refresh_secs")]
+    pub status_refresh_secs: u64,
+    /// etcd user (with `password`), when etcd has authentication on.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// CA certificate (PEM) to verify etcd's TLS certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for etcd's TLS client authentication.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+fn default_lease_ttl_secs() -> u64 {
+    60
+}
+fn default_prefix() -> String {
+    hids_control::keys::DEFAULT_PREFIX.to_owned()
+}
+fn default_status_refresh_secs() -> u64 {
+    300
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -163,12 +208,13 @@ impl Default for Config {
             supervisor: SupervisorConfig::default(),
             pipeline: PipelineConfig::default(),
             plugins: None,
+            control: None,
         }
     }
 }
 
 /// A plugin ready to start: its path resolved and checked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginSpec {
     pub name: String,
     pub path: PathBuf,
@@ -230,6 +276,14 @@ impl Config {
         }
         if self.pipeline.queue_events == 0 {
             problems.push("pipeline.queue_events must be at least 1".into());
+        }
+        if let Some(c) = &self.control {
+            problems.extend(c.problems());
+        }
+        for (k, v) in &self.labels {
+            if k.is_empty() || v.contains('\n') {
+                problems.push(format!("labels.{k:?}: names must be non-empty and values one line"));
+            }
         }
         let declared: Vec<PluginConfig> = match &self.plugins {
             Some(list) => list.clone(),
@@ -297,7 +351,61 @@ impl Config {
     }
 }
 
-fn is_executable(path: &Path) -> bool {
+impl ControlConfig {
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.endpoints.is_empty() {
+            p.push("control.endpoints is empty: give at least one etcd URL".into());
+        }
+        for e in &self.endpoints {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                p.push(format!("control.endpoints: {e:?} must start with http:// or https://"));
+            }
+        }
+        if self.trusted_keys.is_empty() {
+            p.push(
+                "control.trusted_keys is empty: the agent could never accept a desired state \
+                 (list the signing.pub files made by `hidsctl keygen`)"
+                    .into(),
+            );
+        }
+        if let Err(e) = hids_control::TrustedKeys::load(&self.trusted_keys) {
+            p.push(format!("control.trusted_keys: {e}"));
+        }
+        if self.lease_ttl_secs < 5 {
+            p.push("control.lease_ttl_secs must be at least 5".into());
+        }
+        if self.user.is_some() != self.password.is_some() {
+            p.push("control.user and control.password go together".into());
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            p.push("control.cert_file and control.key_file go together".into());
+        }
+        if self.cert_file.is_some() && self.ca_file.is_none() {
+            p.push("control.cert_file needs control.ca_file (TLS)".into());
+        }
+        for f in [&self.ca_file, &self.cert_file, &self.key_file].into_iter().flatten() {
+            if !f.is_file() {
+                p.push(format!("control: {} is not a readable file", f.display()));
+            }
+        }
+        p
+    }
+
+    pub fn etcd(&self) -> hids_control::EtcdConfig {
+        hids_control::EtcdConfig {
+            endpoints: self.endpoints.clone(),
+            user: self.user.clone().zip(self.password.clone()),
+            tls: self.ca_file.clone().map(|ca| hids_control::TlsFiles {
+                ca,
+                cert: self.cert_file.clone(),
+                key: self.key_file.clone(),
+            }),
+        }
+    }
+}
+
+pub fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
@@ -348,6 +456,17 @@ mod tests {
         let specs = ok.validate(Path::new("/nowhere")).unwrap();
         assert_eq!(specs.len(), 1);
         assert_eq!(specs[0].path, Path::new("/bin/sh"));
+    }
+
+    #[test]
+    fn control_section_is_checked() {
+        let cfg = Config::parse("[control]\nendpoints = [\"127.0.0.1:2379\"]\ntrusted_keys = []\nlease_ttl_secs = 1\n").unwrap();
+        let err = cfg.validate(Path::new("/nowhere")).unwrap_err().to_string();
+        assert!(err.contains("must start with http://"), "{err}");
+        assert!(err.contains("trusted_keys is empty"), "{err}");
+        assert!(err.contains("lease_ttl_secs"), "{err}");
+        let err = Config::parse("[control]\nendpoint = []\n").unwrap_err();
+        assert!(err.contains("endpoint"), "{err}");
     }
 
     #[test]

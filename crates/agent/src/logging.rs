@@ -3,6 +3,10 @@
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::ChildStderr;
 use tracing::Level;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, Registry};
 
 /// Longest plugin log line kept; the rest of a longer line is dropped.
 const MAX_LINE: u64 = 4096;
@@ -10,14 +14,35 @@ const MAX_LINE: u64 = 4096;
 /// summarised, so a chatty plugin cannot flood the host's logs.
 const LINES_PER_SEC: u32 = 200;
 
-pub fn init(level: &str) {
+/// Changes the agent's log level at run time (from the desired state).
+pub struct LogLevel(reload::Handle<LevelFilter, Registry>);
+
+impl LogLevel {
+    /// # Errors
+    /// When `level` is not a level name.
+    pub fn set(&self, level: &str) -> Result<(), String> {
+        let level: Level = level
+            .parse()
+            .map_err(|_| format!("log level {level:?}: use error, warn, info, debug or trace"))?;
+        self.0
+            .reload(LevelFilter::from_level(level))
+            .map_err(|e| e.to_string())
+    }
+}
+
+pub fn init(level: &str) -> LogLevel {
     let level: Level = level.parse().unwrap_or(Level::INFO);
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(level)
-        .with_target(false)
-        .with_ansi(false)
+    let (filter, handle) = reload::Layer::new(LevelFilter::from_level(level));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .with_ansi(false),
+        )
         .try_init();
+    LogLevel(handle)
 }
 
 /// Forwards a plugin's stderr into the agent log, one line per record, at the level the

@@ -5,8 +5,10 @@
 //! logic. Without a control plane it runs standalone on built-in defaults.
 
 mod config;
+mod control;
 mod logging;
 mod pipeline;
+mod plugins;
 mod status;
 mod supervisor;
 
@@ -22,8 +24,11 @@ use hids_types::Timestamp;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, PluginSpec};
+use crate::control::ControlState;
+use crate::logging::LogLevel;
 use crate::pipeline::PipelineCounters;
-use crate::supervisor::{Context, SharedStatus};
+use crate::plugins::PluginManager;
+use crate::supervisor::Context;
 
 /// Exit code for a configuration the agent refuses to start with (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -140,7 +145,7 @@ fn run(mut config: Config, log_level: Option<String>) -> ExitCode {
             ))
         }
     };
-    logging::init(&config.log_level);
+    let log = logging::init(&config.log_level);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -148,7 +153,7 @@ fn run(mut config: Config, log_level: Option<String>) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&e.into()),
     };
-    let result = runtime.block_on(agent(config, specs, host_id));
+    let result = runtime.block_on(agent(config, specs, host_id, log));
     // Whatever is still running (a plugin task past its deadline) is dropped, which
     // kills its child; never wait on it.
     runtime.shutdown_timeout(Duration::from_millis(200));
@@ -161,20 +166,19 @@ fn run(mut config: Config, log_level: Option<String>) -> ExitCode {
     }
 }
 
-async fn agent(config: Config, specs: Vec<PluginSpec>, host_id: String) -> anyhow::Result<()> {
+async fn agent(config: Config, specs: Vec<PluginSpec>, host_id: String, log: LogLevel) -> anyhow::Result<()> {
     let hostname = hids_procfs::host::hostname();
     let state_dir = config.state_dir.clone();
     if let Err(e) = std::fs::create_dir_all(&state_dir) {
         tracing::warn!(
-            "cannot create state_dir {}: {e}; status will not be written (set state_dir)",
+            "cannot create state_dir {}: {e}; status and the desired-state cache will not be written (set state_dir)",
             state_dir.display()
         );
     }
     let counters = Arc::new(PipelineCounters::default());
     let (events_tx, events_rx) = mpsc::channel(config.pipeline.queue_events);
-    let sinks: Vec<Box<dyn hids_sink::Sink>> = vec![Box::new(
-        hids_sink::StdoutSink::new().context("stdout is not open")?,
-    )];
+    let sinks: Vec<Box<dyn hids_sink::Sink>> =
+        vec![Box::new(hids_sink::StdoutSink::new().context("stdout is not open")?)];
     let sink_thread = pipeline::start(events_rx, sinks, counters.clone())?;
 
     let ctx = Arc::new(Context {
@@ -184,52 +188,102 @@ async fn agent(config: Config, specs: Vec<PluginSpec>, host_id: String) -> anyho
         events: events_tx,
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let mut statuses: Vec<SharedStatus> = Vec::new();
-    let mut tasks = Vec::new();
-    for spec in specs {
-        let status = supervisor::new_status(&spec);
-        statuses.push(status.clone());
-        if spec.enabled {
-            tasks.push(tokio::spawn(supervisor::supervise(
-                spec,
-                ctx.clone(),
-                status,
-                shutdown_rx.clone(),
-            )));
-        }
-    }
+    let mut manager = PluginManager::new(ctx.clone(), shutdown_rx.clone());
     drop(ctx);
+
+    // The control plane, when configured: the cached last good state first, so the
+    // agent runs on it whether or not etcd answers.
+    let trusted = match &config.control {
+        Some(c) => hids_control::TrustedKeys::load(&c.trusted_keys)?,
+        None => hids_control::TrustedKeys::default(),
+    };
+    let mut control = if config.control.is_some() {
+        ControlState::load(&state_dir, &trusted, &host_id)
+    } else {
+        ControlState::default()
+    };
+    let apply_all = |manager: &mut PluginManager, control: &ControlState| {
+        let (effective, warnings) = plugins::effective_specs(&specs, &control.body);
+        for w in warnings {
+            tracing::warn!("desired state: {w}");
+        }
+        if let Some(level) = &control.body.log_level {
+            if let Err(e) = log.set(level) {
+                tracing::warn!("desired state: {e}");
+            }
+        }
+        manager.apply(&effective, control.stopped);
+    };
+    apply_all(&mut manager, &control);
+
+    let (status_tx, status_rx) = watch::channel(Vec::new());
+    let (updates_tx, mut updates_rx) = mpsc::channel(16);
+    let mode = if config.control.is_some() { "managed" } else { "standalone" };
+    if let Some(c) = &config.control {
+        let session = hids_control::session::Session::new(
+            hids_control::session::SessionConfig {
+                etcd: c.etcd(),
+                keys: hids_control::Keys::new(&c.prefix),
+                host_id: host_id.clone(),
+                lease_ttl: Duration::from_secs(c.lease_ttl_secs),
+                status_refresh: Duration::from_secs(c.status_refresh_secs),
+                status_min_gap: Duration::from_millis(500),
+            },
+            trusted.clone(),
+            control.applied_generation,
+        );
+        tokio::spawn(session.run(status_rx, updates_tx, shutdown_rx.clone()));
+    } else {
+        drop(updates_tx);
+    }
     tracing::info!(
-        "hids-agent {} started: host {host_id} ({hostname}), {} plugin(s), standalone",
+        "hids-agent {} started: host {host_id} ({hostname}), {mode}",
         env!("CARGO_PKG_VERSION"),
-        tasks.len()
     );
 
     let started_at = Timestamp::now();
-    let snapshot = |plugins: &[SharedStatus]| AgentStatus {
+    let ips = hids_procfs::host::addresses();
+    let snapshot = |manager: &PluginManager, control: &ControlState| AgentStatus {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         host_id: host_id.clone(),
         hostname: hostname.clone(),
         pid: std::process::id(),
-        mode: "standalone".to_owned(),
+        mode: mode.to_owned(),
         labels: config.labels.clone(),
+        ips: ips.clone(),
+        applied_generation: control.applied_generation,
+        desired_error: control.desired_error.clone(),
+        stopped_by_command: control.stopped,
         started_at,
         updated_at: Timestamp::now(),
-        plugins: plugins
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone())
-            .collect(),
+        plugins: manager.statuses(),
         pipeline: counters.status(),
     };
     let mut status_failed = false;
-    let mut write_status = |doc: &AgentStatus| match status::write(&state_dir, doc) {
-        Ok(()) => status_failed = false,
-        Err(e) if !status_failed => {
-            status_failed = true;
-            tracing::warn!("cannot write {}: {e}", status::path(&state_dir).display());
+    let mut publish = |doc: &AgentStatus| {
+        match status::write(&state_dir, doc) {
+            Ok(()) => status_failed = false,
+            Err(e) if !status_failed => {
+                status_failed = true;
+                tracing::warn!("cannot write {}: {e}", status::path(&state_dir).display());
+            }
+            Err(_) => {}
         }
-        Err(_) => {}
+        // etcd gets the full document, but is only told of a change (and writes at once)
+        // when something other than counters changed; counters ride along with the
+        // periodic refresh, so a fleet does not write to etcd every few seconds.
+        let full = serde_json::to_vec(doc).unwrap_or_default();
+        let shape = status::without_counters(doc);
+        status_tx.send_if_modified(|current| {
+            let changed = current.is_empty()
+                || serde_json::from_slice::<AgentStatus>(current)
+                    .map(|c| status::without_counters(&c) != shape)
+                    .unwrap_or(true);
+            *current = full;
+            changed
+        });
     };
+    publish(&snapshot(&manager, &control));
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -237,7 +291,28 @@ async fn agent(config: Config, specs: Vec<PluginSpec>, host_id: String) -> anyho
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => write_status(&snapshot(&statuses)),
+            _ = tick.tick() => publish(&snapshot(&manager, &control)),
+            Some(update) = updates_rx.recv() => {
+                use hids_control::session::Update;
+                match update {
+                    Update::Apply { state, body, raw } => {
+                        let actions = control.accept(&state, body, &raw);
+                        apply_all(&mut manager, &control);
+                        for name in actions.restart {
+                            if !manager.restart(&name) {
+                                tracing::warn!("restart_plugin: no plugin {name:?} on this host");
+                            }
+                        }
+                        if let Err(e) = control.save(&state_dir) {
+                            tracing::warn!("cannot cache the desired state in {}: {e}", state_dir.display());
+                        }
+                        tracing::info!("applied desired state generation {}", state.generation);
+                    }
+                    Update::Refused(refusal) => control.desired_error = Some(refusal.to_string()),
+                    Update::Connected | Update::Disconnected(_) => {}
+                }
+                publish(&snapshot(&manager, &control));
+            }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping plugins"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping plugins"); break; }
         }
@@ -247,11 +322,10 @@ async fn agent(config: Config, specs: Vec<PluginSpec>, host_id: String) -> anyho
     // Each plugin gets its stop timeout; the agent must be gone within 5 s regardless,
     // and dropping a task's child kills it.
     let deadline = Duration::from_millis(config.supervisor.stop_timeout_ms.min(4000) + 500);
-    let all = futures_join(tasks);
-    if tokio::time::timeout(deadline, all).await.is_err() {
+    if !manager.join(deadline).await {
         tracing::warn!("plugins did not stop in time; killed");
     }
-    write_status(&snapshot(&statuses));
+    let _ = status::write(&state_dir, &snapshot(&manager, &control));
     // The sink thread ends, flushed, once every sender is gone (the plugin tasks held
     // them). Give it a moment, never forever.
     for _ in 0..50 {
@@ -263,10 +337,4 @@ async fn agent(config: Config, specs: Vec<PluginSpec>, host_id: String) -> anyho
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
-    for t in tasks {
-        let _ = t.await;
-    }
 }

@@ -65,73 +65,114 @@ fn update<R>(status: &SharedStatus, f: impl FnOnce(&mut PluginStatus) -> R) -> R
 enum Outcome {
     Exited(io::Result<ExitStatus>),
     Violation(String),
-    Shutdown,
+    /// Stopped on purpose: agent shutdown, or the wanted state changed.
+    Stopped,
 }
 
-/// Runs one plugin until the agent shuts down (or the plugin is quarantined).
+/// What the manager wants of one plugin. The `generation` changes on every request
+/// (also to restart a plugin with the same spec, or to release it from quarantine).
+#[derive(Debug, Clone)]
+pub struct Wanted {
+    pub spec: PluginSpec,
+    pub run: bool,
+    pub generation: u64,
+}
+
+/// Runs one plugin as `wanted` says, until the agent shuts down.
 pub async fn supervise(
-    spec: PluginSpec,
     ctx: Arc<Context>,
     status: SharedStatus,
+    mut wanted: watch::Receiver<Wanted>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let sup = &ctx.supervisor;
-    let mut first = true;
     loop {
         if *shutdown.borrow() {
             break;
         }
+        let want = wanted.borrow_and_update().clone();
+        if !want.run {
+            update(&status, |s| {
+                s.state = if want.spec.enabled {
+                    PluginState::Stopped
+                } else {
+                    PluginState::Disabled
+                };
+                s.pid = None;
+            });
+            tokio::select! {
+                _ = wanted.changed() => continue,
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            }
+        }
+        update(&status, |s| {
+            s.consecutive_crashes = 0;
+            s.path = want.spec.path.display().to_string();
+        });
+        if !run_with_restarts(&want.spec, &ctx, &status, &mut wanted, &mut shutdown).await {
+            break;
+        }
+    }
+    update(&status, |s| {
+        s.state = PluginState::Stopped;
+        s.pid = None;
+    });
+}
+
+/// Runs, restarts and maybe quarantines one spec until the wanted state changes (true)
+/// or the agent shuts down (false).
+async fn run_with_restarts(
+    spec: &PluginSpec,
+    ctx: &Arc<Context>,
+    status: &SharedStatus,
+    wanted: &mut watch::Receiver<Wanted>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let sup = &ctx.supervisor;
+    let mut first = true;
+    loop {
         if !first {
-            update(&status, |s| s.restarts += 1);
+            update(status, |s| s.restarts += 1);
         }
         first = false;
         let run_id = hids_wire::new_run_id();
         let started = Instant::now();
-        let outcome = match run_once(&spec, &ctx, &status, &run_id, &mut shutdown).await {
+        let outcome = match run_once(spec, ctx, status, &run_id, wanted, shutdown).await {
             Ok(outcome) => outcome,
             Err(e) => Outcome::Exited(Err(e)),
         };
         let last_exit = match &outcome {
-            Outcome::Shutdown => {
-                update(&status, |s| {
-                    s.state = PluginState::Stopped;
-                    s.pid = None;
-                });
-                break;
-            }
+            Outcome::Stopped => return !*shutdown.borrow(),
             Outcome::Exited(Ok(st)) => describe_exit(st),
             Outcome::Exited(Err(e)) => format!("could not run: {e}"),
             Outcome::Violation(why) => format!("killed for a protocol violation: {why}"),
         };
         if *shutdown.borrow() {
-            update(&status, |s| {
-                s.state = PluginState::Stopped;
-                s.pid = None;
-                s.last_exit = Some(last_exit);
-            });
-            break;
+            update(status, |s| s.last_exit = Some(last_exit));
+            return false;
         }
         let stable = started.elapsed() >= Duration::from_secs(sup.stable_after_secs);
-        let crashes = update(&status, |s| {
+        let crashes = update(status, |s| {
             s.consecutive_crashes = if stable { 1 } else { s.consecutive_crashes + 1 };
             s.pid = None;
             s.last_exit = Some(last_exit.clone());
             s.consecutive_crashes
         });
         if crashes >= sup.quarantine_after {
-            update(&status, |s| s.state = PluginState::Quarantined);
+            update(status, |s| s.state = PluginState::Quarantined);
             tracing::error!(
                 plugin = %spec.name,
                 "plugin {} failed {crashes} times in a row (last: {last_exit}); quarantined: \
                  it will not be restarted until the agent restarts or an operator asks",
                 spec.name
             );
-            // Stay here, reported as quarantined, until the agent stops.
-            let _ = shutdown.wait_for(|stop| *stop).await;
-            break;
+            // Reported as quarantined until the wanted state changes (restart_plugin).
+            tokio::select! {
+                _ = wanted.changed() => return true,
+                _ = shutdown.wait_for(|stop| *stop) => return false,
+            }
         }
         let delay = backoff(sup, crashes);
-        update(&status, |s| s.state = PluginState::Backoff);
+        update(status, |s| s.state = PluginState::Backoff);
         tracing::warn!(
             plugin = %spec.name,
             "plugin {} stopped unexpectedly ({last_exit}); restart {crashes} of at most {} in {:?}",
@@ -141,7 +182,8 @@ pub async fn supervise(
         );
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.wait_for(|stop| *stop) => {}
+            _ = wanted.changed() => return true,
+            _ = shutdown.wait_for(|stop| *stop) => return false,
         }
     }
 }
@@ -167,6 +209,7 @@ async fn run_once(
     ctx: &Context,
     status: &SharedStatus,
     run_id: &str,
+    wanted: &mut watch::Receiver<Wanted>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> io::Result<Outcome> {
     let mut child = spawn(spec)?;
@@ -207,7 +250,8 @@ async fn run_once(
     let outcome = loop {
         tokio::select! {
             st = child.wait() => break Outcome::Exited(st),
-            _ = shutdown.wait_for(|stop| *stop) => break Outcome::Shutdown,
+            _ = shutdown.wait_for(|stop| *stop) => break Outcome::Stopped,
+            _ = wanted.changed() => break Outcome::Stopped,
             end = &mut pump, if !pump_done => {
                 pump_done = true;
                 if let Err(why) = end {
@@ -225,7 +269,8 @@ async fn run_once(
             let _ = child.wait().await;
             return Ok(outcome);
         }
-        Outcome::Shutdown => {
+        Outcome::Stopped => {
+            tracing::info!(plugin = %spec.name, pid, "stopping");
             stop_child(&mut child, stdin.take(), pid, &ctx.supervisor).await;
         }
     }

@@ -1,1 +1,300 @@
-pub fn _x() {}
+//! An agent's session with etcd: one lease, the presence/status key on that lease, and
+//! one watch on the agent's own `desired/<host_id>` key.
+//!
+//! - The watch starts from the revision of the initial read, so no update can slip in
+//!   between read and watch. A compacted or cancelled watch re-reads and re-watches.
+//! - Keepalives go every TTL/3, phase-shifted by the host's stagger offset. An expired
+//!   or revoked lease ends the session; the next one grants a new lease and registers
+//!   again.
+//! - A lost connection (or a member without a leader) ends the session; reconnects back
+//!   off exponentially from 1 s to 60 s, plus the host's stagger offset, so a fleet that
+//!   lost its etcd does not return in one thundering herd.
+//! - Desired states are verified here (signature, host, generation, blob hash), so
+//!   every user of the session (the agent, the fleet simulator) applies only what passed.
+
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
+use hids_types::desired::{DesiredBody, DesiredState};
+use hids_types::stagger;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{interval_at, Instant, MissedTickBehavior};
+
+use crate::sign::{blob_hash, Refusal, TrustedKeys, Verified};
+use crate::{EtcdConfig, Keys};
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub etcd: EtcdConfig,
+    pub keys: Keys,
+    pub host_id: String,
+    pub lease_ttl: Duration,
+    /// How often the status key is rewritten even when nothing changed (staggered).
+    pub status_refresh: Duration,
+    /// Shortest gap between two status writes caused by changes.
+    pub status_min_gap: Duration,
+}
+
+/// What the session tells its owner.
+#[derive(Debug)]
+pub enum Update {
+    /// A verified desired state, newer than the last applied one, with its settings
+    /// (from the document or its blob) and the raw envelope (for the local cache).
+    Apply {
+        state: DesiredState,
+        body: DesiredBody,
+        raw: Vec<u8>,
+    },
+    /// A desired state was refused; the previous one stays in force.
+    Refused(Refusal),
+    /// Registered: lease granted, status written, watch running.
+    Connected,
+    Disconnected(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Etcd(#[from] etcd_client::Error),
+    #[error("lease {0:x} expired or was revoked")]
+    LeaseLost(i64),
+    #[error("{0} stream closed by the server")]
+    Closed(&'static str),
+    #[error("etcd did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// How a session ended without error.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    Shutdown,
+    /// The owner dropped its end of the update channel.
+    OwnerGone,
+}
+
+/// Resolves once shutdown is signalled (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn timed<T>(
+    f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, SessionError> {
+    match tokio::time::timeout(RPC_TIMEOUT, f).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(SessionError::Timeout(RPC_TIMEOUT)),
+    }
+}
+
+pub struct Session {
+    pub cfg: SessionConfig,
+    trusted: TrustedKeys,
+    applied_generation: u64,
+}
+
+impl Session {
+    /// `applied_generation` is what the owner already runs (from its cache), so a
+    /// replayed older document is refused as a rollback.
+    pub fn new(cfg: SessionConfig, trusted: TrustedKeys, applied_generation: u64) -> Self {
+        Session {
+            cfg,
+            trusted,
+            applied_generation,
+        }
+    }
+
+    /// Runs sessions until `shutdown`, reconnecting after every failure.
+    pub async fn run(
+        mut self,
+        mut status: watch::Receiver<Vec<u8>>,
+        updates: mpsc::Sender<Update>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut failures = 0u32;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let started = Instant::now();
+            let error = match self.cfg.etcd.connect().await {
+                Ok(mut client) => match self.serve(&mut client, &mut status, &updates, &mut shutdown).await {
+                    Ok(_) => return,
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => e.to_string(),
+            };
+            if started.elapsed() > Duration::from_secs(60) {
+                failures = 0;
+            }
+            failures += 1;
+            let base = Duration::from_secs(1 << failures.min(6).saturating_sub(1)).min(Duration::from_secs(60));
+            let delay = base + stagger::offset(&self.cfg.host_id, base);
+            if failures == 1 || failures.is_power_of_two() {
+                tracing::warn!("control plane: {error}; retrying in {delay:?} (attempt {failures})");
+            }
+            if updates.send(Update::Disconnected(error)).await.is_err() {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stopped(&mut shutdown) => return,
+            }
+        }
+    }
+
+    /// One session on a connected client, until an error or shutdown. The fleet
+    /// simulator calls this directly to share clients between many sessions.
+    ///
+    /// # Errors
+    /// Any etcd failure, a lost lease, or a closed stream: the caller reconnects.
+    pub async fn serve(
+        &mut self,
+        client: &mut Client,
+        status: &mut watch::Receiver<Vec<u8>>,
+        updates: &mpsc::Sender<Update>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Exit, SessionError> {
+        let keys = self.cfg.keys.clone();
+        let host = self.cfg.host_id.clone();
+        let ttl = self.cfg.lease_ttl.as_secs().max(2) as i64;
+        let lease = timed(client.lease_grant(ttl, None)).await?.id();
+        let (mut keeper, mut keepalives) = timed(client.lease_keep_alive(lease)).await?;
+        let status_key = keys.agent(&host);
+        let put_status = |client: &mut Client, value: Vec<u8>| {
+            let mut client = client.clone();
+            let key = status_key.clone();
+            async move { timed(client.put(key, value, Some(PutOptions::new().with_lease(lease)))).await }
+        };
+        let value = status.borrow_and_update().clone();
+        put_status(client, value).await?;
+        let mut watch = self.read_and_watch(client, updates).await?;
+        if updates.send(Update::Connected).await.is_err() {
+            return Ok(Exit::OwnerGone);
+        }
+        tracing::info!("control plane: registered as {host} (lease {lease:x}, ttl {ttl}s)");
+
+        let ka_period = Duration::from_secs((ttl / 3).max(1) as u64);
+        let mut ka_timer = interval_at(Instant::now() + stagger::offset(&host, ka_period), ka_period);
+        ka_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let refresh = self.cfg.status_refresh.max(Duration::from_secs(1));
+        let mut refresh_timer = interval_at(Instant::now() + stagger::offset(&host, refresh), refresh);
+        refresh_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_put = Instant::now();
+        let mut status_dirty = false;
+
+        loop {
+            let gap_over = last_put + self.cfg.status_min_gap;
+            tokio::select! {
+                _ = ka_timer.tick() => timed(keeper.keep_alive()).await?,
+                msg = keepalives.message() => match msg? {
+                    Some(r) if r.ttl() > 0 => {}
+                    Some(_) => return Err(SessionError::LeaseLost(lease)),
+                    None => return Err(SessionError::Closed("keepalive")),
+                },
+                msg = watch.message() => {
+                    let Some(resp) = msg? else { return Err(SessionError::Closed("watch")) };
+                    if resp.canceled() || resp.compact_revision() > 0 {
+                        tracing::info!("control plane: watch ended ({}); reading again", resp.cancel_reason());
+                        watch = self.read_and_watch(client, updates).await?;
+                        continue;
+                    }
+                    for ev in resp.events() {
+                        if ev.event_type() == EventType::Put {
+                            if let Some(kv) = ev.kv() {
+                                let raw = kv.value().to_vec();
+                                if !self.deliver(client, raw, updates).await {
+                                    return Ok(Exit::OwnerGone);
+                                }
+                            }
+                        }
+                    }
+                }
+                changed = status.changed() => {
+                    if changed.is_err() {
+                        return Ok(Exit::OwnerGone);
+                    }
+                    status_dirty = true;
+                }
+                _ = tokio::time::sleep_until(gap_over), if status_dirty => {
+                    let value = status.borrow_and_update().clone();
+                    put_status(client, value).await?;
+                    last_put = Instant::now();
+                    status_dirty = false;
+                }
+                _ = refresh_timer.tick() => {
+                    let value = status.borrow_and_update().clone();
+                    put_status(client, value).await?;
+                    last_put = Instant::now();
+                    status_dirty = false;
+                }
+                _ = stopped(shutdown) => {
+                    // Leave the fleet listing at once rather than after the TTL.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(lease)).await;
+                    return Ok(Exit::Shutdown);
+                }
+            }
+        }
+    }
+
+    /// Reads `desired/<host>` and watches it from the next revision.
+    async fn read_and_watch(
+        &mut self,
+        client: &mut Client,
+        updates: &mpsc::Sender<Update>,
+    ) -> Result<etcd_client::WatchStream, SessionError> {
+        let key = self.cfg.keys.desired(&self.cfg.host_id);
+        let resp = timed(client.get(key.clone(), None)).await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        if let Some(kv) = resp.kvs().first() {
+            let raw = kv.value().to_vec();
+            self.deliver(client, raw, updates).await;
+        }
+        let opts = WatchOptions::new().with_start_revision(revision + 1);
+        Ok(timed(client.watch(key, Some(opts))).await?)
+    }
+
+    /// Verifies a desired value and passes it on. False when the owner is gone.
+    async fn deliver(&mut self, client: &mut Client, raw: Vec<u8>, updates: &mpsc::Sender<Update>) -> bool {
+        let update = match self.verify(client, &raw).await {
+            Ok(None) => return true,
+            Ok(Some((state, body))) => {
+                self.applied_generation = state.generation;
+                Update::Apply { state, body, raw }
+            }
+            Err(refusal) => {
+                tracing::warn!("control plane: refused desired state: {refusal}; keeping the current one");
+                Update::Refused(refusal)
+            }
+        };
+        updates.send(update).await.is_ok()
+    }
+
+    async fn verify(&self, client: &mut Client, raw: &[u8]) -> Result<Option<(DesiredState, DesiredBody)>, Refusal> {
+        let state = match self.trusted.verify(raw, &self.cfg.host_id, self.applied_generation)? {
+            Verified::Current => return Ok(None),
+            Verified::New(state) => state,
+        };
+        let body = match (&state.body, &state.body_sha256) {
+            (_, Some(hash)) => {
+                let key = self.cfg.keys.blob(hash);
+                let resp = timed(client.get(key, Some(GetOptions::new())))
+                    .await
+                    .map_err(|e| Refusal::BlobMissing(format!("{hash} ({e})")))?;
+                let blob = resp
+                    .kvs()
+                    .first()
+                    .map(|kv| kv.value().to_vec())
+                    .ok_or_else(|| Refusal::BlobMissing(hash.clone()))?;
+                if &blob_hash(&blob) != hash {
+                    return Err(Refusal::BlobMismatch(hash.clone()));
+                }
+                serde_json::from_slice(&blob).map_err(|e| Refusal::Malformed(format!("body blob {hash}: {e}")))?
+            }
+            (Some(body), None) => body.clone(),
+            (None, None) => DesiredBody::default(),
+        };
+        Ok(Some((state, body)))
+    }
+}

@@ -29,3 +29,20 @@ pub fn hostname() -> String {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".to_owned())
 }
+
+/// The host's own addresses, loopback and link-local excluded: IPv4 from
+/// `/proc/net/fib_trie` (the kernel's local routes), IPv6 from `/proc/net/if_inet6`.
+pub fn addresses() -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(b) = fs::read("/proc/net/fib_trie") {
+        for a in crate::parse_fib_trie_local(&b) {
+            if !a.is_loopback() && !out.contains(&a.to_string()) {
+                out.push(a.to_string());
+            }
+        }
+    }
+    if let Ok(b) = fs::read("/proc/net/if_inet6") {
+        out.extend(crate::parse_if_inet6_global(&b).iter().map(ToString::to_string));
+    }
+    out
+}

@@ -259,6 +259,44 @@ pub fn parse_id_file(b: &[u8]) -> impl Iterator<Item = (String, u32)> + '_ {
     })
 }
 
+/// Local IPv4 addresses from `/proc/net/fib_trie`: a `|-- a.b.c.d` line followed by a
+/// `/32 host LOCAL` line.
+pub fn parse_fib_trie_local(b: &[u8]) -> Vec<std::net::Ipv4Addr> {
+    let mut out = Vec::new();
+    let mut last: Option<std::net::Ipv4Addr> = None;
+    for line in b.split(|&c| c == b'\n') {
+        let text = String::from_utf8_lossy(line);
+        let t = text.trim();
+        if let Some(addr) = t.strip_prefix("|-- ") {
+            last = addr.trim().parse().ok();
+        } else if t.contains("/32 host LOCAL") {
+            if let Some(a) = last.take() {
+                if !out.contains(&a) {
+                    out.push(a);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Global-scope IPv6 addresses from `/proc/net/if_inet6` (32 hex digits, ifindex,
+/// prefix length, scope, flags, name).
+pub fn parse_if_inet6_global(b: &[u8]) -> Vec<std::net::Ipv6Addr> {
+    let mut out = Vec::new();
+    for line in b.split(|&c| c == b'\n') {
+        let text = String::from_utf8_lossy(line);
+        let f: Vec<&str> = text.split_whitespace().collect();
+        if f.len() < 4 || f[0].len() != 32 || f[3] != "00" {
+            continue;
+        }
+        if let Ok(v) = u128::from_str_radix(f[0], 16) {
+            out.push(std::net::Ipv6Addr::from(v));
+        }
+    }
+    out
+}
+
 fn trim(b: &[u8]) -> &[u8] {
     let start = b
         .iter()
