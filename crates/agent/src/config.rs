@@ -282,7 +282,9 @@ impl Config {
         }
         for (k, v) in &self.labels {
             if k.is_empty() || v.contains('\n') {
-                problems.push(format!("labels.{k:?}: names must be non-empty and values one line"));
+                problems.push(format!(
+                    "labels.{k:?}: names must be non-empty and values one line"
+                ));
             }
         }
         let declared: Vec<PluginConfig> = match &self.plugins {
@@ -359,7 +361,9 @@ impl ControlConfig {
         }
         for e in &self.endpoints {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
-                p.push(format!("control.endpoints: {e:?} must start with http:// or https://"));
+                p.push(format!(
+                    "control.endpoints: {e:?} must start with http:// or https://"
+                ));
             }
         }
         if self.trusted_keys.is_empty() {
@@ -384,7 +388,10 @@ impl ControlConfig {
         if self.cert_file.is_some() && self.ca_file.is_none() {
             p.push("control.cert_file needs control.ca_file (TLS)".into());
         }
-        for f in [&self.ca_file, &self.cert_file, &self.key_file].into_iter().flatten() {
+        for f in [&self.ca_file, &self.cert_file, &self.key_file]
+            .into_iter()
+            .flatten()
+        {
             if !f.is_file() {
                 p.push(format!("control: {} is not a readable file", f.display()));
             }
@@ -460,7 +467,10 @@ mod tests {
 
     #[test]
     fn control_section_is_checked() {
-        let cfg = Config::parse("[control]\nendpoints = [\"127.0.0.1:2379\"]\ntrusted_keys = []\nlease_ttl_secs = 1\n").unwrap();
+        let cfg = Config::parse(
+            "[control]\nendpoints = [\"127.0.0.1:2379\"]\ntrusted_keys = []\nlease_ttl_secs = 1\n",
+        )
+        .unwrap();
         let err = cfg.validate(Path::new("/nowhere")).unwrap_err().to_string();
         assert!(err.contains("must start with http://"), "{err}");
         assert!(err.contains("trusted_keys is empty"), "{err}");

@@ -30,6 +30,8 @@ pub struct ControlState {
     pub executed: VecDeque<String>,
     #[serde(skip)]
     pub desired_error: Option<String>,
+    #[serde(default)]
+    pub desired_revision: i64,
 }
 
 /// What a desired state asks the agent to do beyond its settings.
@@ -61,7 +63,9 @@ impl ControlState {
             return cached;
         };
         match trusted.verify(envelope.as_bytes(), host_id, 0) {
-            Ok(hids_control::Verified::New(state)) if state.generation == cached.applied_generation => {
+            Ok(hids_control::Verified::New(state))
+                if state.generation == cached.applied_generation =>
+            {
                 tracing::info!(
                     "running on the cached desired state, generation {} (until the control plane says otherwise)",
                     state.generation
@@ -69,7 +73,10 @@ impl ControlState {
                 cached
             }
             Ok(_) => {
-                tracing::warn!("ignoring {}: its generation does not match its document", path.display());
+                tracing::warn!(
+                    "ignoring {}: its generation does not match its document",
+                    path.display()
+                );
                 ControlState::default()
             }
             Err(e) => {
@@ -115,7 +122,9 @@ impl ControlState {
                         tracing::info!("command {}: restart plugin {p}", cmd.id);
                         actions.restart.push(p.clone());
                     }
-                    None => tracing::warn!("command {}: restart_plugin without a plugin name", cmd.id),
+                    None => {
+                        tracing::warn!("command {}: restart_plugin without a plugin name", cmd.id)
+                    }
                 },
             }
             self.executed.push_back(cmd.id.clone());
@@ -166,15 +175,31 @@ mod tests {
     #[test]
     fn commands_run_once_and_not_when_expired() {
         let mut c = ControlState::default();
-        c.accept(&state(1, vec![cmd("a", CommandKind::StopAll, 60)]), DesiredBody::default(), b"{}");
+        c.accept(
+            &state(1, vec![cmd("a", CommandKind::StopAll, 60)]),
+            DesiredBody::default(),
+            b"{}",
+        );
         assert!(c.stopped);
         // The same command again in a later document: not run again.
         c.stopped = false;
-        c.accept(&state(2, vec![cmd("a", CommandKind::StopAll, 60)]), DesiredBody::default(), b"{}");
+        c.accept(
+            &state(2, vec![cmd("a", CommandKind::StopAll, 60)]),
+            DesiredBody::default(),
+            b"{}",
+        );
         assert!(!c.stopped);
-        c.accept(&state(3, vec![cmd("b", CommandKind::StopAll, -5)]), DesiredBody::default(), b"{}");
+        c.accept(
+            &state(3, vec![cmd("b", CommandKind::StopAll, -5)]),
+            DesiredBody::default(),
+            b"{}",
+        );
         assert!(!c.stopped, "expired");
-        let a = c.accept(&state(4, vec![cmd("c", CommandKind::RestartPlugin, 60)]), DesiredBody::default(), b"{}");
+        let a = c.accept(
+            &state(4, vec![cmd("c", CommandKind::RestartPlugin, 60)]),
+            DesiredBody::default(),
+            b"{}",
+        );
         assert_eq!(a.restart, vec!["process"]);
         assert_eq!(c.applied_generation, 4);
     }

@@ -166,7 +166,12 @@ fn run(mut config: Config, log_level: Option<String>) -> ExitCode {
     }
 }
 
-async fn agent(config: Config, specs: Vec<PluginSpec>, host_id: String, log: LogLevel) -> anyhow::Result<()> {
+async fn agent(
+    config: Config,
+    specs: Vec<PluginSpec>,
+    host_id: String,
+    log: LogLevel,
+) -> anyhow::Result<()> {
     let hostname = hids_procfs::host::hostname();
     let state_dir = config.state_dir.clone();
     if let Err(e) = std::fs::create_dir_all(&state_dir) {
@@ -177,8 +182,9 @@ async fn agent(config: Config, specs: Vec<PluginSpec>, host_id: String, log: Log
     }
     let counters = Arc::new(PipelineCounters::default());
     let (events_tx, events_rx) = mpsc::channel(config.pipeline.queue_events);
-    let sinks: Vec<Box<dyn hids_sink::Sink>> =
-        vec![Box::new(hids_sink::StdoutSink::new().context("stdout is not open")?)];
+    let sinks: Vec<Box<dyn hids_sink::Sink>> = vec![Box::new(
+        hids_sink::StdoutSink::new().context("stdout is not open")?,
+    )];
     let sink_thread = pipeline::start(events_rx, sinks, counters.clone())?;
 
     let ctx = Arc::new(Context {
@@ -218,7 +224,11 @@ async fn agent(config: Config, specs: Vec<PluginSpec>, host_id: String, log: Log
 
     let (status_tx, status_rx) = watch::channel(Vec::new());
     let (updates_tx, mut updates_rx) = mpsc::channel(16);
-    let mode = if config.control.is_some() { "managed" } else { "standalone" };
+    let mode = if config.control.is_some() {
+        "managed"
+    } else {
+        "standalone"
+    };
     if let Some(c) = &config.control {
         let session = hids_control::session::Session::new(
             hids_control::session::SessionConfig {
@@ -253,6 +263,7 @@ async fn agent(config: Config, specs: Vec<PluginSpec>, host_id: String, log: Log
         ips: ips.clone(),
         applied_generation: control.applied_generation,
         desired_error: control.desired_error.clone(),
+        desired_revision: control.desired_revision,
         stopped_by_command: control.stopped,
         started_at,
         updated_at: Timestamp::now(),
@@ -295,8 +306,9 @@ async fn agent(config: Config, specs: Vec<PluginSpec>, host_id: String, log: Log
             Some(update) = updates_rx.recv() => {
                 use hids_control::session::Update;
                 match update {
-                    Update::Apply { state, body, raw } => {
+                    Update::Apply { state, body, raw, revision } => {
                         let actions = control.accept(&state, body, &raw);
+                        control.desired_revision = revision;
                         apply_all(&mut manager, &control);
                         for name in actions.restart {
                             if !manager.restart(&name) {
@@ -308,7 +320,10 @@ async fn agent(config: Config, specs: Vec<PluginSpec>, host_id: String, log: Log
                         }
                         tracing::info!("applied desired state generation {}", state.generation);
                     }
-                    Update::Refused(refusal) => control.desired_error = Some(refusal.to_string()),
+                    Update::Refused { reason, revision } => {
+                        control.desired_error = Some(reason.to_string());
+                        control.desired_revision = revision;
+                    }
                     Update::Connected | Update::Disconnected(_) => {}
                 }
                 publish(&snapshot(&manager, &control));

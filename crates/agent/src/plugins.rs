@@ -86,7 +86,8 @@ impl PluginManager {
         }
         for m in &self.plugins {
             if !specs.iter().any(|s| s.name == m.name) {
-                m.wanted.send_if_modified(|w| std::mem::replace(&mut w.run, false));
+                m.wanted
+                    .send_if_modified(|w| std::mem::replace(&mut w.run, false));
             }
         }
     }

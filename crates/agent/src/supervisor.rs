@@ -271,7 +271,15 @@ async fn run_once(
         }
         Outcome::Stopped => {
             tracing::info!(plugin = %spec.name, pid, "stopping");
-            stop_child(&mut child, stdin.take(), pid, &ctx.supervisor).await;
+            // A plugin that never said hello cannot act on a shutdown frame: SIGTERM now.
+            let framed = update(status, |s| s.framed == Some(true));
+            stop_child(
+                &mut child,
+                stdin.take().filter(|_| framed),
+                pid,
+                &ctx.supervisor,
+            )
+            .await;
         }
     }
     // Events written just before the exit are still in the pipe: forward them, but do
@@ -317,13 +325,15 @@ fn kill_group(pid: u32, sig: Signal) {
 }
 
 /// Asks a plugin to stop (shutdown frame, then stdin closed), then SIGTERM, then SIGKILL,
-/// each after half of the stop timeout.
+/// each after half of the stop timeout. Without `stdin` (a plugin that speaks no
+/// frames) it starts at SIGTERM.
 async fn stop_child(
     child: &mut Child,
     stdin: Option<ChildStdin>,
     pid: u32,
     sup: &SupervisorConfig,
 ) {
+    let half = Duration::from_millis(sup.stop_timeout_ms / 2);
     if let Some(mut stdin) = stdin {
         let mut frame = Vec::new();
         if let Ok(body) = serde_json::to_vec(&Control::Shutdown) {
@@ -333,11 +343,10 @@ async fn stop_child(
             }
         }
         drop(stdin);
-    }
-    let half = Duration::from_millis(sup.stop_timeout_ms / 2);
-    if tokio::time::timeout(half, child.wait()).await.is_ok() {
-        kill_group(pid, Signal::KILL);
-        return;
+        if tokio::time::timeout(half, child.wait()).await.is_ok() {
+            kill_group(pid, Signal::KILL);
+            return;
+        }
     }
     kill_group(pid, Signal::TERM);
     if tokio::time::timeout(half, child.wait()).await.is_ok() {

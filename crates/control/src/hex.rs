@@ -12,7 +12,7 @@ pub fn encode(bytes: &[u8]) -> String {
 
 pub fn decode(text: &str) -> Option<Vec<u8>> {
     let text = text.trim();
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     let nibble = |c: u8| match c {

@@ -22,6 +22,13 @@ enum Requirement {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selector {
     requirements: Vec<Requirement>,
+    text: String,
+}
+
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,7 +86,10 @@ impl std::str::FromStr for Selector {
         if requirements.is_empty() {
             return Err(err("empty"));
         }
-        Ok(Selector { requirements })
+        Ok(Selector {
+            requirements,
+            text: input.trim().to_owned(),
+        })
     }
 }
 
@@ -168,7 +178,7 @@ impl Target {
             parts.push(format!("hosts {}", self.hosts.join(",")));
         }
         if let Some(s) = &self.selector {
-            parts.push(format!("selector {s:?}"));
+            parts.push(format!("selector '{s}'"));
         }
         if let Some(p) = self.percent {
             parts.push(format!("{p}%"));

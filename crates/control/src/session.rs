@@ -44,9 +44,14 @@ pub enum Update {
         state: DesiredState,
         body: DesiredBody,
         raw: Vec<u8>,
+        /// The value's etcd modification revision.
+        revision: i64,
     },
     /// A desired state was refused; the previous one stays in force.
-    Refused(Refusal),
+    Refused {
+        reason: Refusal,
+        revision: i64,
+    },
     /// Registered: lease granted, status written, watch running.
     Connected,
     Disconnected(String),
@@ -119,7 +124,10 @@ impl Session {
             }
             let started = Instant::now();
             let error = match self.cfg.etcd.connect().await {
-                Ok(mut client) => match self.serve(&mut client, &mut status, &updates, &mut shutdown).await {
+                Ok(mut client) => match self
+                    .serve(&mut client, &mut status, &updates, &mut shutdown)
+                    .await
+                {
                     Ok(_) => return,
                     Err(e) => e.to_string(),
                 },
@@ -129,10 +137,13 @@ impl Session {
                 failures = 0;
             }
             failures += 1;
-            let base = Duration::from_secs(1 << failures.min(6).saturating_sub(1)).min(Duration::from_secs(60));
+            let base = Duration::from_secs(1 << failures.min(6).saturating_sub(1))
+                .min(Duration::from_secs(60));
             let delay = base + stagger::offset(&self.cfg.host_id, base);
             if failures == 1 || failures.is_power_of_two() {
-                tracing::warn!("control plane: {error}; retrying in {delay:?} (attempt {failures})");
+                tracing::warn!(
+                    "control plane: {error}; retrying in {delay:?} (attempt {failures})"
+                );
             }
             if updates.send(Update::Disconnected(error)).await.is_err() {
                 return;
@@ -176,10 +187,14 @@ impl Session {
         tracing::info!("control plane: registered as {host} (lease {lease:x}, ttl {ttl}s)");
 
         let ka_period = Duration::from_secs((ttl / 3).max(1) as u64);
-        let mut ka_timer = interval_at(Instant::now() + stagger::offset(&host, ka_period), ka_period);
+        let mut ka_timer = interval_at(
+            Instant::now() + stagger::offset(&host, ka_period),
+            ka_period,
+        );
         ka_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let refresh = self.cfg.status_refresh.max(Duration::from_secs(1));
-        let mut refresh_timer = interval_at(Instant::now() + stagger::offset(&host, refresh), refresh);
+        let mut refresh_timer =
+            interval_at(Instant::now() + stagger::offset(&host, refresh), refresh);
         refresh_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_put = Instant::now();
         let mut status_dirty = false;
@@ -204,7 +219,7 @@ impl Session {
                         if ev.event_type() == EventType::Put {
                             if let Some(kv) = ev.kv() {
                                 let raw = kv.value().to_vec();
-                                if !self.deliver(client, raw, updates).await {
+                                if !self.deliver(client, raw, kv.mod_revision(), updates).await {
                                     return Ok(Exit::OwnerGone);
                                 }
                             }
@@ -249,30 +264,50 @@ impl Session {
         let revision = resp.header().map_or(0, |h| h.revision());
         if let Some(kv) = resp.kvs().first() {
             let raw = kv.value().to_vec();
-            self.deliver(client, raw, updates).await;
+            self.deliver(client, raw, kv.mod_revision(), updates).await;
         }
         let opts = WatchOptions::new().with_start_revision(revision + 1);
-        Ok(timed(client.watch(key, Some(opts))).await?)
+        timed(client.watch(key, Some(opts))).await
     }
 
     /// Verifies a desired value and passes it on. False when the owner is gone.
-    async fn deliver(&mut self, client: &mut Client, raw: Vec<u8>, updates: &mpsc::Sender<Update>) -> bool {
+    async fn deliver(
+        &mut self,
+        client: &mut Client,
+        raw: Vec<u8>,
+        revision: i64,
+        updates: &mpsc::Sender<Update>,
+    ) -> bool {
         let update = match self.verify(client, &raw).await {
             Ok(None) => return true,
             Ok(Some((state, body))) => {
                 self.applied_generation = state.generation;
-                Update::Apply { state, body, raw }
+                Update::Apply {
+                    state,
+                    body,
+                    raw,
+                    revision,
+                }
             }
-            Err(refusal) => {
-                tracing::warn!("control plane: refused desired state: {refusal}; keeping the current one");
-                Update::Refused(refusal)
+            Err(reason) => {
+                tracing::warn!(
+                    "control plane: refused desired state: {reason}; keeping the current one"
+                );
+                Update::Refused { reason, revision }
             }
         };
         updates.send(update).await.is_ok()
     }
 
-    async fn verify(&self, client: &mut Client, raw: &[u8]) -> Result<Option<(DesiredState, DesiredBody)>, Refusal> {
-        let state = match self.trusted.verify(raw, &self.cfg.host_id, self.applied_generation)? {
+    async fn verify(
+        &self,
+        client: &mut Client,
+        raw: &[u8],
+    ) -> Result<Option<(DesiredState, DesiredBody)>, Refusal> {
+        let state = match self
+            .trusted
+            .verify(raw, &self.cfg.host_id, self.applied_generation)?
+        {
             Verified::Current => return Ok(None),
             Verified::New(state) => state,
         };
@@ -290,7 +325,8 @@ impl Session {
                 if &blob_hash(&blob) != hash {
                     return Err(Refusal::BlobMismatch(hash.clone()));
                 }
-                serde_json::from_slice(&blob).map_err(|e| Refusal::Malformed(format!("body blob {hash}: {e}")))?
+                serde_json::from_slice(&blob)
+                    .map_err(|e| Refusal::Malformed(format!("body blob {hash}: {e}")))?
             }
             (Some(body), None) => body.clone(),
             (None, None) => DesiredBody::default(),

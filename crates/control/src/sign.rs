@@ -187,6 +187,15 @@ impl TrustedKeys {
         Ok(TrustedKeys { keys })
     }
 
+    /// Trusts exactly the public half of `key` (for an operator reading back its own
+    /// documents).
+    pub fn from_signing_key(key: &SigningKey) -> Self {
+        let vk = key.key.verifying_key();
+        TrustedKeys {
+            keys: vec![(key_id(&vk), vk)],
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }

@@ -42,7 +42,11 @@ pub fn addresses() -> Vec<String> {
         }
     }
     if let Ok(b) = fs::read("/proc/net/if_inet6") {
-        out.extend(crate::parse_if_inet6_global(&b).iter().map(ToString::to_string));
+        out.extend(
+            crate::parse_if_inet6_global(&b)
+                .iter()
+                .map(ToString::to_string),
+        );
     }
     out
 }

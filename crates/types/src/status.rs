@@ -28,6 +28,10 @@ pub struct AgentStatus {
     /// applied.
     #[serde(default)]
     pub desired_error: Option<String>,
+    /// etcd revision of the last desired value processed (applied or refused), so a
+    /// pusher can tell whether the agent has seen its write.
+    #[serde(default)]
+    pub desired_revision: i64,
     /// True while a `stop_all` command holds every plugin stopped.
     #[serde(default)]
     pub stopped_by_command: bool,

@@ -131,9 +131,18 @@ fn id_files() {
 fn local_addresses() {
     let trie = b"Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n     |-- 10.0.2.15\n        /32 host LOCAL\n     |-- 127.0.0.1\n        /32 host LOCAL\nLocal:\n     |-- 10.0.2.15\n        /32 host LOCAL\n";
     let v4 = parse_fib_trie_local(trie);
-    assert_eq!(v4, vec!["10.0.2.15".parse::<std::net::Ipv4Addr>().unwrap(), "127.0.0.1".parse().unwrap()]);
+    assert_eq!(
+        v4,
+        vec![
+            "10.0.2.15".parse::<std::net::Ipv4Addr>().unwrap(),
+            "127.0.0.1".parse().unwrap()
+        ]
+    );
     let inet6 = b"00000000000000000000000000000001 01 80 10 80       lo\nfe800000000000000000000000000001 02 40 20 80     eth0\n20010db8000000000000000000000001 02 40 00 80     eth0\n";
-    assert_eq!(parse_if_inet6_global(inet6), vec!["2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap()]);
+    assert_eq!(
+        parse_if_inet6_global(inet6),
+        vec!["2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap()]
+    );
 }
 
 proptest! {

@@ -1,0 +1,166 @@
+//! Read-only views: agents, counts by label, history.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use etcd_client::{Client, GetOptions, SortOrder, SortTarget};
+use hids_control::select::Selector;
+use hids_control::Keys;
+use hids_types::status::AgentStatus;
+
+use crate::table;
+
+/// Every online agent's status, by host id. Values that do not parse are reported once
+/// on stderr and skipped.
+pub async fn online(
+    client: &mut Client,
+    keys: &Keys,
+) -> anyhow::Result<BTreeMap<String, AgentStatus>> {
+    let dir = keys.agents();
+    let resp = client
+        .get(dir.clone(), Some(GetOptions::new().with_prefix()))
+        .await?;
+    let mut out = BTreeMap::new();
+    let mut bad = 0;
+    for kv in resp.kvs() {
+        let Some(host) = keys.host_of(&dir, kv.key()) else {
+            continue;
+        };
+        match serde_json::from_slice::<AgentStatus>(kv.value()) {
+            Ok(s) => {
+                out.insert(host.to_owned(), s);
+            }
+            Err(_) => bad += 1,
+        }
+    }
+    if bad > 0 {
+        eprintln!("hidsctl: skipped {bad} agent status value(s) that are not status documents");
+    }
+    Ok(out)
+}
+
+pub async fn agents(
+    client: &mut Client,
+    keys: &Keys,
+    selector: Option<&Selector>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let agents: Vec<AgentStatus> = online(client, keys)
+        .await?
+        .into_values()
+        .filter(|a| selector.is_none_or(|s| s.matches(&a.labels)))
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&agents)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = agents
+        .iter()
+        .map(|a| {
+            vec![
+                a.host_id.clone(),
+                a.hostname.clone(),
+                a.labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                a.version.clone(),
+                a.applied_generation.to_string(),
+                a.plugins
+                    .iter()
+                    .map(|p| format!("{}:{}", p.name, p.state.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                match (&a.desired_error, a.stopped_by_command) {
+                    (Some(e), _) => format!("refused: {e}"),
+                    (None, true) => "stopped by command".into(),
+                    (None, false) => "ok".into(),
+                },
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(
+            &["HOST", "HOSTNAME", "LABELS", "VERSION", "GEN", "PLUGINS", "STATE"],
+            &rows
+        )
+    );
+    eprintln!("{} agent(s) online", agents.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn stats(
+    client: &mut Client,
+    keys: &Keys,
+    by: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for a in online(client, keys).await?.values() {
+        let value = a.labels.get(by).cloned().unwrap_or_else(|| "(none)".into());
+        *counts.entry(value).or_default() += 1;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&counts)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let total: u64 = counts.values().sum();
+    let mut rows: Vec<Vec<String>> = counts
+        .iter()
+        .map(|(v, n)| vec![v.clone(), n.to_string()])
+        .collect();
+    rows.push(vec!["TOTAL".into(), total.to_string()]);
+    print!("{}", table::render(&[by, "AGENTS"], &rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn history(
+    client: &mut Client,
+    keys: &Keys,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let opts = GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Key, SortOrder::Descend)
+        .with_limit(limit as i64);
+    let resp = client.get(keys.history_dir(), Some(opts)).await?;
+    let mut records: Vec<serde_json::Value> = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+        .collect();
+    records.reverse();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let s = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|r| {
+            vec![
+                s(&r["at"]),
+                s(&r["by"]),
+                s(&r["action"]),
+                s(&r["generation"]),
+                s(&r["target"]),
+                r["hosts"].as_array().map_or(0, Vec::len).to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(
+            &["TIME", "BY", "ACTION", "GENERATION", "TARGET", "HOSTS"],
+            &rows
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}

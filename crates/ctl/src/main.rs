@@ -1,0 +1,340 @@
+//! `hidsctl`: the operator's command line over the control plane (etcd).
+
+mod bootstrap;
+mod fleet;
+mod push;
+mod table;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use hids_control::select::{Selector, Target};
+use hids_control::{EtcdConfig, Keys, TlsFiles};
+
+/// Operate a HIDS fleet through its etcd control plane: list agents, push signed desired
+/// states to any set of hosts, stop and resume them, read the change history, and set up
+/// etcd's roles and users.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// etcd client URLs, comma-separated.
+    #[arg(
+        long,
+        global = true,
+        env = "HIDSCTL_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    endpoints: Vec<String>,
+    /// Prefix of every key.
+    #[arg(long, global = true, env = "HIDSCTL_PREFIX", default_value = hids_control::keys::DEFAULT_PREFIX)]
+    prefix: String,
+    /// etcd user (when etcd has authentication on).
+    #[arg(long, global = true, env = "HIDSCTL_USER")]
+    user: Option<String>,
+    #[arg(long, global = true, env = "HIDSCTL_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// CA certificate (PEM) for TLS to etcd.
+    #[arg(long, global = true, env = "HIDSCTL_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for TLS client authentication.
+    #[arg(long, global = true, env = "HIDSCTL_CERT_FILE")]
+    cert_file: Option<PathBuf>,
+    #[arg(long, global = true, env = "HIDSCTL_KEY_FILE")]
+    key_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Make an Ed25519 signing key pair: DIR/signing.key (secret, 0600) and
+    /// DIR/signing.pub (give it to agents as control.trusted_keys).
+    Keygen {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// List online agents (those whose presence key exists).
+    Agents {
+        /// Only agents whose labels match, e.g. 'env=prod,idc in (bj,sh)'.
+        #[arg(long)]
+        selector: Option<Selector>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Count online agents by a label.
+    Stats {
+        #[arg(long, value_name = "LABEL")]
+        by: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign and write a desired state (TOML: log_level, [[plugins]]) for the targets.
+    Push {
+        #[command(flatten)]
+        sign: SignArgs,
+        /// The desired settings, e.g. `[[plugins]]` `name = "process"` `enabled = false`.
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Stop every plugin on the targets (agents stay registered and controllable).
+    Stop {
+        #[command(flatten)]
+        sign: SignArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Undo `stop` on the targets.
+    Resume {
+        #[command(flatten)]
+        sign: SignArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Restart one plugin on the targets (also out of quarantine).
+    RestartPlugin {
+        plugin: String,
+        #[command(flatten)]
+        sign: SignArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Show who changed what, when, for which targets.
+    History {
+        /// Most recent records to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create etcd roles and users for agents and operators, then enable authentication.
+    /// Run once, against an etcd without authentication.
+    Bootstrap {
+        /// Password for etcd's `root` user (etcd requires it to enable authentication).
+        #[arg(long, env = "HIDS_ROOT_PASSWORD", hide_env_values = true)]
+        root_password: String,
+        /// Password for the `hids-agent` user (read desired/ and blobs/, write agents/).
+        #[arg(long, env = "HIDS_AGENT_PASSWORD", hide_env_values = true)]
+        agent_password: String,
+        /// Password for the `hids-operator` user (everything under the prefix).
+        #[arg(long, env = "HIDS_OPERATOR_PASSWORD", hide_env_values = true)]
+        operator_password: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct SignArgs {
+    /// The signing key (`signing.key` from `hidsctl keygen`).
+    #[arg(long, env = "HIDSCTL_KEY", value_name = "FILE")]
+    key: PathBuf,
+    /// Who is making the change, for the history (default: $USER).
+    #[arg(long = "as", env = "USER", default_value = "unknown")]
+    operator: String,
+}
+
+#[derive(Debug, Args)]
+struct TargetArgs {
+    /// Every online agent.
+    #[arg(long)]
+    all: bool,
+    /// Agents whose labels match, e.g. 'env=prod,idc in (bj,sh)'.
+    #[arg(long)]
+    selector: Option<Selector>,
+    /// These host ids (comma-separated), online or not.
+    #[arg(long, value_delimiter = ',')]
+    hosts: Vec<String>,
+    /// A stable share of the hosts (0-100): the same hosts every time; a larger
+    /// percentage only adds hosts.
+    #[arg(long)]
+    percent: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+struct WaitArgs {
+    /// Wait this long (e.g. 30s, 2m) for the targets to acknowledge, then summarise.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    wait: Option<Duration>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl TargetArgs {
+    fn target(&self) -> anyhow::Result<Target> {
+        if !self.all && self.selector.is_none() && self.hosts.is_empty() && self.percent.is_none() {
+            anyhow::bail!("say which hosts: --all, --selector, --hosts and/or --percent");
+        }
+        if let Some(p) = self.percent {
+            if !(0.0..=100.0).contains(&p) {
+                anyhow::bail!("--percent {p}: give a share from 0 to 100");
+            }
+        }
+        Ok(Target {
+            hosts: self.hosts.clone(),
+            selector: self.selector.clone(),
+            percent: self.percent,
+        })
+    }
+}
+
+impl Cli {
+    fn etcd(&self) -> EtcdConfig {
+        EtcdConfig {
+            endpoints: self.endpoints.clone(),
+            user: self.user.clone().zip(self.password.clone()),
+            tls: self.ca_file.clone().map(|ca| TlsFiles {
+                ca,
+                cert: self.cert_file.clone(),
+                key: self.key_file.clone(),
+            }),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hidsctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hidsctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let keys = Keys::new(&cli.prefix);
+    if let Command::Keygen { out } = &cli.command {
+        std::fs::create_dir_all(out)?;
+        let key = hids_control::SigningKey::generate()?;
+        let (secret, public) = key.save(out)?;
+        println!(
+            "secret key: {} (keep it safe: it can steer the fleet)",
+            secret.display()
+        );
+        println!(
+            "public key: {} (list it in the agents' control.trusted_keys)",
+            public.display()
+        );
+        println!("key id:     {}", key.key_id());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut client = cli.etcd().connect().await?;
+    match cli.command {
+        Command::Keygen { .. } => unreachable!("handled above"),
+        Command::Agents { selector, json } => {
+            fleet::agents(&mut client, &keys, selector.as_ref(), json).await
+        }
+        Command::Stats { by, json } => fleet::stats(&mut client, &keys, &by, json).await,
+        Command::History { limit, json } => fleet::history(&mut client, &keys, limit, json).await,
+        Command::Bootstrap {
+            root_password,
+            agent_password,
+            operator_password,
+        } => {
+            bootstrap::run(
+                &mut client,
+                &keys,
+                &root_password,
+                &agent_password,
+                &operator_password,
+            )
+            .await
+        }
+        Command::Push {
+            sign,
+            file,
+            target,
+            wait,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let body: hids_types::desired::DesiredBody = toml::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.to_string().trim_end()))?;
+            let change = push::Change::Settings(body);
+            push::run(
+                &mut client,
+                &keys,
+                &sign.key,
+                &sign.operator,
+                &target.target()?,
+                change,
+                wait.wait,
+                wait.json,
+            )
+            .await
+        }
+        Command::Stop { sign, target, wait } => {
+            let change = push::Change::Command(hids_types::desired::CommandKind::StopAll, None);
+            push::run(
+                &mut client,
+                &keys,
+                &sign.key,
+                &sign.operator,
+                &target.target()?,
+                change,
+                wait.wait,
+                wait.json,
+            )
+            .await
+        }
+        Command::Resume { sign, target, wait } => {
+            let change = push::Change::Command(hids_types::desired::CommandKind::Resume, None);
+            push::run(
+                &mut client,
+                &keys,
+                &sign.key,
+                &sign.operator,
+                &target.target()?,
+                change,
+                wait.wait,
+                wait.json,
+            )
+            .await
+        }
+        Command::RestartPlugin {
+            plugin,
+            sign,
+            target,
+            wait,
+        } => {
+            let change = push::Change::Command(
+                hids_types::desired::CommandKind::RestartPlugin,
+                Some(plugin),
+            );
+            push::run(
+                &mut client,
+                &keys,
+                &sign.key,
+                &sign.operator,
+                &target.target()?,
+                change,
+                wait.wait,
+                wait.json,
+            )
+            .await
+        }
+    }
+}

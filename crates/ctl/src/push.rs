@@ -1,0 +1,555 @@
+//! Writing desired states: `push` (new settings) and the commands (`stop`, `resume`,
+//! `restart-plugin`) all go through here.
+//!
+//! 1. Targets: online agents matching the target, or the given host ids.
+//! 2. One new generation from the fleet-wide counter (compare-and-swap), so the push is
+//!    above every earlier one on every host.
+//! 3. One signed document per host. Settings larger than a few hundred bytes are
+//!    written once to `blobs/<sha256>` and referenced. Commands keep the host's current
+//!    settings and its still-unexpired commands (so a host that was offline still gets
+//!    a `stop` followed by a `restart-plugin`).
+//! 4. Transactions of at most 127 documents plus one history record each (etcd allows
+//!    128 operations per transaction by default), so every change is recorded with it.
+//! 5. With `--wait`, the agents' acknowledgements are followed until every target has
+//!    applied or refused the document, or the time is up.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use hids_control::select::Target;
+use hids_control::{Keys, SigningKey, TrustedKeys, Verified};
+use hids_types::desired::{Command, CommandKind, DesiredBody, DesiredState};
+use hids_types::status::AgentStatus;
+use hids_types::Timestamp;
+use serde::Serialize;
+
+use crate::fleet;
+
+/// Documents per transaction, leaving room for the history record.
+const BATCH: usize = 127;
+/// Settings above this size go to a blob, so a fleet push writes small values.
+const INLINE_BODY_MAX: usize = 512;
+/// How long a command stays runnable for a host that is offline.
+const COMMAND_TTL: Duration = Duration::from_secs(3600);
+/// Commands carried over from a host's previous document, at most.
+const MAX_CARRIED_COMMANDS: usize = 16;
+/// Values per page when reading a whole directory (gRPC messages are limited to 4 MiB).
+const PAGE: i64 = 2000;
+
+pub enum Change {
+    Settings(DesiredBody),
+    Command(CommandKind, Option<String>),
+}
+
+impl Change {
+    fn action(&self) -> String {
+        match self {
+            Change::Settings(_) => "push".into(),
+            Change::Command(kind, plugin) => match (kind, plugin) {
+                (CommandKind::StopAll, _) => "stop".into(),
+                (CommandKind::Resume, _) => "resume".into(),
+                (CommandKind::RestartPlugin, p) => {
+                    format!("restart-plugin {}", p.as_deref().unwrap_or("?"))
+                }
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct HistoryRecord<'a> {
+    id: &'a str,
+    at: Timestamp,
+    by: &'a str,
+    action: &'a str,
+    generation: u64,
+    target: &'a str,
+    key_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body_sha256: Option<&'a str>,
+    hosts: &'a [String],
+}
+
+#[derive(Serialize, Default)]
+struct Outcome {
+    action: String,
+    generation: u64,
+    targets: usize,
+    /// Targets that applied the document (`applied_generation` reached it).
+    acked: usize,
+    refused: usize,
+    offline: usize,
+    pending: usize,
+    elapsed_secs: f64,
+    refusals: Vec<Refusal>,
+    offline_hosts: Vec<String>,
+    pending_hosts: Vec<String>,
+    waited: bool,
+}
+
+#[derive(Serialize)]
+struct Refusal {
+    host_id: String,
+    reason: String,
+}
+
+/// Reads every key under `prefix`, a page at a time.
+pub async fn get_all(
+    client: &mut Client,
+    prefix: &str,
+) -> anyhow::Result<(Vec<(Vec<u8>, Vec<u8>, i64)>, i64)> {
+    let end = hids_control::keys::prefix_end(prefix);
+    let mut from = prefix.as_bytes().to_vec();
+    let mut out = Vec::new();
+    let mut revision = 0;
+    loop {
+        let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        if revision > 0 {
+            opts = opts.with_revision(revision);
+        }
+        let resp = client.get(from.clone(), Some(opts)).await?;
+        if revision == 0 {
+            revision = resp.header().map_or(0, |h| h.revision());
+        }
+        for kv in resp.kvs() {
+            out.push((kv.key().to_vec(), kv.value().to_vec(), kv.mod_revision()));
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return Ok((out, revision)),
+        }
+    }
+}
+
+/// The next fleet-wide generation, by compare-and-swap on the counter. Never below
+/// `floor` (the highest generation already written), in case the counter was lost.
+async fn next_generation(client: &mut Client, keys: &Keys, floor: u64) -> anyhow::Result<u64> {
+    let key = keys.generation();
+    for _ in 0..100 {
+        let resp = client.get(key.clone(), None).await?;
+        let (current, cmp) = match resp.kvs().first() {
+            Some(kv) => (
+                std::str::from_utf8(kv.value())
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .unwrap_or(0),
+                Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision()),
+            ),
+            None => (
+                0,
+                Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+            ),
+        };
+        let next = current.max(floor) + 1;
+        let txn = Txn::new().when(vec![cmp]).and_then(vec![TxnOp::put(
+            key.clone(),
+            next.to_string(),
+            None,
+        )]);
+        if client.txn(txn).await?.succeeded() {
+            return Ok(next);
+        }
+    }
+    anyhow::bail!("could not take a generation number: too many concurrent pushes")
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    client: &mut Client,
+    keys: &Keys,
+    key_path: &Path,
+    operator: &str,
+    target: &Target,
+    change: Change,
+    wait: Option<Duration>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let key = SigningKey::load(key_path)?;
+    let own = TrustedKeys::from_signing_key(&key);
+    let started = Instant::now();
+
+    let online = fleet::online(client, keys).await?;
+    let hosts: Vec<String> = if target.hosts.is_empty() {
+        online
+            .iter()
+            .filter(|(h, a)| target.matches(h, &a.labels))
+            .map(|(h, _)| h.clone())
+            .collect()
+    } else {
+        let none = BTreeMap::new();
+        target
+            .hosts
+            .iter()
+            .filter(|h| target.matches(h, online.get(*h).map_or(&none, |a| &a.labels)))
+            .cloned()
+            .collect()
+    };
+    if hosts.is_empty() {
+        anyhow::bail!(
+            "no host matches {} ({} agent(s) online)",
+            target.describe(),
+            online.len()
+        );
+    }
+
+    // The current documents: for the highest generation, and for what commands carry over.
+    let desired_dir = keys.desired_dir();
+    let (existing_raw, _) = get_all(client, &desired_dir).await?;
+    let mut floor = 0;
+    let mut existing: HashMap<String, DesiredState> = HashMap::new();
+    let mut unverified = Vec::new();
+    for (k, v, _) in &existing_raw {
+        let Some(host) = keys.host_of(&desired_dir, k) else {
+            continue;
+        };
+        match own.verify(v, host, 0) {
+            Ok(Verified::New(state)) => {
+                floor = floor.max(state.generation);
+                existing.insert(host.to_owned(), state);
+            }
+            Ok(Verified::Current) => {}
+            Err(e) => unverified.push((host.to_owned(), e)),
+        }
+    }
+    // A document this key did not sign (tampered, or another operator's) is never
+    // re-signed: commands for such hosts start from empty settings. Say so.
+    let mut shown = 0;
+    for (host, e) in &unverified {
+        if matches!(change, Change::Command(..)) && hosts.contains(host) {
+            if shown < 10 {
+                eprintln!("hidsctl: warning: {host}: its current desired state does not verify ({e}); its settings are not carried over");
+            }
+            shown += 1;
+        }
+    }
+    if shown > 10 {
+        eprintln!(
+            "hidsctl: warning: ... and {} more host(s) like that",
+            shown - 10
+        );
+    }
+    let generation = next_generation(client, keys, floor).await?;
+    let now = SystemTime::now();
+    let action = change.action();
+
+    let (body, body_sha256, blob) = match &change {
+        Change::Settings(body) => {
+            let bytes = serde_json::to_vec(body)?;
+            if bytes.len() > INLINE_BODY_MAX {
+                let hash = hids_control::sign::blob_hash(&bytes);
+                (None, Some(hash), Some(bytes))
+            } else {
+                (Some(body.clone()), None, None)
+            }
+        }
+        Change::Command(..) => (None, None, None),
+    };
+    if let (Some(hash), Some(bytes)) = (&body_sha256, &blob) {
+        client.put(keys.blob(hash), bytes.clone(), None).await?;
+    }
+    let new_command = match &change {
+        Change::Command(kind, plugin) => Some(Command {
+            id: format!("g{generation}"),
+            kind: *kind,
+            plugin: plugin.clone(),
+            expires_at: Timestamp(now + COMMAND_TTL),
+        }),
+        Change::Settings(_) => None,
+    };
+    let target_text = target.describe();
+    let progress = if json {
+        None
+    } else {
+        Some(bar(hosts.len() as u64, "signing and writing"))
+    };
+    let mut write_revision: HashMap<String, i64> = HashMap::new();
+    let key_id = key.key_id();
+    for (batch_no, batch) in hosts.chunks(BATCH).enumerate() {
+        let mut ops = Vec::with_capacity(batch.len() + 1);
+        for host in batch {
+            let previous = existing.get(host);
+            let mut commands: Vec<Command> = previous
+                .map(|p| {
+                    p.commands
+                        .iter()
+                        .filter(|c| c.expires_at.0 > now)
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let Some(c) = &new_command {
+                commands.push(c.clone());
+            }
+            let skip = commands.len().saturating_sub(MAX_CARRIED_COMMANDS);
+            commands.drain(..skip);
+            let (doc_body, doc_sha) = match &change {
+                Change::Settings(_) => (body.clone(), body_sha256.clone()),
+                Change::Command(..) => previous
+                    .map(|p| (p.body.clone(), p.body_sha256.clone()))
+                    .unwrap_or_default(),
+            };
+            let state = DesiredState {
+                generation,
+                host_id: host.clone(),
+                issued_at: Timestamp(now),
+                issued_by: operator.to_owned(),
+                body: doc_body,
+                body_sha256: doc_sha,
+                commands,
+            };
+            let value = serde_json::to_vec(&key.sign(&state))?;
+            ops.push(TxnOp::put(keys.desired(host), value, None));
+        }
+        let nanos = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let record_id = format!("{nanos:020}-g{generation}-{batch_no:05}");
+        let record = HistoryRecord {
+            id: &record_id,
+            at: Timestamp(now),
+            by: operator,
+            action: &action,
+            generation,
+            target: &target_text,
+            key_id: &key_id,
+            body_sha256: body_sha256.as_deref(),
+            hosts: batch,
+        };
+        ops.push(TxnOp::put(
+            keys.history(&record_id),
+            serde_json::to_vec(&record)?,
+            None,
+        ));
+        let resp = client.txn(Txn::new().and_then(ops)).await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        for host in batch {
+            write_revision.insert(host.clone(), revision);
+        }
+        if let Some(p) = &progress {
+            p.inc(batch.len() as u64);
+        }
+    }
+    if let Some(p) = progress {
+        p.finish_and_clear();
+    }
+
+    let mut outcome = Outcome {
+        action: action.clone(),
+        generation,
+        targets: hosts.len(),
+        ..Default::default()
+    };
+    let code = match wait {
+        None => {
+            outcome.pending = hosts.len();
+            outcome.elapsed_secs = started.elapsed().as_secs_f64();
+            ExitCode::SUCCESS
+        }
+        Some(limit) => {
+            await_acks(
+                client,
+                keys,
+                &hosts,
+                generation,
+                &write_revision,
+                limit,
+                json,
+                &mut outcome,
+            )
+            .await?;
+            outcome.waited = true;
+            outcome.elapsed_secs = started.elapsed().as_secs_f64();
+            if outcome.acked == outcome.targets {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        print_summary(&outcome);
+    }
+    Ok(code)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ack {
+    Applied,
+    Refused,
+    Offline,
+    Pending,
+}
+
+fn classify(status: Option<&AgentStatus>, generation: u64, written_at: i64) -> Ack {
+    match status {
+        None => Ack::Offline,
+        Some(s) if s.applied_generation >= generation => Ack::Applied,
+        Some(s) if s.desired_revision >= written_at && s.desired_error.is_some() => Ack::Refused,
+        Some(_) => Ack::Pending,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn await_acks(
+    client: &mut Client,
+    keys: &Keys,
+    hosts: &[String],
+    generation: u64,
+    written: &HashMap<String, i64>,
+    limit: Duration,
+    json: bool,
+    outcome: &mut Outcome,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let dir = keys.agents();
+    let mut statuses: HashMap<String, Option<AgentStatus>> =
+        hosts.iter().map(|h| (h.clone(), None)).collect();
+    let (current, revision) = get_all(client, &dir).await?;
+    for (k, v, _) in current {
+        if let Some(host) = keys.host_of(&dir, &k) {
+            if let Some(slot) = statuses.get_mut(host) {
+                *slot = serde_json::from_slice(&v).ok();
+            }
+        }
+    }
+    let ack = |statuses: &HashMap<String, Option<AgentStatus>>, h: &str| {
+        classify(
+            statuses.get(h).and_then(Option::as_ref),
+            generation,
+            written.get(h).copied().unwrap_or(0),
+        )
+    };
+    let settled = |statuses: &HashMap<String, Option<AgentStatus>>| {
+        hosts
+            .iter()
+            .filter(|h| matches!(ack(statuses, h), Ack::Applied | Ack::Refused))
+            .count()
+    };
+    let progress = if json {
+        None
+    } else {
+        Some(bar(hosts.len() as u64, "waiting for agents"))
+    };
+    let mut watch = client
+        .watch(
+            dir.clone(),
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision + 1),
+            ),
+        )
+        .await?;
+    loop {
+        let done = settled(&statuses);
+        if let Some(p) = &progress {
+            p.set_position(done as u64);
+        }
+        let open = hosts
+            .iter()
+            .filter(|h| ack(&statuses, h) == Ack::Pending)
+            .count();
+        if open == 0 {
+            break;
+        }
+        let msg = tokio::select! {
+            m = watch.message() => m?,
+            _ = tokio::time::sleep_until(deadline) => break,
+        };
+        let Some(resp) = msg else { break };
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let Some(host) = keys.host_of(&dir, kv.key()) else {
+                continue;
+            };
+            if let Some(slot) = statuses.get_mut(host) {
+                *slot = match ev.event_type() {
+                    EventType::Put => serde_json::from_slice(kv.value()).ok(),
+                    EventType::Delete => None,
+                };
+            }
+        }
+    }
+    if let Some(p) = progress {
+        p.finish_and_clear();
+    }
+    for h in hosts {
+        match ack(&statuses, h) {
+            Ack::Applied => outcome.acked += 1,
+            Ack::Refused => {
+                outcome.refused += 1;
+                let reason = statuses
+                    .get(h)
+                    .and_then(|s| s.as_ref())
+                    .and_then(|s| s.desired_error.clone())
+                    .unwrap_or_default();
+                outcome.refusals.push(Refusal {
+                    host_id: h.clone(),
+                    reason,
+                });
+            }
+            Ack::Offline => {
+                outcome.offline += 1;
+                if outcome.offline_hosts.len() < 100 {
+                    outcome.offline_hosts.push(h.clone());
+                }
+            }
+            Ack::Pending => {
+                outcome.pending += 1;
+                if outcome.pending_hosts.len() < 100 {
+                    outcome.pending_hosts.push(h.clone());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bar(len: u64, what: &'static str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(len),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({elapsed})")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what);
+    bar
+}
+
+fn print_summary(o: &Outcome) {
+    println!(
+        "{} generation {} to {} host(s)",
+        o.action, o.generation, o.targets
+    );
+    if !o.waited {
+        println!(
+            "written in {:.2}s; not waiting for acknowledgements (use --wait)",
+            o.elapsed_secs
+        );
+        return;
+    }
+    println!(
+        "applied {}  refused {}  offline {}  pending {}  in {:.2}s",
+        o.acked, o.refused, o.offline, o.pending, o.elapsed_secs
+    );
+    for r in &o.refusals {
+        println!("  refused by {}: {}", r.host_id, r.reason);
+    }
+    if !o.offline_hosts.is_empty() {
+        println!("  offline: {}", o.offline_hosts.join(" "));
+    }
+    if !o.pending_hosts.is_empty() {
+        println!("  pending: {}", o.pending_hosts.join(" "));
+    }
+}
