@@ -85,6 +85,7 @@ pub async fn supervise(
     mut wanted: watch::Receiver<Wanted>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut started_before = false;
     loop {
         if *shutdown.borrow() {
             break;
@@ -108,7 +109,18 @@ pub async fn supervise(
             s.consecutive_crashes = 0;
             s.path = want.spec.path.display().to_string();
         });
-        if !run_with_restarts(&want.spec, &ctx, &status, &mut wanted, &mut shutdown).await {
+        let first_start = !started_before;
+        started_before = true;
+        if !run_with_restarts(
+            &want.spec,
+            &ctx,
+            &status,
+            first_start,
+            &mut wanted,
+            &mut shutdown,
+        )
+        .await
+        {
             break;
         }
     }
@@ -119,16 +131,18 @@ pub async fn supervise(
 }
 
 /// Runs, restarts and maybe quarantines one spec until the wanted state changes (true)
-/// or the agent shuts down (false).
+/// or the agent shuts down (false). Every start but the plugin's very first counts as a
+/// restart, whatever caused it.
 async fn run_with_restarts(
     spec: &PluginSpec,
     ctx: &Arc<Context>,
     status: &SharedStatus,
+    first_start: bool,
     wanted: &mut watch::Receiver<Wanted>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
     let sup = &ctx.supervisor;
-    let mut first = true;
+    let mut first = first_start;
     loop {
         if !first {
             update(status, |s| s.restarts += 1);
