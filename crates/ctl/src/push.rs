@@ -84,10 +84,36 @@ struct Outcome {
     offline: usize,
     pending: usize,
     elapsed_secs: f64,
+    /// From each host's write to its acknowledgement being seen, over the hosts that
+    /// applied: milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ack_ms: Option<Percentiles>,
     refusals: Vec<Refusal>,
     offline_hosts: Vec<String>,
     pending_hosts: Vec<String>,
     waited: bool,
+}
+
+#[derive(Serialize, Default)]
+struct Percentiles {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Percentiles {
+    fn of(mut ms: Vec<f64>) -> Option<Self> {
+        if ms.is_empty() {
+            return None;
+        }
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
+        Some(Percentiles {
+            p50: at(0.50),
+            p99: at(0.99),
+            max: ms[ms.len() - 1],
+        })
+    }
 }
 
 #[derive(Serialize)]
@@ -269,6 +295,7 @@ pub async fn run(
         Some(bar(hosts.len() as u64, "signing and writing"))
     };
     let mut write_revision: HashMap<String, i64> = HashMap::new();
+    let mut written_at: HashMap<String, Instant> = HashMap::new();
     let key_id = key.key_id();
     for (batch_no, batch) in hosts.chunks(BATCH).enumerate() {
         let mut ops = Vec::with_capacity(batch.len() + 1);
@@ -328,8 +355,10 @@ pub async fn run(
         ));
         let resp = client.txn(Txn::new().and_then(ops)).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
+        let now = Instant::now();
         for host in batch {
             write_revision.insert(host.clone(), revision);
+            written_at.insert(host.clone(), now);
         }
         if let Some(p) = &progress {
             p.inc(batch.len() as u64);
@@ -352,12 +381,16 @@ pub async fn run(
             ExitCode::SUCCESS
         }
         Some(limit) => {
+            let written = Written {
+                revision: write_revision,
+                at: written_at,
+            };
             await_acks(
                 client,
                 keys,
                 &hosts,
                 generation,
-                &write_revision,
+                &written,
                 limit,
                 json,
                 &mut outcome,
@@ -397,13 +430,19 @@ fn classify(status: Option<&AgentStatus>, generation: u64, written_at: i64) -> A
     }
 }
 
+/// When and at which revision each host's document was written.
+struct Written {
+    revision: HashMap<String, i64>,
+    at: HashMap<String, Instant>,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn await_acks(
     client: &mut Client,
     keys: &Keys,
     hosts: &[String],
     generation: u64,
-    written: &HashMap<String, i64>,
+    written: &Written,
     limit: Duration,
     json: bool,
     outcome: &mut Outcome,
@@ -424,9 +463,10 @@ async fn await_acks(
         classify(
             statuses.get(h).and_then(Option::as_ref),
             generation,
-            written.get(h).copied().unwrap_or(0),
+            written.revision.get(h).copied().unwrap_or(0),
         )
     };
+    let mut acked_at: HashMap<String, Instant> = HashMap::new();
     let settled = |statuses: &HashMap<String, Option<AgentStatus>>| {
         hosts
             .iter()
@@ -449,6 +489,12 @@ async fn await_acks(
         )
         .await?;
     loop {
+        let now = Instant::now();
+        for h in hosts {
+            if !acked_at.contains_key(h) && ack(&statuses, h) == Ack::Applied {
+                acked_at.insert(h.clone(), now);
+            }
+        }
         let done = settled(&statuses);
         if let Some(p) = &progress {
             p.set_position(done as u64);
@@ -481,6 +527,18 @@ async fn await_acks(
     if let Some(p) = progress {
         p.finish_and_clear();
     }
+    outcome.ack_ms = Percentiles::of(
+        acked_at
+            .iter()
+            .filter_map(|(h, t)| {
+                Some(
+                    t.saturating_duration_since(*written.at.get(h)?)
+                        .as_secs_f64()
+                        * 1000.0,
+                )
+            })
+            .collect(),
+    );
     for h in hosts {
         match ack(&statuses, h) {
             Ack::Applied => outcome.acked += 1,
@@ -543,6 +601,12 @@ fn print_summary(o: &Outcome) {
         "applied {}  refused {}  offline {}  pending {}  in {:.2}s",
         o.acked, o.refused, o.offline, o.pending, o.elapsed_secs
     );
+    if let Some(p) = &o.ack_ms {
+        println!(
+            "acknowledged after write: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            p.p50, p.p99, p.max
+        );
+    }
     for r in &o.refusals {
         println!("  refused by {}: {}", r.host_id, r.reason);
     }
