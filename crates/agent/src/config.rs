@@ -45,6 +45,9 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     #[serde(default)]
     pub pipeline: PipelineConfig,
+    /// The resource guard (circuit breaker); a desired state may replace it.
+    #[serde(default)]
+    pub guard: hids_types::guard::GuardConfig,
     /// The plugins to run. When present, this list replaces the built-in set.
     #[serde(default)]
     pub plugins: Option<Vec<PluginConfig>>,
@@ -107,6 +110,13 @@ pub struct PluginConfig {
     pub args: Vec<String>,
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// CPU quota for this plugin (its cgroup), in percent of one core.
+    #[serde(default)]
+    pub cpu_percent: Option<f64>,
+    /// Memory limit for this plugin (its cgroup); over it the kernel kills the plugin,
+    /// and it is restarted with the crash backoff.
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -207,6 +217,7 @@ impl Default for Config {
             status_interval_secs: default_status_interval_secs(),
             supervisor: SupervisorConfig::default(),
             pipeline: PipelineConfig::default(),
+            guard: Default::default(),
             plugins: None,
             control: None,
         }
@@ -220,6 +231,7 @@ pub struct PluginSpec {
     pub path: PathBuf,
     pub args: Vec<String>,
     pub enabled: bool,
+    pub limits: crate::cgroups::Limits,
 }
 
 impl Config {
@@ -280,6 +292,7 @@ impl Config {
         if let Some(c) = &self.control {
             problems.extend(c.problems());
         }
+        problems.extend(self.guard.problems("guard"));
         for (k, v) in &self.labels {
             if k.is_empty() || v.contains('\n') {
                 problems.push(format!(
@@ -296,6 +309,8 @@ impl Config {
                     path: None,
                     args: Vec::new(),
                     enabled: true,
+                    cpu_percent: None,
+                    memory_mb: None,
                 })
                 .collect(),
         };
@@ -338,11 +353,21 @@ impl Config {
                     path.display()
                 ));
             }
+            if p.cpu_percent.is_some_and(|c| c.is_nan() || c <= 0.0) {
+                problems.push(format!("plugin {:?}: cpu_percent must be above 0", p.name));
+            }
+            if p.memory_mb == Some(0) {
+                problems.push(format!("plugin {:?}: memory_mb must be at least 1", p.name));
+            }
             specs.push(PluginSpec {
                 name: p.name,
                 path,
                 args: p.args,
                 enabled: p.enabled,
+                limits: crate::cgroups::Limits {
+                    cpu_percent: p.cpu_percent,
+                    memory_mb: p.memory_mb,
+                },
             });
         }
         if problems.is_empty() {

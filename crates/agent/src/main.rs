@@ -4,8 +4,11 @@
 //! forwards their events to the sinks, and reports its status. It holds no detection
 //! logic. Without a control plane it runs standalone on built-in defaults.
 
+mod cgroups;
 mod config;
 mod control;
+mod events;
+mod guard;
 mod logging;
 mod pipeline;
 mod plugins;
@@ -187,11 +190,19 @@ async fn agent(
     )];
     let sink_thread = pipeline::start(events_rx, sinks, counters.clone())?;
 
+    let agent_events = events::AgentEvents::new(&host_id, &hostname, events_tx.clone());
+    let cgroups = cgroups::Cgroups::detect();
+    cgroups.sweep_stale();
+    if specs.iter().any(|s| s.limits.any()) {
+        tracing::info!("per-plugin limits: {}", cgroups.describe());
+    }
     let ctx = Arc::new(Context {
         host_id: host_id.clone(),
         hostname: hostname.clone(),
         supervisor: config.supervisor.clone(),
         events: events_tx,
+        cgroups: cgroups.clone(),
+        cgroup_warned: std::sync::atomic::AtomicBool::new(false),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut manager = PluginManager::new(ctx.clone(), shutdown_rx.clone());
@@ -208,19 +219,40 @@ async fn agent(
     } else {
         ControlState::default()
     };
-    let apply_all = |manager: &mut PluginManager, control: &ControlState| {
-        let (effective, warnings) = plugins::effective_specs(&specs, &control.body);
-        for w in warnings {
-            tracing::warn!("desired state: {w}");
-        }
-        if let Some(level) = &control.body.log_level {
-            if let Err(e) = log.set(level) {
-                tracing::warn!("desired state: {e}");
+    let mut breaker = guard::Breaker::new(config.guard.clone());
+    let mut sampler = guard::Sampler::new();
+    let mut usage = guard::Usage::default();
+    let mut agent_events = agent_events;
+    let apply_all =
+        |manager: &mut PluginManager, control: &ControlState, breaker: &mut guard::Breaker| {
+            let (effective, warnings) = plugins::effective_specs(&specs, &control.body);
+            for w in warnings {
+                tracing::warn!("desired state: {w}");
             }
-        }
-        manager.apply(&effective, control.stopped);
-    };
-    apply_all(&mut manager, &control);
+            if let Some(level) = &control.body.log_level {
+                if let Err(e) = log.set(level) {
+                    tracing::warn!("desired state: {e}");
+                }
+            }
+            let wanted_guard = control
+                .body
+                .guard
+                .clone()
+                .unwrap_or_else(|| config.guard.clone());
+            if *breaker.config() != wanted_guard {
+                let problems = wanted_guard.problems("desired guard");
+                if problems.is_empty() {
+                    breaker.set_config(wanted_guard);
+                } else {
+                    tracing::warn!(
+                        "desired state: {}; keeping the guard settings",
+                        problems.join("; ")
+                    );
+                }
+            }
+            manager.apply(&effective, control.stopped || breaker.holding());
+        };
+    apply_all(&mut manager, &control, &mut breaker);
 
     let (status_tx, status_rx) = watch::channel(Vec::new());
     let (updates_tx, mut updates_rx) = mpsc::channel(16);
@@ -253,7 +285,9 @@ async fn agent(
 
     let started_at = Timestamp::now();
     let ips = hids_procfs::host::addresses();
-    let snapshot = |manager: &PluginManager, control: &ControlState| AgentStatus {
+    let snapshot = |manager: &PluginManager,
+                    control: &ControlState,
+                    guard: hids_types::guard::GuardStatus| AgentStatus {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         host_id: host_id.clone(),
         hostname: hostname.clone(),
@@ -269,6 +303,7 @@ async fn agent(
         updated_at: Timestamp::now(),
         plugins: manager.statuses(),
         pipeline: counters.status(),
+        guard: Some(guard),
     };
     let mut status_failed = false;
     let mut publish = |doc: &AgentStatus| {
@@ -294,22 +329,70 @@ async fn agent(
             changed
         });
     };
-    publish(&snapshot(&manager, &control));
+    publish(&snapshot(&manager, &control, breaker.status(&usage)));
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut tick = tokio::time::interval(Duration::from_secs(config.status_interval_secs));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Periodic work is phase-shifted by the host's stagger offset, so a fleet does not act
+    // in the same second.
+    let staggered = |period: Duration| {
+        let mut t = tokio::time::interval_at(
+            tokio::time::Instant::now() + hids_types::stagger::offset(&host_id, period),
+            period,
+        );
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    };
+    let mut tick = staggered(Duration::from_secs(config.status_interval_secs));
+    let mut guard_period = Duration::from_secs(breaker.config().interval_secs);
+    let mut guard_tick = staggered(guard_period);
     loop {
         tokio::select! {
-            _ = tick.tick() => publish(&snapshot(&manager, &control)),
+            _ = tick.tick() => publish(&snapshot(&manager, &control, breaker.status(&usage))),
+            _ = guard_tick.tick() => {
+                let mut procs = vec![("agent".to_owned(), std::process::id())];
+                procs.extend(manager.statuses().into_iter().filter_map(|p| Some((p.name, p.pid?))));
+                usage = sampler.sample(&procs);
+                let now = std::time::Instant::now();
+                let transition = breaker.tick(now).or_else(|| breaker.sample(now, usage.cpu_percent, usage.rss_mb));
+                if let Some(t) = transition {
+                    let st = breaker.status(&usage);
+                    match &t {
+                        guard::Transition::Tripped(reason) => {
+                            tracing::error!(
+                                "resource guard tripped: {reason}; stopping every plugin for {} s (trip {})",
+                                st.cooldown_secs, st.trips
+                            );
+                            agent_events.guard("guard_tripped", &st);
+                        }
+                        guard::Transition::Probing => {
+                            tracing::warn!(
+                                "resource guard: cooldown over, starting plugins again on probation for {} s",
+                                breaker.config().probe_secs
+                            );
+                            agent_events.guard("guard_probing", &st);
+                        }
+                        guard::Transition::Recovered => {
+                            tracing::info!("resource guard: probation passed; back to normal");
+                            agent_events.guard("guard_recovered", &st);
+                        }
+                    }
+                    apply_all(&mut manager, &control, &mut breaker);
+                    publish(&snapshot(&manager, &control, breaker.status(&usage)));
+                }
+                let period = Duration::from_secs(breaker.config().interval_secs);
+                if period != guard_period {
+                    guard_period = period;
+                    guard_tick = staggered(period);
+                }
+            }
             Some(update) = updates_rx.recv() => {
                 use hids_control::session::Update;
                 match update {
                     Update::Apply { state, body, raw, revision } => {
                         let actions = control.accept(&state, body, &raw);
                         control.desired_revision = revision;
-                        apply_all(&mut manager, &control);
+                        apply_all(&mut manager, &control, &mut breaker);
                         for name in actions.restart {
                             if !manager.restart(&name) {
                                 tracing::warn!("restart_plugin: no plugin {name:?} on this host");
@@ -326,7 +409,7 @@ async fn agent(
                     }
                     Update::Connected | Update::Disconnected(_) => {}
                 }
-                publish(&snapshot(&manager, &control));
+                publish(&snapshot(&manager, &control, breaker.status(&usage)));
             }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping plugins"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping plugins"); break; }
@@ -340,7 +423,11 @@ async fn agent(
     if !manager.join(deadline).await {
         tracing::warn!("plugins did not stop in time; killed");
     }
-    let _ = status::write(&state_dir, &snapshot(&manager, &control));
+    let _ = status::write(
+        &state_dir,
+        &snapshot(&manager, &control, breaker.status(&usage)),
+    );
+    cgroups.remove_all(&specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>());
     // The sink thread ends, flushed, once every sender is gone (the plugin tasks held
     // them). Give it a moment, never forever.
     for _ in 0..50 {

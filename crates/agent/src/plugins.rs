@@ -148,6 +148,7 @@ pub fn effective_specs(local: &[PluginSpec], body: &DesiredBody) -> (Vec<PluginS
                         path: PathBuf::from(path),
                         args: d.args.clone().unwrap_or_default(),
                         enabled: d.enabled.unwrap_or(true),
+                        limits: Default::default(),
                     })
                 }
                 Some(path) => warnings.push(format!(
@@ -175,6 +176,7 @@ mod tests {
             path: "/bin/sh".into(),
             args: vec![],
             enabled: true,
+            limits: Default::default(),
         }
     }
 
@@ -182,6 +184,7 @@ mod tests {
     fn desired_overrides_local_by_name() {
         let body = DesiredBody {
             log_level: None,
+            guard: None,
             plugins: vec![
                 DesiredPlugin {
                     name: "process".into(),

@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, watch};
 
+use crate::cgroups::Cgroups;
 use crate::config::{PluginSpec, SupervisorConfig};
 use crate::logging::forward_plugin_log;
 
@@ -29,6 +30,9 @@ pub struct Context {
     pub hostname: String,
     pub supervisor: SupervisorConfig,
     pub events: mpsc::Sender<Vec<u8>>,
+    pub cgroups: Cgroups,
+    /// Cgroup problems are logged once, not at every plugin start.
+    pub cgroup_warned: std::sync::atomic::AtomicBool,
 }
 
 pub type SharedStatus = Arc<Mutex<PluginStatus>>;
@@ -53,6 +57,7 @@ pub fn new_status(spec: &PluginSpec) -> SharedStatus {
         frames_rejected: 0,
         bytes_discarded: 0,
         health: None,
+        oom_kills: 0,
     }))
 }
 
@@ -64,6 +69,8 @@ fn update<R>(status: &SharedStatus, f: impl FnOnce(&mut PluginStatus) -> R) -> R
 /// How one run of a plugin ended.
 enum Outcome {
     Exited(io::Result<ExitStatus>),
+    /// Killed by the kernel for going over its cgroup memory limit (MB).
+    OutOfMemory(u64),
     Violation(String),
     /// Stopped on purpose: agent shutdown, or the wanted state changed.
     Stopped,
@@ -158,6 +165,10 @@ async fn run_with_restarts(
             Outcome::Stopped => return !*shutdown.borrow(),
             Outcome::Exited(Ok(st)) => describe_exit(st),
             Outcome::Exited(Err(e)) => format!("could not run: {e}"),
+            Outcome::OutOfMemory(mb) => {
+                update(status, |s| s.oom_kills += 1);
+                format!("killed by its memory limit ({mb} MB)")
+            }
             Outcome::Violation(why) => format!("killed for a protocol violation: {why}"),
         };
         if *shutdown.borrow() {
@@ -226,7 +237,31 @@ async fn run_once(
     wanted: &mut watch::Receiver<Wanted>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> io::Result<Outcome> {
-    let mut child = spawn(spec)?;
+    let cgroup = if spec.limits.any() {
+        match ctx.cgroups.prepare(&spec.name, &spec.limits) {
+            Ok(cg) => Some(cg),
+            Err(e) => {
+                if !ctx
+                    .cgroup_warned
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        "cannot apply per-plugin limits ({e}); plugins run without cgroup limits \
+                         (the resource guard still watches them)"
+                    );
+                }
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let oom_before = cgroup.as_ref().map_or(0, |c| c.oom_kills());
+    let procs = match &cgroup {
+        Some(c) => c.open_procs()?,
+        None => Vec::new(),
+    };
+    let mut child = spawn(spec, procs)?;
     let pid = child.id().unwrap_or(0);
     let (Some(mut stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
@@ -275,7 +310,15 @@ async fn run_once(
         }
     };
     match &outcome {
-        Outcome::Exited(_) => {}
+        Outcome::Exited(_) => {
+            if let (Some(cg), Some(mb)) = (&cgroup, spec.limits.memory_mb) {
+                if cg.oom_kills() > oom_before {
+                    tracing::warn!(plugin = %spec.name, "killed by its cgroup memory limit ({mb} MB)");
+                    return Ok(Outcome::OutOfMemory(mb));
+                }
+            }
+        }
+        Outcome::OutOfMemory(_) => {}
         Outcome::Violation(why) => {
             tracing::error!(plugin = %spec.name, "refusing plugin output: {why}; killing it");
             update(status, |s| s.frames_rejected += 1);
@@ -304,7 +347,7 @@ async fn run_once(
     Ok(outcome)
 }
 
-fn spawn(spec: &PluginSpec) -> io::Result<Child> {
+fn spawn(spec: &PluginSpec, cgroup_procs: Vec<std::os::fd::OwnedFd>) -> io::Result<Child> {
     let master_pid = rustix::process::getpid();
     let mut cmd = Command::new(&spec.path);
     cmd.args(&spec.args)
@@ -315,11 +358,16 @@ fn spawn(spec: &PluginSpec) -> io::Result<Child> {
         // Its own process group, so a stop reaches whatever the plugin started.
         .process_group(0);
     #[allow(unsafe_code)]
-    // SAFETY: the closure runs in the forked child before exec. It only makes two
-    // raw syscalls (prctl, getppid) and may build an io::Error from an errno; none of
-    // these allocate or take locks, so it is safe in a child of a threaded process.
+    // SAFETY: the closure runs in the forked child before exec. It only makes raw
+    // syscalls (prctl, getppid, write to fds opened before the fork) and may build an
+    // io::Error from an errno; none of these allocate or take locks, so it is safe in a
+    // child of a threaded process.
     unsafe {
         cmd.pre_exec(move || {
+            // Into the plugin's cgroup(s) before it runs a single instruction of its own.
+            for fd in &cgroup_procs {
+                rustix::io::write(fd, b"0")?;
+            }
             // If the master dies, even by SIGKILL, the kernel kills the plugin.
             rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
             // The master may have died between fork and prctl.

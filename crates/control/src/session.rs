@@ -41,7 +41,7 @@ pub enum Update {
     /// A verified desired state, newer than the last applied one, with its settings
     /// (from the document or its blob) and the raw envelope (for the local cache).
     Apply {
-        state: DesiredState,
+        state: Box<DesiredState>,
         body: DesiredBody,
         raw: Vec<u8>,
         /// The value's etcd modification revision.
@@ -303,7 +303,7 @@ impl Session {
         &self,
         client: &mut Client,
         raw: &[u8],
-    ) -> Result<Option<(DesiredState, DesiredBody)>, Refusal> {
+    ) -> Result<Option<(Box<DesiredState>, DesiredBody)>, Refusal> {
         let state = match self
             .trusted
             .verify(raw, &self.cfg.host_id, self.applied_generation)?

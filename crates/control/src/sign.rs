@@ -163,10 +163,10 @@ pub struct TrustedKeys {
 }
 
 /// A desired state that passed every check.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Verified {
     /// Newer than the applied one: apply it.
-    New(DesiredState),
+    New(Box<DesiredState>),
     /// The generation already applied (a re-read after a reconnect): nothing to do.
     Current,
 }
@@ -245,7 +245,7 @@ impl TrustedKeys {
         if state.generation == applied_generation {
             return Ok(Verified::Current);
         }
-        Ok(Verified::New(state))
+        Ok(Verified::New(Box::new(state)))
     }
 }
 

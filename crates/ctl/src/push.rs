@@ -237,7 +237,7 @@ pub async fn run(
         match own.verify(v, host, 0) {
             Ok(Verified::New(state)) => {
                 floor = floor.max(state.generation);
-                existing.insert(host.to_owned(), state);
+                existing.insert(host.to_owned(), *state);
             }
             Ok(Verified::Current) => {}
             Err(e) => unverified.push((host.to_owned(), e)),

@@ -40,9 +40,16 @@ fn agents_register_and_leave_within_the_ttl_after_kill_9() {
         &key.public(),
         "",
     );
-    wait_until("the agent to register", Duration::from_secs(10), || {
-        etcd.agents(&[]).contains_key("reg-1")
-    });
+    // Registered at once; the plugin's state follows with the next status write.
+    wait_until(
+        "the agent to register with its plugin running",
+        Duration::from_secs(10),
+        || {
+            etcd.agents(&[])
+                .get("reg-1")
+                .is_some_and(|a| plugin_state(a, "process") == "running")
+        },
+    );
     let listed = &etcd.agents(&[])["reg-1"];
     assert_eq!(listed["labels"]["idc"], "bj");
     assert_eq!(listed["applied_generation"], 0);

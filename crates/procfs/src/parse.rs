@@ -27,6 +27,9 @@ pub struct Stat {
     pub tty_nr: u32,
     pub utime_ticks: u64,
     pub stime_ticks: u64,
+    /// CPU of children it has waited for.
+    pub cutime_ticks: u64,
+    pub cstime_ticks: u64,
     pub num_threads: u32,
     /// Start time in clock ticks after boot: with the pid, unique on this host.
     pub start_ticks: u64,
@@ -78,7 +81,9 @@ pub fn parse_stat(b: &[u8]) -> Result<Stat, ParseError> {
     let utime_ticks = num(nth(6), "no utime")?;
     let stime_ticks = num(nth(0), "no stime")?;
     // 16 cutime 17 cstime 18 priority 19 nice 20 num_threads
-    let num_threads = num(nth(4), "no num_threads")? as u32;
+    let cutime_ticks = num(nth(0), "no cutime")?;
+    let cstime_ticks = num(nth(0), "no cstime")?;
+    let num_threads = num(nth(2), "no num_threads")? as u32;
     // 21 itrealvalue 22 starttime
     let start_ticks = num(nth(1), "no starttime")?;
     // 23 vsize 24 rss
@@ -93,6 +98,8 @@ pub fn parse_stat(b: &[u8]) -> Result<Stat, ParseError> {
         tty_nr,
         utime_ticks,
         stime_ticks,
+        cutime_ticks,
+        cstime_ticks,
         num_threads,
         start_ticks,
         rss_pages,

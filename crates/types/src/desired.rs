@@ -13,7 +13,7 @@ use crate::Timestamp;
 /// Version of the envelope format.
 pub const ENVELOPE_VERSION: u32 = 1;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DesiredState {
     /// Increases with every change; an agent refuses a generation not above the one it
     /// applied. Assigned from one fleet-wide counter, so every push is above every
@@ -39,7 +39,7 @@ pub struct DesiredState {
 
 /// Settings the control plane can change. Absent fields leave the local configuration
 /// as it is.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DesiredBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -48,6 +48,9 @@ pub struct DesiredBody {
     /// local configuration's; plugins not listed keep theirs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plugins: Vec<DesiredPlugin>,
+    /// Replaces the local `[guard]` settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<crate::guard::GuardConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -175,6 +175,9 @@ pub struct Hids {
     /// For `event.kind = metric`: the producer's counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<serde_json::Value>,
+    /// For the agent's guard events: the guard's state and the numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<crate::guard::GuardStatus>,
 }
 
 impl Hids {
@@ -189,6 +192,7 @@ impl Hids {
             args_truncated: None,
             exit_signal: None,
             stats: None,
+            guard: None,
         }
     }
 }

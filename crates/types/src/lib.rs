@@ -7,6 +7,7 @@
 
 pub mod desired;
 pub mod event;
+pub mod guard;
 pub mod stagger;
 pub mod status;
 mod timestamp;

@@ -39,6 +39,9 @@ pub struct AgentStatus {
     pub updated_at: Timestamp,
     pub plugins: Vec<PluginStatus>,
     pub pipeline: PipelineStatus,
+    /// The resource guard; absent from agents that predate it.
+    #[serde(default)]
+    pub guard: Option<crate::guard::GuardStatus>,
 }
 
 /// Life cycle of one supervised plugin.
@@ -101,6 +104,9 @@ pub struct PluginStatus {
     /// The plugin's own counters, from its last health frame.
     #[serde(default)]
     pub health: Option<serde_json::Value>,
+    /// Times its cgroup's memory limit killed it.
+    #[serde(default)]
+    pub oom_kills: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

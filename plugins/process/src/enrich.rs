@@ -138,7 +138,10 @@ impl Enricher {
     pub fn run(mut self, rx: Receiver<Batch>) -> std::io::Result<()> {
         let tick = Duration::from_secs(1);
         let mut next_tick = Instant::now() + tick;
-        let mut next_stats = Instant::now() + self.cfg.stats_interval;
+        // The first stats record is shifted by the host's stagger offset, so a fleet's
+        // records do not all arrive in the same second.
+        let mut next_stats =
+            Instant::now() + hids_types::stagger::offset(&self.host.id, self.cfg.stats_interval);
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {

@@ -180,6 +180,11 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        // SIGTERM first, so the agent cleans up (cgroups), then make sure.
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(rustix::process::Signal::TERM);
+            let _ = self.wait_exit(Duration::from_secs(5));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

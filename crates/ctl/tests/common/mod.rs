@@ -311,6 +311,11 @@ impl Agent {
             .iter()
             .map(|(k, v)| format!("{k} = {v:?}\n"))
             .collect();
+        let ttl = if control_extra.contains("lease_ttl_secs") {
+            ""
+        } else {
+            "lease_ttl_secs = 5\n"
+        };
         let config = dir.path().join("agent.toml");
         std::fs::write(
             &config,
@@ -319,7 +324,7 @@ impl Agent {
                  [supervisor]\nstop_timeout_ms = 1000\n\
                  [labels]\n{labels}\n\
                  [[plugins]]\nname = \"process\"\npath = \"/bin/sleep\"\nargs = [\"3600\"]\n\
-                 [control]\nendpoints = [{:?}]\ntrusted_keys = [{:?}]\nlease_ttl_secs = 5\n{control_extra}\n",
+                 [control]\nendpoints = [{:?}]\ntrusted_keys = [{:?}]\n{ttl}{control_extra}\n",
                 dir.path().join("state"),
                 etcd.url(),
                 key
