@@ -78,6 +78,18 @@ pub fn render(s: &AgentStatus, interval_secs: u64) -> String {
             ""
         }
     ));
+    if let Some(g) = &s.guard {
+        out.push_str(&format!(
+            "guard {}  trips {}  cooldown {}s  cpu {:.1}% of a core ({:.1}% of host)  rss {:.1} MB{}\n",
+            serde_json::to_value(g.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            g.trips,
+            g.cooldown_secs,
+            g.cpu_percent,
+            g.cpu_percent_host,
+            g.rss_mb,
+            g.reason.as_ref().map_or(String::new(), |r| format!("\n  last trip: {r}"))
+        ));
+    }
     let dropped: u64 = s.pipeline.dropped.values().sum();
     out.push_str(&format!(
         "events out {}  dropped in agent {}\n\n",
