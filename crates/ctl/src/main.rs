@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use hids_control::select::{Selector, Target};
 use hids_control::{EtcdConfig, Keys, TlsFiles};
+use hids_types::desired::CommandKind;
 
 /// Operate a HIDS fleet through its etcd control plane: list agents, push signed desired
 /// states to any set of hosts, stop and resume them, read the change history, and set up
@@ -273,46 +274,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
             let body: hids_types::desired::DesiredBody = toml::from_str(&text)
                 .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.to_string().trim_end()))?;
-            let change = push::Change::Settings(body);
-            push::run(
+            change(
                 &mut client,
                 &keys,
-                &sign.key,
-                &sign.operator,
-                &target.target()?,
-                change,
-                wait.wait,
-                wait.json,
+                sign,
+                target,
+                wait,
+                push::Change::Settings(body),
             )
             .await
         }
         Command::Stop { sign, target, wait } => {
-            let change = push::Change::Command(hids_types::desired::CommandKind::StopAll, None);
-            push::run(
-                &mut client,
-                &keys,
-                &sign.key,
-                &sign.operator,
-                &target.target()?,
-                change,
-                wait.wait,
-                wait.json,
-            )
-            .await
+            let c = push::Change::Command(CommandKind::StopAll, None);
+            change(&mut client, &keys, sign, target, wait, c).await
         }
         Command::Resume { sign, target, wait } => {
-            let change = push::Change::Command(hids_types::desired::CommandKind::Resume, None);
-            push::run(
-                &mut client,
-                &keys,
-                &sign.key,
-                &sign.operator,
-                &target.target()?,
-                change,
-                wait.wait,
-                wait.json,
-            )
-            .await
+            let c = push::Change::Command(CommandKind::Resume, None);
+            change(&mut client, &keys, sign, target, wait, c).await
         }
         Command::RestartPlugin {
             plugin,
@@ -320,21 +298,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             target,
             wait,
         } => {
-            let change = push::Change::Command(
-                hids_types::desired::CommandKind::RestartPlugin,
-                Some(plugin),
-            );
-            push::run(
-                &mut client,
-                &keys,
-                &sign.key,
-                &sign.operator,
-                &target.target()?,
-                change,
-                wait.wait,
-                wait.json,
-            )
-            .await
+            let c = push::Change::Command(CommandKind::RestartPlugin, Some(plugin));
+            change(&mut client, &keys, sign, target, wait, c).await
         }
     }
+}
+
+/// Every change (settings or command) goes the same way: signed, written, awaited.
+async fn change(
+    client: &mut etcd_client::Client,
+    keys: &Keys,
+    sign: SignArgs,
+    target: TargetArgs,
+    wait: WaitArgs,
+    change: push::Change,
+) -> anyhow::Result<ExitCode> {
+    let target = target.target()?;
+    push::run(
+        client,
+        keys,
+        &sign.key,
+        &sign.operator,
+        &target,
+        change,
+        wait.wait,
+        wait.json,
+    )
+    .await
 }

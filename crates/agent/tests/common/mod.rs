@@ -93,6 +93,15 @@ impl Agent {
         }
     }
 
+    /// Waits until the built-in process plugin has said hello (it is capturing).
+    pub fn wait_process_ready(&self) {
+        self.wait_status(
+            "the process plugin to say hello",
+            Duration::from_secs(10),
+            |s| Agent::plugin(s, "process")["framed"] == true,
+        );
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }
