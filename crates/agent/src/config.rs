@@ -45,6 +45,12 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     #[serde(default)]
     pub pipeline: PipelineConfig,
+    /// Where events go; several at once. Default: stdout.
+    #[serde(default)]
+    pub sinks: Option<Vec<SinkConfig>>,
+    /// The disk spool in front of a Kafka sink: events wait here while Kafka is away.
+    #[serde(default)]
+    pub spool: Option<SpoolConfig>,
     /// The resource guard (circuit breaker); a desired state may replace it.
     #[serde(default)]
     pub guard: hids_types::guard::GuardConfig,
@@ -54,6 +60,104 @@ pub struct Config {
     /// The control plane. Without this section the agent runs standalone.
     #[serde(default)]
     pub control: Option<ControlConfig>,
+}
+
+/// One destination for events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// JSON lines on the agent's stdout.
+    Stdout,
+    /// JSON lines in a file, rotated by size.
+    File {
+        path: PathBuf,
+        /// Rotate when the file would grow past this.
+        #[serde(default = "default_file_max_bytes")]
+        max_bytes: u64,
+        /// Rotated files kept (`events.json.1` ... `.N`).
+        #[serde(default = "default_file_keep")]
+        keep: u32,
+    },
+    /// Kafka, keyed by host id so one host's events stay in order.
+    Kafka {
+        /// `host:port`, one string (comma-separated) or a list.
+        brokers: Brokers,
+        /// Default topic.
+        topic: String,
+        /// Topic per ECS `event.category` (`process = "hids-process"`).
+        #[serde(default)]
+        topics: BTreeMap<String, String>,
+        /// `lz4`, `zstd`, `gzip`, `snappy` or `none`.
+        #[serde(default = "default_compression")]
+        compression: String,
+        /// `all`, `1` or `0`.
+        #[serde(default = "default_acks")]
+        acks: String,
+        #[serde(default = "yes")]
+        idempotence: bool,
+        /// A message not delivered within this is taken back and spooled.
+        #[serde(default = "default_message_timeout_ms")]
+        message_timeout_ms: u64,
+        /// Memory librdkafka may hold for unsent messages.
+        #[serde(default = "default_queue_kbytes")]
+        queue_kbytes: u64,
+        /// Any other librdkafka property: TLS (`security.protocol = "ssl"`,
+        /// `ssl.ca.location`), SASL (`sasl.mechanism`, `sasl.username`, ...).
+        #[serde(default)]
+        librdkafka: BTreeMap<String, String>,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Brokers {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Brokers {
+    pub fn joined(&self) -> String {
+        match self {
+            Brokers::One(s) => s.clone(),
+            Brokers::Many(v) => v.join(","),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    /// Past this, the oldest segment is dropped (and declared).
+    #[serde(default = "default_spool_max_bytes")]
+    pub max_bytes: u64,
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+}
+
+fn default_file_max_bytes() -> u64 {
+    100 << 20
+}
+fn default_file_keep() -> u32 {
+    5
+}
+fn default_compression() -> String {
+    "lz4".into()
+}
+fn default_acks() -> String {
+    "all".into()
+}
+fn default_message_timeout_ms() -> u64 {
+    10_000
+}
+fn default_queue_kbytes() -> u64 {
+    16 * 1024
+}
+fn default_spool_max_bytes() -> u64 {
+    256 << 20
+}
+fn default_segment_bytes() -> u64 {
+    4 << 20
 }
 
 /// How the agent joins the control plane (etcd).
@@ -218,6 +322,8 @@ impl Default for Config {
             supervisor: SupervisorConfig::default(),
             pipeline: PipelineConfig::default(),
             guard: Default::default(),
+            sinks: None,
+            spool: None,
             plugins: None,
             control: None,
         }
@@ -293,6 +399,38 @@ impl Config {
             problems.extend(c.problems());
         }
         problems.extend(self.guard.problems("guard"));
+        let kafkas = self
+            .sinks
+            .iter()
+            .flatten()
+            .filter(|s| matches!(s, SinkConfig::Kafka { .. }))
+            .count();
+        if kafkas > 1 {
+            problems.push("sinks: at most one kafka sink (use topics for several topics)".into());
+        }
+        if self.spool.is_some() && kafkas == 0 {
+            problems.push("spool is set but no sink is kind = \"kafka\": the spool only holds events for Kafka".into());
+        }
+        for sink in self.sinks.iter().flatten() {
+            if let SinkConfig::Kafka {
+                compression,
+                acks,
+                brokers,
+                topic,
+                ..
+            } = sink
+            {
+                if !["lz4", "zstd", "gzip", "snappy", "none"].contains(&compression.as_str()) {
+                    problems.push(format!("sinks: compression = {compression:?}: use lz4, zstd, gzip, snappy or none"));
+                }
+                if !["all", "-1", "1", "0"].contains(&acks.as_str()) {
+                    problems.push(format!("sinks: acks = {acks:?}: use all, 1 or 0"));
+                }
+                if brokers.joined().trim().is_empty() || topic.is_empty() {
+                    problems.push("sinks: a kafka sink needs brokers and topic".into());
+                }
+            }
+        }
         for (k, v) in &self.labels {
             if k.is_empty() || v.contains('\n') {
                 problems.push(format!(

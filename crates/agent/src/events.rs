@@ -1,5 +1,6 @@
-//! The master's own events (guard transitions), on the same data path as the plugins'
-//! and with the same accounting fields: plugin `agent`, its run id, a sequence number.
+//! The master's own event streams, on the same data path as the plugins' and with the
+//! same accounting: `agent` (resource guard transitions) and `pipeline` (declared drops,
+//! delivery stats), each with its own run id and sequence.
 
 use std::sync::Arc;
 
@@ -8,36 +9,34 @@ use hids_types::guard::GuardStatus;
 use hids_types::Timestamp;
 use tokio::sync::mpsc;
 
-pub struct AgentEvents {
+/// Builds the events of one stream (`hids.plugin` = its name).
+pub struct Emitter {
     host: Host,
+    plugin: Arc<str>,
     run_id: Arc<str>,
     seq: u64,
-    tx: mpsc::Sender<Vec<u8>>,
-    /// Events not queued because the pipeline was full.
-    pub dropped: u64,
 }
 
-impl AgentEvents {
-    pub fn new(host_id: &str, hostname: &str, tx: mpsc::Sender<Vec<u8>>) -> Self {
-        AgentEvents {
+impl Emitter {
+    pub fn new(host_id: &str, hostname: &str, plugin: &str) -> Self {
+        Emitter {
             host: Host {
                 id: host_id.into(),
                 hostname: hostname.into(),
             },
+            plugin: plugin.into(),
             run_id: hids_wire::new_run_id().into(),
             seq: 0,
-            tx,
-            dropped: 0,
         }
     }
 
-    /// `guard_tripped`, `guard_probing`, `guard_recovered`.
-    pub fn guard(&mut self, action: &str, status: &GuardStatus) {
+    /// One event: `kind`/`category`/`type` per ECS, `fill` adds the `hids` details.
+    pub fn build(&mut self, kind: &str, category: &str, type_: &str, action: &str, fill: impl FnOnce(&mut Hids)) -> Vec<u8> {
         self.seq += 1;
-        let mut event = EventMeta::new("event", "host", "change", action, "agent");
+        let mut event = EventMeta::new(kind, category, type_, action, &self.plugin);
         event.sequence = self.seq;
-        let mut hids = Hids::new("agent".into(), self.run_id.clone());
-        hids.guard = Some(status.clone());
+        let mut hids = Hids::new(self.plugin.clone(), self.run_id.clone());
+        fill(&mut hids);
         let ev = Event {
             timestamp: Timestamp::now(),
             event,
@@ -48,10 +47,34 @@ impl AgentEvents {
             container: None,
             hids,
         };
+        // Plain data with string keys: serialization cannot fail.
+        serde_json::to_vec(&ev).unwrap_or_default()
+    }
+}
+
+/// Guard transitions, queued into the pipeline like any plugin's events.
+pub struct AgentEvents {
+    emitter: Emitter,
+    tx: mpsc::Sender<Vec<u8>>,
+    /// Events not queued because the pipeline was full.
+    pub dropped: u64,
+}
+
+impl AgentEvents {
+    pub fn new(host_id: &str, hostname: &str, tx: mpsc::Sender<Vec<u8>>) -> Self {
+        AgentEvents {
+            emitter: Emitter::new(host_id, hostname, "agent"),
+            tx,
+            dropped: 0,
+        }
+    }
+
+    /// `guard_tripped`, `guard_probing`, `guard_recovered`.
+    pub fn guard(&mut self, action: &str, status: &GuardStatus) {
+        let ev = self.emitter.build("event", "host", "change", action, |h| h.guard = Some(status.clone()));
         // The pipeline is bounded; a full one costs this event, counted, never a wait.
-        match serde_json::to_vec(&ev).map(|b| self.tx.try_send(b)) {
-            Ok(Ok(())) => {}
-            _ => self.dropped += 1,
+        if self.tx.try_send(ev).is_err() {
+            self.dropped += 1;
         }
     }
 }

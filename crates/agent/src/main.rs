@@ -185,10 +185,14 @@ async fn agent(
     }
     let counters = Arc::new(PipelineCounters::default());
     let (events_tx, events_rx) = mpsc::channel(config.pipeline.queue_events);
-    let sinks: Vec<Box<dyn hids_sink::Sink>> = vec![Box::new(
-        hids_sink::StdoutSink::new().context("stdout is not open")?,
-    )];
-    let sink_thread = pipeline::start(events_rx, sinks, counters.clone())?;
+    let outputs = build_outputs(&config, &host_id, &counters)?;
+    let sink_thread = pipeline::start(
+        events_rx,
+        outputs,
+        counters.clone(),
+        events::Emitter::new(&host_id, &hostname, "pipeline"),
+        hids_types::stagger::offset(&host_id, Duration::from_secs(60)),
+    )?;
 
     let agent_events = events::AgentEvents::new(&host_id, &hostname, events_tx.clone());
     let cgroups = cgroups::Cgroups::detect();
@@ -439,4 +443,74 @@ async fn agent(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens every configured sink and the spool. Done before any plugin starts: a sink
+/// that cannot be opened is an error the operator sees at once.
+fn build_outputs(config: &Config, host_id: &str, counters: &PipelineCounters) -> anyhow::Result<pipeline::Outputs> {
+    use crate::config::SinkConfig;
+    let mut outputs = pipeline::Outputs {
+        local: Vec::new(),
+        kafka: None,
+        spool: None,
+    };
+    let sinks = config.sinks.clone().unwrap_or_else(|| vec![SinkConfig::Stdout]);
+    for sink in sinks {
+        match sink {
+            SinkConfig::Stdout => outputs
+                .local
+                .push(Box::new(hids_sink::StdoutSink::new().context("stdout is not open")?)),
+            SinkConfig::File { path, max_bytes, keep } => outputs.local.push(Box::new(
+                hids_sink::FileSink::open(&path, max_bytes, keep)
+                    .with_context(|| format!("cannot open the file sink {}", path.display()))?,
+            )),
+            SinkConfig::Kafka {
+                brokers,
+                topic,
+                topics,
+                compression,
+                acks,
+                idempotence,
+                message_timeout_ms,
+                queue_kbytes,
+                librdkafka,
+            } => {
+                let cfg = hids_sink::kafka::KafkaConfig {
+                    brokers: brokers.joined(),
+                    topic,
+                    topics,
+                    compression,
+                    acks,
+                    idempotence,
+                    message_timeout_ms,
+                    queue_kbytes,
+                    properties: librdkafka,
+                };
+                outputs.kafka = Some(
+                    hids_sink::kafka::KafkaSink::new(cfg, host_id)
+                        .context("the kafka sink's settings are refused by librdkafka")?,
+                );
+            }
+        }
+    }
+    if let Some(sc) = &config.spool {
+        let (spool, recovery) = hids_sink::spool::Spool::open(&sc.dir, sc.max_bytes, sc.segment_bytes)
+            .with_context(|| format!("cannot open the spool in {}", sc.dir.display()))?;
+        if recovery.records > 0 {
+            tracing::info!(
+                "spool: {} event(s) in {} segment(s) from before the last stop will be sent",
+                recovery.records,
+                recovery.segments
+            );
+        }
+        if recovery.truncated_bytes > 0 {
+            tracing::warn!(
+                "spool: cut {} byte(s) of a record whose write was interrupted (a crash); that one event is lost",
+                recovery.truncated_bytes
+            );
+            counters.count_drop("spool_partial_record", 1);
+        }
+        outputs.spool = Some(spool);
+    }
+    Ok(outputs)
 }

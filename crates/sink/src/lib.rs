@@ -5,6 +5,7 @@
 //! Deliberately absent: batching policy and loss accounting, which belong to the
 //! pipeline that drives the sinks.
 
+pub mod kafka;
 pub mod spool;
 
 use std::fs::File;

@@ -178,6 +178,19 @@ pub struct Hids {
     /// For the agent's guard events: the guard's state and the numbers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<crate::guard::GuardStatus>,
+    /// For the pipeline's `dropped` events: exactly which events were lost, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<Vec<DroppedRange>>,
+}
+
+/// A run of consecutive events of one plugin run that the agent declares lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedRange {
+    pub plugin: String,
+    pub run_id: String,
+    pub from_seq: u64,
+    pub to_seq: u64,
+    pub reason: String,
 }
 
 impl Hids {
@@ -193,6 +206,7 @@ impl Hids {
             exit_signal: None,
             stats: None,
             guard: None,
+            dropped: None,
         }
     }
 }

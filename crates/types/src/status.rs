@@ -111,9 +111,26 @@ pub struct PluginStatus {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PipelineStatus {
-    /// Events written to the sinks.
+    /// Events written to the local sinks (stdout, files).
     pub events_out: u64,
-    /// Events dropped in the master, by reason.
+    /// Events dropped in the master, by reason; each drop is also declared on the data
+    /// path (a `dropped` event naming the exact sequence numbers).
     #[serde(default)]
     pub dropped: BTreeMap<String, u64>,
+    /// Events Kafka acknowledged.
+    #[serde(default)]
+    pub kafka_delivered: u64,
+    /// Events written to the spool, and those of them delivered from it since.
+    #[serde(default)]
+    pub spooled: u64,
+    #[serde(default)]
+    pub replayed: u64,
+    /// What waits in the spool now.
+    #[serde(default)]
+    pub spool_bytes: u64,
+    #[serde(default)]
+    pub spool_records: u64,
+    /// True while Kafka is behind and events go to the spool.
+    #[serde(default)]
+    pub backlog: bool,
 }
