@@ -421,7 +421,9 @@ impl Config {
             } = sink
             {
                 if !["lz4", "zstd", "gzip", "snappy", "none"].contains(&compression.as_str()) {
-                    problems.push(format!("sinks: compression = {compression:?}: use lz4, zstd, gzip, snappy or none"));
+                    problems.push(format!(
+                        "sinks: compression = {compression:?}: use lz4, zstd, gzip, snappy or none"
+                    ));
                 }
                 if !["all", "-1", "1", "0"].contains(&acks.as_str()) {
                     problems.push(format!("sinks: acks = {acks:?}: use all, 1 or 0"));

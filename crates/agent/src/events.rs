@@ -31,7 +31,14 @@ impl Emitter {
     }
 
     /// One event: `kind`/`category`/`type` per ECS, `fill` adds the `hids` details.
-    pub fn build(&mut self, kind: &str, category: &str, type_: &str, action: &str, fill: impl FnOnce(&mut Hids)) -> Vec<u8> {
+    pub fn build(
+        &mut self,
+        kind: &str,
+        category: &str,
+        type_: &str,
+        action: &str,
+        fill: impl FnOnce(&mut Hids),
+    ) -> Vec<u8> {
         self.seq += 1;
         let mut event = EventMeta::new(kind, category, type_, action, &self.plugin);
         event.sequence = self.seq;
@@ -71,7 +78,9 @@ impl AgentEvents {
 
     /// `guard_tripped`, `guard_probing`, `guard_recovered`.
     pub fn guard(&mut self, action: &str, status: &GuardStatus) {
-        let ev = self.emitter.build("event", "host", "change", action, |h| h.guard = Some(status.clone()));
+        let ev = self.emitter.build("event", "host", "change", action, |h| {
+            h.guard = Some(status.clone())
+        });
         // The pipeline is bounded; a full one costs this event, counted, never a wait.
         if self.tx.try_send(ev).is_err() {
             self.dropped += 1;

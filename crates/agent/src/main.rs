@@ -447,20 +447,31 @@ async fn agent(
 
 /// Opens every configured sink and the spool. Done before any plugin starts: a sink
 /// that cannot be opened is an error the operator sees at once.
-fn build_outputs(config: &Config, host_id: &str, counters: &PipelineCounters) -> anyhow::Result<pipeline::Outputs> {
+fn build_outputs(
+    config: &Config,
+    host_id: &str,
+    counters: &PipelineCounters,
+) -> anyhow::Result<pipeline::Outputs> {
     use crate::config::SinkConfig;
     let mut outputs = pipeline::Outputs {
         local: Vec::new(),
         kafka: None,
         spool: None,
     };
-    let sinks = config.sinks.clone().unwrap_or_else(|| vec![SinkConfig::Stdout]);
+    let sinks = config
+        .sinks
+        .clone()
+        .unwrap_or_else(|| vec![SinkConfig::Stdout]);
     for sink in sinks {
         match sink {
-            SinkConfig::Stdout => outputs
-                .local
-                .push(Box::new(hids_sink::StdoutSink::new().context("stdout is not open")?)),
-            SinkConfig::File { path, max_bytes, keep } => outputs.local.push(Box::new(
+            SinkConfig::Stdout => outputs.local.push(Box::new(
+                hids_sink::StdoutSink::new().context("stdout is not open")?,
+            )),
+            SinkConfig::File {
+                path,
+                max_bytes,
+                keep,
+            } => outputs.local.push(Box::new(
                 hids_sink::FileSink::open(&path, max_bytes, keep)
                     .with_context(|| format!("cannot open the file sink {}", path.display()))?,
             )),
@@ -494,8 +505,9 @@ fn build_outputs(config: &Config, host_id: &str, counters: &PipelineCounters) ->
         }
     }
     if let Some(sc) = &config.spool {
-        let (spool, recovery) = hids_sink::spool::Spool::open(&sc.dir, sc.max_bytes, sc.segment_bytes)
-            .with_context(|| format!("cannot open the spool in {}", sc.dir.display()))?;
+        let (spool, recovery) =
+            hids_sink::spool::Spool::open(&sc.dir, sc.max_bytes, sc.segment_bytes)
+                .with_context(|| format!("cannot open the spool in {}", sc.dir.display()))?;
         if recovery.records > 0 {
             tracing::info!(
                 "spool: {} event(s) in {} segment(s) from before the last stop will be sent",

@@ -48,7 +48,11 @@ impl PipelineCounters {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         PipelineStatus {
             events_out: get(&self.events_out),
-            dropped: self.dropped.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            dropped: self
+                .dropped
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             kafka_delivered: get(&self.kafka_delivered),
             spooled: get(&self.spooled),
             replayed: get(&self.replayed),
@@ -90,33 +94,38 @@ pub fn start(
     emitter: Emitter,
     stats_offset: Duration,
 ) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name("pipeline".into()).spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!("pipeline cannot start: {e}");
-                return;
-            }
-        };
-        let failing = vec![false; outputs.local.len()];
-        let mut p = Pipeline {
-            local: outputs.local,
-            failing,
-            kafka: outputs.kafka.map(|sink| Kafka {
-                sink,
-                // Events left in the spool by the last run go first.
-                backlog: outputs.spool.as_ref().is_some_and(|s| !s.is_empty()),
-                spool: outputs.spool,
-                replay: None,
-                retry_at: Instant::now(),
-                retry_delay: Duration::from_secs(1),
-            }),
-            counters,
-            emitter,
-            pending_declarations: Vec::new(),
-        };
-        rt.block_on(p.run(rx, stats_offset));
-    })
+    std::thread::Builder::new()
+        .name("pipeline".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("pipeline cannot start: {e}");
+                    return;
+                }
+            };
+            let failing = vec![false; outputs.local.len()];
+            let mut p = Pipeline {
+                local: outputs.local,
+                failing,
+                kafka: outputs.kafka.map(|sink| Kafka {
+                    sink,
+                    // Events left in the spool by the last run go first.
+                    backlog: outputs.spool.as_ref().is_some_and(|s| !s.is_empty()),
+                    spool: outputs.spool,
+                    replay: None,
+                    retry_at: Instant::now(),
+                    retry_delay: Duration::from_secs(1),
+                }),
+                counters,
+                emitter,
+                pending_declarations: Vec::new(),
+            };
+            rt.block_on(p.run(rx, stats_offset));
+        })
 }
 
 struct Replay {
@@ -148,7 +157,8 @@ impl Pipeline {
     async fn run(&mut self, mut rx: mpsc::Receiver<Vec<u8>>, stats_offset: Duration) {
         let mut tick = tokio::time::interval(HOUSEKEEPING);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut stats = tokio::time::interval_at(tokio::time::Instant::now() + stats_offset, STATS_EVERY);
+        let mut stats =
+            tokio::time::interval_at(tokio::time::Instant::now() + stats_offset, STATS_EVERY);
         stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -175,7 +185,7 @@ impl Pipeline {
 
     fn handle(&mut self, ev: Vec<u8>) {
         self.write_local(&ev);
-        self.to_kafka(ev);
+        self.send_kafka(ev);
         self.declare_pending();
     }
 
@@ -211,7 +221,7 @@ impl Pipeline {
         }
     }
 
-    fn to_kafka(&mut self, ev: Vec<u8>) {
+    fn send_kafka(&mut self, ev: Vec<u8>) {
         let Some(k) = &mut self.kafka else { return };
         if !k.backlog {
             match k.sink.send(&ev, Origin::Live) {
@@ -245,7 +255,8 @@ impl Pipeline {
                         "spool full: dropped its oldest segment ({} events); they are declared as lost",
                         evicted.len()
                     );
-                    self.pending_declarations.extend(evicted.into_iter().map(|e| (e, "spool_full")));
+                    self.pending_declarations
+                        .extend(evicted.into_iter().map(|e| (e, "spool_full")));
                 }
             }
             Err(e) => {
@@ -274,11 +285,11 @@ impl Pipeline {
                 if ranges.is_empty() {
                     continue;
                 }
-                let ev = self
-                    .emitter
-                    .build("event", "host", "info", "dropped", |h| h.dropped = Some(ranges));
+                let ev = self.emitter.build("event", "host", "info", "dropped", |h| {
+                    h.dropped = Some(ranges)
+                });
                 self.write_local(&ev);
-                self.to_kafka(ev);
+                self.send_kafka(ev);
             }
         }
     }
@@ -288,27 +299,33 @@ impl Pipeline {
         let mut failed_live = Vec::new();
         for d in k.sink.poll() {
             match d.origin {
-                Origin::Live => match d.error {
-                    None => {
-                        self.counters.kafka_delivered.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Some(e) => {
-                        if !k.backlog {
-                            tracing::warn!("kafka delivery failed ({e}); spooling events until it works again");
+                Origin::Live => {
+                    match d.error {
+                        None => {
+                            self.counters
+                                .kafka_delivered
+                                .fetch_add(1, Ordering::Relaxed);
                         }
-                        k.backlog = true;
-                        if let Some(p) = d.payload {
-                            failed_live.push(p);
+                        Some(e) => {
+                            if !k.backlog {
+                                tracing::warn!("kafka delivery failed ({e}); spooling events until it works again");
+                            }
+                            k.backlog = true;
+                            if let Some(p) = d.payload {
+                                failed_live.push(p);
+                            }
                         }
                     }
-                },
+                }
                 Origin::Spool(_) => {
                     if let Some(r) = &mut k.replay {
                         r.outstanding = r.outstanding.saturating_sub(1);
                         if d.error.is_some() {
                             r.failed = true;
                         } else {
-                            self.counters.kafka_delivered.fetch_add(1, Ordering::Relaxed);
+                            self.counters
+                                .kafka_delivered
+                                .fetch_add(1, Ordering::Relaxed);
                             self.counters.replayed.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -376,8 +393,12 @@ impl Pipeline {
             if let Err(e) = s.flush() {
                 tracing::warn!("cannot flush the spool: {e}");
             }
-            self.counters.spool_bytes.store(s.bytes(), Ordering::Relaxed);
-            self.counters.spool_records.store(s.records(), Ordering::Relaxed);
+            self.counters
+                .spool_bytes
+                .store(s.bytes(), Ordering::Relaxed);
+            self.counters
+                .spool_records
+                .store(s.records(), Ordering::Relaxed);
         }
         self.counters.backlog.store(k.backlog, Ordering::Relaxed);
         for p in failed_live {
@@ -389,7 +410,9 @@ impl Pipeline {
     /// The pipeline's periodic record of what it delivered, spooled and dropped.
     fn stats(&mut self) {
         let s = serde_json::to_value(self.counters.status()).ok();
-        let ev = self.emitter.build("metric", "host", "info", "stats", |h| h.stats = s);
+        let ev = self
+            .emitter
+            .build("metric", "host", "info", "stats", |h| h.stats = s);
         self.handle(ev);
     }
 
@@ -442,7 +465,9 @@ fn ranges_of(events: &[Vec<u8>], reason: &str) -> Vec<DroppedRange> {
     let mut out: Vec<DroppedRange> = Vec::new();
     for (plugin, run_id, seq) in ids {
         match out.last_mut() {
-            Some(r) if r.plugin == plugin && r.run_id == run_id && r.to_seq + 1 == seq => r.to_seq = seq,
+            Some(r) if r.plugin == plugin && r.run_id == run_id && r.to_seq + 1 == seq => {
+                r.to_seq = seq
+            }
             Some(r) if r.plugin == plugin && r.run_id == run_id && r.to_seq == seq => {}
             _ => out.push(DroppedRange {
                 plugin,
@@ -461,7 +486,10 @@ mod tests {
     use super::*;
 
     fn ev(plugin: &str, run: &str, seq: u64) -> Vec<u8> {
-        format!(r#"{{"event":{{"sequence":{seq}}},"hids":{{"plugin":"{plugin}","run_id":"{run}"}}}}"#).into_bytes()
+        format!(
+            r#"{{"event":{{"sequence":{seq}}},"hids":{{"plugin":"{plugin}","run_id":"{run}"}}}}"#
+        )
+        .into_bytes()
     }
 
     #[test]
@@ -476,7 +504,10 @@ mod tests {
         ];
         let r = ranges_of(&lost, "spool_full");
         assert_eq!(r.len(), 3);
-        assert_eq!((r[0].plugin.as_str(), r[0].from_seq, r[0].to_seq), ("agent", 1, 1));
+        assert_eq!(
+            (r[0].plugin.as_str(), r[0].from_seq, r[0].to_seq),
+            ("agent", 1, 1)
+        );
         assert_eq!((r[1].from_seq, r[1].to_seq), (3, 5));
         assert_eq!((r[2].from_seq, r[2].to_seq), (9, 9));
         assert_eq!(r[2].reason, "spool_full");

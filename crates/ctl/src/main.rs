@@ -3,6 +3,7 @@
 mod bootstrap;
 mod fleet;
 mod push;
+mod reconcile;
 mod table;
 
 use std::path::PathBuf;
@@ -120,6 +121,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Read Kafka topics to their end and prove, per host and plugin run, that every
+    /// event produced arrived or was declared dropped. Exits 3 on undeclared loss.
+    Reconcile {
+        /// Kafka brokers, `host:port[,host:port...]`.
+        #[arg(long)]
+        brokers: String,
+        /// Topic(s) to read (repeat for several).
+        #[arg(long, required = true)]
+        topic: Vec<String>,
+        /// Extra librdkafka properties (TLS, SASL), `key=value`, repeatable.
+        #[arg(long = "librdkafka", value_parser = parse_kv)]
+        properties: Vec<(String, String)>,
+        /// Give up when the topics are not read to their end within this.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "120s")]
+        timeout: Duration,
+        #[arg(long)]
+        json: bool,
+    },
     /// Create etcd roles and users for agents and operators, then enable authentication.
     /// Run once, against an etcd without authentication.
     Bootstrap {
@@ -190,6 +209,12 @@ impl TargetArgs {
     }
 }
 
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .ok_or_else(|| format!("{s:?}: expected key=value"))
+}
+
 impl Cli {
     fn etcd(&self) -> EtcdConfig {
         EtcdConfig {
@@ -242,9 +267,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         println!("key id:     {}", key.key_id());
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Reconcile {
+        brokers,
+        topic,
+        properties,
+        timeout,
+        json,
+    } = &cli.command
+    {
+        return reconcile::run(brokers, topic, properties, *timeout, *json).await;
+    }
     let mut client = cli.etcd().connect().await?;
     match cli.command {
-        Command::Keygen { .. } => unreachable!("handled above"),
+        Command::Keygen { .. } | Command::Reconcile { .. } => unreachable!("handled above"),
         Command::Agents { selector, json } => {
             fleet::agents(&mut client, &keys, selector.as_ref(), json).await
         }

@@ -83,7 +83,9 @@ impl ProducerContext for Reports {
             Err((e, msg)) => Delivery {
                 origin: *origin,
                 error: Some(e.to_string()),
-                payload: (*origin == Origin::Live).then(|| msg.payload().map(<[u8]>::to_vec)).flatten(),
+                payload: (*origin == Origin::Live)
+                    .then(|| msg.payload().map(<[u8]>::to_vec))
+                    .flatten(),
             },
         };
         self.done.lock().unwrap_or_else(|p| p.into_inner()).push(d);
@@ -167,7 +169,14 @@ impl KafkaSink {
     /// Serves librdkafka's callbacks and returns the delivery reports since last time.
     pub fn poll(&self) -> Vec<Delivery> {
         self.producer.poll(Duration::ZERO);
-        std::mem::take(&mut *self.producer.context().done.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(
+            &mut *self
+                .producer
+                .context()
+                .done
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
     }
 
     /// Messages queued or in flight.
@@ -184,7 +193,8 @@ impl KafkaSink {
     /// shutdown, so the caller spools them instead of losing them).
     pub fn purge(&self) {
         use rdkafka::producer::PurgeConfig;
-        self.producer.purge(PurgeConfig::default().queue().inflight());
+        self.producer
+            .purge(PurgeConfig::default().queue().inflight());
         self.producer.poll(Duration::ZERO);
     }
 }

@@ -78,7 +78,10 @@ impl FileSink {
     /// # Errors
     /// When the file cannot be opened for appending.
     pub fn open(path: &std::path::Path, max_bytes: u64, keep: u32) -> io::Result<Self> {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
         let written = file.metadata()?.len();
         Ok(FileSink {
             path: path.to_owned(),
@@ -106,7 +109,10 @@ impl FileSink {
             }
             std::fs::rename(&self.path, name(1))?;
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
         self.out = BufWriter::with_capacity(64 * 1024, file);
         self.written = 0;
         Ok(())
@@ -154,7 +160,10 @@ mod tests {
         for f in ["events.json", "events.json.1"] {
             let text = std::fs::read_to_string(dir.path().join(f)).unwrap();
             assert!(text.len() <= 4096);
-            assert!(text.lines().all(|l| l.starts_with('{') && l.ends_with('}')), "whole lines only");
+            assert!(
+                text.lines().all(|l| l.starts_with('{') && l.ends_with('}')),
+                "whole lines only"
+            );
         }
     }
 }

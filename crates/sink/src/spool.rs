@@ -125,7 +125,10 @@ impl Spool {
         if rotate {
             self.start_segment()?;
         }
-        let w = self.writer.as_mut().ok_or_else(|| io::Error::other("no open segment"))?;
+        let w = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| io::Error::other("no open segment"))?;
         let mut header = [0u8; HEADER];
         header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
         header[4..].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
@@ -282,7 +285,10 @@ mod tests {
         let (mut s, rec) = Spool::open(dir.path(), 1 << 20, 4096).unwrap();
         assert_eq!(rec, Recovery::default());
         for i in 0..100 {
-            assert!(s.append(format!("event-{i:04}-{}", "x".repeat(100)).as_bytes()).unwrap().is_empty());
+            assert!(s
+                .append(format!("event-{i:04}-{}", "x".repeat(100)).as_bytes())
+                .unwrap()
+                .is_empty());
         }
         s.flush().unwrap();
         let mut seen = Vec::new();
@@ -307,7 +313,12 @@ mod tests {
             s.flush().unwrap();
         }
         // A kill -9 in the middle of the next write: a header and half a payload.
-        let seg = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+        let seg = std::fs::read_dir(dir.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(&100u32.to_le_bytes()).unwrap();
         f.write_all(&[0, 0, 0, 0]).unwrap();
@@ -330,13 +341,20 @@ mod tests {
         let (mut s, _) = Spool::open(dir.path(), 3 * 4096, 4096).unwrap();
         let mut dropped = Vec::new();
         for i in 0..200 {
-            dropped.extend(s.append(format!("event-{i:04}-{}", "y".repeat(200)).as_bytes()).unwrap());
+            dropped.extend(
+                s.append(format!("event-{i:04}-{}", "y".repeat(200)).as_bytes())
+                    .unwrap(),
+            );
         }
         assert!(!dropped.is_empty());
         assert!(dropped[0].starts_with(b"event-0000"), "the oldest go first");
         assert!(s.bytes() <= 3 * 4096);
         let kept = s.records();
-        assert_eq!(kept + dropped.len() as u64, 200, "every record is either kept or handed back");
+        assert_eq!(
+            kept + dropped.len() as u64,
+            200,
+            "every record is either kept or handed back"
+        );
     }
 
     #[test]
@@ -348,7 +366,12 @@ mod tests {
             s.append(b"good-2").unwrap();
             s.flush().unwrap();
         }
-        let seg = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+        let seg = std::fs::read_dir(dir.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
         let mut bytes = std::fs::read(&seg).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;

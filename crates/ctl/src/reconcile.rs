@@ -1,0 +1,379 @@
+//! `hidsctl reconcile`: proves what reached Kafka. Reads the topics from the beginning
+//! to their current end and, per host and plugin run, compares the sequence numbers
+//! received with those produced: missing ranges, duplicates, the drops the agents
+//! declared (`dropped` events of their `pipeline` stream), and what is left: undeclared
+//! loss.
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::table;
+
+#[derive(Deserialize)]
+struct Msg {
+    host: HostPart,
+    event: EventPart,
+    hids: HidsPart,
+}
+#[derive(Deserialize)]
+struct HostPart {
+    id: String,
+}
+#[derive(Deserialize)]
+struct EventPart {
+    sequence: u64,
+    action: String,
+}
+#[derive(Deserialize)]
+struct HidsPart {
+    plugin: String,
+    run_id: String,
+    #[serde(default)]
+    dropped: Option<Vec<hids_types::event::DroppedRange>>,
+    #[serde(default)]
+    stats: Option<serde_json::Value>,
+}
+
+#[derive(Default)]
+struct Run {
+    seqs: Vec<u64>,
+    /// From the run's own stats records: events it says it emitted.
+    emitted: u64,
+    declared: Vec<(u64, u64)>,
+}
+
+#[derive(Serialize)]
+struct RunReport {
+    host_id: String,
+    plugin: String,
+    run_id: String,
+    produced: u64,
+    received: u64,
+    duplicates: u64,
+    missing: Vec<(u64, u64)>,
+    declared_drops: u64,
+    undeclared_loss: u64,
+    undeclared: Vec<(u64, u64)>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    topics: Vec<String>,
+    messages: u64,
+    unparsed: u64,
+    hosts: usize,
+    produced: u64,
+    received: u64,
+    duplicates: u64,
+    declared_drops: u64,
+    undeclared_loss: u64,
+    runs: Vec<RunReport>,
+}
+
+pub async fn run(
+    brokers: &str,
+    topics: &[String],
+    properties: &[(String, String)],
+    timeout: Duration,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("hidsctl-reconcile-{}", std::process::id()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    for (k, v) in properties {
+        cfg.set(k, v);
+    }
+    let consumer: BaseConsumer = cfg.create()?;
+    let started = Instant::now();
+    let mut assignment = TopicPartitionList::new();
+    let mut end: HashMap<(String, i32), i64> = HashMap::new();
+    let mut total: i64 = 0;
+    for topic in topics {
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+            anyhow::bail!("topic {topic} not found on {brokers}");
+        };
+        if t.partitions().is_empty() {
+            anyhow::bail!("topic {topic} has no partitions (does it exist?)");
+        }
+        for p in t.partitions() {
+            let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+            if high > low {
+                assignment.add_partition_offset(topic, p.id(), Offset::Offset(low))?;
+                end.insert((topic.clone(), p.id()), high);
+                total += high - low;
+            }
+        }
+    }
+    consumer.assign(&assignment)?;
+    let progress = (!json).then(|| {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(total.max(0) as u64),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("reading [{bar:40}] {pos}/{len} ({elapsed})")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar
+    });
+
+    let mut runs: BTreeMap<(String, String, String), Run> = BTreeMap::new();
+    let mut declared: Vec<(String, hids_types::event::DroppedRange)> = Vec::new();
+    let (mut messages, mut unparsed) = (0u64, 0u64);
+    let mut remaining = end.clone();
+    while !remaining.is_empty() {
+        if started.elapsed() > timeout {
+            anyhow::bail!(
+                "timed out after {timeout:?} with {} partition(s) not read to their end",
+                remaining.len()
+            );
+        }
+        let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let msg = msg?;
+        let key = (msg.topic().to_owned(), msg.partition());
+        if let Some(&high) = remaining.get(&key) {
+            if msg.offset() + 1 >= high {
+                remaining.remove(&key);
+            }
+        }
+        messages += 1;
+        if let Some(p) = &progress {
+            p.inc(1);
+        }
+        let Some(parsed) = msg
+            .payload()
+            .and_then(|b| serde_json::from_slice::<Msg>(b).ok())
+        else {
+            unparsed += 1;
+            continue;
+        };
+        let run = runs
+            .entry((
+                parsed.host.id.clone(),
+                parsed.hids.plugin.clone(),
+                parsed.hids.run_id.clone(),
+            ))
+            .or_default();
+        run.seqs.push(parsed.event.sequence);
+        if parsed.event.action == "stats" {
+            if let Some(n) = parsed
+                .hids
+                .stats
+                .as_ref()
+                .and_then(|s| s["events_emitted"].as_u64())
+            {
+                run.emitted = run.emitted.max(n);
+            }
+        }
+        for d in parsed.hids.dropped.into_iter().flatten() {
+            declared.push((parsed.host.id.clone(), d));
+        }
+    }
+    if let Some(p) = progress {
+        p.finish_and_clear();
+    }
+    for (host, d) in declared {
+        let run = runs
+            .entry((host, d.plugin.clone(), d.run_id.clone()))
+            .or_default();
+        run.declared.push((d.from_seq, d.to_seq));
+    }
+
+    let mut report = Report {
+        topics: topics.to_vec(),
+        messages,
+        unparsed,
+        hosts: runs
+            .keys()
+            .map(|k| &k.0)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        produced: 0,
+        received: 0,
+        duplicates: 0,
+        declared_drops: 0,
+        undeclared_loss: 0,
+        runs: Vec::new(),
+    };
+    for ((host_id, plugin, run_id), mut run) in runs {
+        run.seqs.sort_unstable();
+        let received_total = run.seqs.len() as u64;
+        run.seqs.dedup();
+        let duplicates = received_total - run.seqs.len() as u64;
+        let max_declared = run.declared.iter().map(|d| d.1).max().unwrap_or(0);
+        let produced = run
+            .seqs
+            .last()
+            .copied()
+            .unwrap_or(0)
+            .max(run.emitted)
+            .max(max_declared);
+        let missing = gaps(&run.seqs, produced);
+        let undeclared = subtract(&missing, &run.declared);
+        let count = |r: &[(u64, u64)]| r.iter().map(|(a, b)| b - a + 1).sum::<u64>();
+        let lost = count(&missing);
+        let undeclared_loss = count(&undeclared);
+        report.produced += produced;
+        report.received += run.seqs.len() as u64;
+        report.duplicates += duplicates;
+        report.declared_drops += lost - undeclared_loss;
+        report.undeclared_loss += undeclared_loss;
+        report.runs.push(RunReport {
+            host_id,
+            plugin,
+            run_id,
+            produced,
+            received: run.seqs.len() as u64,
+            duplicates,
+            missing,
+            declared_drops: lost - undeclared_loss,
+            undeclared_loss,
+            undeclared,
+        });
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let fmt = |r: &[(u64, u64)]| {
+            if r.is_empty() {
+                "-".to_owned()
+            } else {
+                let mut s: Vec<String> = r
+                    .iter()
+                    .take(5)
+                    .map(|(a, b)| {
+                        if a == b {
+                            a.to_string()
+                        } else {
+                            format!("{a}-{b}")
+                        }
+                    })
+                    .collect();
+                if r.len() > 5 {
+                    s.push(format!("(+{} more)", r.len() - 5));
+                }
+                s.join(",")
+            }
+        };
+        let rows: Vec<Vec<String>> = report
+            .runs
+            .iter()
+            .map(|r| {
+                vec![
+                    r.host_id.clone(),
+                    r.plugin.clone(),
+                    r.run_id.clone(),
+                    r.produced.to_string(),
+                    r.received.to_string(),
+                    r.duplicates.to_string(),
+                    r.declared_drops.to_string(),
+                    r.undeclared_loss.to_string(),
+                    fmt(&r.undeclared),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table::render(
+                &[
+                    "HOST",
+                    "PLUGIN",
+                    "RUN",
+                    "PRODUCED",
+                    "RECEIVED",
+                    "DUP",
+                    "DECLARED",
+                    "UNDECLARED",
+                    "UNDECLARED SEQS"
+                ],
+                &rows
+            )
+        );
+        println!(
+            "{} message(s) from {} host(s): produced {}, received {}, duplicates {}, declared drops {}, undeclared loss {}",
+            report.messages, report.hosts, report.produced, report.received, report.duplicates, report.declared_drops, report.undeclared_loss
+        );
+    }
+    Ok(if report.undeclared_loss > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The runs of 1..=produced missing from the sorted, deduplicated `seqs`.
+fn gaps(seqs: &[u64], produced: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut next = 1;
+    for &s in seqs {
+        if s > next {
+            out.push((next, s - 1));
+        }
+        next = next.max(s + 1);
+    }
+    if next <= produced {
+        out.push((next, produced));
+    }
+    out
+}
+
+/// `missing` minus the `declared` ranges.
+fn subtract(missing: &[(u64, u64)], declared: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut d = declared.to_vec();
+    d.sort_unstable();
+    let mut out = Vec::new();
+    for &(a, b) in missing {
+        let mut start = a;
+        for &(da, db) in &d {
+            if db < start || da > b {
+                continue;
+            }
+            if da > start {
+                out.push((start, da - 1));
+            }
+            start = start.max(db + 1);
+            if start > b {
+                break;
+            }
+        }
+        if start <= b {
+            out.push((start, b));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_and_declared_cover() {
+        assert_eq!(gaps(&[1, 2, 5, 6, 9], 10), vec![(3, 4), (7, 8), (10, 10)]);
+        assert_eq!(gaps(&[], 3), vec![(1, 3)]);
+        assert_eq!(gaps(&[1, 2, 3], 3), vec![]);
+        let missing = vec![(3, 10), (20, 20)];
+        assert_eq!(
+            subtract(&missing, &[(4, 5), (8, 12)]),
+            vec![(3, 3), (6, 7), (20, 20)]
+        );
+        assert_eq!(subtract(&missing, &[(1, 30)]), vec![]);
+        assert_eq!(subtract(&missing, &[]), missing);
+    }
+}
