@@ -93,7 +93,12 @@ pub enum SinkConfig {
         /// `all`, `1` or `0`.
         #[serde(default = "default_acks")]
         acks: String,
-        #[serde(default = "yes")]
+        /// librdkafka's idempotent producer: no duplicates from retries. Off by default:
+        /// the Kafka-API broker this project tests against (tansu) loses its storage
+        /// when an idempotent producer resumes after a broker restart. Turn it on for
+        /// Apache Kafka. Off, retries may duplicate an event (reconciliation counts
+        /// duplicates) but never reorder one host's events (one request in flight).
+        #[serde(default)]
         idempotence: bool,
         /// A message not delivered within this is taken back and spooled.
         #[serde(default = "default_message_timeout_ms")]

@@ -119,6 +119,7 @@ pub fn start(
                     replay: None,
                     retry_at: Instant::now(),
                     retry_delay: Duration::from_secs(1),
+                    refusals: 0,
                 }),
                 counters,
                 emitter,
@@ -132,6 +133,8 @@ struct Replay {
     segment: u64,
     outstanding: usize,
     failed: bool,
+    /// The first delivery error of this attempt, for the log.
+    error: Option<String>,
 }
 
 struct Kafka {
@@ -141,6 +144,8 @@ struct Kafka {
     replay: Option<Replay>,
     retry_at: Instant,
     retry_delay: Duration,
+    /// Replays in a row that the broker answered with a refusal (not a timeout).
+    refusals: u32,
 }
 
 struct Pipeline {
@@ -226,6 +231,10 @@ impl Pipeline {
         if !k.backlog {
             match k.sink.send(&ev, Origin::Live) {
                 Ok(()) => return,
+                Err(SendError::QueueFull) if k.spool.is_none() => {
+                    self.pending_declarations.push((ev, "kafka_queue_full"));
+                    return;
+                }
                 Err(SendError::QueueFull) => {
                     tracing::warn!("kafka is not keeping up (producer queue full); spooling events until it does");
                     k.backlog = true;
@@ -296,6 +305,16 @@ impl Pipeline {
 
     fn housekeeping(&mut self) {
         let Some(k) = &mut self.kafka else { return };
+        for e in k.sink.errors() {
+            tracing::debug!("kafka: {e}");
+        }
+        if let Some(fatal) = k.sink.fatal_error() {
+            tracing::error!("kafka producer failed for good ({fatal}); starting a new one");
+            k.backlog = true;
+            if let Err(e) = k.sink.reset() {
+                tracing::error!("cannot start a new kafka producer: {e}");
+            }
+        }
         let mut failed_live = Vec::new();
         for d in k.sink.poll() {
             match d.origin {
@@ -320,8 +339,9 @@ impl Pipeline {
                 Origin::Spool(_) => {
                     if let Some(r) = &mut k.replay {
                         r.outstanding = r.outstanding.saturating_sub(1);
-                        if d.error.is_some() {
+                        if let Some(e) = d.error {
                             r.failed = true;
+                            r.error.get_or_insert(e);
                         } else {
                             self.counters
                                 .kafka_delivered
@@ -332,10 +352,33 @@ impl Pipeline {
                 }
             }
         }
+        // Failed live events go to the spool before anything looks at whether it is
+        // empty.
+        for p in failed_live.drain(..) {
+            self.spool(p);
+        }
+        let Some(k) = &mut self.kafka else { return };
         if let Some(r) = &k.replay {
             if r.outstanding == 0 {
                 let segment = r.segment;
                 if r.failed {
+                    tracing::warn!(
+                        "kafka: sending spool segment {segment} failed ({}); retrying in {:?}",
+                        r.error.as_deref().unwrap_or("producer queue full"),
+                        k.retry_delay
+                    );
+                    // The broker answered and refused (rather than not answering): after
+                    // an outage an idempotent producer's sequence can be out of step with
+                    // a broker that cannot reset it. A new producer starts afresh.
+                    let refused = r.error.as_deref().is_some_and(|e| !e.contains("timed out"));
+                    k.refusals = if refused { k.refusals + 1 } else { 0 };
+                    if k.refusals >= 2 {
+                        tracing::warn!("kafka keeps refusing this producer's messages; starting a new producer");
+                        k.refusals = 0;
+                        if let Err(e) = k.sink.reset() {
+                            tracing::error!("cannot start a new kafka producer: {e}");
+                        }
+                    }
                     k.retry_at = Instant::now() + k.retry_delay;
                     k.retry_delay = (k.retry_delay * 2).min(Duration::from_secs(30));
                 } else {
@@ -345,9 +388,14 @@ impl Pipeline {
                         }
                     }
                     k.retry_delay = Duration::from_secs(1);
+                    k.refusals = 0;
                 }
                 k.replay = None;
             }
+        }
+        // Invariant: while anything waits in the spool, new events queue behind it.
+        if k.spool.as_ref().is_some_and(|s| !s.is_empty()) {
+            k.backlog = true;
         }
         if k.backlog && k.replay.is_none() {
             match &mut k.spool {
@@ -359,6 +407,7 @@ impl Pipeline {
                                     segment,
                                     outstanding: 0,
                                     failed: false,
+                                    error: None,
                                 };
                                 for rec in &records {
                                     match k.sink.send(rec, Origin::Spool(segment)) {
@@ -382,10 +431,10 @@ impl Pipeline {
                     }
                 }
                 _ => {
-                    if k.sink.in_flight() == 0 || k.spool.is_none() {
-                        tracing::info!("kafka caught up; events go straight to it again");
-                        k.backlog = false;
-                    }
+                    // Nothing waits: back to sending live. (Without a spool there is
+                    // no backlog to keep: what Kafka cannot take is declared lost.)
+                    tracing::info!("kafka caught up; events go straight to it again");
+                    k.backlog = false;
                 }
             }
         }
@@ -401,9 +450,6 @@ impl Pipeline {
                 .store(s.records(), Ordering::Relaxed);
         }
         self.counters.backlog.store(k.backlog, Ordering::Relaxed);
-        for p in failed_live {
-            self.spool(p);
-        }
         self.declare_pending();
     }
 

@@ -44,6 +44,9 @@ struct HidsPart {
 #[derive(Default)]
 struct Run {
     seqs: Vec<u64>,
+    /// Events that arrived after a later one of the same run (one host's events share
+    /// a partition, so this is the per-host order promise).
+    out_of_order: u64,
     /// From the run's own stats records: events it says it emitted.
     emitted: u64,
     declared: Vec<(u64, u64)>,
@@ -57,6 +60,7 @@ struct RunReport {
     produced: u64,
     received: u64,
     duplicates: u64,
+    out_of_order: u64,
     missing: Vec<(u64, u64)>,
     declared_drops: u64,
     undeclared_loss: u64,
@@ -72,6 +76,7 @@ struct Report {
     produced: u64,
     received: u64,
     duplicates: u64,
+    out_of_order: u64,
     declared_drops: u64,
     undeclared_loss: u64,
     runs: Vec<RunReport>,
@@ -170,6 +175,13 @@ pub async fn run(
                 parsed.hids.run_id.clone(),
             ))
             .or_default();
+        if run
+            .seqs
+            .last()
+            .is_some_and(|&last| parsed.event.sequence < last)
+        {
+            run.out_of_order += 1;
+        }
         run.seqs.push(parsed.event.sequence);
         if parsed.event.action == "stats" {
             if let Some(n) = parsed
@@ -207,6 +219,7 @@ pub async fn run(
         produced: 0,
         received: 0,
         duplicates: 0,
+        out_of_order: 0,
         declared_drops: 0,
         undeclared_loss: 0,
         runs: Vec::new(),
@@ -232,6 +245,7 @@ pub async fn run(
         report.produced += produced;
         report.received += run.seqs.len() as u64;
         report.duplicates += duplicates;
+        report.out_of_order += run.out_of_order;
         report.declared_drops += lost - undeclared_loss;
         report.undeclared_loss += undeclared_loss;
         report.runs.push(RunReport {
@@ -241,6 +255,7 @@ pub async fn run(
             produced,
             received: run.seqs.len() as u64,
             duplicates,
+            out_of_order: run.out_of_order,
             missing,
             declared_drops: lost - undeclared_loss,
             undeclared_loss,

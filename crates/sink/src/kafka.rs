@@ -66,9 +66,18 @@ pub enum SendError {
 
 struct Reports {
     done: Mutex<Vec<Delivery>>,
+    /// librdkafka's client-level errors (broker down, authentication), latest last.
+    errors: Mutex<Vec<String>>,
 }
 
-impl ClientContext for Reports {}
+impl ClientContext for Reports {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let mut e = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        if e.len() < 64 {
+            e.push(format!("{error}: {reason}"));
+        }
+    }
+}
 
 impl ProducerContext for Reports {
     type DeliveryOpaque = Box<Origin>;
@@ -103,6 +112,36 @@ impl KafkaSink {
     /// # Errors
     /// When librdkafka refuses the configuration (a bad property name or value).
     pub fn new(cfg: KafkaConfig, host_id: &str) -> Result<Self, KafkaError> {
+        Ok(KafkaSink {
+            producer: Self::producer(&cfg, host_id)?,
+            label: format!("kafka:{}/{}", cfg.brokers, cfg.topic),
+            cfg,
+            key: host_id.to_owned(),
+        })
+    }
+
+    /// Replaces the producer with a new one (a new producer id, so sequence numbers
+    /// start afresh). Everything the old one held comes back first as failed
+    /// deliveries, through [`KafkaSink::poll`] as usual.
+    ///
+    /// # Errors
+    /// When the new producer cannot be made; the old one stays.
+    pub fn reset(&mut self) -> Result<(), KafkaError> {
+        let fresh = Self::producer(&self.cfg, &self.key)?;
+        self.purge();
+        let old = std::mem::replace(&mut self.producer, fresh);
+        let left: Vec<Delivery> =
+            std::mem::take(&mut *old.context().done.lock().unwrap_or_else(|p| p.into_inner()));
+        self.producer
+            .context()
+            .done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(left);
+        Ok(())
+    }
+
+    fn producer(cfg: &KafkaConfig, host_id: &str) -> Result<BaseProducer<Reports>, KafkaError> {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &cfg.brokers)
             .set("compression.type", &cfg.compression)
@@ -113,17 +152,16 @@ impl KafkaSink {
             .set("queue.buffering.max.messages", "100000")
             .set("linger.ms", "20")
             .set("client.id", format!("hids-agent-{host_id}"));
+        if !cfg.idempotence {
+            // Without idempotence, only one request in flight keeps retries in order.
+            c.set("max.in.flight.requests.per.connection", "1");
+        }
         for (k, v) in &cfg.properties {
             c.set(k, v);
         }
-        let producer = c.create_with_context(Reports {
+        c.create_with_context(Reports {
             done: Mutex::new(Vec::new()),
-        })?;
-        Ok(KafkaSink {
-            producer,
-            label: format!("kafka:{}/{}", cfg.brokers, cfg.topic),
-            cfg,
-            key: host_id.to_owned(),
+            errors: Mutex::new(Vec::new()),
         })
     }
 
@@ -168,15 +206,54 @@ impl KafkaSink {
 
     /// Serves librdkafka's callbacks and returns the delivery reports since last time.
     pub fn poll(&self) -> Vec<Delivery> {
-        self.producer.poll(Duration::ZERO);
+        self.serve();
+        std::mem::take(&mut *self.reports())
+    }
+
+    /// `poll` with a zero timeout serves exactly one event (one batch of reports): call
+    /// it until a call brings nothing new, so reports never fall behind.
+    fn serve(&self) {
+        for _ in 0..100_000 {
+            let before = self.queued_reports();
+            self.producer.poll(Duration::ZERO);
+            if self.queued_reports() == before {
+                break;
+            }
+        }
+    }
+
+    fn reports(&self) -> std::sync::MutexGuard<'_, Vec<Delivery>> {
+        self.producer
+            .context()
+            .done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn queued_reports(&self) -> usize {
+        self.reports().len()
+    }
+
+    /// librdkafka's client errors since the last call (connection refused, ...).
+    pub fn errors(&self) -> Vec<String> {
         std::mem::take(
             &mut *self
                 .producer
                 .context()
-                .done
+                .errors
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
         )
+    }
+
+    /// A fatal error leaves the producer unusable (an idempotent producer can reach one
+    /// when messages time out against a broker that cannot reset its sequence): the
+    /// caller must make a new one.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.producer
+            .client()
+            .fatal_error()
+            .map(|(code, text)| format!("{code:?}: {text}"))
     }
 
     /// Messages queued or in flight.
@@ -195,6 +272,6 @@ impl KafkaSink {
         use rdkafka::producer::PurgeConfig;
         self.producer
             .purge(PurgeConfig::default().queue().inflight());
-        self.producer.poll(Duration::ZERO);
+        self.serve();
     }
 }

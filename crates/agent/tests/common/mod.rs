@@ -39,13 +39,17 @@ impl Agent {
     /// Starts the agent with `extra` appended to a config that sets the state dir and
     /// a 1 s status interval.
     pub fn start(extra: &str) -> Agent {
+        Self::start_in(tempfile::tempdir().unwrap(), extra)
+    }
+
+    /// The same, in a given directory (to restart an agent on its old state).
+    pub fn start_in(dir: tempfile::TempDir, extra: &str) -> Agent {
         let plugin = agent_bin().with_file_name("hids-plugin-process");
         assert!(
             plugin.exists(),
             "{} is missing: run `cargo build --workspace` before the tests",
             plugin.display()
         );
-        let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("agent.toml");
         std::fs::write(
             &config,
@@ -149,6 +153,22 @@ impl Agent {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Takes the agent's directory (its state, spool) for a restarted agent to reuse.
+    pub fn take_dir(&mut self) -> tempfile::TempDir {
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    pub fn stderr_contains_soon(&self, text: &str, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.stderr().contains(text) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
     /// Waits until `pred` holds for the events seen so far.
     pub fn wait_events(
         &self,
@@ -225,4 +245,129 @@ pub fn alive(pid: u32) -> bool {
 /// A tag unique to this test run, for matching our own processes' events.
 pub fn tag() -> String {
     hids_wire::new_run_id()[..10].to_owned()
+}
+
+/// A Kafka-protocol broker (tansu) on a free loopback port. Storage is SQLite in a
+/// temporary directory, so a restarted broker keeps its data.
+pub struct Broker {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let mut b = Broker {
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
+        };
+        b.spawn();
+        b
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn spawn(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tansu.log"))
+            .unwrap();
+        let child = Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            // tansu resolves a sqlite:// path from its working directory.
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(self.dir.path())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("tansu runs (cargo install tansu --locked --features dynostore,libsql)");
+        self.child = Some(child);
+        let start = Instant::now();
+        while std::net::TcpStream::connect(self.addr()).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "tansu did not listen on {}: {}",
+                self.addr(),
+                std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn create_topic(&self, name: &str) {
+        let out = Command::new("tansu")
+            .args([
+                "topic",
+                "create",
+                "--broker",
+                &format!("tcp://{}", self.addr()),
+                "--partitions",
+                "1",
+                name,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "topic create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `hidsctl reconcile --json` over `topic`.
+    pub fn reconcile(&self, topic: &str) -> Value {
+        let hidsctl = agent_bin().with_file_name("hidsctl");
+        let out = Command::new(hidsctl)
+            .args([
+                "reconcile",
+                "--brokers",
+                &self.addr(),
+                "--topic",
+                topic,
+                "--json",
+                "--timeout",
+                "60s",
+            ])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "reconcile: {e}\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
