@@ -1,5 +1,9 @@
 # Shared by the setup scripts: checks that say what to do.
 
+# cargo-installed tools (tansu) live here.
+PATH="$HOME/.cargo/bin:$PATH"
+export PATH
+
 need_cargo() {
     if ! command -v cargo >/dev/null 2>&1; then
         echo "error: cargo not found. Install Rust 1.85 or newer (https://rustup.rs), then re-run." >&2
@@ -15,9 +19,23 @@ need_root() {
     fi
 }
 
-# What building and testing need from Debian: protoc for the etcd client's build,
-# etcd and etcdctl for the control-plane tests, openssl for their TLS certificates.
-TEST_PACKAGES="protobuf-compiler etcd-server etcd-client openssl"
+# What building needs from Debian: protoc for the etcd client, cmake and the curl, TLS and
+# zlib headers for librdkafka (built from its vendored sources).
+BUILD_PACKAGES="protobuf-compiler cmake libcurl4-openssl-dev libssl-dev zlib1g-dev pkg-config"
+# And testing: etcd and etcdctl for the control-plane tests, openssl for their TLS
+# certificates.
+TEST_PACKAGES="$BUILD_PACKAGES etcd-server etcd-client openssl"
+
+# tansu, the Kafka-API broker of the pipeline tests (crates.io). It must be built with
+# storage features, or it silently discards data; the build takes 20-25 minutes on two
+# cores, so it is done only when tansu is missing.
+ensure_tansu() {
+    if command -v tansu >/dev/null 2>&1; then
+        return
+    fi
+    echo "installing tansu (Kafka-API broker for the tests; 20-25 minutes, once)" >&2
+    cargo install tansu --locked --features dynostore,libsql
+}
 
 # Installs the Debian packages given that are not installed yet.
 ensure_packages() {
