@@ -232,7 +232,10 @@ impl Pipeline {
             match k.sink.send(&ev, Origin::Live) {
                 Ok(()) => return,
                 Err(SendError::QueueFull) if k.spool.is_none() => {
-                    self.pending_declarations.push((ev, "kafka_queue_full"));
+                    // No spool: wait for room, serving delivery reports meanwhile. The
+                    // pressure goes back to the plugins, whose bounded queues drop and
+                    // count at the source; a netlink reader is never blocked by this.
+                    self.send_when_room(ev);
                     return;
                 }
                 Err(SendError::QueueFull) => {
@@ -248,6 +251,22 @@ impl Pipeline {
             }
         }
         self.spool(ev);
+    }
+
+    fn send_when_room(&mut self, ev: Vec<u8>) {
+        loop {
+            self.housekeeping();
+            let Some(k) = &mut self.kafka else { return };
+            match k.sink.send(&ev, Origin::Live) {
+                Ok(()) => return,
+                Err(SendError::QueueFull) => std::thread::sleep(Duration::from_millis(2)),
+                Err(SendError::Other(e)) => {
+                    tracing::warn!("kafka refused an event: {e}");
+                    self.pending_declarations.push((ev, "kafka_refused"));
+                    return;
+                }
+            }
+        }
     }
 
     fn spool(&mut self, ev: Vec<u8>) {
@@ -290,6 +309,10 @@ impl Pipeline {
             }
             for (reason, events) in by_reason {
                 self.counters.count_drop(reason, events.len() as u64);
+                // A lost declaration is counted, never declared again: that way lies a
+                // declaration of a declaration of ...
+                let events: Vec<Vec<u8>> =
+                    events.into_iter().filter(|e| !is_declaration(e)).collect();
                 let ranges = ranges_of(&events, reason);
                 if ranges.is_empty() {
                     continue;
@@ -498,6 +521,11 @@ struct Seq {
 struct Origin2 {
     plugin: String,
     run_id: String,
+}
+
+fn is_declaration(event: &[u8]) -> bool {
+    let needle = b"\"action\":\"dropped\"";
+    event.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Groups lost events into runs of consecutive sequence numbers per plugin run.
