@@ -13,35 +13,21 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import TICK, cpu_ticks, free_port, status_kb  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 BIN = os.path.join(ROOT, "target", "release")
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
-def rss_kb(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def main():
@@ -81,10 +67,10 @@ def main():
                 sys.exit(f"only {n} of {args.agents} agents registered")
             time.sleep(1)
         registered = time.monotonic() - start
-        agent_rss = statistics.median(rss_kb(a.pid) for a in agents[:50])
+        agent_rss = statistics.median(status_kb(a.pid, "VmRSS") for a in agents[:50])
         print(f"# control-push: {args.agents} real agents, etcd {url}, {os.cpu_count()} CPUs; "
               f"all registered in {registered:.1f} s; agent RSS median {agent_rss / 1024:.1f} MB; "
-              f"etcd RSS {rss_kb(etcd.pid) / 1024:.0f} MB")
+              f"etcd RSS {status_kb(etcd.pid, 'VmRSS') / 1024:.0f} MB")
         with open(f"{tmp}/desired.toml", "w") as f:
             f.write('log_level = "warn"\n')
         print(f"{'action':<8} {'targets':>7} {'acked':>6} {'total s':>8} {'ack p50 ms':>10} {'ack p99 ms':>10} "
@@ -118,3 +104,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+

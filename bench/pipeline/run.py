@@ -14,44 +14,23 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import TICK, cpu_ticks, free_port, status_kb  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 REL = os.path.join(ROOT, "target", "release")
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
-def hwm_kb(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
-def cpu_of(pid):
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 def run_agent(tmp, port, topic, n):
@@ -79,8 +58,8 @@ def run_agent(tmp, port, topic, n):
         if time.monotonic() - start > 600:
             sys.exit("agent did not deliver in 600 s")
     elapsed = time.monotonic() - start
-    cpu = cpu_of(agent.pid) + (cpu_of(plugin_pid) if plugin_pid else 0)
-    rss = hwm_kb(agent.pid) + (hwm_kb(plugin_pid) if plugin_pid else 0)
+    cpu = (cpu_ticks(agent.pid) / TICK) + ((cpu_ticks(plugin_pid) / TICK) if plugin_pid else 0)
+    rss = status_kb(agent.pid, "VmHWM") + (status_kb(plugin_pid, "VmHWM") if plugin_pid else 0)
     agent.send_signal(signal.SIGTERM)
     agent.wait(timeout=20)
     return n / elapsed, cpu, rss
@@ -147,3 +126,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+

@@ -37,6 +37,19 @@ fn main() -> anyhow::Result<()> {
     let plugin: std::sync::Arc<str> = session.hello.plugin.as_str().into();
     let run_id: std::sync::Arc<str> = session.hello.run_id.as_str().into();
     let pad = "x".repeat(args.pad);
+    let event = |kind: &str, category: &str, action: &str, seq: u64, hids: Hids| Event {
+        timestamp: Timestamp::now(),
+        event: EventMeta {
+            sequence: seq,
+            ..EventMeta::new(kind, category, "info", action, &plugin)
+        },
+        host: host.clone(),
+        process: None,
+        user: None,
+        group: None,
+        container: None,
+        hids,
+    };
     let start = Instant::now();
     let mut buf = Vec::with_capacity(1024);
     for seq in 1..=args.count {
@@ -50,42 +63,18 @@ fn main() -> anyhow::Result<()> {
                 std::thread::sleep(wait);
             }
         }
-        let mut event = EventMeta::new("event", "process", "info", "synthetic", &plugin);
-        event.sequence = seq;
         let mut hids = Hids::new(plugin.clone(), run_id.clone());
         hids.tty = Some(pad.clone());
-        let ev = Event {
-            timestamp: Timestamp::now(),
-            event,
-            host: host.clone(),
-            process: None,
-            user: None,
-            group: None,
-            container: None,
-            hids,
-        };
         buf.clear();
-        serde_json::to_writer(&mut buf, &ev)?;
+        serde_json::to_writer(&mut buf, &event("event", "process", "synthetic", seq, hids))?;
         out.event(&buf)?;
     }
     // A closing stats record, like real plugins write: it tells reconciliation how many
     // events this run produced, so a lost tail is visible too.
     let stats = serde_json::json!({ "events_emitted": args.count, "elapsed_secs": start.elapsed().as_secs_f64() });
-    let mut event = EventMeta::new("metric", "host", "info", "stats", &plugin);
-    event.sequence = args.count + 1;
     let mut hids = Hids::new(plugin.clone(), run_id.clone());
     hids.stats = Some(stats.clone());
-    let ev = Event {
-        timestamp: Timestamp::now(),
-        event,
-        host: host.clone(),
-        process: None,
-        user: None,
-        group: None,
-        container: None,
-        hids,
-    };
-    out.event(&serde_json::to_vec(&ev)?)?;
+    out.event(&serde_json::to_vec(&event("metric", "host", "stats", args.count + 1, hids))?)?;
     out.flush()?;
     out.health(&serde_json::to_vec(&stats)?)?;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
