@@ -253,10 +253,25 @@ impl Pipeline {
         self.spool(ev);
     }
 
+    /// Waits until librdkafka takes `ev` (no spool configured). Meanwhile only delivery
+    /// reports are served; failures are queued for declaration by the caller's loop,
+    /// never declared from in here (a declaration is itself sent to Kafka).
     fn send_when_room(&mut self, ev: Vec<u8>) {
         loop {
-            self.housekeeping();
             let Some(k) = &mut self.kafka else { return };
+            for d in k.sink.poll() {
+                match (d.origin, d.error, d.payload) {
+                    (Origin::Live, None, _) => {
+                        self.counters
+                            .kafka_delivered
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    (Origin::Live, Some(_), Some(p)) => {
+                        self.pending_declarations.push((p, "kafka_unavailable"))
+                    }
+                    _ => {}
+                }
+            }
             match k.sink.send(&ev, Origin::Live) {
                 Ok(()) => return,
                 Err(SendError::QueueFull) => std::thread::sleep(Duration::from_millis(2)),

@@ -74,7 +74,13 @@ fn main() -> anyhow::Result<()> {
     let stats = serde_json::json!({ "events_emitted": args.count, "elapsed_secs": start.elapsed().as_secs_f64() });
     let mut hids = Hids::new(plugin.clone(), run_id.clone());
     hids.stats = Some(stats.clone());
-    out.event(&serde_json::to_vec(&event("metric", "host", "stats", args.count + 1, hids))?)?;
+    out.event(&serde_json::to_vec(&event(
+        "metric",
+        "host",
+        "stats",
+        args.count + 1,
+        hids,
+    ))?)?;
     out.flush()?;
     out.health(&serde_json::to_vec(&stats)?)?;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
