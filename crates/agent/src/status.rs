@@ -90,11 +90,33 @@ pub fn render(s: &AgentStatus, interval_secs: u64) -> String {
             g.reason.as_ref().map_or(String::new(), |r| format!("\n  last trip: {r}"))
         ));
     }
-    let dropped: u64 = s.pipeline.dropped.values().sum();
+    let p = &s.pipeline;
+    let dropped: u64 = p.dropped.values().sum();
     out.push_str(&format!(
-        "events out {}  dropped in agent {}\n\n",
-        s.pipeline.events_out, dropped
+        "events out {}  dropped in agent {dropped}",
+        p.events_out
     ));
+    if !p.dropped.is_empty() {
+        let reasons: Vec<String> = p.dropped.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        out.push_str(&format!(" ({})", reasons.join(", ")));
+    }
+    out.push('\n');
+    if p.kafka_delivered > 0 || p.spooled > 0 || p.backlog {
+        out.push_str(&format!(
+            "kafka delivered {}  spooled {} (replayed {})  waiting in spool {} ({:.1} MB){}\n",
+            p.kafka_delivered,
+            p.spooled,
+            p.replayed,
+            p.spool_records,
+            p.spool_bytes as f64 / (1024.0 * 1024.0),
+            if p.backlog {
+                "  BACKLOG: kafka is behind"
+            } else {
+                ""
+            }
+        ));
+    }
+    out.push('\n');
     let rows: Vec<[String; 8]> = s
         .plugins
         .iter()

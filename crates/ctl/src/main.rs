@@ -36,14 +36,16 @@ struct Cli {
     /// etcd user (when etcd has authentication on).
     #[arg(long, global = true, env = "HIDSCTL_USER")]
     user: Option<String>,
+    /// etcd password (with --user).
     #[arg(long, global = true, env = "HIDSCTL_PASSWORD", hide_env_values = true)]
     password: Option<String>,
     /// CA certificate (PEM) for TLS to etcd.
     #[arg(long, global = true, env = "HIDSCTL_CA_FILE")]
     ca_file: Option<PathBuf>,
-    /// Client certificate and key (PEM) for TLS client authentication.
+    /// Client certificate (PEM) for TLS client authentication to etcd.
     #[arg(long, global = true, env = "HIDSCTL_CERT_FILE")]
     cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --cert-file. Not the signing key: that is --key.
     #[arg(long, global = true, env = "HIDSCTL_KEY_FILE")]
     key_file: Option<PathBuf>,
     #[command(subcommand)]
@@ -156,7 +158,7 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct SignArgs {
-    /// The signing key (`signing.key` from `hidsctl keygen`).
+    /// The signing key (`signing.key` from `hidsctl keygen`) that agents trust.
     #[arg(long, env = "HIDSCTL_KEY", value_name = "FILE")]
     key: PathBuf,
     /// Who is making the change, for the history (default: $USER).
