@@ -117,11 +117,11 @@ pub fn render(s: &AgentStatus, interval_secs: u64) -> String {
         ));
     }
     out.push('\n');
-    let rows: Vec<[String; 8]> = s
+    let rows: Vec<Vec<String>> = s
         .plugins
         .iter()
         .map(|p| {
-            [
+            vec![
                 p.name.clone(),
                 p.state.as_str().to_owned(),
                 p.pid.map_or("-".into(), |x| x.to_string()),
@@ -137,36 +137,18 @@ pub fn render(s: &AgentStatus, interval_secs: u64) -> String {
             ]
         })
         .collect();
-    let header = [
-        "PLUGIN",
-        "STATE",
-        "PID",
-        "RESTARTS",
-        "EVENTS",
-        "REJECTED",
-        "VERSION",
-        "LAST EXIT",
-    ];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut l = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == cells.len() {
-                l.push_str(cell);
-            } else {
-                l.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        l.trim_end().to_owned() + "\n"
-    };
-    out.push_str(&line(header.to_vec()));
-    for row in &rows {
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
-    }
+    out.push_str(&hids_types::text::table(
+        &[
+            "PLUGIN",
+            "STATE",
+            "PID",
+            "RESTARTS",
+            "EVENTS",
+            "REJECTED",
+            "VERSION",
+            "LAST EXIT",
+        ],
+        &rows,
+    ));
     out
 }

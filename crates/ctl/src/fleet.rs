@@ -8,8 +8,6 @@ use hids_control::select::Selector;
 use hids_control::Keys;
 use hids_types::status::AgentStatus;
 
-use crate::table;
-
 /// Every online agent's status, by host id. Values that do not parse are reported once
 /// on stderr and skipped.
 pub async fn online(
@@ -82,7 +80,7 @@ pub async fn agents(
         .collect();
     print!(
         "{}",
-        table::render(
+        hids_types::text::table(
             &["HOST", "HOSTNAME", "LABELS", "VERSION", "GEN", "PLUGINS", "STATE"],
             &rows
         )
@@ -112,7 +110,7 @@ pub async fn stats(
         .map(|(v, n)| vec![v.clone(), n.to_string()])
         .collect();
     rows.push(vec!["TOTAL".into(), total.to_string()]);
-    print!("{}", table::render(&[by, "AGENTS"], &rows));
+    print!("{}", hids_types::text::table(&[by, "AGENTS"], &rows));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -157,7 +155,7 @@ pub async fn history(
         .collect();
     print!(
         "{}",
-        table::render(
+        hids_types::text::table(
             &["TIME", "BY", "ACTION", "GENERATION", "TARGET", "HOSTS"],
             &rows
         )

@@ -4,7 +4,6 @@ mod bootstrap;
 mod fleet;
 mod push;
 mod reconcile;
-mod table;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -14,8 +14,6 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use crate::table;
-
 #[derive(Deserialize)]
 struct Msg {
     host: HostPart,
@@ -305,7 +303,7 @@ pub async fn run(
             .collect();
         print!(
             "{}",
-            table::render(
+            hids_types::text::table(
                 &[
                     "HOST",
                     "PLUGIN",

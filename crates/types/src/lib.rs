@@ -2,7 +2,7 @@
 //! Schema field names, so existing pipelines read our events without a mapping) and the
 //! agent's status document.
 //!
-//! This crate is serde only: no I/O, no runtime. Producing the values (reading `/proc`,
+//! This crate is serde only (plus a text table layout for people): no I/O, no runtime. Producing the values (reading `/proc`,
 //! talking to the kernel) belongs to the crates that own those sources.
 
 pub mod desired;
@@ -10,6 +10,7 @@ pub mod event;
 pub mod guard;
 pub mod stagger;
 pub mod status;
+pub mod text;
 mod timestamp;
 
 pub use timestamp::Timestamp;

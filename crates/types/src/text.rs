@@ -1,6 +1,8 @@
-//! Plain-text tables for people; every listing also has `--json` for scripts.
+//! Plain-text tables for people (every listing also has `--json` for scripts): one
+//! layout for the agent's status view and hidsctl's listings.
 
-pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
+/// Columns left-aligned to their widest cell, two spaces apart, no trailing spaces.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -23,4 +25,19 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn columns_line_up() {
+        let t = super::table(
+            &["A", "LONGER"],
+            &[
+                vec!["xyz".into(), "1".into()],
+                vec!["q".into(), "22".into()],
+            ],
+        );
+        assert_eq!(t, "A    LONGER\nxyz  1\nq    22\n");
+    }
 }
