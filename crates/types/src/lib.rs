@@ -2,8 +2,9 @@
 //! Schema field names, so existing pipelines read our events without a mapping) and the
 //! agent's status document.
 //!
-//! This crate is serde only (plus a text table layout for people): no I/O, no runtime. Producing the values (reading `/proc`,
-//! talking to the kernel) belongs to the crates that own those sources.
+//! This crate is serde only (plus a text table layout for people): no I/O, no runtime.
+//! Producing the values (reading `/proc`, talking to the kernel) belongs to the crates
+//! that own those sources.
 
 pub mod desired;
 pub mod event;
