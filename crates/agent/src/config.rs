@@ -78,55 +78,8 @@ pub enum SinkConfig {
         #[serde(default = "default_file_keep")]
         keep: u32,
     },
-    /// Kafka, keyed by host id so one host's events stay in order.
-    Kafka {
-        /// `host:port`, one string (comma-separated) or a list.
-        brokers: Brokers,
-        /// Default topic.
-        topic: String,
-        /// Topic per ECS `event.category` (`process = "hids-process"`).
-        #[serde(default)]
-        topics: BTreeMap<String, String>,
-        /// `lz4`, `zstd`, `gzip`, `snappy` or `none`.
-        #[serde(default = "default_compression")]
-        compression: String,
-        /// `all`, `1` or `0`.
-        #[serde(default = "default_acks")]
-        acks: String,
-        /// librdkafka's idempotent producer: no duplicates from retries. Off by default:
-        /// the Kafka-API broker this project tests against (tansu) loses its storage
-        /// when an idempotent producer resumes after a broker restart. Turn it on for
-        /// Apache Kafka. Off, retries may duplicate an event (reconciliation counts
-        /// duplicates) but never reorder one host's events (one request in flight).
-        #[serde(default)]
-        idempotence: bool,
-        /// A message not delivered within this is taken back and spooled.
-        #[serde(default = "default_message_timeout_ms")]
-        message_timeout_ms: u64,
-        /// Memory librdkafka may hold for unsent messages.
-        #[serde(default = "default_queue_kbytes")]
-        queue_kbytes: u64,
-        /// Any other librdkafka property: TLS (`security.protocol = "ssl"`,
-        /// `ssl.ca.location`), SASL (`sasl.mechanism`, `sasl.username`, ...).
-        #[serde(default)]
-        librdkafka: BTreeMap<String, String>,
-    },
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum Brokers {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl Brokers {
-    pub fn joined(&self) -> String {
-        match self {
-            Brokers::One(s) => s.clone(),
-            Brokers::Many(v) => v.join(","),
-        }
-    }
+    /// Kafka, keyed by host id so one host's events stay in order (keys: docs/pipeline.md).
+    Kafka(hids_sink::kafka::KafkaConfig),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,18 +98,6 @@ fn default_file_max_bytes() -> u64 {
 }
 fn default_file_keep() -> u32 {
     5
-}
-fn default_compression() -> String {
-    "lz4".into()
-}
-fn default_acks() -> String {
-    "all".into()
-}
-fn default_message_timeout_ms() -> u64 {
-    10_000
-}
-fn default_queue_kbytes() -> u64 {
-    16 * 1024
 }
 fn default_spool_max_bytes() -> u64 {
     256 << 20
@@ -417,25 +358,8 @@ impl Config {
             problems.push("spool is set but no sink is kind = \"kafka\": the spool only holds events for Kafka".into());
         }
         for sink in self.sinks.iter().flatten() {
-            if let SinkConfig::Kafka {
-                compression,
-                acks,
-                brokers,
-                topic,
-                ..
-            } = sink
-            {
-                if !["lz4", "zstd", "gzip", "snappy", "none"].contains(&compression.as_str()) {
-                    problems.push(format!(
-                        "sinks: compression = {compression:?}: use lz4, zstd, gzip, snappy or none"
-                    ));
-                }
-                if !["all", "-1", "1", "0"].contains(&acks.as_str()) {
-                    problems.push(format!("sinks: acks = {acks:?}: use all, 1 or 0"));
-                }
-                if brokers.joined().trim().is_empty() || topic.is_empty() {
-                    problems.push("sinks: a kafka sink needs brokers and topic".into());
-                }
+            if let SinkConfig::Kafka(k) = sink {
+                problems.extend(k.problems());
             }
         }
         for (k, v) in &self.labels {
@@ -647,6 +571,35 @@ mod tests {
         assert!(err.contains("lease_ttl_secs"), "{err}");
         let err = Config::parse("[control]\nendpoint = []\n").unwrap_err();
         assert!(err.contains("endpoint"), "{err}");
+    }
+
+    #[test]
+    fn sinks_and_spool_parse_and_are_checked() {
+        let cfg = Config::parse(
+            "[[sinks]]\nkind = \"kafka\"\nbrokers = [\"a:1\", \"b:2\"]\ntopic = \"t\"\ncompression = \"zstd\"\n\
+             [sinks.librdkafka]\n\"security.protocol\" = \"ssl\"\n\
+             [[sinks]]\nkind = \"file\"\npath = \"/tmp/e.json\"\n[[sinks]]\nkind = \"stdout\"\n\
+             [spool]\ndir = \"/tmp/s\"\nmax_bytes = 1000000\n",
+        )
+        .unwrap();
+        let sinks = cfg.sinks.as_ref().unwrap();
+        match &sinks[0] {
+            SinkConfig::Kafka(k) => {
+                assert_eq!(k.brokers.joined(), "a:1,b:2");
+                assert_eq!(k.properties["security.protocol"], "ssl");
+                assert!(!k.idempotence);
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad = Config::parse("[[sinks]]\nkind = \"kafka\"\nbrokers = \"a:1\"\ntopic = \"t\"\nacks = \"most\"\n[spool]\ndir = \"/x\"\n").unwrap();
+        let err = bad.validate(Path::new("/nowhere")).unwrap_err().to_string();
+        assert!(err.contains("acks = \"most\""), "{err}");
+        let orphan = Config::parse("[spool]\ndir = \"/x\"\n").unwrap();
+        let err = orphan
+            .validate(Path::new("/nowhere"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no sink is kind = \"kafka\""), "{err}");
     }
 
     #[test]

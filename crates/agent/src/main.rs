@@ -475,28 +475,7 @@ fn build_outputs(
                 hids_sink::FileSink::open(&path, max_bytes, keep)
                     .with_context(|| format!("cannot open the file sink {}", path.display()))?,
             )),
-            SinkConfig::Kafka {
-                brokers,
-                topic,
-                topics,
-                compression,
-                acks,
-                idempotence,
-                message_timeout_ms,
-                queue_kbytes,
-                librdkafka,
-            } => {
-                let cfg = hids_sink::kafka::KafkaConfig {
-                    brokers: brokers.joined(),
-                    topic,
-                    topics,
-                    compression,
-                    acks,
-                    idempotence,
-                    message_timeout_ms,
-                    queue_kbytes,
-                    properties: librdkafka,
-                };
+            SinkConfig::Kafka(cfg) => {
                 outputs.kafka = Some(
                     hids_sink::kafka::KafkaSink::new(cfg, host_id)
                         .context("the kafka sink's settings are refused by librdkafka")?,

@@ -76,43 +76,27 @@ enum Command {
     },
     /// Sign and write a desired state (TOML: log_level, [[plugins]]) for the targets.
     Push {
-        #[command(flatten)]
-        sign: SignArgs,
         /// The desired settings, e.g. `[[plugins]]` `name = "process"` `enabled = false`.
         #[arg(long, value_name = "FILE")]
         file: PathBuf,
         #[command(flatten)]
-        target: TargetArgs,
-        #[command(flatten)]
-        wait: WaitArgs,
+        change: ChangeArgs,
     },
     /// Stop every plugin on the targets (agents stay registered and controllable).
     Stop {
         #[command(flatten)]
-        sign: SignArgs,
-        #[command(flatten)]
-        target: TargetArgs,
-        #[command(flatten)]
-        wait: WaitArgs,
+        change: ChangeArgs,
     },
     /// Undo `stop` on the targets.
     Resume {
         #[command(flatten)]
-        sign: SignArgs,
-        #[command(flatten)]
-        target: TargetArgs,
-        #[command(flatten)]
-        wait: WaitArgs,
+        change: ChangeArgs,
     },
     /// Restart one plugin on the targets (also out of quarantine).
     RestartPlugin {
         plugin: String,
         #[command(flatten)]
-        sign: SignArgs,
-        #[command(flatten)]
-        target: TargetArgs,
-        #[command(flatten)]
-        wait: WaitArgs,
+        change: ChangeArgs,
     },
     /// Show who changed what, when, for which targets.
     History {
@@ -153,6 +137,17 @@ enum Command {
         #[arg(long, env = "HIDS_OPERATOR_PASSWORD", hide_env_values = true)]
         operator_password: String,
     },
+}
+
+/// What every change takes: who signs it, for which hosts, and whether to wait.
+#[derive(Debug, Args)]
+struct ChangeArgs {
+    #[command(flatten)]
+    sign: SignArgs,
+    #[command(flatten)]
+    target: TargetArgs,
+    #[command(flatten)]
+    wait: WaitArgs,
 }
 
 #[derive(Debug, Args)]
@@ -300,42 +295,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await
         }
-        Command::Push {
-            sign,
-            file,
-            target,
-            wait,
-        } => {
+        Command::Push { file, change: args } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
             let body: hids_types::desired::DesiredBody = toml::from_str(&text)
                 .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.to_string().trim_end()))?;
-            change(
-                &mut client,
-                &keys,
-                sign,
-                target,
-                wait,
-                push::Change::Settings(body),
-            )
-            .await
+            change(&mut client, &keys, args, push::Change::Settings(body)).await
         }
-        Command::Stop { sign, target, wait } => {
+        Command::Stop { change: args } => {
             let c = push::Change::Command(CommandKind::StopAll, None);
-            change(&mut client, &keys, sign, target, wait, c).await
+            change(&mut client, &keys, args, c).await
         }
-        Command::Resume { sign, target, wait } => {
+        Command::Resume { change: args } => {
             let c = push::Change::Command(CommandKind::Resume, None);
-            change(&mut client, &keys, sign, target, wait, c).await
+            change(&mut client, &keys, args, c).await
         }
         Command::RestartPlugin {
             plugin,
-            sign,
-            target,
-            wait,
+            change: args,
         } => {
             let c = push::Change::Command(CommandKind::RestartPlugin, Some(plugin));
-            change(&mut client, &keys, sign, target, wait, c).await
+            change(&mut client, &keys, args, c).await
         }
     }
 }
@@ -344,11 +324,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn change(
     client: &mut etcd_client::Client,
     keys: &Keys,
-    sign: SignArgs,
-    target: TargetArgs,
-    wait: WaitArgs,
+    args: ChangeArgs,
     change: push::Change,
 ) -> anyhow::Result<ExitCode> {
+    let ChangeArgs { sign, target, wait } = args;
     let target = target.target()?;
     push::run(
         client,

@@ -16,27 +16,90 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
-/// Producer settings.
-#[derive(Debug, Clone)]
+/// The Kafka sink's settings: `[[sinks]] kind = "kafka"` in the agent's configuration.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
-    /// `host:port[,host:port...]`.
-    pub brokers: String,
+    /// `host:port`, one string (comma-separated) or a list.
+    pub brokers: Brokers,
     /// Topic for events whose category has no topic of its own.
     pub topic: String,
-    /// Topic per ECS `event.category` (`process`, `network`, `host`, ...).
+    /// Topic per ECS `event.category` (`process = "hids-process"`).
+    #[serde(default)]
     pub topics: BTreeMap<String, String>,
     /// `lz4`, `zstd`, `gzip`, `snappy` or `none`.
+    #[serde(default = "default_compression")]
     pub compression: String,
     /// `all`, `1` or `0`.
+    #[serde(default = "default_acks")]
     pub acks: String,
+    /// librdkafka's idempotent producer: no duplicates from retries. Off by default: the
+    /// Kafka-API broker this project tests against (tansu) loses its storage when an
+    /// idempotent producer resumes after a broker restart. Turn it on for Apache Kafka.
+    /// Off, retries may duplicate an event (reconciliation counts duplicates) but never
+    /// reorder one host's events (one request in flight).
+    #[serde(default)]
     pub idempotence: bool,
     /// After this long without delivery a message is given back as failed (and spooled).
+    #[serde(default = "default_message_timeout_ms")]
     pub message_timeout_ms: u64,
     /// Memory librdkafka may hold for unsent messages.
+    #[serde(default = "default_queue_kbytes")]
     pub queue_kbytes: u64,
-    /// Any other librdkafka property (`security.protocol`, `sasl.mechanism`,
-    /// `ssl.ca.location`, ...), passed through as given.
+    /// Any other librdkafka property: TLS (`security.protocol = "ssl"`,
+    /// `ssl.ca.location`), SASL (`sasl.mechanism`, `sasl.username`, ...).
+    #[serde(default, rename = "librdkafka")]
     pub properties: BTreeMap<String, String>,
+}
+
+/// Brokers as one comma-separated string or a list.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Brokers {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Brokers {
+    pub fn joined(&self) -> String {
+        match self {
+            Brokers::One(s) => s.clone(),
+            Brokers::Many(v) => v.join(","),
+        }
+    }
+}
+
+fn default_compression() -> String {
+    "lz4".into()
+}
+fn default_acks() -> String {
+    "all".into()
+}
+fn default_message_timeout_ms() -> u64 {
+    10_000
+}
+fn default_queue_kbytes() -> u64 {
+    16 * 1024
+}
+
+impl KafkaConfig {
+    /// Problems a person can fix, one per entry.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !["lz4", "zstd", "gzip", "snappy", "none"].contains(&self.compression.as_str()) {
+            p.push(format!(
+                "sinks: compression = {:?}: use lz4, zstd, gzip, snappy or none",
+                self.compression
+            ));
+        }
+        if !["all", "-1", "1", "0"].contains(&self.acks.as_str()) {
+            p.push(format!("sinks: acks = {:?}: use all, 1 or 0", self.acks));
+        }
+        if self.brokers.joined().trim().is_empty() || self.topic.is_empty() {
+            p.push("sinks: a kafka sink needs brokers and topic".into());
+        }
+        p
+    }
 }
 
 /// Where a message came from.
@@ -114,7 +177,7 @@ impl KafkaSink {
     pub fn new(cfg: KafkaConfig, host_id: &str) -> Result<Self, KafkaError> {
         Ok(KafkaSink {
             producer: Self::producer(&cfg, host_id)?,
-            label: format!("kafka:{}/{}", cfg.brokers, cfg.topic),
+            label: format!("kafka:{}/{}", cfg.brokers.joined(), cfg.topic),
             cfg,
             key: host_id.to_owned(),
         })
@@ -143,7 +206,7 @@ impl KafkaSink {
 
     fn producer(cfg: &KafkaConfig, host_id: &str) -> Result<BaseProducer<Reports>, KafkaError> {
         let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &cfg.brokers)
+        c.set("bootstrap.servers", cfg.brokers.joined())
             .set("compression.type", &cfg.compression)
             .set("acks", &cfg.acks)
             .set("enable.idempotence", cfg.idempotence.to_string())
