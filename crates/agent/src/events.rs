@@ -63,16 +63,21 @@ impl Emitter {
 pub struct AgentEvents {
     emitter: Emitter,
     tx: mpsc::Sender<Vec<u8>>,
-    /// Events not queued because the pipeline was full.
-    pub dropped: u64,
+    /// Where events not queued (the pipeline full) are counted, as `agent_events_queue_full`.
+    counters: std::sync::Arc<crate::pipeline::PipelineCounters>,
 }
 
 impl AgentEvents {
-    pub fn new(host_id: &str, hostname: &str, tx: mpsc::Sender<Vec<u8>>) -> Self {
+    pub fn new(
+        host_id: &str,
+        hostname: &str,
+        tx: mpsc::Sender<Vec<u8>>,
+        counters: std::sync::Arc<crate::pipeline::PipelineCounters>,
+    ) -> Self {
         AgentEvents {
             emitter: Emitter::new(host_id, hostname, "agent"),
             tx,
-            dropped: 0,
+            counters,
         }
     }
 
@@ -83,7 +88,7 @@ impl AgentEvents {
         });
         // The pipeline is bounded; a full one costs this event, counted, never a wait.
         if self.tx.try_send(ev).is_err() {
-            self.dropped += 1;
+            self.counters.count_drop("agent_events_queue_full", 1);
         }
     }
 }

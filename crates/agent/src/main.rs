@@ -194,7 +194,8 @@ async fn agent(
         hids_types::stagger::offset(&host_id, Duration::from_secs(60)),
     )?;
 
-    let agent_events = events::AgentEvents::new(&host_id, &hostname, events_tx.clone());
+    let agent_events =
+        events::AgentEvents::new(&host_id, &hostname, events_tx.clone(), counters.clone());
     let cgroups = cgroups::Cgroups::detect();
     cgroups.sweep_stale();
     if specs.iter().any(|s| s.limits.any()) {

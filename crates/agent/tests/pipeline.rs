@@ -30,6 +30,14 @@ fn kafka_sink(broker: &Broker, topic: &str, spool: Option<(&std::path::Path, u64
     s
 }
 
+/// The synthetic plugin's (only) run in a reconcile report.
+fn synthetic_run(report: &Value) -> &Value {
+    report["runs"]
+        .as_array()
+        .and_then(|runs| runs.iter().find(|r| r["plugin"] == "synthetic"))
+        .unwrap_or_else(|| panic!("the synthetic run is in the topic: {report:#}"))
+}
+
 fn pipeline(status: &Value) -> &Value {
     &status["pipeline"]
 }
@@ -47,12 +55,7 @@ fn ten_thousand_events_reach_kafka_in_order_per_host() {
         pipeline(s)["kafka_delivered"].as_u64().unwrap_or(0) >= 10_001
     });
     let report = broker.reconcile("events");
-    let synth = report["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["plugin"] == "synthetic")
-        .expect("the synthetic run is in the topic");
+    let synth = synthetic_run(&report);
     assert_eq!(synth["produced"], 10_001, "{report:#}");
     assert_eq!(synth["received"], 10_001);
     assert_eq!(synth["out_of_order"], 0, "one host's events stay in order");
@@ -99,12 +102,7 @@ fn a_broker_outage_loses_nothing_and_reconcile_proves_it() {
     std::thread::sleep(Duration::from_secs(2));
     let report = broker.reconcile("outage");
     assert_eq!(report["undeclared_loss"], 0, "{report:#}");
-    let synth = report["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["plugin"] == "synthetic")
-        .unwrap();
+    let synth = synthetic_run(&report);
     assert_eq!(synth["produced"], 12_001);
     assert_eq!(synth["received"], 12_001, "everything arrived: {synth:#}");
 }
@@ -136,12 +134,7 @@ fn a_full_spool_drops_its_oldest_segment_and_declares_exactly_those() {
         report["undeclared_loss"], 0,
         "every loss is declared: {report:#}"
     );
-    let synth = report["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["plugin"] == "synthetic")
-        .unwrap();
+    let synth = synthetic_run(&report);
     assert_eq!(
         synth["declared_drops"].as_u64().unwrap(),
         dropped,
