@@ -21,7 +21,9 @@ need_root() {
 
 # What building needs from Debian: protoc for the etcd client, cmake and the curl, TLS and
 # zlib headers for librdkafka (built from its vendored sources).
-BUILD_PACKAGES="protobuf-compiler cmake libcurl4-openssl-dev libssl-dev zlib1g-dev pkg-config"
+# clang compiles the process plugin's eBPF program; libelf is what libbpf (linked into
+# the plugin) reads BPF objects with.
+BUILD_PACKAGES="protobuf-compiler cmake libcurl4-openssl-dev libssl-dev zlib1g-dev pkg-config clang libelf-dev make"
 # And testing: etcd and etcdctl for the control-plane tests, openssl for their TLS
 # certificates.
 TEST_PACKAGES="$BUILD_PACKAGES etcd-server etcd-client openssl"

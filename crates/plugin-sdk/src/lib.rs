@@ -56,7 +56,20 @@ impl Session {
     /// # Errors
     /// When the master does not open with a valid hello, or speaks another protocol.
     pub fn connect(name: &str, version: &str) -> Result<Session, SdkError> {
-        let shutdown = Arc::new(AtomicBool::new(false));
+        Self::connect_with(name, version, Arc::new(AtomicBool::new(false)))
+    }
+
+    /// The same, with a shutdown flag made earlier: a plugin that must be capturing
+    /// before it says hello (the master takes the hello as "ready") hands its workers
+    /// the flag first.
+    ///
+    /// # Errors
+    /// As [`Session::connect`].
+    pub fn connect_with(
+        name: &str,
+        version: &str,
+        shutdown: Arc<AtomicBool>,
+    ) -> Result<Session, SdkError> {
         let stdin = io::stdin();
         let stdout = File::from(io::stdout().as_fd().try_clone_to_owned()?);
         if stdin.is_terminal() {

@@ -1,6 +1,8 @@
-//! The capture thread: drains the proc connector socket, snapshots `/proc` for every exec
-//! at once, and hands batches to the enrichment thread through one bounded queue.
+//! The capture thread: reads the kernel's process events, snapshots `/proc` for every
+//! exec at once, and hands batches to the enrichment thread through one bounded queue.
+//! Two backends feed it: eBPF (src/ebpf.rs) and the proc connector (this file).
 //!
+//! With the proc connector:
 //! Each pass drains the socket until it is empty, reads the argument lists of all execs
 //! in that burst first (they vanish first), completes their snapshots, and queues the
 //! burst as one batch. Batching matters: one wake-up of the enrichment thread (and one
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 use hids_netlink::proc_connector::{messages, EventData, Message};
 use hids_netlink::{ProcSocket, RecvError};
 
+use crate::ebpf::{KernelExec, RingDrops};
 use crate::snapshot::{self, Gap, Snapshot};
 
 /// One event, in kernel order.
@@ -26,6 +29,8 @@ pub enum Raw {
     Exec {
         ts_ns: u64,
         pid: u32,
+        /// What the kernel recorded at exec (eBPF backend); `/proc` fills the rest.
+        kernel: Option<Box<KernelExec>>,
         snapshot: Result<Box<Snapshot>, Gap>,
         /// CLOCK_MONOTONIC when the snapshot was finished: an exec of the same pid
         /// reported with an earlier timestamp means the snapshot may show that later image.
@@ -64,8 +69,11 @@ impl Raw {
     pub fn heap_bytes(&self) -> usize {
         match self {
             Raw::Exec {
-                snapshot: Ok(s), ..
-            } => s.heap_bytes(),
+                kernel, snapshot, ..
+            } => {
+                kernel.as_ref().map_or(0, |k| k.heap_bytes())
+                    + snapshot.as_ref().map_or(0, |s| s.heap_bytes())
+            }
             _ => 0,
         }
     }
@@ -90,8 +98,13 @@ pub struct Counters {
     pub forced_batches: AtomicU64,
     /// Heap bytes of snapshots waiting in the queue.
     pub queue_bytes: AtomicUsize,
+    /// eBPF: records read from the ring buffer.
+    pub ring_records: AtomicU64,
+    /// eBPF: records the kernel could not put in the ring buffer.
+    pub ring_drops: RingDrops,
 }
 
+#[derive(Clone)]
 pub struct CaptureConfig {
     pub proc_root: String,
     pub max_args_bytes: usize,
@@ -101,6 +114,8 @@ pub struct CaptureConfig {
     pub max_pending: usize,
     /// How long a non-empty batch may wait for more events before it is handed over.
     pub linger: Duration,
+    /// Proc connector beside eBPF: report only credential and session changes.
+    pub only_ids: bool,
 }
 
 /// Largest batch; a burst longer than this is handed over in pieces.
@@ -115,11 +130,104 @@ struct Capture {
     cfg: CaptureConfig,
     counters: Arc<Counters>,
     cpu_seq: Vec<Option<u32>>,
-    /// Events converted but not yet handed over.
+    queue: Queue,
+}
+
+/// Events converted but not yet handed over: one burst, bounded by `max_pending`.
+pub struct Queue {
+    counters: Arc<Counters>,
+    max_pending: usize,
     out: Vec<Raw>,
-    out_since: Option<Instant>,
+    since: Option<Instant>,
     /// Index in `out` of the last exec of each pid, for the superseded check.
-    out_execs: HashMap<u32, usize>,
+    execs: HashMap<u32, usize>,
+}
+
+impl Queue {
+    pub fn new(cfg: &CaptureConfig, counters: Arc<Counters>) -> Self {
+        Queue {
+            counters,
+            max_pending: cfg.max_pending,
+            out: Vec::new(),
+            since: None,
+            execs: HashMap::new(),
+        }
+    }
+
+    fn age(&self) -> Duration {
+        self.since.map_or(Duration::ZERO, |t| t.elapsed())
+    }
+
+    /// Whether the burst has waited long enough (or grown large enough) to go.
+    pub fn due(&self, linger: Duration) -> bool {
+        !self.out.is_empty() && (self.age() >= linger || self.out.len() >= MAX_BATCH)
+    }
+
+    /// How long to wait for more events before the burst is due.
+    pub fn wait(&self, linger: Duration) -> Duration {
+        if self.out.is_empty() {
+            Duration::from_millis(500)
+        } else {
+            // At least 1 ms, so a full queue downstream is not polled in a spin.
+            linger
+                .saturating_sub(self.age())
+                .max(Duration::from_millis(1))
+        }
+    }
+
+    pub fn push(&mut self, raw: Raw) {
+        if self.out.len() >= self.max_pending {
+            self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
+            if matches!(raw, Raw::Exec { .. }) {
+                self.counters
+                    .queue_full_execs
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        self.counters
+            .queue_bytes
+            .fetch_add(raw.heap_bytes(), Ordering::Relaxed);
+        self.since.get_or_insert_with(Instant::now);
+        if let Raw::Exec { pid, .. } = raw {
+            self.execs.insert(pid, self.out.len());
+        }
+        self.out.push(raw);
+    }
+
+    /// An exec of `pid` at `ts_ns`: a queued snapshot of `pid` finished after that
+    /// moment may show this newer image, so it is not reported as the older one's.
+    fn mark_superseded(&mut self, pid: u32, ts_ns: u64) {
+        if let Some(&i) = self.execs.get(&pid) {
+            if let Some(Raw::Exec {
+                read_done_ns,
+                superseded,
+                ..
+            }) = self.out.get_mut(i)
+            {
+                if *read_done_ns > ts_ns {
+                    *superseded = true;
+                }
+            }
+        }
+    }
+
+    /// Hands the batch over, or keeps it (bounded by `max_pending`) while the queue is
+    /// full. Returns false when the consumer is gone.
+    pub fn hand_over(&mut self, tx: &SyncSender<Batch>) -> bool {
+        match tx.try_send(std::mem::take(&mut self.out)) {
+            Ok(()) => {
+                self.since = None;
+                self.execs.clear();
+                true
+            }
+            Err(TrySendError::Full(batch)) => {
+                self.out = batch;
+                true
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
 }
 
 /// Runs until `shutdown` is set or the enrichment thread is gone.
@@ -134,12 +242,10 @@ pub fn run(
     shutdown: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let mut cap = Capture {
+        queue: Queue::new(&cfg, counters.clone()),
         cfg,
         counters,
         cpu_seq: Vec::new(),
-        out: Vec::new(),
-        out_since: None,
-        out_execs: HashMap::new(),
     };
     let mut burst: Vec<(u64, EventData)> = Vec::new();
     let mut io_errors = 0u32;
@@ -177,33 +283,24 @@ pub fn run(
         //    that could have replaced the image we read is in `burst` now.
         for (ts_ns, data) in &burst {
             if let EventData::Exec { tgid, .. } = data {
-                cap.mark_superseded(*tgid, *ts_ns);
+                cap.queue.mark_superseded(*tgid, *ts_ns);
             }
         }
         // 3. Hand over what has waited long enough. Only here, right after a drain and
         //    its check, is a batch final.
-        let age = cap.out_since.map_or(Duration::ZERO, |t| t.elapsed());
-        if !cap.out.is_empty() && (!drained || age >= cap.cfg.linger || cap.out.len() >= MAX_BATCH)
-        {
-            if !drained {
+        let forced = !drained && !cap.queue.out.is_empty();
+        if forced || cap.queue.due(cap.cfg.linger) {
+            if forced {
                 cap.counters.forced_batches.fetch_add(1, Ordering::Relaxed);
             }
-            if !cap.hand_over(&tx) {
+            if !cap.queue.hand_over(&tx) {
                 return Ok(());
             }
         }
         // 4. Snapshot the burst's execs and queue everything.
         cap.convert(&mut burst);
         if drained {
-            let wait = if cap.out.is_empty() {
-                Duration::from_millis(500)
-            } else {
-                // At least 1 ms, so a full queue downstream is not polled in a spin.
-                cap.cfg
-                    .linger
-                    .saturating_sub(age)
-                    .max(Duration::from_millis(1))
-            };
+            let wait = cap.queue.wait(cap.cfg.linger);
             if let Err(e) = sock.wait_readable(wait) {
                 tracing::warn!("proc connector: {e}");
                 std::thread::sleep(Duration::from_millis(10));
@@ -257,23 +354,6 @@ impl Capture {
         self.cpu_seq[cpu] = Some(seq);
     }
 
-    /// An exec of `pid` at `ts_ns`: a queued snapshot of `pid` finished after that
-    /// moment may show this newer image, so it is not reported as the older one's.
-    fn mark_superseded(&mut self, pid: u32, ts_ns: u64) {
-        if let Some(&i) = self.out_execs.get(&pid) {
-            if let Some(Raw::Exec {
-                read_done_ns,
-                superseded,
-                ..
-            }) = self.out.get_mut(i)
-            {
-                if *read_done_ns > ts_ns {
-                    *superseded = true;
-                }
-            }
-        }
-    }
-
     fn convert(&mut self, burst: &mut Vec<(u64, EventData)>) {
         if burst.is_empty() {
             return;
@@ -282,7 +362,7 @@ impl Capture {
         let mut begun: Vec<Option<Result<(hids_procfs::ProcDir, Snapshot), Gap>>> = burst
             .iter()
             .map(|(_, data)| match data {
-                EventData::Exec { tgid, .. } => {
+                EventData::Exec { tgid, .. } if !self.cfg.only_ids => {
                     self.counters.execs_seen.fetch_add(1, Ordering::Relaxed);
                     Some(
                         if self.counters.queue_bytes.load(Ordering::Relaxed) >= self.cfg.queue_bytes
@@ -298,7 +378,7 @@ impl Capture {
             .collect();
         for ((ts_ns, data), begun) in burst.drain(..).zip(begun.iter_mut()) {
             let raw = match data {
-                EventData::Exec { tgid, .. } => {
+                EventData::Exec { tgid, .. } if !self.cfg.only_ids => {
                     let snapshot = match begun.take() {
                         Some(Ok((dir, mut snap))) => {
                             snapshot::finish(&dir, &mut snap);
@@ -309,10 +389,11 @@ impl Capture {
                     };
                     // Within one burst, a later exec of the same pid happened before
                     // any of its snapshots were taken.
-                    self.mark_superseded(tgid, ts_ns);
+                    self.queue.mark_superseded(tgid, ts_ns);
                     Raw::Exec {
                         ts_ns,
                         pid: tgid,
+                        kernel: None,
                         snapshot,
                         read_done_ns: monotonic_ns(),
                         superseded: false,
@@ -324,7 +405,7 @@ impl Capture {
                     child_pid,
                     child_tgid,
                     ..
-                } if child_pid == child_tgid => Raw::Fork {
+                } if child_pid == child_tgid && !self.cfg.only_ids => Raw::Fork {
                     ts_ns,
                     parent: parent_tgid,
                     child: child_tgid,
@@ -334,7 +415,7 @@ impl Capture {
                     tgid,
                     exit_code,
                     ..
-                } if pid == tgid => Raw::Exit {
+                } if pid == tgid && !self.cfg.only_ids => Raw::Exit {
                     ts_ns,
                     pid: tgid,
                     exit_code,
@@ -356,44 +437,7 @@ impl Capture {
                 EventData::Sid { pid, tgid } if pid == tgid => Raw::Sid { ts_ns, pid },
                 _ => continue,
             };
-            self.queue(raw);
-        }
-    }
-
-    fn queue(&mut self, raw: Raw) {
-        if self.out.len() >= self.cfg.max_pending {
-            self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
-            if matches!(raw, Raw::Exec { .. }) {
-                self.counters
-                    .queue_full_execs
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            return;
-        }
-        self.counters
-            .queue_bytes
-            .fetch_add(raw.heap_bytes(), Ordering::Relaxed);
-        self.out_since.get_or_insert_with(Instant::now);
-        if let Raw::Exec { pid, .. } = raw {
-            self.out_execs.insert(pid, self.out.len());
-        }
-        self.out.push(raw);
-    }
-
-    /// Hands the batch over, or keeps it (bounded by `max_pending`) while the queue is
-    /// full. Returns false when the consumer is gone.
-    fn hand_over(&mut self, tx: &SyncSender<Batch>) -> bool {
-        match tx.try_send(std::mem::take(&mut self.out)) {
-            Ok(()) => {
-                self.out_since = None;
-                self.out_execs.clear();
-                true
-            }
-            Err(TrySendError::Full(batch)) => {
-                self.out = batch;
-                true
-            }
-            Err(TrySendError::Disconnected(_)) => false,
+            self.queue.push(raw);
         }
     }
 }

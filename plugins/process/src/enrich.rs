@@ -16,6 +16,7 @@ use hids_types::event::{
 use hids_types::Timestamp;
 
 use crate::capture::{monotonic_ns, Batch, Counters, Raw};
+use crate::ebpf::KernelExec;
 use crate::snapshot::{Gap, Snapshot};
 use crate::table::{keep_args, Entry, Table};
 use crate::users::Names;
@@ -31,7 +32,18 @@ pub struct Emit {
     pub setsid: bool,
 }
 
+impl Emit {
+    /// Credential or session changes are wanted.
+    pub fn ids(&self) -> bool {
+        self.setuid || self.setgid || self.setsid
+    }
+}
+
 pub struct EnrichConfig {
+    /// The capture backend in use (`ebpf`, `cn_proc`), in every exec event and the stats.
+    pub capture: &'static str,
+    /// Why the backend is not the one asked for (eBPF refused), for the stats.
+    pub capture_fallback: Option<String>,
     pub emit: Emit,
     pub stats_interval: Duration,
 }
@@ -93,10 +105,10 @@ pub struct Enricher {
     host: Host,
     plugin: Arc<str>,
     run_id: Arc<str>,
-    capture: &'static str,
     out: Output,
     counters: Arc<Counters>,
     table: Table,
+    exe_paths: ExePaths,
     users: Names,
     groups: Names,
     clocks: Clocks,
@@ -121,10 +133,11 @@ impl Enricher {
             host,
             plugin,
             run_id,
-            capture: "cn_proc",
+
             out,
             counters,
             table,
+            exe_paths: ExePaths::new("/proc"),
             users: Names::new("/etc/passwd"),
             groups: Names::new("/etc/group"),
             clocks: Clocks::now(),
@@ -180,10 +193,11 @@ impl Enricher {
             Raw::Exec {
                 ts_ns,
                 pid,
+                kernel,
                 snapshot,
                 superseded,
                 ..
-            } => self.on_exec(ts_ns, pid, snapshot, superseded),
+            } => self.on_exec(ts_ns, pid, kernel, snapshot, superseded),
             Raw::Fork {
                 ts_ns,
                 parent,
@@ -261,97 +275,69 @@ impl Enricher {
         &mut self,
         ts_ns: u64,
         pid: u32,
+        kernel: Option<Box<KernelExec>>,
         snapshot: Result<Box<Snapshot>, Gap>,
         superseded: bool,
     ) -> std::io::Result<()> {
         let known = self.table.get(pid).cloned().unwrap_or_default();
         let mut incomplete: Option<&'static str> = None;
-        let snap = match snapshot {
-            Ok(_) if superseded => {
-                incomplete = Some("superseded");
-                None
+        let facts = match kernel {
+            Some(k) => {
+                let mut facts = facts_from_kernel(&k, snapshot.ok(), &mut incomplete);
+                if facts.exe.is_none() {
+                    facts.exe = self.exe_paths.resolve(&k.filename, k.pid_ns);
+                }
+                facts
             }
-            Ok(s) => Some(s),
-            Err(gap) => {
-                incomplete = Some(gap.reason());
-                None
-            }
-        };
-        let stat = snap
-            .as_ref()
-            .and_then(|s| s.stat.as_deref())
-            .and_then(|b| procfs::parse_stat(b).ok());
-        // A pinned /proc dir cannot mix two processes, but the pid may already have
-        // belonged to a new process when we opened it.
-        let (snap, stat) = match stat {
-            Some(st) if self.clocks.started_after(st.start_ticks, ts_ns) => {
-                incomplete = Some("reused");
-                (None, None)
-            }
-            other => (snap, other),
+            None => self.facts_from_proc(ts_ns, snapshot, superseded, &mut incomplete),
         };
 
         let mut ev = self.base(ts_ns, "start", "exec");
-        ev.hids.capture = Some(self.capture.to_owned());
-        let ppid = stat.as_ref().map_or(known.ppid, |s| s.ppid);
+        ev.hids.capture = Some(self.cfg.capture.to_owned());
+        let ppid = facts.ppid.unwrap_or(known.ppid);
         let mut p = Process {
             pid,
+            executable: facts.exe,
+            working_directory: facts.cwd,
             ..Default::default()
         };
         let mut args_kept = None;
-        if let Some(s) = &snap {
-            let args = procfs::parse_cmdline(&s.cmdline);
-            if args.is_empty() {
-                // The argument area is released at exit: only a zombie reads empty.
-                incomplete.get_or_insert("exited");
-            } else {
-                if s.cmdline_truncated {
-                    ev.hids.args_truncated = Some(true);
-                    self.tally.args_truncated += 1;
-                }
-                p.command_line = Some(procfs::command_line(&args));
-                p.args_count = Some(args.len());
-                args_kept = Some(keep_args(args.clone()));
-                p.args = Some(args);
+        if let Some(args) = facts.args {
+            if facts.args_truncated {
+                ev.hids.args_truncated = Some(true);
+                self.tally.args_truncated += 1;
             }
-            p.executable = s.exe.as_deref().map(lossy);
-            p.working_directory = s.cwd.as_deref().map(lossy);
-            ev.container = s
-                .cgroup
-                .as_deref()
-                .and_then(procfs::container_id_from_cgroup)
-                .map(|id| Container { id });
-            ev.hids.pid_ns = s.pid_ns.as_deref().and_then(procfs::parse_ns_link);
-            let status = s
-                .status
-                .as_deref()
-                .and_then(|b| procfs::parse_status(b).ok());
-            let login = s.loginuid.as_deref().and_then(procfs::parse_loginuid);
-            if let Some(st) = status {
-                ev.user = Some(self.user(st.uid[0], st.uid[1], login));
-                ev.group = Some(Group {
-                    id: st.gid[0].to_string(),
-                    name: self.groups.get(st.gid[0]).map(|n| n.to_string()),
-                });
-            }
+            p.command_line = Some(procfs::command_line(&args));
+            p.args_count = Some(args.len());
+            args_kept = Some(keep_args(args.clone()));
+            p.args = Some(args);
         }
-        if let Some(st) = &stat {
-            p.entity_id = Some(format!("{pid}-{}", st.start_ticks));
-            p.name = Some(st.comm.clone());
-            p.start = Some(self.clocks.start_wall(st.start_ticks));
-            p.session_leader = Some(ProcessRef {
-                pid: st.session,
-                ..Default::default()
+        ev.container = facts.container.map(|id| Container { id });
+        ev.hids.pid_ns = facts.pid_ns;
+        if let Some(ids) = facts.ids {
+            ev.user = Some(self.user(ids.ruid, ids.euid, facts.login));
+            ev.group = Some(Group {
+                id: ids.rgid.to_string(),
+                name: self.groups.get(ids.rgid).map(|n| n.to_string()),
             });
-            if let Some((major, minor)) = procfs::tty_device(st.tty_nr) {
-                p.interactive = Some(true);
-                p.tty = Some(Tty {
-                    char_device: CharDevice { major, minor },
-                });
-                ev.hids.tty = procfs::tty_name(major, minor);
-            } else {
-                p.interactive = Some(false);
-            }
+        }
+        if let Some(start_ticks) = facts.start_ticks {
+            p.entity_id = Some(format!("{pid}-{start_ticks}"));
+            p.start = Some(self.clocks.start_wall(start_ticks));
+        }
+        p.name = facts.comm;
+        p.session_leader = facts.session.map(|sid| ProcessRef {
+            pid: sid,
+            ..Default::default()
+        });
+        if facts.start_ticks.is_some() {
+            p.interactive = Some(facts.tty.is_some());
+        }
+        if let Some((major, minor)) = facts.tty {
+            p.tty = Some(Tty {
+                char_device: CharDevice { major, minor },
+            });
+            ev.hids.tty = procfs::tty_name(major, minor);
         }
         if ppid != 0 {
             let mut parent = self.process_ref(ppid);
@@ -375,7 +361,7 @@ impl Enricher {
             pid,
             Entry {
                 ppid,
-                start_ticks: stat.as_ref().map(|s| s.start_ticks).or(known.start_ticks),
+                start_ticks: facts.start_ticks.or(known.start_ticks),
                 name: p.name.as_deref().map(Arc::from),
                 exe: p.executable.as_deref().map(Arc::from),
                 args: args_kept,
@@ -385,6 +371,75 @@ impl Enricher {
         );
         ev.process = Some(p);
         self.emit(ev)
+    }
+
+    /// The proc connector's exec: everything but the pid comes from the snapshot.
+    fn facts_from_proc(
+        &self,
+        ts_ns: u64,
+        snapshot: Result<Box<Snapshot>, Gap>,
+        superseded: bool,
+        incomplete: &mut Option<&'static str>,
+    ) -> Facts {
+        let snap = match snapshot {
+            Ok(_) if superseded => {
+                *incomplete = Some("superseded");
+                return Facts::default();
+            }
+            Ok(s) => s,
+            Err(gap) => {
+                *incomplete = Some(gap.reason());
+                return Facts::default();
+            }
+        };
+        let stat = snap
+            .stat
+            .as_deref()
+            .and_then(|b| procfs::parse_stat(b).ok());
+        // A pinned /proc dir cannot mix two processes, but the pid may already have
+        // belonged to a new process when we opened it.
+        if let Some(st) = &stat {
+            if self.clocks.started_after(st.start_ticks, ts_ns) {
+                *incomplete = Some("reused");
+                return Facts::default();
+            }
+        }
+        let mut facts = Facts::default();
+        let args = procfs::parse_cmdline(&snap.cmdline);
+        if args.is_empty() {
+            // The argument area is released at exit: only a zombie reads empty.
+            incomplete.get_or_insert("exited");
+        } else {
+            facts.args = Some(args);
+            facts.args_truncated = snap.cmdline_truncated;
+        }
+        facts.exe = snap.exe.as_deref().map(lossy);
+        facts.cwd = snap.cwd.as_deref().map(lossy);
+        facts.container = snap
+            .cgroup
+            .as_deref()
+            .and_then(procfs::container_id_from_cgroup);
+        facts.pid_ns = snap.pid_ns.as_deref().and_then(procfs::parse_ns_link);
+        if let Some(st) = snap
+            .status
+            .as_deref()
+            .and_then(|b| procfs::parse_status(b).ok())
+        {
+            facts.ids = Some(Ids {
+                ruid: st.uid[0],
+                euid: st.uid[1],
+                rgid: st.gid[0],
+            });
+        }
+        facts.login = snap.loginuid.as_deref().and_then(procfs::parse_loginuid);
+        if let Some(st) = stat {
+            facts.ppid = Some(st.ppid);
+            facts.start_ticks = Some(st.start_ticks);
+            facts.comm = Some(st.comm);
+            facts.session = Some(st.session);
+            facts.tty = procfs::tty_device(st.tty_nr);
+        }
+        facts
     }
 
     fn process_ref(&self, pid: u32) -> ProcessRef {
@@ -469,19 +524,22 @@ impl Enricher {
         let c = &self.counters;
         let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let stats = serde_json::json!({
-            "capture": self.capture,
+            "capture": self.cfg.capture,
+            "capture_fallback": self.cfg.capture_fallback,
             "events_emitted": self.tally.emitted,
             "execs_seen": get(&c.execs_seen),
             "dropped": {
                 "capture_queue_full": get(&c.queue_full),
                 "kernel_lost": get(&c.kernel_lost),
+                "ring_buffer_full": get(&c.ring_drops.execs) + get(&c.ring_drops.other),
             },
-            "dropped_execs": get(&c.queue_full_execs),
+            "dropped_execs": get(&c.queue_full_execs) + get(&c.ring_drops.execs),
             "enobufs": get(&c.enobufs),
             "incomplete": self.tally.incomplete,
             "args_truncated": self.tally.args_truncated,
             "parse_errors": get(&c.parse_errors),
             "netlink_datagrams": get(&c.netlink_datagrams),
+            "ring_records": get(&c.ring_records),
             "forced_batches": get(&c.forced_batches),
             "queue_bytes": c.queue_bytes.load(Ordering::Relaxed),
             "table": { "entries": self.table.len(), "evicted": self.table.evicted },
@@ -493,6 +551,133 @@ impl Enricher {
         ev.hids.stats = Some(stats);
         self.emit(ev)?;
         self.out.health(&health)
+    }
+}
+
+/// What one exec tells, whichever backend saw it. All of it describes one process.
+#[derive(Debug, Default)]
+struct Facts {
+    ppid: Option<u32>,
+    start_ticks: Option<u64>,
+    comm: Option<String>,
+    session: Option<u32>,
+    tty: Option<(u32, u32)>,
+    args: Option<Vec<String>>,
+    args_truncated: bool,
+    exe: Option<String>,
+    cwd: Option<String>,
+    container: Option<String>,
+    pid_ns: Option<u64>,
+    ids: Option<Ids>,
+    login: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Ids {
+    ruid: u32,
+    euid: u32,
+    rgid: u32,
+}
+
+/// The eBPF backend's exec: the kernel record, plus from `/proc` what it lacks, used
+/// only when `/proc/<pid>` still holds the process that exec'd (same start time).
+fn facts_from_kernel(
+    k: &KernelExec,
+    supplement: Option<Box<Snapshot>>,
+    incomplete: &mut Option<&'static str>,
+) -> Facts {
+    let mut facts = Facts {
+        ppid: Some(k.ppid),
+        start_ticks: Some(k.start_ticks()),
+        comm: Some(lossy(&k.comm)),
+        session: Some(k.sid),
+        tty: (k.tty.0 != 0).then_some(k.tty),
+        pid_ns: (k.pid_ns != 0).then_some(u64::from(k.pid_ns)),
+        ids: Some(Ids {
+            ruid: k.uid,
+            euid: k.euid,
+            rgid: k.gid,
+        }),
+        login: (k.loginuid != u32::MAX).then_some(k.loginuid),
+        ..Facts::default()
+    };
+    if k.args_unreadable {
+        *incomplete = Some("args_unreadable");
+    } else {
+        facts.args = Some(procfs::parse_cmdline(&k.args));
+        facts.args_truncated = k.args_truncated;
+    }
+    let same_process = supplement.filter(|s| {
+        s.stat
+            .as_deref()
+            .and_then(|b| procfs::parse_stat(b).ok())
+            .is_some_and(|st| st.start_ticks == k.start_ticks())
+    });
+    if let Some(s) = &same_process {
+        facts.cwd = s.cwd.as_deref().map(lossy);
+        facts.container = s
+            .cgroup
+            .as_deref()
+            .and_then(procfs::container_id_from_cgroup);
+    }
+    // Left empty when the process is gone: the caller resolves the kernel's path.
+    facts.exe = same_process
+        .as_ref()
+        .and_then(|s| s.exe.as_deref())
+        .map(lossy);
+    facts
+}
+
+/// Resolves the path given to execve the way `/proc/<pid>/exe` would show it (symlinks
+/// followed: `/bin/sh` is `/usr/bin/dash`), for processes gone before `/proc` could say.
+/// Only for processes in our own pid namespace (a container's paths are not ours to
+/// resolve) and absolute paths. Cached, bounded, and forgotten every minute so a changed
+/// symlink is seen.
+struct ExePaths {
+    own_pid_ns: Option<u64>,
+    cache: HashMap<Vec<u8>, Option<Arc<str>>>,
+    cleared: Instant,
+}
+
+impl ExePaths {
+    const MAX: usize = 4096;
+
+    fn new(proc_root: &str) -> Self {
+        let own_pid_ns = std::fs::read_link(format!("{proc_root}/self/ns/pid"))
+            .ok()
+            .and_then(|l| procfs::parse_ns_link(l.as_os_str().as_encoded_bytes()));
+        ExePaths {
+            own_pid_ns,
+            cache: HashMap::new(),
+            cleared: Instant::now(),
+        }
+    }
+
+    fn resolve(&mut self, given: &[u8], pid_ns: u32) -> Option<String> {
+        if given.is_empty() {
+            return None;
+        }
+        let ours = self.own_pid_ns == Some(u64::from(pid_ns));
+        if !ours || !given.starts_with(b"/") {
+            return Some(lossy(given));
+        }
+        if self.cache.len() >= Self::MAX || self.cleared.elapsed() >= Duration::from_secs(60) {
+            self.cache.clear();
+            self.cleared = Instant::now();
+        }
+        let resolved = self.cache.entry(given.to_vec()).or_insert_with(|| {
+            let path = std::path::Path::new(
+                <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(given),
+            );
+            std::fs::canonicalize(path)
+                .ok()
+                .map(|p| Arc::from(p.to_string_lossy().as_ref()))
+        });
+        Some(
+            resolved
+                .as_deref()
+                .map_or_else(|| lossy(given), str::to_owned),
+        )
     }
 }
 

@@ -1,27 +1,31 @@
 //! `hids-plugin-process`: reports every program executed on the host.
 //!
-//! The kernel's proc connector says that a process forked, exec'd or exited; the
-//! arguments, executable, user and container are read from `/proc` the moment the exec
-//! is reported. A process gone before that read is still reported, marked incomplete
-//! with the reason, and counted. See `docs/events.md` for the events.
+//! Two capture backends, one output. eBPF (kernels with BTF): the exec is recorded in
+//! the kernel, arguments included, so even a process that exits at once is reported
+//! whole. The proc connector (any kernel): the kernel says that a process exec'd and the
+//! arguments, executable, user and container are read from `/proc` the moment it is
+//! reported; a process gone before that read is still reported, marked incomplete with
+//! the reason, and counted. See `docs/events.md` for the events.
 
 mod capture;
+mod ebpf;
 mod enrich;
 mod snapshot;
 mod table;
 mod users;
 
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use hids_netlink::{ProcSocket, SocketOptions};
 use hids_plugin_sdk::Session;
 use hids_types::event::Host;
 
 use crate::capture::{CaptureConfig, Counters};
+use crate::ebpf::{EbpfOptions, Refused};
 use crate::enrich::{Emit, EnrichConfig, Enricher};
 use crate::table::Table;
 
@@ -31,11 +35,20 @@ use crate::table::Table;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
+    /// Where process events come from. auto: eBPF when the kernel has BTF and accepts
+    /// the programs (full command lines, even of processes that exit at once), else the
+    /// proc connector, saying why. ebpf or cn_proc: only that one, or fail.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    capture: Backend,
+    /// eBPF ring buffer between the kernel and the plugin, in bytes (rounded up to a
+    /// power of two). Records that find it full are counted (`dropped.ring_buffer_full`).
+    #[arg(long, default_value_t = 8 << 20)]
+    ring_buffer_bytes: usize,
     /// Event kinds to report, comma-separated: exec, exit, fork, setuid, setgid, setsid.
     #[arg(long, value_delimiter = ',', default_value = "exec,exit,setuid,setgid")]
     emit: Vec<String>,
     /// Longest argument list read per exec, in bytes; longer ones are cut and flagged
-    /// (`hids.args_truncated`).
+    /// (`hids.args_truncated`). eBPF reads at most 32 KiB.
     #[arg(long, default_value_t = 32 * 1024)]
     max_args_bytes: usize,
     /// Batches the capture queue holds (a batch is one burst of events, at most 512).
@@ -53,7 +66,7 @@ struct Args {
     /// without `/proc` fields (`hids.incomplete: backlog`).
     #[arg(long, default_value_t = 4 << 20)]
     queue_bytes: usize,
-    /// Kernel receive buffer for process events, in bytes.
+    /// Kernel receive buffer for process events (proc connector), in bytes.
     #[arg(long, default_value_t = 8 << 20)]
     recv_buffer_bytes: usize,
     /// Processes the table remembers (for naming parents).
@@ -71,6 +84,55 @@ struct Args {
     /// Where procfs is mounted.
     #[arg(long, default_value = "/proc", hide = true)]
     proc_root: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    Auto,
+    Ebpf,
+    #[value(name = "cn_proc")]
+    CnProc,
+}
+
+/// What the capture thread reports once events flow.
+struct Started {
+    backend: &'static str,
+    /// Why eBPF is not in use although it was allowed.
+    fallback: Option<String>,
+}
+
+/// Where eBPF cannot hook credential changes, setuid, setgid and setsid come from the
+/// proc connector, which reports them on every kernel; exec, fork and exit stay eBPF's.
+fn spawn_ids_capture(
+    why: &str,
+    cfg: CaptureConfig,
+    recv_buffer_bytes: usize,
+    (tx, counters, shutdown): (
+        mpsc::SyncSender<capture::Batch>,
+        Arc<Counters>,
+        Arc<AtomicBool>,
+    ),
+) {
+    let spawned = ProcSocket::open(&SocketOptions {
+        recv_buffer_bytes: recv_buffer_bytes.min(1 << 20),
+        recv_timeout: Duration::from_millis(500),
+    })
+    .map_err(anyhow::Error::from)
+    .and_then(|sock| {
+        Ok(std::thread::Builder::new()
+            .name("capture-ids".into())
+            .spawn(move || capture::run(sock, tx, cfg, counters, shutdown))?)
+    });
+    match spawned {
+        Ok(_) => tracing::info!(
+            "eBPF cannot hook credential changes here ({why}); setuid, setgid and setsid \
+             come from the proc connector"
+        ),
+        Err(e) => tracing::warn!(
+            "setuid, setgid and setsid are not reported: eBPF cannot hook them ({why}) and \
+             the proc connector failed: {e:#}"
+        ),
+    }
 }
 
 fn parse_emit(kinds: &[String]) -> anyhow::Result<Emit> {
@@ -106,24 +168,12 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let emit = parse_emit(&args.emit)?;
-    let session = Session::connect("process", env!("CARGO_PKG_VERSION"))?;
-    let sock = ProcSocket::open(&SocketOptions {
-        recv_buffer_bytes: args.recv_buffer_bytes,
-        recv_timeout: Duration::from_millis(500),
-    })
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "cannot subscribe to the kernel's process events ({e}); this needs root \
-             (CAP_NET_ADMIN) in the host's initial namespaces and a kernel with \
-             CONFIG_PROC_EVENTS"
-        )
-    })?;
-
     // Subscribed first, scanned second: a process started during the scan is seen
     // either by the scan or by the events queued meanwhile.
     let counters = Arc::new(Counters::default());
     let (tx, rx) = mpsc::sync_channel(args.queue_batches.max(1));
-    let shutdown = session.shutdown_flag();
+    let (started_tx, started_rx) = mpsc::channel::<anyhow::Result<Started>>();
+    let shutdown = Arc::new(AtomicBool::new(false));
     let capture = {
         let cfg = CaptureConfig {
             proc_root: args.proc_root.clone(),
@@ -131,13 +181,98 @@ fn run(args: Args) -> anyhow::Result<()> {
             queue_bytes: args.queue_bytes,
             max_pending: args.max_pending_events.max(64),
             linger: Duration::from_micros(args.linger_us),
+            only_ids: false,
         };
+        let ebpf_opts = EbpfOptions {
+            ring_buffer_bytes: args.ring_buffer_bytes,
+            max_args_bytes: cfg.max_args_bytes,
+        };
+        let choice = args.capture;
+        let recv_buffer_bytes = args.recv_buffer_bytes;
         let counters = counters.clone();
         let shutdown = shutdown.clone();
-        std::thread::Builder::new()
-            .name("capture".into())
-            .spawn(move || capture::run(sock, tx, cfg, counters, shutdown))?
+        std::thread::Builder::new().name("capture".into()).spawn(
+            move || -> anyhow::Result<()> {
+                let mut fallback = None;
+                if choice != Backend::CnProc {
+                    let on_ready = |missing: Vec<String>| {
+                        if !missing.is_empty() && emit.ids() {
+                            let ids = CaptureConfig {
+                                only_ids: true,
+                                ..cfg.clone()
+                            };
+                            spawn_ids_capture(
+                                &missing.join("; "),
+                                ids,
+                                recv_buffer_bytes,
+                                (tx.clone(), counters.clone(), shutdown.clone()),
+                            );
+                        }
+                        let _ = started_tx.send(Ok(Started {
+                            backend: "ebpf",
+                            fallback: None,
+                        }));
+                    };
+                    match ebpf::run(
+                        &ebpf_opts,
+                        &cfg,
+                        tx.clone(),
+                        counters.clone(),
+                        shutdown.clone(),
+                        on_ready,
+                    ) {
+                        Ok(result) => return result,
+                        Err(Refused(why)) if choice == Backend::Ebpf => {
+                            let _ = started_tx.send(Err(anyhow::anyhow!(
+                                "eBPF capture was asked for (--capture ebpf) but {why}; \
+                                 use --capture auto to fall back to the proc connector"
+                            )));
+                            return Ok(());
+                        }
+                        Err(Refused(why)) => fallback = Some(why),
+                    }
+                }
+                let sock = match ProcSocket::open(&SocketOptions {
+                    recv_buffer_bytes,
+                    recv_timeout: Duration::from_millis(500),
+                }) {
+                    Ok(sock) => sock,
+                    Err(e) => {
+                        let _ =
+                            started_tx.send(Err(anyhow::anyhow!(
+                            "cannot subscribe to the kernel's process events ({e}); this needs \
+                             root (CAP_NET_ADMIN) in the host's initial namespaces and a kernel \
+                             with CONFIG_PROC_EVENTS{}",
+                            fallback.as_deref().map(|f| format!("; eBPF: {f}")).unwrap_or_default()
+                        )));
+                        return Ok(());
+                    }
+                };
+                let _ = started_tx.send(Ok(Started {
+                    backend: "cn_proc",
+                    fallback,
+                }));
+                capture::run(sock, tx, cfg, counters, shutdown)
+            },
+        )?
     };
+    let started = match started_rx.recv() {
+        Ok(started) => started?,
+        Err(_) => {
+            return match capture.join() {
+                Ok(Err(e)) => Err(e),
+                _ => Err(anyhow::anyhow!("capture thread ended before it started")),
+            }
+        }
+    };
+    // Hello only now: the master takes it to mean that events are being captured.
+    let session = Session::connect_with("process", env!("CARGO_PKG_VERSION"), shutdown.clone())?;
+    if let Some(why) = &started.fallback {
+        tracing::warn!(
+            "eBPF capture unavailable ({why}); using the proc connector: command lines of \
+             processes that exit at once can be missing"
+        );
+    }
 
     let mut table = Table::new(
         args.max_processes,
@@ -145,7 +280,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     );
     table.scan(&args.proc_root);
     tracing::info!(
-        "watching process events (cn_proc); {} processes already running",
+        "watching process events ({}); {} processes already running",
+        started.backend,
         table.len()
     );
     let host = Host {
@@ -154,6 +290,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let enricher = Enricher::new(
         EnrichConfig {
+            capture: started.backend,
+            capture_fallback: started.fallback,
             emit,
             stats_interval: Duration::from_secs(args.stats_interval_secs.max(1)),
         },

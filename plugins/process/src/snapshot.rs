@@ -78,6 +78,22 @@ pub fn finish(dir: &ProcDir, snap: &mut Snapshot) {
     snap.pid_ns = dir.read_link("ns/pid").ok();
     snap.loginuid = read_small(dir, "loginuid");
 }
+/// What the eBPF backend's kernel record lacks: working directory, cgroup path, and the
+/// executable with symlinks resolved (the kernel has the path as given to execve).
+/// `stat` is read last, to prove that these came from the process that exec'd (its
+/// start time).
+pub fn supplement(proc_root: &str, pid: u32) -> Result<Snapshot, Gap> {
+    let dir = ProcDir::open(proc_root, pid).map_err(|e| classify(&e))?;
+    let mut snap = Snapshot {
+        exe: dir.read_link("exe").ok(),
+        cwd: dir.read_link("cwd").ok(),
+        cgroup: read_small(&dir, "cgroup"),
+        ..Snapshot::default()
+    };
+    snap.stat = read_small(&dir, "stat");
+    Ok(snap)
+}
+
 fn read_small(dir: &ProcDir, name: &str) -> Option<Vec<u8>> {
     let mut buf = Vec::new();
     dir.read(name, &mut buf, 8192).ok()?;
