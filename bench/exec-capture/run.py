@@ -1,12 +1,20 @@
 #!/usr/bin/env python3
-"""bench/exec-capture: how many execs of a storm each tool reports, and with which args.
+"""bench/exec-capture: how many execs of a storm each tool reports, with which args, at
+what cost.
 
-Runs our agent (standalone, process plugin) and forkstat side by side on the same exec
-storm, then prints, per tool: execs started, exec events seen, % captured, % with the
-correct full args, % with a wrong command line, CPU seconds (and per 10,000 execs),
-and peak RSS. Needs root. Usage:
+Tools: our agent with the eBPF backend, our agent with the proc connector backend,
+forkstat (proc connector) and bpftrace's execsnoop.bt (eBPF). In each run the same storm
+is replayed once per tool with only that tool attached, and once with none, so each
+tool's cost to the exec'ing workload is its workload CPU minus the bare one. Printed per
+tool: execs started, exec events seen, % captured, % with the correct full args, % with
+a wrong command line, the tool's CPU seconds (per 10,000 execs), the workload's CPU per
+10,000 execs, and the tool's peak RSS. Needs root. Usage:
 
-    bench/exec-capture/run [--sizes 2000,20000] [--runs 3] [--pidns both|host|new]
+    bench/exec-capture/run [--sizes 2000,20000] [--runs 3] [--program /bin/true|static]
+                           [--tools hids-ebpf,hids-cn_proc,forkstat,bpftrace] [--pidns host|new]
+
+`--program static` runs a tiny static binary (built here with clang) that exits at its
+first instruction: the hardest case for any capture that reads /proc afterwards.
 
 Figures are medians over --runs runs; the machine is shared, so compare tools within
 one run rather than across runs.
@@ -22,15 +30,13 @@ import sys
 import tempfile
 import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import TICK, cpu_ticks, free_port, status_kb  # noqa: E402
+from common import TICK, cpu_ticks, status_kb  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 AGENT = os.path.join(ROOT, "target", "release", "hids-agent")
-
-
-
-
+EXECSNOOP = "/usr/sbin/execsnoop.bt"
+STATIC_SRC = "void _start(void) { __asm__ volatile(\"mov $60, %eax\\n xor %edi, %edi\\n syscall\"); }\n"
 
 
 def workers_of(tag):
@@ -58,152 +64,260 @@ def wait_for(pred, timeout, what):
     sys.exit(f"timed out waiting for {what}")
 
 
-def one_run(n, pidns, program, workers_count):
-    tag = os.urandom(4).hex()
-    tmp = tempfile.mkdtemp(prefix="hids-bench-")
-    cfg = os.path.join(tmp, "agent.toml")
-    with open(cfg, "w") as f:
-        f.write(f'state_dir = "{tmp}/state"\nstatus_interval_secs = 1\nlog_level = "warn"\n')
-    events_path = os.path.join(tmp, "events.jsonl")
-    fs_path = os.path.join(tmp, "forkstat.txt")
-    with open(events_path, "wb") as ev_out, open(fs_path, "wb") as fs_out:
-        agent = subprocess.Popen([AGENT, "--config", cfg], stdout=ev_out, stderr=subprocess.DEVNULL)
-        forkstat = subprocess.Popen(["forkstat", "-e", "fork,exec", "-l"], stdout=fs_out,
-                                    stderr=subprocess.DEVNULL)
+class Hids:
+    def __init__(self, backend, tmp):
+        self.name = f"hids ({backend})"
+        self.backend = backend
+        self.tmp = tmp
+        self.out_path = os.path.join(tmp, f"events-{backend}.jsonl")
+
+    def start(self):
+        state = os.path.join(self.tmp, f"state-{self.backend}")
+        cfg = os.path.join(self.tmp, f"agent-{self.backend}.toml")
+        with open(cfg, "w") as f:
+            f.write(f'state_dir = "{state}"\nstatus_interval_secs = 1\nlog_level = "warn"\n'
+                    f'[[plugins]]\nname = "process"\nargs = ["--capture", "{self.backend}"]\n')
+        self.out = open(self.out_path, "wb")
+        self.proc = subprocess.Popen([AGENT, "--config", cfg], stdout=self.out, stderr=subprocess.DEVNULL)
 
         def plugin_pid():
             try:
-                with open(f"{tmp}/state/status.json") as f:
-                    st = json.load(f)
-                p = st["plugins"][0]
+                with open(f"{state}/status.json") as f:
+                    p = json.load(f)["plugins"][0]
                 return p["pid"] if p.get("framed") else None
             except (OSError, ValueError, KeyError, IndexError):
                 return None
 
-        ppid = wait_for(plugin_pid, 15, "the process plugin")
+        self.pids = [self.proc.pid, wait_for(plugin_pid, 15, "the process plugin")]
         time.sleep(1.0)
-        rest_rss = status_kb(agent.pid, "VmRSS") + status_kb(ppid, "VmRSS")
-        ours = [agent.pid, ppid]
-        before = {"hids": sum(cpu_ticks(p) for p in ours), "forkstat": cpu_ticks(forkstat.pid)}
+        self.rest_kb = sum(status_kb(p, "VmRSS") for p in self.pids)
 
-        cmd = [sys.executable, os.path.join(HERE, "storm.py"), tag, str(n), str(workers_count), program,
-               "--wait-stdin"]
-        if pidns:
-            cmd = ["unshare", "--pid", "--fork", "--mount-proc"] + cmd
-        storm = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        if storm.stdout.readline().strip() != "ready":
-            sys.exit("storm did not start")
-        workers = wait_for(lambda: (lambda w: w if len(w) == workers_count else None)(workers_of(tag)), 5,
-                           "storm workers")
-        storm.stdin.write("go\n")
-        storm.stdin.flush()
-        out = storm.stdout.readline()
-        storm.wait()
-        m = re.search(r"started (\d+) in ([\d.]+) s", out)
-        rate = int(m.group(1)) / float(m.group(2)) if m else 0.0
-        # Let both tools drain what is queued.
-        time.sleep(2.0)
-        after = {"hids": sum(cpu_ticks(p) for p in ours), "forkstat": cpu_ticks(forkstat.pid)}
-        peak = {"hids": status_kb(agent.pid, "VmHWM") + status_kb(ppid, "VmHWM"),
-                "forkstat": status_kb(forkstat.pid, "VmHWM")}
-        agent.send_signal(signal.SIGTERM)
-        forkstat.send_signal(signal.SIGINT)
-        agent.wait(timeout=10)
-        forkstat.wait(timeout=10)
+    def peak_kb(self):
+        return sum(status_kb(p, "VmHWM") for p in self.pids)
 
-    expected = {f"storm-{tag}-{i}" for i in range(n)}
-    results = {}
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=10)
+        self.out.close()
 
-    # Ours: exec events whose parent is a storm worker.
-    seen = correct = wrong = incomplete = 0
-    with open(events_path, "rb") as f:
-        for line in f:
-            ev = json.loads(line)
-            if ev["event"]["action"] != "exec":
-                continue
-            if ev.get("process", {}).get("parent", {}).get("pid") not in workers:
-                continue
-            seen += 1
-            args = ev["process"].get("args")
-            if args is None:
-                incomplete += 1
-            elif len(args) == 2 and args[0] == program and args[1] in expected:
-                correct += 1
-            else:
-                wrong += 1
-    results["hids (cn_proc)"] = dict(seen=seen, correct=correct, wrong=wrong)
-
-    # forkstat: children forked by a worker, then their exec lines.
-    children = set()
-    seen = correct = wrong = 0
-    prev_parent = None
-    with open(fs_path, errors="replace") as f:
-        for line in f:
-            parts = line.split(None, 4)
-            if len(parts) < 4:
-                continue
-            event, pid = parts[1], parts[2]
-            if not pid.isdigit():
-                continue
-            pid = int(pid)
-            if event == "fork":
-                if parts[3] == "parent":
-                    prev_parent = pid
-                elif parts[3] == "child":
-                    if prev_parent in workers:
-                        children.add(pid)
-                    prev_parent = None
-            elif event == "exec" and pid in children:
+    def score(self, tag, n, program, workers):
+        expected = {f"storm-{tag}-{i}" for i in range(n)}
+        seen = correct = wrong = 0
+        with open(self.out_path, "rb") as f:
+            for line in f:
+                ev = json.loads(line)
+                if ev["event"]["action"] != "exec":
+                    continue
+                if ev.get("process", {}).get("parent", {}).get("pid") not in workers:
+                    continue
                 seen += 1
-                proc = line.split(None, 3)[3].strip()
-                want = proc.split(" ", 1)
-                if len(want) == 2 and want[0] == program and want[1] in expected:
+                args = ev["process"].get("args")
+                if args is None:
+                    continue  # reported, marked incomplete
+                if len(args) == 2 and args[0] == program and args[1] in expected:
                     correct += 1
                 else:
                     wrong += 1
-    results["forkstat"] = dict(seen=seen, correct=correct, wrong=wrong)
+        return seen, correct, wrong
 
-    for name, key in (("hids (cn_proc)", "hids"), ("forkstat", "forkstat")):
-        results[name]["cpu_s"] = (after[key] - before[key]) / TICK
-        results[name]["peak_kb"] = peak[key]
-    results["hids (cn_proc)"]["rest_kb"] = rest_rss
-    results["hids (cn_proc)"]["incomplete"] = incomplete
-    subprocess.run(["rm", "-rf", tmp])
-    return rate, results
+
+class Forkstat:
+    name = "forkstat"
+
+    def __init__(self, tmp):
+        self.path = os.path.join(tmp, "forkstat.txt")
+
+    def start(self):
+        self.out = open(self.path, "wb")
+        self.proc = subprocess.Popen(["forkstat", "-e", "fork,exec", "-l"], stdout=self.out,
+                                     stderr=subprocess.DEVNULL)
+        self.pids = [self.proc.pid]
+        time.sleep(1.0)
+        self.rest_kb = status_kb(self.proc.pid, "VmRSS")
+
+    def peak_kb(self):
+        return status_kb(self.proc.pid, "VmHWM")
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=10)
+        self.out.close()
+
+    def score(self, tag, n, program, workers):
+        expected = {f"storm-{tag}-{i}" for i in range(n)}
+        children = set()
+        seen = correct = wrong = 0
+        prev_parent = None
+        with open(self.path, errors="replace") as f:
+            for line in f:
+                parts = line.split(None, 4)
+                if len(parts) < 4 or not parts[2].isdigit():
+                    continue
+                event, pid = parts[1], int(parts[2])
+                if event == "fork":
+                    if parts[3] == "parent":
+                        prev_parent = pid
+                    elif parts[3] == "child":
+                        if prev_parent in workers:
+                            children.add(pid)
+                        prev_parent = None
+                elif event == "exec" and pid in children:
+                    seen += 1
+                    want = line.split(None, 3)[3].strip().split(" ", 1)
+                    if len(want) == 2 and want[0] == program and want[1] in expected:
+                        correct += 1
+                    else:
+                        wrong += 1
+        return seen, correct, wrong
+
+
+class Execsnoop:
+    name = "bpftrace execsnoop"
+
+    def __init__(self, tmp):
+        self.path = os.path.join(tmp, "execsnoop.txt")
+
+    def start(self):
+        self.out = open(self.path, "wb")
+        self.proc = subprocess.Popen(["bpftrace", EXECSNOOP], stdout=self.out, stderr=subprocess.DEVNULL)
+        self.pids = [self.proc.pid]
+        # bpftrace compiles and attaches before printing its header.
+        wait_for(lambda: os.path.getsize(self.path) > 0, 60, "bpftrace to attach")
+        time.sleep(0.5)
+        self.rest_kb = status_kb(self.proc.pid, "VmRSS")
+
+    def peak_kb(self):
+        return status_kb(self.proc.pid, "VmHWM")
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=20)
+        self.out.close()
+
+    def score(self, tag, n, program, workers):
+        # execsnoop prints "TIME PID ARGS" at the syscall's entry and knows nothing of
+        # parents: an exec line is ours when it names the storm's tag.
+        expected = {f"storm-{tag}-{i}" for i in range(n)}
+        seen = correct = wrong = 0
+        with open(self.path, errors="replace") as f:
+            for line in f:
+                if f"storm-{tag}-" not in line or "storm-worker" in line:
+                    continue
+                seen += 1
+                parts = line.split(None, 2)
+                args = parts[2].split() if len(parts) == 3 else []
+                if len(args) == 2 and args[0] == program and args[1] in expected:
+                    correct += 1
+                else:
+                    wrong += 1
+        return seen, correct, wrong
+
+
+class Nothing:
+    name = "(no tool)"
+    pids = []
+    rest_kb = 0
+
+    def start(self):
+        pass
+
+    def peak_kb(self):
+        return 0
+
+    def stop(self):
+        pass
+
+    def score(self, tag, n, program, workers):
+        return 0, 0, 0
+
+
+def storm(n, pidns, program, workers_count):
+    tag = os.urandom(4).hex()
+    cmd = [sys.executable, os.path.join(HERE, "storm.py"), tag, str(n), str(workers_count), program,
+           "--wait-stdin"]
+    if pidns:
+        cmd = ["unshare", "--pid", "--fork", "--mount-proc"] + cmd
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    if proc.stdout.readline().strip() != "ready":
+        sys.exit("storm did not start")
+    workers = wait_for(lambda: (lambda w: w if len(w) == workers_count else None)(workers_of(tag)), 5,
+                       "storm workers")
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    out = proc.stdout.readline()
+    proc.wait()
+    m = re.search(r"started (\d+) in ([\d.]+) s, workload cpu ([\d.]+) s", out)
+    if not m:
+        sys.exit(f"storm said: {out!r}")
+    return tag, workers, int(m.group(1)) / float(m.group(2)), float(m.group(3))
+
+
+def one_run(n, pidns, program, workers_count, tool):
+    tool.start()
+    before = sum(cpu_ticks(p) for p in tool.pids)
+    tag, workers, rate, workload_cpu = storm(n, pidns, program, workers_count)
+    time.sleep(2.0)  # let the tool drain what is queued
+    cpu = (sum(cpu_ticks(p) for p in tool.pids) - before) / TICK
+    peak = tool.peak_kb()
+    tool.stop()
+    seen, correct, wrong = tool.score(tag, n, program, workers)
+    return dict(rate=rate, workload_cpu=workload_cpu, cpu_s=cpu, peak_kb=peak, rest_kb=tool.rest_kb,
+                seen=seen, correct=correct, wrong=wrong)
+
+
+def ensure_tracefs():
+    if not os.path.exists("/sys/kernel/tracing/events"):
+        subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"], check=False)
+
+
+def build_static(tmp):
+    src, exe = os.path.join(tmp, "exit0.c"), os.path.join(tmp, "exit0")
+    with open(src, "w") as f:
+        f.write(STATIC_SRC)
+    subprocess.run(["clang", "-O2", "-static", "-nostdlib", "-o", exe, src], check=True)
+    return exe
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="2000,20000")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--pidns", choices=["both", "host", "new"], default="both")
-    ap.add_argument("--program", default="/bin/true")
+    ap.add_argument("--pidns", choices=["host", "new"], default="host")
+    ap.add_argument("--program", default="/bin/true", help="/bin/true, another path, or 'static'")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--tools", default="hids-ebpf,hids-cn_proc,forkstat,bpftrace")
     args = ap.parse_args()
     if os.geteuid() != 0:
-        sys.exit("needs root: the proc connector requires CAP_NET_ADMIN")
+        sys.exit("needs root: kernel process events and eBPF require it")
     if not os.path.exists(AGENT):
         sys.exit(f"{AGENT} missing: cargo build --release --workspace")
-    modes = {"both": [False, True], "host": [False], "new": [True]}[args.pidns]
-    print(f"# exec-capture: {args.program} storms, {args.workers} workers, median of {args.runs} runs, "
-          f"{os.cpu_count()} CPUs, kernel {os.uname().release}")
-    header = (f"{'N':>6} {'pid ns':<7} {'rate/s':>7}  {'tool':<15} {'seen':>6} {'captured':>9} "
-              f"{'correct':>8} {'wrong':>6} {'cpu s':>6} {'cpu s/10k':>9} {'peak RSS':>9} {'rest RSS':>9}")
-    print(header)
+    ensure_tracefs()
+    tmp = tempfile.mkdtemp(prefix="hids-bench-")
+    os.chmod(tmp, 0o755)
+    program = build_static(tmp) if args.program == "static" else args.program
+    tools = [Nothing()]
+    for t in args.tools.split(","):
+        tools.append({"hids-ebpf": lambda: Hids("ebpf", tmp), "hids-cn_proc": lambda: Hids("cn_proc", tmp),
+                      "forkstat": lambda: Forkstat(tmp), "bpftrace": lambda: Execsnoop(tmp)}[t]())
+    print(f"# exec-capture: {args.program} storms, {args.workers} workers, {args.pidns} pid ns, "
+          f"median of {args.runs} runs, {os.cpu_count()} CPUs, kernel {os.uname().release}")
+    print(f"{'N':>6} {'tool':<19} {'rate/s':>7} {'seen':>6} {'captured':>9} {'correct':>8} {'wrong':>6} "
+          f"{'cpu s':>6} {'cpu s/10k':>9} {'workload s/10k':>14} {'peak RSS':>9} {'rest RSS':>9}")
     for n in [int(x) for x in args.sizes.split(",")]:
-        for pidns in modes:
-            runs = [one_run(n, pidns, args.program, args.workers) for _ in range(args.runs)]
-            rate = statistics.median(r for r, _ in runs)
-            for tool in runs[0][1]:
-                med = lambda k: statistics.median(r[tool].get(k, 0) for _, r in runs)
-                cpu = med("cpu_s")
-                rest = med("rest_kb")
-                print(f"{n:>6} {'new' if pidns else 'host':<7} {rate:>7.0f}  {tool:<15} {med('seen'):>6.0f} "
-                      f"{100 * med('seen') / n:>8.1f}% {100 * med('correct') / n:>7.1f}% "
-                      f"{100 * med('wrong') / n:>5.1f}% {cpu:>6.2f} {cpu * 10000 / n:>9.2f} "
-                      f"{med('peak_kb') / 1024:>7.1f}MB {(f'{rest / 1024:.1f}MB') if rest else '-':>9}")
+        results = {t.name: [] for t in tools}
+        for _ in range(args.runs):
+            for t in tools:
+                results[t.name].append(one_run(n, args.pidns == "new", program, args.workers, t))
+        for t in tools:
+            med = lambda k: statistics.median(r[k] for r in results[t.name])
+            rest = med("rest_kb")
+            print(f"{n:>6} {t.name:<19} {med('rate'):>7.0f} {med('seen'):>6.0f} "
+                  f"{100 * med('seen') / n:>8.1f}% {100 * med('correct') / n:>7.2f}% "
+                  f"{100 * med('wrong') / n:>5.1f}% {med('cpu_s'):>6.2f} {med('cpu_s') * 10000 / n:>9.2f} "
+                  f"{med('workload_cpu') * 10000 / n:>14.2f} {med('peak_kb') / 1024:>7.1f}MB "
+                  f"{(f'{rest / 1024:.1f}MB') if rest else '-':>9}", flush=True)
+    subprocess.run(["rm", "-rf", tmp])
 
 
 if __name__ == "__main__":
     main()
-

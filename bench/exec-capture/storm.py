@@ -8,9 +8,10 @@ find it (and attribute its children) even from a new PID namespace. Exec i runs
 `PROGRAM storm-TAG-i` (default /bin/true) through posix_spawn, which is vfork+exec: the
 cheapest way to start a process from Python. With --wait-stdin the storm starts only
 after a line on stdin, once the workers are up (so the caller can find them in /proc).
-Prints one line: `started N in S s`.
+Prints one line: `started N in S s, workload cpu C s`.
 """
 import os
+import resource
 import sys
 import time
 
@@ -56,7 +57,10 @@ def main():
     for pid in pids:
         os.waitpid(pid, 0)
     elapsed = time.monotonic() - start
-    print(f"started {n} in {elapsed:.3f} s", flush=True)
+    # CPU of the workers and everything they ran: the exec'ing workload, which in-kernel
+    # capture (ours and bpftrace's) makes more expensive.
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(f"started {n} in {elapsed:.3f} s, workload cpu {ru.ru_utime + ru.ru_stime:.3f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,9 @@ struct Args {
     capture: Backend,
     /// eBPF ring buffer between the kernel and the plugin, in bytes (rounded up to a
     /// power of two). Records that find it full are counted (`dropped.ring_buffer_full`).
-    #[arg(long, default_value_t = 8 << 20)]
+    /// It is mapped twice into the plugin (for wrap-around reads), so it counts double in
+    /// the plugin's RSS once written through.
+    #[arg(long, default_value_t = 1 << 20)]
     ring_buffer_bytes: usize,
     /// Event kinds to report, comma-separated: exec, exit, fork, setuid, setgid, setsid.
     #[arg(long, value_delimiter = ',', default_value = "exec,exit,setuid,setgid")]
