@@ -150,5 +150,17 @@ pub fn render(s: &AgentStatus, interval_secs: u64) -> String {
         ],
         &rows,
     ));
+    // Capture fidelity differs per host (eBPF or the proc connector): say which.
+    for p in &s.plugins {
+        let health = p.health.as_ref();
+        let field = |k: &str| health.and_then(|h| h.get(k)).and_then(|v| v.as_str());
+        if let Some(capture) = field("capture") {
+            out.push_str(&format!("{} capture: {capture}", p.name));
+            if let Some(why) = field("capture_fallback") {
+                out.push_str(&format!(" (eBPF unavailable: {why})"));
+            }
+            out.push('\n');
+        }
+    }
     out
 }

@@ -43,7 +43,10 @@ fn processes_that_exit_at_once_are_reported_with_full_args() {
     if !btf() {
         return;
     }
-    let agent = Agent::start("");
+    // The default backend (auto); stats every second so the status shows it soon.
+    let agent = Agent::start(
+        "[[plugins]]\nname = \"process\"\nargs = [\"--stats-interval-secs\", \"1\"]\n",
+    );
     agent.wait_process_ready();
     let tag = common::tag();
     // Execs back to back from one shell: each is gone long before /proc could be read.
@@ -75,9 +78,16 @@ fn processes_that_exit_at_once_are_reported_with_full_args() {
         assert!(ev["process"]["entity_id"].is_string());
     }
     // The backend is in the status, for the operator.
-    agent.wait_status("the backend in the status", Duration::from_secs(70), |st| {
+    agent.wait_status("the backend in the status", Duration::from_secs(10), |st| {
         Agent::plugin(st, "process")["health"]["capture"] == "ebpf"
     });
+    let out = Command::new(common::agent_bin())
+        .args(["status", "--state-dir"])
+        .arg(agent.state_dir())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("process capture: ebpf"), "{text}");
 }
 
 #[test]
