@@ -24,7 +24,7 @@ use crate::ebpf::{KernelExec, RingDrops};
 use crate::snapshot::{self, Gap, Snapshot};
 
 /// One event, in kernel order.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Raw {
     Exec {
         ts_ns: u64,

@@ -86,7 +86,8 @@ impl KernelExec {
     }
 }
 
-/// One ring buffer record.
+/// One ring buffer record: an exec, which still needs `/proc` for what the kernel
+/// lacks, or an event that is complete as it comes.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Record {
     Exec {
@@ -94,31 +95,7 @@ pub enum Record {
         pid: u32,
         exec: Box<KernelExec>,
     },
-    Fork {
-        ts_ns: u64,
-        parent: u32,
-        child: u32,
-    },
-    Exit {
-        ts_ns: u64,
-        pid: u32,
-        status: u32,
-    },
-    Uid {
-        ts_ns: u64,
-        pid: u32,
-        ruid: u32,
-        euid: u32,
-    },
-    Gid {
-        ts_ns: u64,
-        pid: u32,
-        rgid: u32,
-    },
-    Sid {
-        ts_ns: u64,
-        pid: u32,
-    },
+    Done(Raw),
 }
 
 fn u32_at(b: &[u8], off: usize) -> Option<u32> {
@@ -140,31 +117,31 @@ pub fn parse_record(b: &[u8]) -> Option<Record> {
             return None;
         }
         let (a, bb) = (u32_at(b, 16)?, u32_at(b, 20)?);
-        return Some(match kind {
-            EV_FORK => Record::Fork {
+        return Some(Record::Done(match kind {
+            EV_FORK => Raw::Fork {
                 ts_ns,
                 parent: a,
                 child: pid,
             },
-            EV_EXIT => Record::Exit {
+            EV_EXIT => Raw::Exit {
                 ts_ns,
                 pid,
-                status: a,
+                exit_code: a,
             },
-            EV_UID => Record::Uid {
+            EV_UID => Raw::Uid {
                 ts_ns,
                 pid,
                 ruid: a,
                 euid: bb,
             },
-            EV_GID => Record::Gid {
+            EV_GID => Raw::Gid {
                 ts_ns,
                 pid,
                 rgid: a,
             },
-            EV_SID => Record::Sid { ts_ns, pid },
+            EV_SID => Raw::Sid { ts_ns, pid },
             _ => return None,
-        });
+        }));
     }
     let field = |i: usize| u32_at(b, 32 + 4 * i);
     let flags = field(12)?;
@@ -404,33 +381,7 @@ fn convert(records: Vec<Record>, cfg: &CaptureConfig, counters: &Counters, queue
                     superseded: false,
                 }
             }
-            Record::Fork {
-                ts_ns,
-                parent,
-                child,
-            } => Raw::Fork {
-                ts_ns,
-                parent,
-                child,
-            },
-            Record::Exit { ts_ns, pid, status } => Raw::Exit {
-                ts_ns,
-                pid,
-                exit_code: status,
-            },
-            Record::Uid {
-                ts_ns,
-                pid,
-                ruid,
-                euid,
-            } => Raw::Uid {
-                ts_ns,
-                pid,
-                ruid,
-                euid,
-            },
-            Record::Gid { ts_ns, pid, rgid } => Raw::Gid { ts_ns, pid, rgid },
-            Record::Sid { ts_ns, pid } => Raw::Sid { ts_ns, pid },
+            Record::Done(raw) => raw,
         };
         queue.push(raw);
     }
@@ -502,28 +453,28 @@ mod tests {
         };
         assert_eq!(
             parse_record(&rec(EV_FORK, 9, 0)),
-            Some(Record::Fork {
+            Some(Record::Done(Raw::Fork {
                 ts_ns: 5,
                 parent: 9,
                 child: 10
-            })
+            }))
         );
         assert_eq!(
             parse_record(&rec(EV_EXIT, 256, 0)),
-            Some(Record::Exit {
+            Some(Record::Done(Raw::Exit {
                 ts_ns: 5,
                 pid: 10,
-                status: 256
-            })
+                exit_code: 256
+            }))
         );
         assert_eq!(
             parse_record(&rec(EV_UID, 1, 0)),
-            Some(Record::Uid {
+            Some(Record::Done(Raw::Uid {
                 ts_ns: 5,
                 pid: 10,
                 ruid: 1,
                 euid: 0
-            })
+            }))
         );
         assert_eq!(parse_record(&rec(77, 0, 0)), None);
     }

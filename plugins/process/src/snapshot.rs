@@ -5,7 +5,7 @@
 use hids_procfs::{ProcDir, ReadOutcome};
 
 /// Raw contents of a process's `/proc` entries, read through one pinned directory.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub cmdline: Vec<u8>,
     pub cmdline_truncated: bool,
