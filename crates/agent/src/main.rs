@@ -6,7 +6,6 @@
 
 mod cgroups;
 mod config;
-mod control;
 mod events;
 mod guard;
 mod logging;
@@ -27,11 +26,11 @@ use hids_types::Timestamp;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, PluginSpec};
-use crate::control::ControlState;
 use crate::logging::LogLevel;
 use crate::pipeline::PipelineCounters;
 use crate::plugins::PluginManager;
 use crate::supervisor::Context;
+use hids_control::state::ControlState;
 
 /// Exit code for a configuration the agent refuses to start with (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -392,27 +391,17 @@ async fn agent(
                 }
             }
             Some(update) = updates_rx.recv() => {
-                use hids_control::session::Update;
-                match update {
-                    Update::Apply { state, body, raw, revision } => {
-                        let actions = control.accept(&state, body, &raw);
-                        control.desired_revision = revision;
-                        apply_all(&mut manager, &control, &mut breaker);
-                        for name in actions.restart {
-                            if !manager.restart(&name) {
-                                tracing::warn!("restart_plugin: no plugin {name:?} on this host");
-                            }
+                if let Some(actions) = control.take(update) {
+                    apply_all(&mut manager, &control, &mut breaker);
+                    for name in actions.restart {
+                        if !manager.restart(&name) {
+                            tracing::warn!("restart_plugin: no plugin {name:?} on this host");
                         }
-                        if let Err(e) = control.save(&state_dir) {
-                            tracing::warn!("cannot cache the desired state in {}: {e}", state_dir.display());
-                        }
-                        tracing::info!("applied desired state generation {}", state.generation);
                     }
-                    Update::Refused { reason, revision } => {
-                        control.desired_error = Some(reason.to_string());
-                        control.desired_revision = revision;
+                    if let Err(e) = control.save(&state_dir) {
+                        tracing::warn!("cannot cache the desired state in {}: {e}", state_dir.display());
                     }
-                    Update::Connected | Update::Disconnected(_) => {}
+                    tracing::info!("applied desired state generation {}", control.applied_generation);
                 }
                 publish(&snapshot(&manager, &control, breaker.status(&usage)));
             }

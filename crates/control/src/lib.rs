@@ -7,10 +7,12 @@
 //! agent's business), and anything about plugins or events.
 
 mod hex;
+pub mod hub;
 pub mod keys;
 pub mod select;
 pub mod session;
 pub mod sign;
+pub mod state;
 
 pub use keys::Keys;
 pub use sign::{Refusal, SigningKey, TrustedKeys, Verified};

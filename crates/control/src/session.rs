@@ -9,9 +9,14 @@
 //! - A lost connection (or a member without a leader) ends the session; reconnects back
 //!   off exponentially from 1 s to 60 s, plus the host's stagger offset, so a fleet that
 //!   lost its etcd does not return in one thundering herd.
+//! - The watch is on the session's own gRPC stream (what a real agent does), or on a
+//!   shared stream of a [`WatchHub`] when one process speaks for many agents.
 //! - Desired states are verified here (signature, host, generation, blob hash), so
 //!   every user of the session (the agent, the fleet simulator) applies only what passed.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
@@ -20,6 +25,7 @@ use hids_types::stagger;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
+use crate::hub::{Subscription, WatchHub};
 use crate::sign::{blob_hash, Refusal, TrustedKeys, Verified};
 use crate::{EtcdConfig, Keys};
 
@@ -84,19 +90,55 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn timed<T>(
-    f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, SessionError> {
-    match tokio::time::timeout(RPC_TIMEOUT, f).await {
-        Ok(r) => Ok(r?),
-        Err(_) => Err(SessionError::Timeout(RPC_TIMEOUT)),
-    }
+/// An etcd call with a deadline. Boxed: a gRPC call's future is kilobytes, and a
+/// session awaits several kinds of them in its loop; unboxed they would all live in
+/// the session's own state for its whole life (35 KB per session, measured), which a
+/// process holding thousands of sessions (the fleet simulator) pays per session.
+fn timed<'a, T: 'a>(
+    f: impl Future<Output = Result<T, etcd_client::Error>> + Send + 'a,
+) -> Pin<Box<dyn Future<Output = Result<T, SessionError>> + Send + 'a>> {
+    Box::pin(async move {
+        match tokio::time::timeout(RPC_TIMEOUT, f).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(SessionError::Timeout(RPC_TIMEOUT)),
+        }
+    })
 }
 
 pub struct Session {
     pub cfg: SessionConfig,
     trusted: TrustedKeys,
     applied_generation: u64,
+    shared_watch: Option<WatchHub>,
+}
+
+/// The one watch on `desired/<host_id>`. One per session, so a 240-byte variant is
+/// cheaper inline than boxed.
+#[allow(clippy::large_enum_variant)]
+enum DesiredWatch {
+    Own(etcd_client::WatchStream),
+    Shared(Subscription),
+}
+
+/// What the watch said next.
+enum Next {
+    Response(etcd_client::WatchResponse),
+    /// The shared stream let go of this watch: read again and re-watch.
+    Rewatch,
+}
+
+impl DesiredWatch {
+    async fn next(&mut self) -> Result<Next, SessionError> {
+        match self {
+            DesiredWatch::Own(stream) => match stream.message().await? {
+                Some(resp) => Ok(Next::Response(resp)),
+                None => Err(SessionError::Closed("watch")),
+            },
+            DesiredWatch::Shared(sub) => {
+                Ok(sub.message().await.map_or(Next::Rewatch, Next::Response))
+            }
+        }
+    }
 }
 
 impl Session {
@@ -107,12 +149,32 @@ impl Session {
             cfg,
             trusted,
             applied_generation,
+            shared_watch: None,
         }
+    }
+
+    /// Watches on `hub`'s shared stream instead of a stream of the session's own.
+    #[must_use]
+    pub fn with_shared_watch(mut self, hub: WatchHub) -> Self {
+        self.shared_watch = Some(hub);
+        self
     }
 
     /// Runs sessions until `shutdown`, reconnecting after every failure.
     pub async fn run(
+        self,
+        status: watch::Receiver<Vec<u8>>,
+        updates: mpsc::Sender<Update>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        self.run_on(None, status, updates, shutdown).await;
+    }
+
+    /// [`Session::run`] on `shared`, a client many sessions use (its connection
+    /// re-establishes itself), or on a connection of its own when `None`.
+    pub async fn run_on(
         mut self,
+        shared: Option<Arc<Client>>,
         mut status: watch::Receiver<Vec<u8>>,
         updates: mpsc::Sender<Update>,
         mut shutdown: watch::Receiver<bool>,
@@ -123,14 +185,23 @@ impl Session {
                 return;
             }
             let started = Instant::now();
-            let error = match self.cfg.etcd.connect().await {
-                Ok(mut client) => match self
-                    .serve(&mut client, &mut status, &updates, &mut shutdown)
-                    .await
-                {
-                    Ok(_) => return,
-                    Err(e) => e.to_string(),
-                },
+            // Boxed: a client is 3.7 KB, and kept inline it would sit in every idle
+            // session's state (the simulator holds 100,000 of them).
+            let client: Result<Box<Client>, String> = match &shared {
+                Some(client) => Ok(Box::new(Client::clone(client))),
+                None => {
+                    let connect = Box::pin(self.cfg.etcd.connect());
+                    connect.await.map(Box::new).map_err(|e| e.to_string())
+                }
+            };
+            let error = match client {
+                Ok(mut client) => {
+                    let served = self.serve(&mut client, &mut status, &updates, &mut shutdown);
+                    match served.await {
+                        Ok(_) => return,
+                        Err(e) => e.to_string(),
+                    }
+                }
                 Err(e) => e.to_string(),
             };
             if started.elapsed() > Duration::from_secs(60) {
@@ -170,17 +241,24 @@ impl Session {
         let keys = self.cfg.keys.clone();
         let host = self.cfg.host_id.clone();
         let ttl = self.cfg.lease_ttl.as_secs().max(2) as i64;
-        let lease = timed(client.lease_grant(ttl, None)).await?.id();
-        let (mut keeper, mut keepalives) = timed(client.lease_keep_alive(lease)).await?;
+        let grant = timed(client.lease_grant(ttl, None));
+        let lease = grant.await?.id();
+        let keep_alive = timed(client.lease_keep_alive(lease));
+        let (mut keeper, mut keepalives) = keep_alive.await?;
         let status_key = keys.agent(&host);
         let put_status = |client: &mut Client, value: Vec<u8>| {
             let mut client = client.clone();
             let key = status_key.clone();
-            async move { timed(client.put(key, value, Some(PutOptions::new().with_lease(lease)))).await }
+            timed(async move {
+                client
+                    .put(key, value, Some(PutOptions::new().with_lease(lease)))
+                    .await
+            })
         };
         let value = status.borrow_and_update().clone();
         put_status(client, value).await?;
-        let mut watch = self.read_and_watch(client, updates).await?;
+        let first_watch = Box::pin(self.read_and_watch(client, updates));
+        let mut watch = first_watch.await?;
         if updates.send(Update::Connected).await.is_err() {
             return Ok(Exit::OwnerGone);
         }
@@ -202,24 +280,36 @@ impl Session {
         loop {
             let gap_over = last_put + self.cfg.status_min_gap;
             tokio::select! {
-                _ = ka_timer.tick() => timed(keeper.keep_alive()).await?,
+                _ = ka_timer.tick() => {
+                    let sent = timed(keeper.keep_alive());
+                    sent.await?;
+                }
                 msg = keepalives.message() => match msg? {
                     Some(r) if r.ttl() > 0 => {}
                     Some(_) => return Err(SessionError::LeaseLost(lease)),
                     None => return Err(SessionError::Closed("keepalive")),
                 },
-                msg = watch.message() => {
-                    let Some(resp) = msg? else { return Err(SessionError::Closed("watch")) };
+                next = watch.next() => {
+                    let resp = match next? {
+                        Next::Response(resp) => resp,
+                        Next::Rewatch => {
+                            let rewatch = Box::pin(self.read_and_watch(client, updates));
+                            watch = rewatch.await?;
+                            continue;
+                        }
+                    };
                     if resp.canceled() || resp.compact_revision() > 0 {
                         tracing::info!("control plane: watch ended ({}); reading again", resp.cancel_reason());
-                        watch = self.read_and_watch(client, updates).await?;
+                        let rewatch = Box::pin(self.read_and_watch(client, updates));
+                        watch = rewatch.await?;
                         continue;
                     }
                     for ev in resp.events() {
                         if ev.event_type() == EventType::Put {
                             if let Some(kv) = ev.kv() {
                                 let raw = kv.value().to_vec();
-                                if !self.deliver(client, raw, kv.mod_revision(), updates).await {
+                                let delivery = Box::pin(self.deliver(client, raw, kv.mod_revision(), updates));
+                                if !delivery.await {
                                     return Ok(Exit::OwnerGone);
                                 }
                             }
@@ -246,7 +336,8 @@ impl Session {
                 }
                 _ = stopped(shutdown) => {
                     // Leave the fleet listing at once rather than after the TTL.
-                    let _ = tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(lease)).await;
+                    let revoke = Box::pin(tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(lease)));
+                    let _ = revoke.await;
                     return Ok(Exit::Shutdown);
                 }
             }
@@ -258,7 +349,7 @@ impl Session {
         &mut self,
         client: &mut Client,
         updates: &mpsc::Sender<Update>,
-    ) -> Result<etcd_client::WatchStream, SessionError> {
+    ) -> Result<DesiredWatch, SessionError> {
         let key = self.cfg.keys.desired(&self.cfg.host_id);
         let resp = timed(client.get(key.clone(), None)).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
@@ -267,7 +358,17 @@ impl Session {
             self.deliver(client, raw, kv.mod_revision(), updates).await;
         }
         let opts = WatchOptions::new().with_start_revision(revision + 1);
-        timed(client.watch(key, Some(opts))).await
+        let mut watch = match &self.shared_watch {
+            None => DesiredWatch::Own(timed(client.watch(key, Some(opts))).await?),
+            Some(hub) => DesiredWatch::Shared(timed(hub.watch(key, opts)).await?),
+        };
+        // Registered means etcd holds the watch: wait for its answer to the create.
+        match tokio::time::timeout(RPC_TIMEOUT, watch.next()).await {
+            Err(_) => Err(SessionError::Timeout(RPC_TIMEOUT)),
+            Ok(Ok(Next::Response(r))) if r.created() && !r.canceled() => Ok(watch),
+            Ok(Ok(_)) => Err(SessionError::Closed("watch (at creation)")),
+            Ok(Err(e)) => Err(e),
+        }
     }
 
     /// Verifies a desired value and passes it on. False when the owner is gone.

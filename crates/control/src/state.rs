@@ -1,14 +1,17 @@
 //! The agent's side of the control plane: what it has applied, which commands it has run,
 //! and the local cache of the last good desired state, so it keeps running on that state
-//! when etcd is unreachable (also across restarts).
+//! when etcd is unreachable (also across restarts). The fleet simulator keeps one of
+//! these per virtual agent, so what it acknowledges is what a real agent would.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
-use hids_control::TrustedKeys;
 use hids_types::desired::{CommandKind, DesiredBody, DesiredState};
 use hids_types::Timestamp;
 use serde::{Deserialize, Serialize};
+
+use crate::session::Update;
+use crate::TrustedKeys;
 
 /// Command ids remembered, so a command is never run twice.
 const MAX_EXECUTED: usize = 256;
@@ -63,9 +66,7 @@ impl ControlState {
             return cached;
         };
         match trusted.verify(envelope.as_bytes(), host_id, 0) {
-            Ok(hids_control::Verified::New(state))
-                if state.generation == cached.applied_generation =>
-            {
+            Ok(crate::Verified::New(state)) if state.generation == cached.applied_generation => {
                 tracing::info!(
                     "running on the cached desired state, generation {} (until the control plane says otherwise)",
                     state.generation
@@ -93,6 +94,29 @@ impl ControlState {
         let tmp = state_dir.join(".control.json.tmp");
         std::fs::write(&tmp, body)?;
         std::fs::rename(&tmp, Self::path(state_dir))
+    }
+
+    /// Takes what the session reports. `Some` when a new desired state was applied: the
+    /// caller re-applies its plugin set, runs the actions and saves the cache.
+    pub fn take(&mut self, update: Update) -> Option<Actions> {
+        match update {
+            Update::Apply {
+                state,
+                body,
+                raw,
+                revision,
+            } => {
+                let actions = self.accept(&state, body, &raw);
+                self.desired_revision = revision;
+                Some(actions)
+            }
+            Update::Refused { reason, revision } => {
+                self.desired_error = Some(reason.to_string());
+                self.desired_revision = revision;
+                None
+            }
+            Update::Connected | Update::Disconnected(_) => None,
+        }
     }
 
     /// Records a verified desired state and runs its commands that are new and not
