@@ -8,23 +8,56 @@ use hids_control::select::Selector;
 use hids_control::Keys;
 use hids_types::status::AgentStatus;
 
-/// Every online agent's status, by host id. Values that do not parse are reported once
-/// on stderr and skipped.
-pub async fn online(
+/// Values per page when reading a whole directory (gRPC messages are limited to 4 MiB;
+/// a status document is about 1 KB).
+const PAGE: i64 = 2000;
+
+/// Reads every key under `prefix`, a page at a time.
+pub async fn get_all(
+    client: &mut Client,
+    prefix: &str,
+) -> anyhow::Result<(Vec<(Vec<u8>, Vec<u8>, i64)>, i64)> {
+    let end = hids_control::keys::prefix_end(prefix);
+    let mut from = prefix.as_bytes().to_vec();
+    let mut out = Vec::new();
+    let mut revision = 0;
+    loop {
+        let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        if revision > 0 {
+            opts = opts.with_revision(revision);
+        }
+        let resp = client.get(from.clone(), Some(opts)).await?;
+        if revision == 0 {
+            revision = resp.header().map_or(0, |h| h.revision());
+        }
+        for kv in resp.kvs() {
+            out.push((kv.key().to_vec(), kv.value().to_vec(), kv.mod_revision()));
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return Ok((out, revision)),
+        }
+    }
+}
+
+/// Every online agent's status (or the part of it in `T`), by host id. Values that do
+/// not parse are reported once on stderr and skipped.
+pub async fn online<T: serde::de::DeserializeOwned>(
     client: &mut Client,
     keys: &Keys,
-) -> anyhow::Result<BTreeMap<String, AgentStatus>> {
+) -> anyhow::Result<BTreeMap<String, T>> {
     let dir = keys.agents();
-    let resp = client
-        .get(dir.clone(), Some(GetOptions::new().with_prefix()))
-        .await?;
+    let (all, _) = get_all(client, &dir).await?;
     let mut out = BTreeMap::new();
     let mut bad = 0;
-    for kv in resp.kvs() {
-        let Some(host) = keys.host_of(&dir, kv.key()) else {
+    for (key, value, _) in all {
+        let Some(host) = keys.host_of(&dir, &key) else {
             continue;
         };
-        match serde_json::from_slice::<AgentStatus>(kv.value()) {
+        match serde_json::from_slice::<T>(&value) {
             Ok(s) => {
                 out.insert(host.to_owned(), s);
             }
@@ -43,7 +76,7 @@ pub async fn agents(
     selector: Option<&Selector>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let agents: Vec<AgentStatus> = online(client, keys)
+    let agents: Vec<AgentStatus> = online::<AgentStatus>(client, keys)
         .await?
         .into_values()
         .filter(|a| selector.is_none_or(|s| s.matches(&a.labels)))
@@ -96,7 +129,7 @@ pub async fn stats(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    for a in online(client, keys).await?.values() {
+    for a in online::<AgentStatus>(client, keys).await?.values() {
         let value = a.labels.get(by).cloned().unwrap_or_else(|| "(none)".into());
         *counts.entry(value).or_default() += 1;
     }
