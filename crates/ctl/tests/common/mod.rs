@@ -399,3 +399,77 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> String {
     std::fs::write(&p, text).unwrap();
     p.display().to_string()
 }
+
+/// A running `hids-sim`, READY (all its agents registered).
+pub struct Sim {
+    child: Child,
+    pub ready_line: String,
+}
+
+impl Sim {
+    pub fn start(etcd: &Etcd, agents: usize, extra: &[&str]) -> Sim {
+        use std::io::BufRead;
+        let bin = hidsctl_bin().with_file_name("hids-sim");
+        assert!(
+            bin.exists(),
+            "{} is missing: run `cargo build --workspace` before the tests",
+            bin.display()
+        );
+        let mut child = Command::new(bin)
+            .arg("--endpoints")
+            .arg(etcd.url())
+            .arg("--agents")
+            .arg(agents.to_string())
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.starts_with("READY") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let ready_line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("hids-sim did not print READY within 60 s");
+        Sim { child, ready_line }
+    }
+
+    /// SIGTERM, and waits for the exit (leases revoked on the way out).
+    pub fn stop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Etcd {
+    /// One metric from etcd's own `/metrics` (plain HTTP only).
+    pub fn metric(&self, name: &str) -> f64 {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in etcd's /metrics"))
+    }
+}
