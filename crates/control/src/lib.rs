@@ -17,6 +17,22 @@ pub mod state;
 pub use keys::Keys;
 pub use sign::{Refusal, SigningKey, TrustedKeys, Verified};
 
+/// etcd answered but could not keep up (deadline exceeded, "too many requests": its
+/// apply fell 5,000 entries behind its commits). Retrying later is right; giving up a
+/// lease or a session over it makes the overload worse.
+pub fn overloaded(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            matches!(
+                status.code(),
+                tonic::Code::DeadlineExceeded | tonic::Code::ResourceExhausted
+            ) || status.message().contains("too many requests")
+                || status.message().contains("request timed out")
+        }
+        _ => false,
+    }
+}
+
 /// How to reach etcd.
 #[derive(Debug, Clone, Default)]
 pub struct EtcdConfig {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
 use hids_types::desired::{DesiredBody, DesiredState};
 use hids_types::stagger;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
 use crate::hub::{Subscription, WatchHub};
@@ -75,6 +75,18 @@ pub enum SessionError {
     Timeout(Duration),
 }
 
+impl SessionError {
+    /// etcd is there but cannot keep up (timeouts, "too many requests"): worth retrying
+    /// the same request later, not worth tearing the session down.
+    pub fn is_overload(&self) -> bool {
+        match self {
+            SessionError::Timeout(_) => true,
+            SessionError::Etcd(e) => crate::overloaded(e),
+            _ => false,
+        }
+    }
+}
+
 /// How a session ended without error.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Exit {
@@ -89,15 +101,27 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 }
 
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Retries of a blob read while etcd is overloaded (2, 4, 8, 16, 32 s, staggered).
+const BLOB_RETRIES: u32 = 5;
 
-/// An etcd call with a deadline. Boxed: a gRPC call's future is kilobytes, and a
-/// session awaits several kinds of them in its loop; unboxed they would all live in
-/// the session's own state for its whole life (35 KB per session, measured), which a
+/// An etcd call with a deadline, in one of `slots` when given (the deadline runs once
+/// the call has its slot). Boxed: a gRPC call's future is kilobytes, and a session
+/// awaits several kinds of them in its loop; unboxed they would all live in the
+/// session's own state for its whole life (35 KB per session, measured), which a
 /// process holding thousands of sessions (the fleet simulator) pays per session.
 fn timed<'a, T: 'a>(
+    slots: Option<Arc<Semaphore>>,
     f: impl Future<Output = Result<T, etcd_client::Error>> + Send + 'a,
 ) -> Pin<Box<dyn Future<Output = Result<T, SessionError>> + Send + 'a>> {
     Box::pin(async move {
+        let _slot = match &slots {
+            Some(s) => Some(
+                s.acquire()
+                    .await
+                    .map_err(|_| SessionError::Closed("rpc slots"))?,
+            ),
+            None => None,
+        };
         match tokio::time::timeout(RPC_TIMEOUT, f).await {
             Ok(r) => Ok(r?),
             Err(_) => Err(SessionError::Timeout(RPC_TIMEOUT)),
@@ -110,6 +134,7 @@ pub struct Session {
     trusted: TrustedKeys,
     applied_generation: u64,
     shared_watch: Option<WatchHub>,
+    rpc_slots: Option<Arc<Semaphore>>,
 }
 
 /// The one watch on `desired/<host_id>`. One per session, so a 240-byte variant is
@@ -150,7 +175,19 @@ impl Session {
             trusted,
             applied_generation,
             shared_watch: None,
+            rpc_slots: None,
         }
+    }
+
+    /// Makes every request wait for one of `slots` (shared by the sessions on one
+    /// connection). A process speaking for thousands of agents must queue on its side:
+    /// 100,000 status writes at once time out in etcd's queue, each timeout resets an
+    /// HTTP/2 stream, and after 1,024 resets the client library drops the connection
+    /// with every session on it (measured: 570,000 re-registrations in one stop).
+    #[must_use]
+    pub fn with_rpc_slots(mut self, slots: Arc<Semaphore>) -> Self {
+        self.rpc_slots = Some(slots);
+        self
     }
 
     /// Watches on `hub`'s shared stream instead of a stream of the session's own.
@@ -241,15 +278,16 @@ impl Session {
         let keys = self.cfg.keys.clone();
         let host = self.cfg.host_id.clone();
         let ttl = self.cfg.lease_ttl.as_secs().max(2) as i64;
-        let grant = timed(client.lease_grant(ttl, None));
+        let slots = self.rpc_slots.clone();
+        let grant = timed(slots.clone(), client.lease_grant(ttl, None));
         let lease = grant.await?.id();
-        let keep_alive = timed(client.lease_keep_alive(lease));
+        let keep_alive = timed(slots.clone(), client.lease_keep_alive(lease));
         let (mut keeper, mut keepalives) = keep_alive.await?;
         let status_key = keys.agent(&host);
         let put_status = |client: &mut Client, value: Vec<u8>| {
             let mut client = client.clone();
             let key = status_key.clone();
-            timed(async move {
+            timed(slots.clone(), async move {
                 client
                     .put(key, value, Some(PutOptions::new().with_lease(lease)))
                     .await
@@ -274,20 +312,28 @@ impl Session {
         let mut refresh_timer =
             interval_at(Instant::now() + stagger::offset(&host, refresh), refresh);
         refresh_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut last_put = Instant::now();
+        let mut next_put = Instant::now() + self.cfg.status_min_gap;
+        let mut put_failures = 0u32;
         let mut status_dirty = false;
 
         loop {
-            let gap_over = last_put + self.cfg.status_min_gap;
             tokio::select! {
                 _ = ka_timer.tick() => {
-                    let sent = timed(keeper.keep_alive());
+                    let sent = timed(None, keeper.keep_alive());
                     sent.await?;
                 }
-                msg = keepalives.message() => match msg? {
-                    Some(r) if r.ttl() > 0 => {}
-                    Some(_) => return Err(SessionError::LeaseLost(lease)),
-                    None => return Err(SessionError::Closed("keepalive")),
+                msg = keepalives.message() => match msg.map_err(SessionError::from) {
+                    Ok(Some(r)) if r.ttl() > 0 => {}
+                    Ok(Some(_)) => return Err(SessionError::LeaseLost(lease)),
+                    Ok(None) => return Err(SessionError::Closed("keepalive")),
+                    // etcd ended the stream because it is behind, not because the lease
+                    // is gone: keep the lease (and the registration) on a new stream.
+                    Err(e) if e.is_overload() => {
+                        tracing::debug!("control plane: keepalive stream: {e}; opening another");
+                        let reopen = timed(slots.clone(), client.lease_keep_alive(lease));
+                        (keeper, keepalives) = reopen.await?;
+                    }
+                    Err(e) => return Err(e),
                 },
                 next = watch.next() => {
                     let resp = match next? {
@@ -322,18 +368,27 @@ impl Session {
                     }
                     status_dirty = true;
                 }
-                _ = tokio::time::sleep_until(gap_over), if status_dirty => {
+                _ = tokio::time::sleep_until(next_put), if status_dirty => {
                     let value = status.borrow_and_update().clone();
-                    put_status(client, value).await?;
-                    last_put = Instant::now();
-                    status_dirty = false;
+                    match put_status(client, value).await {
+                        Ok(_) => {
+                            put_failures = 0;
+                            status_dirty = false;
+                            next_put = Instant::now() + self.cfg.status_min_gap;
+                        }
+                        // An overloaded etcd is no reason to drop the lease and register
+                        // again (which costs it four more requests): the status stays
+                        // due and goes again after a staggered backoff.
+                        Err(e) if e.is_overload() => {
+                            put_failures += 1;
+                            let base = Duration::from_secs(1 << put_failures.min(5));
+                            next_put = Instant::now() + base + stagger::offset(&host, base);
+                            tracing::debug!("control plane: status write: {e}; again in {base:?} or so");
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
-                _ = refresh_timer.tick() => {
-                    let value = status.borrow_and_update().clone();
-                    put_status(client, value).await?;
-                    last_put = Instant::now();
-                    status_dirty = false;
-                }
+                _ = refresh_timer.tick() => status_dirty = true,
                 _ = stopped(shutdown) => {
                     // Leave the fleet listing at once rather than after the TTL.
                     let revoke = Box::pin(tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(lease)));
@@ -351,7 +406,7 @@ impl Session {
         updates: &mpsc::Sender<Update>,
     ) -> Result<DesiredWatch, SessionError> {
         let key = self.cfg.keys.desired(&self.cfg.host_id);
-        let resp = timed(client.get(key.clone(), None)).await?;
+        let resp = timed(self.rpc_slots.clone(), client.get(key.clone(), None)).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         if let Some(kv) = resp.kvs().first() {
             let raw = kv.value().to_vec();
@@ -359,8 +414,11 @@ impl Session {
         }
         let opts = WatchOptions::new().with_start_revision(revision + 1);
         let mut watch = match &self.shared_watch {
-            None => DesiredWatch::Own(timed(client.watch(key, Some(opts))).await?),
-            Some(hub) => DesiredWatch::Shared(timed(hub.watch(key, opts)).await?),
+            None => {
+                let slots = self.rpc_slots.clone();
+                DesiredWatch::Own(timed(slots, client.watch(key, Some(opts))).await?)
+            }
+            Some(hub) => DesiredWatch::Shared(timed(None, hub.watch(key, opts)).await?),
         };
         // Registered means etcd holds the watch: wait for its answer to the create.
         match tokio::time::timeout(RPC_TIMEOUT, watch.next()).await {
@@ -415,9 +473,24 @@ impl Session {
         let body = match (&state.body, &state.body_sha256) {
             (_, Some(hash)) => {
                 let key = self.cfg.keys.blob(hash);
-                let resp = timed(client.get(key, Some(GetOptions::new())))
-                    .await
-                    .map_err(|e| Refusal::BlobMissing(format!("{hash} ({e})")))?;
+                // A whole fleet fetches the same blob at once: an overloaded etcd gets
+                // a staggered retry, not a refusal the host would keep until the next
+                // push.
+                let mut attempt = 0u32;
+                let resp = loop {
+                    let slots = self.rpc_slots.clone();
+                    let fetch = timed(slots, client.get(key.clone(), Some(GetOptions::new())));
+                    match fetch.await {
+                        Ok(resp) => break resp,
+                        Err(e) if e.is_overload() && attempt < BLOB_RETRIES => {
+                            attempt += 1;
+                            let base = Duration::from_secs(1 << attempt);
+                            let delay = base + stagger::offset(&self.cfg.host_id, base);
+                            tokio::time::sleep(delay).await;
+                        }
+                        Err(e) => return Err(Refusal::BlobMissing(format!("{hash} ({e})"))),
+                    }
+                };
                 let blob = resp
                     .kvs()
                     .first()

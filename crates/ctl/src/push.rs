@@ -141,6 +141,26 @@ struct Refusal {
     reason: String,
 }
 
+/// A transaction, again after 0.2, 0.4, ... 6.4 s while etcd is overloaded. Safe to
+/// repeat: it only puts fixed values.
+async fn txn_retrying(
+    client: &mut Client,
+    ops: Vec<TxnOp>,
+) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 0;
+    loop {
+        match client.txn(Txn::new().and_then(ops.clone())).await {
+            Err(e) if attempt < 6 && hids_control::overloaded(&e) => {
+                attempt += 1;
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// A written batch (its number) and the revision it was written at.
 type TxnDone = Result<(usize, i64), etcd_client::Error>;
 
@@ -385,7 +405,7 @@ pub async fn run(
         ));
         let mut c = client.clone();
         writes.spawn(async move {
-            let resp = c.txn(Txn::new().and_then(ops)).await?;
+            let resp = txn_retrying(&mut c, ops).await?;
             Ok::<_, etcd_client::Error>((batch_no, resp.header().map_or(0, |h| h.revision())))
         });
         // Let the transaction go out while the next batch is signed.

@@ -55,6 +55,11 @@ struct Cli {
     /// Status refresh period even without changes (the agent's default).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "300s")]
     status_refresh: Duration,
+    /// Requests in flight per connection; the rest queue in the simulator, as behind a
+    /// proxy. Unbounded, a fleet-wide push times requests out in etcd's queue, and
+    /// each timeout resets an HTTP/2 stream until the connection is dropped.
+    #[arg(long, default_value_t = 256)]
+    rpc_slots: usize,
     /// Agents registering at the same time while the fleet comes up.
     #[arg(long, default_value_t = 2000)]
     ramp: usize,
@@ -184,6 +189,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     for _ in 0..connections {
         clients.push(Arc::new(etcd.connect().await?));
     }
+    let slots: Vec<Arc<tokio::sync::Semaphore>> = (0..connections)
+        .map(|_| Arc::new(tokio::sync::Semaphore::new(cli.rpc_slots.max(1))))
+        .collect();
     let hubs: Vec<WatchHub> = match cli.watch_streams {
         WatchStreams::Own => Vec::new(),
         WatchStreams::Shared(k) => (0..k)
@@ -215,7 +223,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             },
             trusted.clone(),
             0,
-        );
+        )
+        .with_rpc_slots(slots[i % connections].clone());
         if !hubs.is_empty() {
             session = session.with_shared_watch(hubs[i % hubs.len()].clone());
         }
