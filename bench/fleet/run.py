@@ -80,12 +80,12 @@ def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
-def baseline(tmp, n, runs, connections):
+def baseline(tmp, n, runs, connections, watch_streams):
     etcd = Etcd(tmp)
     try:
         out = subprocess.run(
             [os.path.join(BIN, "hids-fleet-baseline"), "--endpoints", etcd.url, "--keys", str(n),
-             "--rounds", str(runs), "--connections", str(connections)],
+             "--rounds", str(runs), "--connections", str(connections), "--watch-streams", watch_streams],
             capture_output=True, text=True, timeout=1800)
         if out.returncode != 0:
             raise SystemExit(f"baseline failed: {out.stderr}")
@@ -111,7 +111,8 @@ def hidsctl(url, args, key):
     try:
         res = json.loads(out.stdout)
     except json.JSONDecodeError:
-        raise SystemExit(f"hidsctl {args} failed: {out.stderr}")
+        print(f"  hidsctl {args} failed: {out.stderr.strip()}", file=sys.stderr)
+        return None
     res["wall_secs"] = wall
     return res
 
@@ -133,6 +134,7 @@ def fleet(tmp, n, args, keys):
         fields = dict(kv.split("=", 1) for kv in ready.split()[1:])
         res = {"agents": n, "registration_secs": float(fields["registration_secs"]),
                "connections": int(fields["connections"]),
+               "agent_task_bytes": int(fields.get("agent_task_bytes", 0)),
                "etcd_cpu_registration_secs": (cpu_ticks(etcd.proc.pid) - e0) / TICK}
         time.sleep(3)
         m = etcd.metrics()
@@ -162,12 +164,20 @@ def fleet(tmp, n, args, keys):
             for _ in range(args.runs):
                 e0, s0 = cpu_ticks(etcd.proc.pid), cpu_ticks(sim.pid)
                 r = hidsctl(etcd.url, op, key)
+                if r is None:
+                    continue
                 r["etcd_cpu_secs"] = (cpu_ticks(etcd.proc.pid) - e0) / TICK
                 r["sim_cpu_secs"] = (cpu_ticks(sim.pid) - s0) / TICK
                 runs.append(r)
                 if r["acked"] != r["targets"]:
                     print(f"  {name}: only {r['acked']}/{r['targets']} acknowledged", file=sys.stderr)
                 time.sleep(2)
+            if not runs:
+                res["ops"][name] = {"targets": 0, "acked_all": False, "elapsed_secs": float("nan"),
+                                    "p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan"),
+                                    "etcd_cpu_secs": float("nan"), "sim_cpu_secs": float("nan"),
+                                    "all_runs_secs": []}
+                continue
             res["ops"][name] = {
                 "targets": runs[0]["targets"],
                 "acked_all": all(r["acked"] == r["targets"] for r in runs),
@@ -180,6 +190,7 @@ def fleet(tmp, n, args, keys):
                 "all_runs_secs": [round(r["elapsed_secs"], 2) for r in runs],
             }
         res["etcd_rss_after_mb"] = status_kb(etcd.proc.pid, "VmRSS") / 1024
+        res["sim_peak_rss_mb"] = status_kb(sim.pid, "VmHWM") / 1024
         return res
     finally:
         if sim:
@@ -211,7 +222,7 @@ def main():
     try:
         for n in [int(s) for s in args.sizes.split(",")]:
             r = fleet(tmp, n, args, keys)
-            r["baseline"] = baseline(tmp, n, args.runs, r["connections"])
+            r["baseline"] = baseline(tmp, n, args.runs, r["connections"], args.watch_streams)
             results.append(r)
             b = r["baseline"]
             print(f"\n## {n} agents ({r['connections']} connections)")
@@ -219,7 +230,7 @@ def main():
                   f"etcd watchers {r['etcd_watchers']}, watch streams {r['etcd_watch_streams']}; "
                   f"etcd RSS {r['etcd_rss_mb']:.0f} MB; sim RSS {r['sim_rss_mb']:.0f} MB "
                   f"({r['sim_kb_per_agent']:.1f} KB/agent); idle CPU etcd {r['idle_etcd_cpu_pct']:.0f}% "
-                  f"sim {r['idle_sim_cpu_pct']:.0f}%")
+                  f"sim {r['idle_sim_cpu_pct']:.0f}%; agent task {r['agent_task_bytes']} bytes")
             print(f"{'operation':32} {'targets':>8} {'all acked':>9} {'total s':>8} {'p50 ms':>8} {'p99 ms':>8} "
                   f"{'max ms':>8} {'etcd cpu':>8} {'sim cpu':>8}")
             for name, o in r["ops"].items():
@@ -230,7 +241,8 @@ def main():
                   f"{b['p99_ms']:>8.0f} {b['max_ms']:>8.0f}   (watchers set up in {b['setup_secs']:.1f} s, "
                   f"etcd RSS {b['etcd_rss_mb']:.0f} MB)")
             stop = r["ops"]["stop --all"]["elapsed_secs"]
-            print(f"stop --all / baseline: {stop / b['elapsed_secs']:.1f}x")
+            print(f"stop --all / baseline: {stop / b['elapsed_secs']:.1f}x; after the runs: etcd RSS "
+                  f"{r['etcd_rss_after_mb']:.0f} MB, sim peak RSS {r['sim_peak_rss_mb']:.0f} MB")
             sys.stdout.flush()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -102,3 +102,31 @@ impl EtcdConfig {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn overload_is_told_from_other_failures() {
+        let status = |code, msg: &str| {
+            etcd_client::Error::GRpcStatus(tonic::Status::new(code, msg.to_owned()))
+        };
+        use tonic::Code;
+        assert!(super::overloaded(&status(
+            Code::Unknown,
+            "etcdserver: too many requests"
+        )));
+        assert!(super::overloaded(&status(
+            Code::Unavailable,
+            "etcdserver: request timed out, waiting for the applied index took too long"
+        )));
+        assert!(super::overloaded(&status(Code::DeadlineExceeded, "")));
+        assert!(!super::overloaded(&status(
+            Code::NotFound,
+            "etcdserver: requested lease not found"
+        )));
+        assert!(!super::overloaded(&status(
+            Code::PermissionDenied,
+            "denied"
+        )));
+    }
+}

@@ -13,7 +13,7 @@
 //! 5. With `--wait`, the agents' acknowledgements are followed until every target has
 //!    applied or refused the document, or the time is up.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
@@ -252,14 +252,20 @@ pub async fn run(
         );
     }
 
-    // The current documents: for the highest generation, and for what commands carry over.
+    // The targets' current documents: what their commands carry over, and the highest
+    // generation among them (an agent only compares with its own, so the targets' are
+    // the floor that matters if the counter was lost). Other hosts' documents are not
+    // checked: a 10% canary does not pay for 100% of the signatures.
     let desired_dir = keys.desired_dir();
     let (existing_raw, _) = get_all(client, &desired_dir).await?;
+    let targets: HashSet<&str> = hosts.iter().map(String::as_str).collect();
     let mut floor = 0;
     let mut existing: HashMap<String, DesiredState> = HashMap::new();
     let mut unverified = Vec::new();
     let verdicts = on_all_cores(&existing_raw, |(k, v, _)| {
-        let host = keys.host_of(&desired_dir, k)?;
+        let host = keys
+            .host_of(&desired_dir, k)
+            .filter(|h| targets.contains(h))?;
         Some((host.to_owned(), own.verify(v, host, 0)))
     });
     for (host, verdict) in verdicts.into_iter().flatten() {
@@ -276,7 +282,7 @@ pub async fn run(
     // re-signed: commands for such hosts start from empty settings. Say so.
     let mut shown = 0;
     for (host, e) in &unverified {
-        if matches!(change, Change::Command(..)) && hosts.contains(host) {
+        if matches!(change, Change::Command(..)) {
             if shown < 10 {
                 eprintln!("hidsctl: warning: {host}: its current desired state does not verify ({e}); its settings are not carried over");
             }
@@ -603,10 +609,38 @@ async fn await_acks(
             break;
         }
         let msg = tokio::select! {
-            m = watch.message() => m?,
+            m = watch.message() => m,
             _ = tokio::time::sleep_until(deadline) => break,
         };
-        let Some(resp) = msg else { break };
+        let resp = match msg {
+            Ok(Some(resp)) if !resp.canceled() => resp,
+            // The watch broke (etcd overloaded or restarted, watch compacted): read
+            // everything again and watch from there; acknowledgements are states, so
+            // none is lost by reading them late.
+            other => {
+                if let Err(e) = &other {
+                    eprintln!("hidsctl: watch on agents/ broke ({e}); reading again");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let (current, revision) = get_all(client, &dir).await?;
+                let now = Instant::now();
+                let mut seen = HashSet::new();
+                for (k, v, _) in current {
+                    if let Some(host) = keys.host_of(&dir, &k) {
+                        seen.insert(host.to_owned());
+                        tally.set(host, serde_json::from_slice(&v).ok(), now);
+                    }
+                }
+                for h in hosts.iter().filter(|h| !seen.contains(h.as_str())) {
+                    tally.set(h, None, now);
+                }
+                let opts = WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision + 1);
+                watch = client.watch(dir.clone(), Some(opts)).await?;
+                continue;
+            }
+        };
         let now = Instant::now();
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
@@ -713,5 +747,49 @@ fn print_summary(o: &Outcome) {
     }
     if !o.pending_hosts.is_empty() {
         println!("  pending: {}", o.pending_hosts.join(" "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(applied: u64, error: Option<&str>, revision: i64) -> Option<AckView> {
+        Some(AckView {
+            applied_generation: applied,
+            desired_error: error.map(str::to_owned),
+            desired_revision: revision,
+        })
+    }
+
+    #[test]
+    fn tally_counts_each_change_once() {
+        let hosts: Vec<String> = ["a", "b", "c"].iter().map(|h| h.to_string()).collect();
+        let written = Written {
+            revision: hosts.iter().map(|h| (h.clone(), 10)).collect(),
+            at: hosts.iter().map(|h| (h.clone(), Instant::now())).collect(),
+        };
+        let mut t = Tally::new(&hosts, 5, &written);
+        let now = Instant::now();
+        t.set("a", view(4, None, 9), now);
+        t.set("b", view(4, None, 9), now);
+        assert_eq!((t.pending, t.settled), (2, 0), "c has no status: offline");
+        t.set("a", view(5, None, 10), now);
+        t.set("a", view(5, None, 10), now);
+        assert_eq!(
+            (t.pending, t.settled),
+            (1, 1),
+            "the same ack twice counts once"
+        );
+        // A refusal of an older write is not an answer to this one.
+        t.set("b", view(4, Some("bad signature"), 9), now);
+        assert_eq!(t.pending, 1);
+        t.set("b", view(4, Some("bad signature"), 10), now);
+        assert_eq!((t.pending, t.settled), (0, 2));
+        // The agent left (lease gone): no longer settled, not pending either.
+        t.set("a", None, now);
+        assert_eq!((t.pending, t.settled), (0, 1));
+        t.set("unknown-host", view(5, None, 10), now);
+        assert_eq!(t.acked_at.len(), 1);
     }
 }

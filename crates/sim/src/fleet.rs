@@ -207,6 +207,11 @@ pub async fn agent(
                 }
             };
             control.take(update);
+            // What was applied and which commands ran is kept, as an agent does; the
+            // settings themselves only matter to plugins, which are not simulated.
+            // Kept, a 32 KB rule set parsed in 100,000 agents is 13 GB (measured:
+            // the simulator was OOM-killed).
+            control.body = Default::default();
             if republish {
                 status_tx.send_replace(profile.status(i, &control));
             }

@@ -210,6 +210,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let keys = Keys::new(&cli.prefix);
     let started = Instant::now();
     let mut agents = tokio::task::JoinSet::new();
+    let mut agent_state_bytes = 0;
     for i in 0..cli.agents {
         let host_id = profile.host_id(i);
         let mut session = Session::new(
@@ -228,7 +229,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         if !hubs.is_empty() {
             session = session.with_shared_watch(hubs[i % hubs.len()].clone());
         }
-        agents.spawn(fleet::agent(
+        let agent = fleet::agent(
             i,
             session,
             clients[i % clients.len()].clone(),
@@ -236,7 +237,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             counters.clone(),
             ramp.clone(),
             shutdown_rx.clone(),
-        ));
+        );
+        // What one agent's control-plane task holds while idle (heap beyond it: its
+        // status document and last desired state, about 2 KB).
+        agent_state_bytes = std::mem::size_of_val(&agent);
+        agents.spawn(agent);
     }
     drop(clients);
 
@@ -253,7 +258,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         if !ready && counters.registered.load(Ordering::Relaxed) >= cli.agents {
             ready = true;
             println!(
-                "READY agents={} connections={connections} watch_streams={} registration_secs={:.2} rss_mb={:.1}",
+                "READY agents={} connections={connections} watch_streams={} registration_secs={:.2} rss_mb={:.1} agent_task_bytes={agent_state_bytes}",
                 cli.agents,
                 cli.watch_streams,
                 started.elapsed().as_secs_f64(),
