@@ -17,12 +17,25 @@ pub async fn get_all(
     client: &mut Client,
     prefix: &str,
 ) -> anyhow::Result<(Vec<(Vec<u8>, Vec<u8>, i64)>, i64)> {
+    get_all_with(client, prefix, false).await
+}
+
+/// [`get_all`], with empty values when `keys_only` (who is there, not what they say:
+/// a tenth of the bytes for a fleet's status keys).
+pub async fn get_all_with(
+    client: &mut Client,
+    prefix: &str,
+    keys_only: bool,
+) -> anyhow::Result<(Vec<(Vec<u8>, Vec<u8>, i64)>, i64)> {
     let end = hids_control::keys::prefix_end(prefix);
     let mut from = prefix.as_bytes().to_vec();
     let mut out = Vec::new();
     let mut revision = 0;
     loop {
         let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        if keys_only {
+            opts = opts.with_keys_only();
+        }
         if revision > 0 {
             opts = opts.with_revision(revision);
         }

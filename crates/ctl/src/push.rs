@@ -228,11 +228,11 @@ pub async fn run(
     let own = TrustedKeys::from_signing_key(&key);
     let started = Instant::now();
 
-    let online = fleet::online::<Labelled>(client, keys).await?;
+    let (online, online_at) = presence(client, keys, target.selector.is_some()).await?;
     let hosts: Vec<String> = if target.hosts.is_empty() {
         online
             .iter()
-            .filter(|(h, a)| target.matches(h, &a.labels))
+            .filter(|(h, labels)| target.matches(h, labels))
             .map(|(h, _)| h.clone())
             .collect()
     } else {
@@ -240,7 +240,7 @@ pub async fn run(
         target
             .hosts
             .iter()
-            .filter(|h| target.matches(h, online.get(*h).map_or(&none, |a| &a.labels)))
+            .filter(|h| target.matches(h, online.get(*h).unwrap_or(&none)))
             .cloned()
             .collect()
     };
@@ -452,10 +452,15 @@ pub async fn run(
                 revision: write_revision,
                 at: written_at,
             };
+            let fleet = Fleet {
+                hosts: &hosts,
+                online: &online,
+                online_at,
+            };
             await_acks(
                 client,
                 keys,
-                &hosts,
+                &fleet,
                 generation,
                 &written,
                 limit,
@@ -536,6 +541,16 @@ impl<'a> Tally<'a> {
         }
     }
 
+    /// Online, status not read: waiting for its answer.
+    fn present(&mut self, host: &str) {
+        if let Some(slot) = self.hosts.get_mut(host) {
+            if slot.ack == Ack::Offline {
+                slot.ack = Ack::Pending;
+                self.pending += 1;
+            }
+        }
+    }
+
     fn set(&mut self, host: &str, status: Option<AckView>, now: Instant) {
         let Some(slot) = self.hosts.get_mut(host) else {
             return;
@@ -559,6 +574,48 @@ impl<'a> Tally<'a> {
     }
 }
 
+/// The targets, who of them was online, and the revision that was read at.
+struct Fleet<'a> {
+    hosts: &'a [String],
+    online: &'a BTreeMap<String, BTreeMap<String, String>>,
+    online_at: i64,
+}
+
+/// Online agents (their status keys) with their labels when `with_labels` (a selector
+/// needs them; `--all`, `--percent` and `--hosts` need only who is there), and the
+/// revision of the read.
+async fn presence(
+    client: &mut Client,
+    keys: &Keys,
+    with_labels: bool,
+) -> anyhow::Result<(BTreeMap<String, BTreeMap<String, String>>, i64)> {
+    let dir = keys.agents();
+    let (all, revision) = fleet::get_all_with(client, &dir, !with_labels).await?;
+    let mut online = BTreeMap::new();
+    let mut bad = 0;
+    for (key, value, _) in all {
+        let Some(host) = keys.host_of(&dir, &key) else {
+            continue;
+        };
+        let labels = if with_labels {
+            match serde_json::from_slice::<Labelled>(&value) {
+                Ok(l) => l.labels,
+                Err(_) => {
+                    bad += 1;
+                    continue;
+                }
+            }
+        } else {
+            BTreeMap::new()
+        };
+        online.insert(host.to_owned(), labels);
+    }
+    if bad > 0 {
+        eprintln!("hidsctl: skipped {bad} agent status value(s) that are not status documents");
+    }
+    Ok((online, revision))
+}
+
 struct HostAck<'a> {
     name: &'a str,
     ack: Ack,
@@ -569,7 +626,7 @@ struct HostAck<'a> {
 async fn await_acks(
     client: &mut Client,
     keys: &Keys,
-    hosts: &[String],
+    fleet: &Fleet<'_>,
     generation: u64,
     written: &Written,
     limit: Duration,
@@ -578,14 +635,16 @@ async fn await_acks(
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + limit;
     let dir = keys.agents();
+    let hosts = fleet.hosts;
     let mut tally = Tally::new(hosts, generation, written);
-    let (current, revision) = get_all(client, &dir).await?;
-    let now = Instant::now();
-    for (k, v, _) in current {
-        if let Some(host) = keys.host_of(&dir, &k) {
-            tally.set(host, serde_json::from_slice(&v).ok(), now);
+    // Who was online when the targets were chosen; everything since comes through the
+    // watch from that revision, so the fleet's statuses are not read a second time.
+    for h in hosts {
+        if fleet.online.contains_key(h) {
+            tally.present(h);
         }
     }
+    let revision = fleet.online_at;
     let progress = if json {
         None
     } else {
