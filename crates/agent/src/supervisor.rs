@@ -38,27 +38,13 @@ pub struct Context {
 pub type SharedStatus = Arc<Mutex<PluginStatus>>;
 
 pub fn new_status(spec: &PluginSpec) -> SharedStatus {
-    Arc::new(Mutex::new(PluginStatus {
-        name: spec.name.clone(),
-        path: spec.path.display().to_string(),
-        state: if spec.enabled {
-            PluginState::Starting
-        } else {
-            PluginState::Disabled
-        },
-        pid: None,
-        run_id: None,
-        restarts: 0,
-        consecutive_crashes: 0,
-        framed: None,
-        version: None,
-        last_exit: None,
-        events: 0,
-        frames_rejected: 0,
-        bytes_discarded: 0,
-        health: None,
-        oom_kills: 0,
-    }))
+    let state = if spec.enabled {
+        PluginState::Starting
+    } else {
+        PluginState::Disabled
+    };
+    let path = spec.path.display().to_string();
+    Arc::new(Mutex::new(PluginStatus::new(&spec.name, &path, state)))
 }
 
 fn update<R>(status: &SharedStatus, f: impl FnOnce(&mut PluginStatus) -> R) -> R {

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{plugin_state, wait_until, write_file, Agent, Certs, Etcd, KeyPair};
+use common::{json, plugin_state, wait_until, write_file, Agent, Certs, Etcd, KeyPair};
 use rustix::process::Signal;
 
 const DISABLE_PROCESS: &str = "[[plugins]]\nname = \"process\"\nenabled = false\n";
@@ -17,16 +17,6 @@ fn push(etcd: &Etcd, key: &KeyPair, file: &str, target: &[&str]) -> std::process
     ];
     args.extend_from_slice(target);
     etcd.hidsctl(&args)
-}
-
-fn json(out: &std::process::Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
 }
 
 #[test]

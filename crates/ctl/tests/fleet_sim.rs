@@ -5,17 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{wait_until, Etcd, KeyPair, Sim};
-
-fn json(out: &std::process::Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
+use common::{json, wait_until, Etcd, KeyPair, Sim};
 
 fn change(etcd: &Etcd, key: &KeyPair, args: &[&str]) -> serde_json::Value {
     let secret = key.secret();

@@ -87,25 +87,17 @@ impl Profile {
             started_at: self.started_at,
             updated_at: Timestamp::now(),
             plugins: vec![PluginStatus {
-                name: "process".to_owned(),
-                path: "/usr/lib/hids/plugins/hids-plugin-process".to_owned(),
-                state: if control.stopped {
-                    PluginState::Stopped
-                } else {
-                    PluginState::Running
-                },
-                pid: None,
-                run_id: None,
-                restarts: 0,
-                consecutive_crashes: 0,
                 framed: Some(true),
                 version: Some(env!("CARGO_PKG_VERSION").to_owned()),
-                last_exit: None,
-                events: 0,
-                frames_rejected: 0,
-                bytes_discarded: 0,
-                health: None,
-                oom_kills: 0,
+                ..PluginStatus::new(
+                    "process",
+                    "/usr/lib/hids/plugins/hids-plugin-process",
+                    if control.stopped {
+                        PluginState::Stopped
+                    } else {
+                        PluginState::Running
+                    },
+                )
             }],
             pipeline: PipelineStatus::default(),
             guard: None,

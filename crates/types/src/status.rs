@@ -109,6 +109,29 @@ pub struct PluginStatus {
     pub oom_kills: u64,
 }
 
+impl PluginStatus {
+    /// A plugin that has not run yet: no pid, no counters.
+    pub fn new(name: &str, path: &str, state: PluginState) -> Self {
+        PluginStatus {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            state,
+            pid: None,
+            run_id: None,
+            restarts: 0,
+            consecutive_crashes: 0,
+            framed: None,
+            version: None,
+            last_exit: None,
+            events: 0,
+            frames_rejected: 0,
+            bytes_discarded: 0,
+            health: None,
+            oom_kills: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PipelineStatus {
     /// Events written to the local sinks (stdout, files).

@@ -473,3 +473,14 @@ impl Etcd {
             .unwrap_or_else(|| panic!("{name} not in etcd's /metrics"))
     }
 }
+
+/// A command's stdout as JSON; on failure, says what it printed.
+pub fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
