@@ -263,8 +263,8 @@ impl Session {
         }
     }
 
-    /// One session on a connected client, until an error or shutdown. The fleet
-    /// simulator calls this directly to share clients between many sessions.
+    /// One session on a connected client (possibly shared with many sessions, see
+    /// [`Session::run_on`]), until an error or shutdown.
     ///
     /// # Errors
     /// Any etcd failure, a lost lease, or a closed stream: the caller reconnects.
