@@ -414,7 +414,7 @@ pub async fn run(
             let resp = txn_retrying(&mut c, ops).await?;
             Ok::<_, etcd_client::Error>((batch_no, resp.header().map_or(0, |h| h.revision())))
         });
-        // Let the transaction go out while the next batch is signed.
+        // Let the transaction go out while the next batch is put together.
         tokio::task::yield_now().await;
         while writes.len() >= TXNS_IN_FLIGHT {
             written(
