@@ -39,7 +39,7 @@ pub async fn run(
         for p in perms {
             client.role_grant_permission(role, p).await?;
         }
-        println!("role {role}: ok");
+        out!("role {role}: ok");
     }
     for (user, password, role) in [
         ("root", root_password, "root"),
@@ -51,10 +51,10 @@ pub async fn run(
             &format!("user {user}"),
         )?;
         client.user_grant_role(user, role).await?;
-        println!("user {user}: ok (role {role})");
+        out!("user {user}: ok (role {role})");
     }
     client.auth_enable().await?;
-    println!("authentication enabled: from now on give --user/--password (agents: control.user/password)");
+    out!("authentication enabled: from now on give --user/--password (agents: control.user/password)");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -63,7 +63,7 @@ fn tolerate_exists<T>(r: Result<T, etcd_client::Error>, what: &str) -> anyhow::R
     match r {
         Ok(_) => Ok(()),
         Err(e) if e.to_string().contains("already exists") => {
-            println!("{what} exists already");
+            out!("{what} exists already");
             Ok(())
         }
         Err(e) => Err(anyhow::anyhow!("{what}: {e}")),

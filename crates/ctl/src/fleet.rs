@@ -95,7 +95,7 @@ pub async fn agents(
         .filter(|a| selector.is_none_or(|s| s.matches(&a.labels)))
         .collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&agents)?);
+        out!("{}", serde_json::to_string_pretty(&agents)?);
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<Vec<String>> = agents
@@ -124,7 +124,7 @@ pub async fn agents(
             ]
         })
         .collect();
-    print!(
+    out_raw!(
         "{}",
         hids_types::text::table(
             &["HOST", "HOSTNAME", "LABELS", "VERSION", "GEN", "PLUGINS", "STATE"],
@@ -147,7 +147,7 @@ pub async fn stats(
         *counts.entry(value).or_default() += 1;
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&counts)?);
+        out!("{}", serde_json::to_string_pretty(&counts)?);
         return Ok(ExitCode::SUCCESS);
     }
     let total: u64 = counts.values().sum();
@@ -156,7 +156,7 @@ pub async fn stats(
         .map(|(v, n)| vec![v.clone(), n.to_string()])
         .collect();
     rows.push(vec!["TOTAL".into(), total.to_string()]);
-    print!("{}", hids_types::text::table(&[by, "AGENTS"], &rows));
+    out_raw!("{}", hids_types::text::table(&[by, "AGENTS"], &rows));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -178,7 +178,7 @@ pub async fn history(
         .collect();
     records.reverse();
     if json {
-        println!("{}", serde_json::to_string_pretty(&records)?);
+        out!("{}", serde_json::to_string_pretty(&records)?);
         return Ok(ExitCode::SUCCESS);
     }
     let s = |v: &serde_json::Value| match v {
@@ -199,7 +199,7 @@ pub async fn history(
             ]
         })
         .collect();
-    print!(
+    out_raw!(
         "{}",
         hids_types::text::table(
             &["TIME", "BY", "ACTION", "GENERATION", "TARGET", "HOSTS"],

@@ -1,5 +1,28 @@
 //! `hidsctl`: the operator's command line over the control plane (etcd).
 
+/// `println!` and `print!` that end quietly when the reader has gone away
+/// (`hidsctl agents | head`): Rust ignores SIGPIPE, and the std macros panic on EPIPE.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 mod bootstrap;
 mod fleet;
 mod push;
@@ -252,15 +275,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(out)?;
         let key = hids_control::SigningKey::generate()?;
         let (secret, public) = key.save(out)?;
-        println!(
+        out!(
             "secret key: {} (keep it safe: it can steer the fleet)",
             secret.display()
         );
-        println!(
+        out!(
             "public key: {} (list it in the agents' control.trusted_keys)",
             public.display()
         );
-        println!("key id:     {}", key.key_id());
+        out!("key id:     {}", key.key_id());
         return Ok(ExitCode::SUCCESS);
     }
     if let Command::Reconcile {

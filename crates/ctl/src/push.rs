@@ -478,7 +478,7 @@ pub async fn run(
         }
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&outcome)?);
+        out!("{}", serde_json::to_string_pretty(&outcome)?);
     } else {
         print_summary(&outcome);
     }
@@ -777,35 +777,43 @@ fn bar(len: u64, what: &'static str) -> indicatif::ProgressBar {
 }
 
 fn print_summary(o: &Outcome) {
-    println!(
+    out!(
         "{} generation {} to {} host(s)",
-        o.action, o.generation, o.targets
+        o.action,
+        o.generation,
+        o.targets
     );
     if !o.waited {
-        println!(
+        out!(
             "written in {:.2}s; not waiting for acknowledgements (use --wait)",
             o.elapsed_secs
         );
         return;
     }
-    println!(
+    out!(
         "applied {}  refused {}  offline {}  pending {}  in {:.2}s",
-        o.acked, o.refused, o.offline, o.pending, o.elapsed_secs
+        o.acked,
+        o.refused,
+        o.offline,
+        o.pending,
+        o.elapsed_secs
     );
     if let Some(p) = &o.ack_ms {
-        println!(
+        out!(
             "acknowledged after write: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-            p.p50, p.p99, p.max
+            p.p50,
+            p.p99,
+            p.max
         );
     }
     for r in &o.refusals {
-        println!("  refused by {}: {}", r.host_id, r.reason);
+        out!("  refused by {}: {}", r.host_id, r.reason);
     }
     if !o.offline_hosts.is_empty() {
-        println!("  offline: {}", o.offline_hosts.join(" "));
+        out!("  offline: {}", o.offline_hosts.join(" "));
     }
     if !o.pending_hosts.is_empty() {
-        println!("  pending: {}", o.pending_hosts.join(" "));
+        out!("  pending: {}", o.pending_hosts.join(" "));
     }
 }
 

@@ -261,7 +261,7 @@ pub async fn run(
         });
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         let fmt = |r: &[(u64, u64)]| {
             if r.is_empty() {
@@ -301,7 +301,7 @@ pub async fn run(
                 ]
             })
             .collect();
-        print!(
+        out_raw!(
             "{}",
             hids_types::text::table(
                 &[
@@ -318,7 +318,7 @@ pub async fn run(
                 &rows
             )
         );
-        println!(
+        out!(
             "{} message(s) from {} host(s): produced {}, received {}, duplicates {}, declared drops {}, undeclared loss {}",
             report.messages, report.hosts, report.produced, report.received, report.duplicates, report.declared_drops, report.undeclared_loss
         );
