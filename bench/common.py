@@ -1,6 +1,11 @@
-"""Helpers shared by the benchmark scripts: free ports and /proc readings."""
+"""Helpers shared by the benchmark scripts: free ports, /proc readings, a fresh etcd."""
 import os
+import shutil
 import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -33,3 +38,45 @@ def cpu_ticks(pid):
         return int(fields[11]) + int(fields[12])
     except (OSError, IndexError, ValueError):
         return 0
+
+
+class Etcd:
+    """A fresh single-member etcd on free loopback ports, its data under `tmp`."""
+
+    def __init__(self, tmp, flags=()):
+        self.dir = tempfile.mkdtemp(dir=tmp, prefix="etcd-")
+        port, peer = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen(
+            ["etcd", "--data-dir", self.dir, "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+             "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls",
+             f"http://127.0.0.1:{peer}", "--initial-cluster", f"default=http://127.0.0.1:{peer}"] + list(flags),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                self.metrics()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise SystemExit("etcd did not start")
+
+    def metrics(self):
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:
+            out = {}
+            for line in r.read().decode().splitlines():
+                if line and not line.startswith("#"):
+                    name, _, value = line.rpartition(" ")
+                    try:
+                        out[name] = float(value)
+                    except ValueError:
+                        pass
+            return out
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)

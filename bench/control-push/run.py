@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import TICK, cpu_ticks, free_port, status_kb  # noqa: E402
+from common import Etcd, status_kb  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -36,17 +36,11 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="hids-push-")
-    port, peer = free_port(), free_port()
-    url = f"http://127.0.0.1:{port}"
-    etcd = subprocess.Popen(
-        ["etcd", "--data-dir", f"{tmp}/etcd", "--listen-client-urls", url, "--advertise-client-urls", url,
-         "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls",
-         f"http://127.0.0.1:{peer}", "--initial-cluster", f"default=http://127.0.0.1:{peer}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    etcd = Etcd(tmp)
+    url = etcd.url
     agents = []
     hidsctl = [os.path.join(BIN, "hidsctl"), "--endpoints", url]
     try:
-        time.sleep(1.5)
         subprocess.run(hidsctl + ["keygen", "--out", f"{tmp}/keys"], check=True, stdout=subprocess.DEVNULL)
         start = time.monotonic()
         for i in range(args.agents):
@@ -70,7 +64,7 @@ def main():
         agent_rss = statistics.median(status_kb(a.pid, "VmRSS") for a in agents[:50])
         print(f"# control-push: {args.agents} real agents, etcd {url}, {os.cpu_count()} CPUs; "
               f"all registered in {registered:.1f} s; agent RSS median {agent_rss / 1024:.1f} MB; "
-              f"etcd RSS {status_kb(etcd.pid, 'VmRSS') / 1024:.0f} MB")
+              f"etcd RSS {status_kb(etcd.proc.pid, 'VmRSS') / 1024:.0f} MB")
         with open(f"{tmp}/desired.toml", "w") as f:
             f.write('log_level = "warn"\n')
         print(f"{'action':<8} {'targets':>7} {'acked':>6} {'total s':>8} {'ack p50 ms':>10} {'ack p99 ms':>10} "
@@ -97,8 +91,7 @@ def main():
                 a.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 a.kill()
-        etcd.kill()
-        etcd.wait()
+        etcd.stop()
         subprocess.run(["rm", "-rf", tmp])
 
 

@@ -25,10 +25,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import TICK, cpu_ticks, free_port, status_kb  # noqa: E402
+from common import TICK, Etcd, cpu_ticks, status_kb  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -36,44 +35,8 @@ BIN = os.path.join(ROOT, "target", "release")
 ETCD_FLAGS = ["--quota-backend-bytes", str(8 << 30), "--snapshot-count", "100000"]
 
 
-class Etcd:
-    def __init__(self, tmp):
-        self.dir = tempfile.mkdtemp(dir=tmp, prefix="etcd-")
-        port, peer = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen(
-            ["etcd", "--data-dir", self.dir, "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-             "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls",
-             f"http://127.0.0.1:{peer}", "--initial-cluster", f"default=http://127.0.0.1:{peer}"] + ETCD_FLAGS,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(100):
-            try:
-                self.metrics()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise SystemExit("etcd did not start")
-
-    def metrics(self):
-        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:
-            out = {}
-            for line in r.read().decode().splitlines():
-                if line and not line.startswith("#"):
-                    name, _, value = line.rpartition(" ")
-                    try:
-                        out[name] = float(value)
-                    except ValueError:
-                        pass
-            return out
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
+def fresh_etcd(tmp):
+    return Etcd(tmp, ETCD_FLAGS)
 
 
 def median(xs):
@@ -81,7 +44,7 @@ def median(xs):
 
 
 def baseline(tmp, n, runs, connections, watch_streams):
-    etcd = Etcd(tmp)
+    etcd = fresh_etcd(tmp)
     try:
         out = subprocess.run(
             [os.path.join(BIN, "hids-fleet-baseline"), "--endpoints", etcd.url, "--keys", str(n),
@@ -118,7 +81,7 @@ def hidsctl(url, args, key):
 
 
 def fleet(tmp, n, args, keys):
-    etcd = Etcd(tmp)
+    etcd = fresh_etcd(tmp)
     sim = None
     try:
         e0 = cpu_ticks(etcd.proc.pid)

@@ -62,8 +62,16 @@ pub async fn online<T: serde::de::DeserializeOwned>(
     client: &mut Client,
     keys: &Keys,
 ) -> anyhow::Result<BTreeMap<String, T>> {
+    Ok(online_at(client, keys).await?.0)
+}
+
+/// [`online`], and the revision it was read at.
+pub async fn online_at<T: serde::de::DeserializeOwned>(
+    client: &mut Client,
+    keys: &Keys,
+) -> anyhow::Result<(BTreeMap<String, T>, i64)> {
     let dir = keys.agents();
-    let (all, _) = get_all(client, &dir).await?;
+    let (all, revision) = get_all(client, &dir).await?;
     let mut out = BTreeMap::new();
     let mut bad = 0;
     for (key, value, _) in all {
@@ -80,7 +88,7 @@ pub async fn online<T: serde::de::DeserializeOwned>(
     if bad > 0 {
         eprintln!("hidsctl: skipped {bad} agent status value(s) that are not status documents");
     }
-    Ok(out)
+    Ok((out, revision))
 }
 
 pub async fn agents(

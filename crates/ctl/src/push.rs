@@ -589,30 +589,18 @@ async fn presence(
     keys: &Keys,
     with_labels: bool,
 ) -> anyhow::Result<(BTreeMap<String, BTreeMap<String, String>>, i64)> {
+    if with_labels {
+        let (online, revision) = fleet::online_at::<Labelled>(client, keys).await?;
+        let labels = online.into_iter().map(|(h, l)| (h, l.labels)).collect();
+        return Ok((labels, revision));
+    }
     let dir = keys.agents();
-    let (all, revision) = fleet::get_all_with(client, &dir, !with_labels).await?;
-    let mut online = BTreeMap::new();
-    let mut bad = 0;
-    for (key, value, _) in all {
-        let Some(host) = keys.host_of(&dir, &key) else {
-            continue;
-        };
-        let labels = if with_labels {
-            match serde_json::from_slice::<Labelled>(&value) {
-                Ok(l) => l.labels,
-                Err(_) => {
-                    bad += 1;
-                    continue;
-                }
-            }
-        } else {
-            BTreeMap::new()
-        };
-        online.insert(host.to_owned(), labels);
-    }
-    if bad > 0 {
-        eprintln!("hidsctl: skipped {bad} agent status value(s) that are not status documents");
-    }
+    let (all, revision) = fleet::get_all_with(client, &dir, true).await?;
+    let online = all
+        .iter()
+        .filter_map(|(key, _, _)| keys.host_of(&dir, key))
+        .map(|host| (host.to_owned(), BTreeMap::new()))
+        .collect();
     Ok((online, revision))
 }
 

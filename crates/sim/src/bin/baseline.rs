@@ -186,11 +186,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut written_at = vec![started; n];
         let mut acked_at: Vec<Option<Instant>> = vec![None; n];
-        let mut batches = (0..n).collect::<Vec<_>>();
-        let chunks: Vec<Vec<usize>> = batches
-            .chunks_mut(OPS_PER_TXN)
-            .map(|c| c.to_vec())
-            .collect();
+        let indexes: Vec<usize> = (0..n).collect();
+        let chunks: Vec<Vec<usize>> = indexes.chunks(OPS_PER_TXN).map(<[usize]>::to_vec).collect();
         let mut writes = tokio::task::JoinSet::new();
         let mut next = chunks.into_iter();
         let mut acked = 0;
