@@ -19,11 +19,13 @@ need_root() {
     fi
 }
 
-# What building needs from Debian: protoc for the etcd client, cmake and the curl, TLS and
-# zlib headers for librdkafka (built from its vendored sources).
+# What building needs from Debian: protoc and the well-known .proto files
+# (google/protobuf/descriptor.proto, in libprotobuf-dev, which --no-install-recommends
+# leaves out) for the etcd client, cmake and the curl, TLS and zlib headers for
+# librdkafka (built from its vendored sources).
 # clang compiles the process plugin's eBPF program; libelf is what libbpf (linked into
 # the plugin) reads BPF objects with.
-BUILD_PACKAGES="protobuf-compiler cmake libcurl4-openssl-dev libssl-dev zlib1g-dev pkg-config clang libelf-dev make"
+BUILD_PACKAGES="protobuf-compiler libprotobuf-dev cmake libcurl4-openssl-dev libssl-dev zlib1g-dev pkg-config clang libelf-dev make"
 # And testing: etcd and etcdctl for the control-plane tests, openssl for their TLS
 # certificates.
 TEST_PACKAGES="$BUILD_PACKAGES etcd-server etcd-client openssl"
