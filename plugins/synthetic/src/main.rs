@@ -52,6 +52,7 @@ fn main() -> anyhow::Result<()> {
     };
     let start = Instant::now();
     let mut buf = Vec::with_capacity(1024);
+    let mut emitted = 0;
     for seq in 1..=args.count {
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
             break;
@@ -68,17 +69,24 @@ fn main() -> anyhow::Result<()> {
         buf.clear();
         serde_json::to_writer(&mut buf, &event("event", "process", "synthetic", seq, hids))?;
         out.event(&buf)?;
+        emitted = seq;
     }
     // A closing stats record, like real plugins write: it tells reconciliation how many
-    // events this run produced, so a lost tail is visible too.
-    let stats = serde_json::json!({ "events_emitted": args.count, "elapsed_secs": start.elapsed().as_secs_f64() });
+    // events this run produced, so a lost tail is visible too. What was emitted, not what
+    // was asked for: a run stopped early (the guard, a shutdown) must not claim events
+    // it never sent, or reconciliation reports them missing.
+    let stats = serde_json::json!({
+        "events_emitted": emitted,
+        "stopped_early": emitted < args.count,
+        "elapsed_secs": start.elapsed().as_secs_f64(),
+    });
     let mut hids = Hids::new(plugin.clone(), run_id.clone());
     hids.stats = Some(stats.clone());
     out.event(&serde_json::to_vec(&event(
         "metric",
         "host",
         "stats",
-        args.count + 1,
+        emitted + 1,
         hids,
     ))?)?;
     out.flush()?;
