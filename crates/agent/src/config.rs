@@ -91,6 +91,13 @@ pub struct SpoolConfig {
     pub max_bytes: u64,
     #[serde(default = "default_segment_bytes")]
     pub segment_bytes: u64,
+    /// How often spooled events are forced to disk (fsync). Until then they are in the
+    /// kernel's page cache: safe from a crash or `kill -9` of the agent, not from a
+    /// power cut, which can lose up to this much of the spool's newest events. A full
+    /// segment is forced to disk when it is closed, whatever this says. 0: after every
+    /// batch of events (costly on a busy host).
+    #[serde(default = "default_fsync_interval_ms")]
+    pub fsync_interval_ms: u64,
 }
 
 fn default_file_max_bytes() -> u64 {
@@ -104,6 +111,9 @@ fn default_spool_max_bytes() -> u64 {
 }
 fn default_segment_bytes() -> u64 {
     4 << 20
+}
+fn default_fsync_interval_ms() -> u64 {
+    1000
 }
 
 /// How the agent joins the control plane (etcd).
@@ -200,6 +210,9 @@ pub struct PipelineConfig {
     /// (their own bounded queues then drop and count).
     #[serde(default = "default_queue_events")]
     pub queue_events: usize,
+    /// Bytes of events the queue may hold, whatever their number (at least 64 KiB).
+    #[serde(default = "default_queue_bytes")]
+    pub queue_bytes: u32,
 }
 
 fn yes() -> bool {
@@ -235,6 +248,10 @@ fn default_max_frame_bytes() -> u32 {
 fn default_queue_events() -> usize {
     4096
 }
+/// 16 MiB: 4,096 events of 4 KiB, far above a typical 1 KiB exec event.
+fn default_queue_bytes() -> u32 {
+    16 << 20
+}
 
 impl Default for SupervisorConfig {
     fn default() -> Self {
@@ -253,6 +270,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             queue_events: default_queue_events(),
+            queue_bytes: default_queue_bytes(),
         }
     }
 }
@@ -341,6 +359,9 @@ impl Config {
         if self.pipeline.queue_events == 0 {
             problems.push("pipeline.queue_events must be at least 1".into());
         }
+        if self.pipeline.queue_bytes < 64 << 10 {
+            problems.push("pipeline.queue_bytes must be at least 65536 (64 KiB)".into());
+        }
         if let Some(c) = &self.control {
             problems.extend(c.problems());
         }
@@ -393,6 +414,13 @@ impl Config {
             if !valid_name {
                 problems.push(format!(
                     "plugin name {:?}: use 1-64 letters, digits, '-' or '_'",
+                    p.name
+                ));
+                continue;
+            }
+            if hids_types::event::MASTER_STREAMS.contains(&p.name.as_str()) {
+                problems.push(format!(
+                    "plugin name {:?} is the agent's own event stream; choose another name",
                     p.name
                 ));
                 continue;

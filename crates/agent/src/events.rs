@@ -7,7 +7,8 @@ use std::sync::Arc;
 use hids_types::event::{Event, EventMeta, Hids, Host};
 use hids_types::guard::GuardStatus;
 use hids_types::Timestamp;
-use tokio::sync::mpsc;
+
+use crate::queue::{EventSender, Position};
 
 /// Builds the events of one stream (`hids.plugin` = its name).
 pub struct Emitter {
@@ -57,12 +58,26 @@ impl Emitter {
         // Plain data with string keys: serialization cannot fail.
         serde_json::to_vec(&ev).unwrap_or_default()
     }
+
+    /// Where the last event built sits in this stream.
+    pub fn position(&self) -> Position {
+        Position {
+            plugin: self.plugin.clone(),
+            run_id: self.run_id.clone(),
+            seq: self.seq,
+        }
+    }
+
+    /// The sequence number the next event will carry.
+    pub fn next_sequence(&self) -> u64 {
+        self.seq + 1
+    }
 }
 
 /// Guard transitions, queued into the pipeline like any plugin's events.
 pub struct AgentEvents {
     emitter: Emitter,
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: EventSender,
     /// Where events not queued (the pipeline full) are counted, as `agent_events_queue_full`.
     counters: std::sync::Arc<crate::pipeline::PipelineCounters>,
 }
@@ -71,7 +86,7 @@ impl AgentEvents {
     pub fn new(
         host_id: &str,
         hostname: &str,
-        tx: mpsc::Sender<Vec<u8>>,
+        tx: EventSender,
         counters: std::sync::Arc<crate::pipeline::PipelineCounters>,
     ) -> Self {
         AgentEvents {
@@ -87,7 +102,7 @@ impl AgentEvents {
             h.guard = Some(status.clone())
         });
         // The pipeline is bounded; a full one costs this event, counted, never a wait.
-        if self.tx.try_send(ev).is_err() {
+        if self.tx.try_send(ev, self.emitter.position()).is_err() {
             self.counters.count_drop("agent_events_queue_full", 1);
         }
     }

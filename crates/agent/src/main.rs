@@ -11,6 +11,7 @@ mod guard;
 mod logging;
 mod pipeline;
 mod plugins;
+mod queue;
 mod status;
 mod supervisor;
 
@@ -24,6 +25,7 @@ use clap::{Parser, Subcommand};
 use hids_types::status::AgentStatus;
 use hids_types::Timestamp;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use crate::config::{Config, PluginSpec};
 use crate::logging::LogLevel;
@@ -34,6 +36,10 @@ use hids_control::state::ControlState;
 
 /// Exit code for a configuration the agent refuses to start with (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
+
+/// From SIGTERM to exit, everything included (plugins, the pipeline's last delivery
+/// and spooling): what the README and the systemd unit promise.
+const STOP_BUDGET: Duration = Duration::from_millis(4800);
 
 /// HIDS agent: watches what runs on this host and reports it as ECS JSON events.
 ///
@@ -183,14 +189,17 @@ async fn agent(
         );
     }
     let counters = Arc::new(PipelineCounters::default());
-    let (events_tx, events_rx) = mpsc::channel(config.pipeline.queue_events);
+    let (events_tx, events_rx) =
+        queue::channel(config.pipeline.queue_events, config.pipeline.queue_bytes);
     let outputs = build_outputs(&config, &host_id, &counters)?;
+    let stop_by = pipeline::StopBy::default();
     let sink_thread = pipeline::start(
         events_rx,
         outputs,
         counters.clone(),
         events::Emitter::new(&host_id, &hostname, "pipeline"),
         hids_types::stagger::offset(&host_id, Duration::from_secs(60)),
+        stop_by.clone(),
     )?;
 
     let agent_events =
@@ -410,6 +419,8 @@ async fn agent(
         }
     }
 
+    let stopping = Instant::now();
+    let _ = stop_by.set((stopping + STOP_BUDGET).into_std());
     let _ = shutdown_tx.send(true);
     // Each plugin gets its stop timeout; the agent must be gone within 5 s regardless,
     // and dropping a task's child kills it.
@@ -422,14 +433,18 @@ async fn agent(
         &snapshot(&manager, &control, breaker.status(&usage)),
     );
     cgroups.remove_all(&specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>());
-    // The sink thread ends, flushed, once every sender is gone (the plugin tasks held
-    // them). Give it a moment, never forever.
-    for _ in 0..50 {
-        if sink_thread.is_finished() {
-            let _ = sink_thread.join();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // The pipeline ends once every sender of its queue is gone: the plugin tasks' (in
+    // the manager) and the agent's own. It then declares where every run ended, gives
+    // Kafka what is left of the budget and spools the rest; the process must not exit
+    // under it, or what librdkafka holds is lost.
+    drop(manager);
+    drop(agent_events);
+    let joined = tokio::task::spawn_blocking(move || sink_thread.join());
+    let left = (stopping + STOP_BUDGET).saturating_duration_since(Instant::now());
+    if tokio::time::timeout(left, joined).await.is_err() {
+        tracing::error!(
+            "the pipeline did not finish within the stop budget; events it held may be lost"
+        );
     }
     tracing::info!("stopped");
     Ok(())
@@ -447,6 +462,9 @@ fn build_outputs(
         local: Vec::new(),
         kafka: None,
         spool: None,
+        fsync_interval: Duration::from_millis(
+            config.spool.as_ref().map_or(1000, |s| s.fsync_interval_ms),
+        ),
     };
     let sinks = config
         .sinks

@@ -12,24 +12,32 @@
 //!   and the exact sequence numbers, so reconciliation can tell declared loss from
 //!   undeclared.
 //!
-//! Memory is bounded by the queue (events), librdkafka's buffer (`queue_kbytes`) and one
-//! spool segment in replay.
+//! - A poison record (one Kafka can never take: too large, topic not authorized) is
+//!   declared and skipped, never retried forever in front of everything behind it.
+//! - The end of every run is declared too (`run_end`, with the last sequence number the
+//!   master took from it): when a plugin starts a new run, and for every stream at stop.
+//!   Loss at the tail of a run is then as visible as loss in its middle.
+//! - At stop, what Kafka has not acknowledged within the stop budget is taken back and
+//!   spooled (replayed at the next start), or declared when there is no spool.
+//!
+//! Memory is bounded by the queue (events and bytes), librdkafka's buffer
+//! (`queue_kbytes`) and one spool segment in replay.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hids_sink::kafka::{KafkaSink, Origin, SendError};
-use hids_sink::spool::Spool;
+use hids_sink::spool::{Handback, Spool};
 use hids_sink::Sink;
-use hids_types::event::DroppedRange;
+use hids_types::event::{DroppedRange, EventIds, RunEnd};
 use hids_types::status::PipelineStatus;
-use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::events::Emitter;
+use crate::queue::{Position, Queued};
 
 #[derive(Default)]
 pub struct PipelineCounters {
@@ -79,20 +87,30 @@ pub struct Outputs {
     pub local: Vec<Box<dyn Sink>>,
     pub kafka: Option<KafkaSink>,
     pub spool: Option<Spool>,
+    /// How often the spool is forced to disk (zero: after every batch).
+    pub fsync_interval: Duration,
 }
+
+/// When the agent must be gone: set by the master when it starts stopping, read by the
+/// pipeline to size its last wait for Kafka.
+pub type StopBy = Arc<OnceLock<Instant>>;
+
+/// Time kept back from the stop budget for taking back what Kafka holds and spooling it.
+const SPOOL_RESERVE: Duration = Duration::from_millis(500);
 
 /// How often the pipeline's own stats record is written.
 const STATS_EVERY: Duration = Duration::from_secs(60);
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
 
 /// Starts the pipeline thread. It ends, flushed, when every sender is dropped; events
-/// still in Kafka's hands then are spooled, not lost.
+/// Kafka has not acknowledged by `stop_by` are then spooled, not lost.
 pub fn start(
-    rx: mpsc::Receiver<Vec<u8>>,
+    rx: mpsc::Receiver<Queued>,
     outputs: Outputs,
     counters: Arc<PipelineCounters>,
     emitter: Emitter,
     stats_offset: Duration,
+    stop_by: StopBy,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("pipeline".into())
@@ -117,21 +135,29 @@ pub fn start(
                     backlog: outputs.spool.as_ref().is_some_and(|s| !s.is_empty()),
                     spool: outputs.spool,
                     replay: None,
+                    poisoned: None,
                     retry_at: Instant::now(),
                     retry_delay: Duration::from_secs(1),
                     refusals: 0,
+                    fsync_interval: outputs.fsync_interval,
+                    next_sync: Instant::now() + outputs.fsync_interval,
                 }),
                 counters,
                 emitter,
                 pending_declarations: Vec::new(),
+                runs: BTreeMap::new(),
             };
             rt.block_on(p.run(rx, stats_offset));
+            p.shutdown(stop_by.get().copied());
         })
 }
 
 struct Replay {
     segment: u64,
+    /// The segment's records: a poison one is declared from its bytes.
+    records: Vec<Vec<u8>>,
     outstanding: usize,
+    /// A record failed in a way a retry can cure: the segment goes again later.
     failed: bool,
     /// The first delivery error of this attempt, for the log.
     error: Option<String>,
@@ -142,10 +168,15 @@ struct Kafka {
     spool: Option<Spool>,
     backlog: bool,
     replay: Option<Replay>,
+    /// Records of one segment Kafka refused for good and that were declared lost: never
+    /// sent again when the segment is retried for its other records.
+    poisoned: Option<(u64, BTreeSet<usize>)>,
     retry_at: Instant,
     retry_delay: Duration,
     /// Replays in a row that the broker answered with a refusal (not a timeout).
     refusals: u32,
+    fsync_interval: Duration,
+    next_sync: Instant,
 }
 
 struct Pipeline {
@@ -156,10 +187,12 @@ struct Pipeline {
     emitter: Emitter,
     /// Lost events waiting to be declared (declaring can itself spool and drop).
     pending_declarations: Vec<(Vec<u8>, &'static str)>,
+    /// The current run of every stream seen, and the last sequence number taken from it.
+    runs: BTreeMap<Arc<str>, Position>,
 }
 
 impl Pipeline {
-    async fn run(&mut self, mut rx: mpsc::Receiver<Vec<u8>>, stats_offset: Duration) {
+    async fn run(&mut self, mut rx: mpsc::Receiver<Queued>, stats_offset: Duration) {
         let mut tick = tokio::time::interval(HOUSEKEEPING);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stats =
@@ -169,15 +202,16 @@ impl Pipeline {
             tokio::select! {
                 ev = rx.recv() => match ev {
                     Some(ev) => {
-                        self.handle(ev);
+                        self.take(ev);
                         // Drain what is queued before paying for a flush.
                         for _ in 0..1024 {
                             match rx.try_recv() {
-                                Ok(ev) => self.handle(ev),
+                                Ok(ev) => self.take(ev),
                                 Err(_) => break,
                             }
                         }
                         self.flush_local();
+                        self.sync_spool_if_due(false);
                     }
                     None => break,
                 },
@@ -185,13 +219,32 @@ impl Pipeline {
                 _ = stats.tick() => self.stats(),
             }
         }
-        self.shutdown();
+    }
+
+    /// An event from the queue: noted as its run's latest, then handled.
+    fn take(&mut self, ev: Queued) {
+        let Queued {
+            bytes, position, ..
+        } = ev;
+        let previous = self.runs.insert(position.plugin.clone(), position.clone());
+        if let Some(old) = previous.filter(|old| old.run_id != position.run_id) {
+            self.declare_ends(vec![run_end(&old, "superseded")]);
+        }
+        self.handle(bytes);
     }
 
     fn handle(&mut self, ev: Vec<u8>) {
         self.write_local(&ev);
         self.send_kafka(ev);
         self.declare_pending();
+    }
+
+    /// A `run_end` event on the pipeline's stream.
+    fn declare_ends(&mut self, ended: Vec<RunEnd>) {
+        let ev = self.emitter.build("event", "host", "info", "run_end", |h| {
+            h.ended = Some(ended)
+        });
+        self.handle(ev);
     }
 
     fn write_local(&mut self, ev: &[u8]) {
@@ -208,7 +261,13 @@ impl Pipeline {
                         *failing = false;
                     }
                 }
-                Err(e) => report(sink.name(), failing, &e),
+                Err(e) => {
+                    report(sink.name(), failing, &e.source);
+                    // This event is declared below if no output took it; those written
+                    // earlier and lost with it are counted.
+                    self.counters
+                        .count_drop("sink_write_error", e.lost_events.saturating_sub(1));
+                }
             }
         }
         if delivered {
@@ -221,7 +280,8 @@ impl Pipeline {
     fn flush_local(&mut self) {
         for (sink, failing) in self.local.iter_mut().zip(self.failing.iter_mut()) {
             if let Err(e) = sink.flush() {
-                report(sink.name(), failing, &e);
+                report(sink.name(), failing, &e.source);
+                self.counters.count_drop("sink_write_error", e.lost_events);
             }
         }
     }
@@ -290,23 +350,51 @@ impl Pipeline {
             self.pending_declarations.push((ev, "kafka_unavailable"));
             return;
         };
-        match spool.append(&ev) {
-            Ok(evicted) => {
-                self.counters.spooled.fetch_add(1, Ordering::Relaxed);
-                if !evicted.is_empty() {
-                    tracing::error!(
-                        "spool full: dropped its oldest segment ({} events); they are declared as lost",
-                        evicted.len()
-                    );
-                    self.pending_declarations
-                        .extend(evicted.into_iter().map(|e| (e, "spool_full")));
-                }
-            }
-            Err(e) => {
-                tracing::error!("cannot write to the spool: {e}");
-                self.pending_declarations.push((ev, "spool_write_error"));
-            }
+        let back = spool.append(&ev);
+        self.counters.spooled.fetch_add(1, Ordering::Relaxed);
+        self.take_back(back);
+    }
+
+    /// What the spool gave back is declared lost: evicted to stay within its bound, or
+    /// not written (disk full).
+    fn take_back(&mut self, back: Handback) {
+        if back.is_empty() {
+            return;
         }
+        if !back.evicted.is_empty() {
+            tracing::error!(
+                "spool full: dropped its oldest segment ({} events); they are declared as lost",
+                back.evicted.len()
+            );
+        }
+        if let Some(e) = &back.error {
+            tracing::error!(
+                "spool: {e}; {} event(s) could not be written and are declared as lost",
+                back.unwritten.len()
+            );
+        }
+        if back.unreadable > 0 {
+            // Their bytes are gone, so their sequence numbers cannot be declared.
+            self.counters
+                .count_drop("spool_unreadable", back.unreadable);
+        }
+        self.pending_declarations
+            .extend(back.evicted.into_iter().map(|e| (e, "spool_full")));
+        self.pending_declarations
+            .extend(back.unwritten.into_iter().map(|e| (e, "spool_write_error")));
+    }
+
+    /// Forces the spool to disk when its interval is up (or at once when `now`).
+    fn sync_spool_if_due(&mut self, now: bool) {
+        let Some(k) = &mut self.kafka else { return };
+        let Some(spool) = &mut k.spool else { return };
+        let due = now || k.fsync_interval.is_zero() || Instant::now() >= k.next_sync;
+        if !due {
+            return;
+        }
+        k.next_sync = Instant::now() + k.fsync_interval;
+        let back = spool.sync();
+        self.take_back(back);
     }
 
     /// Declares lost events: counted by reason, and a `dropped` event naming their
@@ -324,8 +412,6 @@ impl Pipeline {
             }
             for (reason, events) in by_reason {
                 self.counters.count_drop(reason, events.len() as u64);
-                // A lost declaration is counted, never declared again: that way lies a
-                // declaration of a declaration of ...
                 let events: Vec<Vec<u8>> =
                     events.into_iter().filter(|e| !is_declaration(e)).collect();
                 let ranges = ranges_of(&events, reason);
@@ -353,142 +439,192 @@ impl Pipeline {
                 tracing::error!("cannot start a new kafka producer: {e}");
             }
         }
-        let mut failed_live = Vec::new();
-        for d in k.sink.poll() {
-            match d.origin {
-                Origin::Live => {
-                    match d.error {
-                        None => {
-                            self.counters
-                                .kafka_delivered
-                                .fetch_add(1, Ordering::Relaxed);
-                        }
-                        Some(e) => {
-                            if !k.backlog {
-                                tracing::warn!("kafka delivery failed ({e}); spooling events until it works again");
-                            }
-                            k.backlog = true;
-                            if let Some(p) = d.payload {
-                                failed_live.push(p);
-                            }
-                        }
-                    }
-                }
-                Origin::Spool(_) => {
-                    if let Some(r) = &mut k.replay {
-                        r.outstanding = r.outstanding.saturating_sub(1);
-                        if let Some(e) = d.error {
-                            r.failed = true;
-                            r.error.get_or_insert(e);
-                        } else {
-                            self.counters
-                                .kafka_delivered
-                                .fetch_add(1, Ordering::Relaxed);
-                            self.counters.replayed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            }
-        }
+        let failed_live = self.serve_reports();
         // Failed live events go to the spool before anything looks at whether it is
         // empty.
-        for p in failed_live.drain(..) {
+        for p in failed_live {
             self.spool(p);
         }
-        let Some(k) = &mut self.kafka else { return };
-        if let Some(r) = &k.replay {
-            if r.outstanding == 0 {
-                let segment = r.segment;
-                if r.failed {
-                    tracing::warn!(
-                        "kafka: sending spool segment {segment} failed ({}); retrying in {:?}",
-                        r.error.as_deref().unwrap_or("producer queue full"),
-                        k.retry_delay
-                    );
-                    // The broker answered and refused (rather than not answering): after
-                    // an outage an idempotent producer's sequence can be out of step with
-                    // a broker that cannot reset it. A new producer starts afresh.
-                    let refused = r.error.as_deref().is_some_and(|e| !e.contains("timed out"));
-                    k.refusals = if refused { k.refusals + 1 } else { 0 };
-                    if k.refusals >= 2 {
-                        tracing::warn!("kafka keeps refusing this producer's messages; starting a new producer");
-                        k.refusals = 0;
-                        if let Err(e) = k.sink.reset() {
-                            tracing::error!("cannot start a new kafka producer: {e}");
+        self.finish_replay();
+        self.replay_or_go_live();
+        self.sync_spool_if_due(false);
+        if let Some(k) = &mut self.kafka {
+            if let Some(s) = &k.spool {
+                self.counters
+                    .spool_bytes
+                    .store(s.bytes(), Ordering::Relaxed);
+                self.counters
+                    .spool_records
+                    .store(s.records(), Ordering::Relaxed);
+            }
+            self.counters.backlog.store(k.backlog, Ordering::Relaxed);
+        }
+        self.declare_pending();
+    }
+
+    /// Takes Kafka's delivery reports: counts what was delivered, notes replay outcomes,
+    /// and returns the live events that failed (for the spool).
+    fn serve_reports(&mut self) -> Vec<Vec<u8>> {
+        let Some(k) = &mut self.kafka else {
+            return Vec::new();
+        };
+        let mut failed_live = Vec::new();
+        for d in k.sink.poll() {
+            match (d.origin, d.error) {
+                (_, None) => {
+                    self.counters
+                        .kafka_delivered
+                        .fetch_add(1, Ordering::Relaxed);
+                    if matches!(d.origin, Origin::Spool { .. }) {
+                        self.counters.replayed.fetch_add(1, Ordering::Relaxed);
+                        if let Some(r) = &mut k.replay {
+                            r.outstanding = r.outstanding.saturating_sub(1);
                         }
                     }
-                    k.retry_at = Instant::now() + k.retry_delay;
-                    k.retry_delay = (k.retry_delay * 2).min(Duration::from_secs(30));
-                } else {
-                    if let Some(s) = &mut k.spool {
-                        if let Err(e) = s.remove(segment) {
-                            tracing::warn!("cannot remove a delivered spool segment: {e}");
-                        }
-                    }
-                    k.retry_delay = Duration::from_secs(1);
-                    k.refusals = 0;
                 }
-                k.replay = None;
+                (Origin::Live, Some(e)) => {
+                    if !k.backlog {
+                        tracing::warn!(
+                            "kafka delivery failed ({e}); spooling events until it works again"
+                        );
+                    }
+                    k.backlog = true;
+                    if let Some(p) = d.payload {
+                        failed_live.push(p);
+                    }
+                }
+                (Origin::Spool { segment, index }, Some(e)) => {
+                    let Some(r) = k.replay.as_mut().filter(|r| r.segment == segment) else {
+                        continue;
+                    };
+                    r.outstanding = r.outstanding.saturating_sub(1);
+                    if d.permanent {
+                        if let Some(rec) = r.records.get(index) {
+                            if poison(&mut k.poisoned, segment, index) {
+                                self.pending_declarations
+                                    .push((rec.clone(), "kafka_refused"));
+                            }
+                        }
+                    } else {
+                        r.failed = true;
+                    }
+                    r.error.get_or_insert(e);
+                }
             }
         }
+        failed_live
+    }
+
+    /// A replay whose every record has an answer: the segment goes (declaring its poison
+    /// records), or is tried again later.
+    fn finish_replay(&mut self) {
+        let Some(k) = &mut self.kafka else { return };
+        if k.replay.as_ref().is_none_or(|r| r.outstanding > 0) {
+            return;
+        }
+        let Some(r) = k.replay.take() else { return };
+        if r.failed {
+            tracing::warn!(
+                "kafka: sending spool segment {} failed ({}); retrying in {:?}",
+                r.segment,
+                r.error.as_deref().unwrap_or("producer queue full"),
+                k.retry_delay
+            );
+            // The broker answered and refused (rather than not answering): after an
+            // outage an idempotent producer's sequence can be out of step with a broker
+            // that cannot reset it. A new producer starts afresh.
+            let refused = r.error.as_deref().is_some_and(|e| !e.contains("timed out"));
+            k.refusals = if refused { k.refusals + 1 } else { 0 };
+            if k.refusals >= 2 {
+                tracing::warn!(
+                    "kafka keeps refusing this producer's messages; starting a new producer"
+                );
+                k.refusals = 0;
+                if let Err(e) = k.sink.reset() {
+                    tracing::error!("cannot start a new kafka producer: {e}");
+                }
+            }
+            k.retry_at = Instant::now() + k.retry_delay;
+            k.retry_delay = (k.retry_delay * 2).min(Duration::from_secs(30));
+        } else {
+            if let Some(s) = &mut k.spool {
+                if let Err(e) = s.remove(r.segment) {
+                    tracing::warn!("cannot remove a delivered spool segment: {e}");
+                }
+            }
+            k.poisoned = None;
+            k.retry_delay = Duration::from_secs(1);
+            k.refusals = 0;
+        }
+    }
+
+    /// With a backlog and no replay running: send the oldest spool segment, or go live
+    /// again when the spool is empty.
+    fn replay_or_go_live(&mut self) {
+        let Some(k) = &mut self.kafka else { return };
         // Invariant: while anything waits in the spool, new events queue behind it.
         if k.spool.as_ref().is_some_and(|s| !s.is_empty()) {
             k.backlog = true;
         }
-        if k.backlog && k.replay.is_none() {
-            match &mut k.spool {
-                Some(s) if !s.is_empty() => {
-                    if Instant::now() >= k.retry_at {
-                        match s.oldest() {
-                            Ok(Some((segment, records))) => {
-                                let mut r = Replay {
-                                    segment,
-                                    outstanding: 0,
-                                    failed: false,
-                                    error: None,
-                                };
-                                for rec in &records {
-                                    match k.sink.send(rec, Origin::Spool(segment)) {
-                                        Ok(()) => r.outstanding += 1,
-                                        Err(_) => {
-                                            // Sent again, whole, on the next attempt.
-                                            r.failed = true;
-                                            break;
-                                        }
-                                    }
-                                }
-                                if r.outstanding == 0 && r.failed {
-                                    k.retry_at = Instant::now() + k.retry_delay;
-                                } else {
-                                    k.replay = Some(r);
-                                }
-                            }
-                            Ok(None) => {}
-                            Err(e) => tracing::warn!("cannot read the spool: {e}"),
-                        }
+        if !k.backlog || k.replay.is_some() {
+            return;
+        }
+        let Some(s) = k.spool.as_mut().filter(|s| !s.is_empty()) else {
+            // Nothing waits: back to sending live. (Without a spool there is no backlog
+            // to keep: what Kafka cannot take is declared lost.)
+            tracing::info!("kafka caught up; events go straight to it again");
+            k.backlog = false;
+            return;
+        };
+        if Instant::now() < k.retry_at {
+            return;
+        }
+        let (segment, records) = match s.oldest() {
+            Ok(Some(found)) => found,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!("cannot read the spool: {e}");
+                return;
+            }
+        };
+        let skip = match &k.poisoned {
+            Some((s, set)) if *s == segment => set.clone(),
+            _ => BTreeSet::new(),
+        };
+        let mut r = Replay {
+            segment,
+            records: Vec::new(),
+            outstanding: 0,
+            failed: false,
+            error: None,
+        };
+        for (index, rec) in records.iter().enumerate() {
+            if skip.contains(&index) {
+                continue;
+            }
+            match k.sink.send(rec, Origin::Spool { segment, index }) {
+                Ok(()) => r.outstanding += 1,
+                Err(SendError::QueueFull) => {
+                    // Sent again, whole, on the next attempt.
+                    r.failed = true;
+                    break;
+                }
+                Err(SendError::Other(e)) => {
+                    // Refused before it was queued (too large): it never will be sent.
+                    if poison(&mut k.poisoned, segment, index) {
+                        tracing::error!("kafka refused a spooled event for good ({e}); it is declared lost and skipped");
+                        self.pending_declarations
+                            .push((rec.clone(), "kafka_refused"));
                     }
                 }
-                _ => {
-                    // Nothing waits: back to sending live. (Without a spool there is
-                    // no backlog to keep: what Kafka cannot take is declared lost.)
-                    tracing::info!("kafka caught up; events go straight to it again");
-                    k.backlog = false;
-                }
             }
         }
-        if let Some(s) = &mut k.spool {
-            if let Err(e) = s.flush() {
-                tracing::warn!("cannot flush the spool: {e}");
-            }
-            self.counters
-                .spool_bytes
-                .store(s.bytes(), Ordering::Relaxed);
-            self.counters
-                .spool_records
-                .store(s.records(), Ordering::Relaxed);
+        r.records = records;
+        if r.outstanding == 0 && r.failed {
+            k.retry_at = Instant::now() + k.retry_delay;
+        } else {
+            k.replay = Some(r);
         }
-        self.counters.backlog.store(k.backlog, Ordering::Relaxed);
-        self.declare_pending();
     }
 
     /// The pipeline's periodic record of what it delivered, spooled and dropped.
@@ -500,18 +636,62 @@ impl Pipeline {
         self.handle(ev);
     }
 
-    /// At exit: give Kafka a moment, then spool what it still holds.
-    fn shutdown(&mut self) {
+    /// At exit: declare where every run ended, give Kafka what is left of the stop
+    /// budget, then take back and spool whatever it still holds.
+    fn shutdown(&mut self, stop_by: Option<Instant>) {
         self.stats();
+        let mut ended: Vec<RunEnd> = self.runs.values().map(|p| run_end(p, "stopped")).collect();
+        // This very event is the last of the pipeline's own stream.
+        let mut own = self.emitter.position();
+        own.seq = self.emitter.next_sequence();
+        ended.push(run_end(&own, "stopped"));
+        self.declare_ends(ended);
         if let Some(k) = &mut self.kafka {
-            k.sink.flush(Duration::from_millis(1500));
+            let budget = stop_by.map_or(Duration::from_millis(1500), |t| {
+                t.saturating_duration_since(Instant::now())
+                    .saturating_sub(SPOOL_RESERVE)
+            });
+            if !k.sink.drain(budget) {
+                tracing::warn!(
+                    "kafka did not acknowledge every event within the stop budget; the rest is spooled for the next start"
+                );
+            }
             k.sink.purge();
+            // Whatever comes back from here on goes to the spool, not to Kafka again.
+            k.backlog = true;
         }
-        self.housekeeping();
+        let failed_live = self.serve_reports();
+        for p in failed_live {
+            self.spool(p);
+        }
+        if let Some(k) = &mut self.kafka {
+            // A replay cut short is sent again, whole, at the next start.
+            k.replay = None;
+        }
+        self.declare_pending();
         self.flush_local();
-        if let Some(Kafka { spool: Some(s), .. }) = &mut self.kafka {
-            let _ = s.flush();
+        self.sync_spool_if_due(true);
+    }
+}
+
+/// Notes that record `index` of `segment` was refused for good; true the first time
+/// (when it is to be declared).
+fn poison(poisoned: &mut Option<(u64, BTreeSet<usize>)>, segment: u64, index: usize) -> bool {
+    match poisoned {
+        Some((s, set)) if *s == segment => set.insert(index),
+        _ => {
+            *poisoned = Some((segment, BTreeSet::from([index])));
+            true
         }
+    }
+}
+
+fn run_end(p: &Position, how: &str) -> RunEnd {
+    RunEnd {
+        plugin: p.plugin.to_string(),
+        run_id: p.run_id.to_string(),
+        last_seq: p.seq,
+        how: how.to_owned(),
     }
 }
 
@@ -523,32 +703,24 @@ fn report(name: &str, failing: &mut bool, e: &std::io::Error) {
     }
 }
 
-#[derive(Deserialize)]
-struct Ids {
-    event: Seq,
-    hids: Origin2,
-}
-#[derive(Deserialize)]
-struct Seq {
-    sequence: u64,
-}
-#[derive(Deserialize)]
-struct Origin2 {
-    plugin: String,
-    run_id: String,
-}
-
+/// A declaration of loss or of a run's end. One that is lost itself is counted, never
+/// declared again: that way lies a declaration of a declaration of ...
 fn is_declaration(event: &[u8]) -> bool {
-    let needle = b"\"action\":\"dropped\"";
-    event.windows(needle.len()).any(|w| w == needle)
+    EventIds::parse(event).is_ok_and(|ids| ids.declares())
 }
 
 /// Groups lost events into runs of consecutive sequence numbers per plugin run.
 fn ranges_of(events: &[Vec<u8>], reason: &str) -> Vec<DroppedRange> {
     let mut ids: Vec<(String, String, u64)> = events
         .iter()
-        .filter_map(|e| serde_json::from_slice::<Ids>(e).ok())
-        .map(|i| (i.hids.plugin, i.hids.run_id, i.event.sequence))
+        .filter_map(|e| EventIds::parse(e).ok())
+        .map(|i| {
+            (
+                i.hids.plugin.into_owned(),
+                i.hids.run_id.into_owned(),
+                i.event.sequence,
+            )
+        })
         .collect();
     ids.sort();
     let mut out: Vec<DroppedRange> = Vec::new();

@@ -18,18 +18,19 @@ use hids_wire::{
 use rustix::process::{Pid, Signal};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::cgroups::Cgroups;
 use crate::config::{PluginSpec, SupervisorConfig};
 use crate::logging::forward_plugin_log;
+use crate::queue::{EventSender, Position};
 
 /// What every plugin task shares.
 pub struct Context {
     pub host_id: String,
     pub hostname: String,
     pub supervisor: SupervisorConfig,
-    pub events: mpsc::Sender<Vec<u8>>,
+    pub events: EventSender,
     pub cgroups: Cgroups,
     /// Cgroup problems are logged once, not at every plugin start.
     pub cgroup_warned: std::sync::atomic::AtomicBool,
@@ -278,7 +279,7 @@ async fn run_once(
     let mut stdin = Some(stdin);
 
     tokio::spawn(forward_plugin_log(spec.name.clone(), stderr));
-    let pump = pump(stdout, ctx, status, &spec.name);
+    let pump = pump(stdout, ctx, status, &spec.name, run_id);
     tokio::pin!(pump);
     let mut pump_done = false;
 
@@ -413,6 +414,7 @@ async fn pump(
     ctx: &Context,
     status: &SharedStatus,
     name: &str,
+    run_id: &str,
 ) -> Result<(), String> {
     let max = ctx.supervisor.max_frame_bytes;
     let mut r = BufReader::with_capacity(64 * 1024, stdout);
@@ -455,6 +457,7 @@ async fn pump(
         s.framed = Some(true);
         s.version = Some(hello.version.clone());
     });
+    let (plugin, run): (std::sync::Arc<str>, std::sync::Arc<str>) = (name.into(), run_id.into());
     let mut bad_events = 0u64;
     loop {
         match read_full(&mut r, &mut head).await {
@@ -467,15 +470,23 @@ async fn pump(
         read_payload(&mut r, header.len, &mut payload).await?;
         match header.kind {
             Kind::Event => {
-                if !is_event_object(&payload) {
-                    bad_events += 1;
-                    update(status, |s| s.frames_rejected += 1);
-                    if bad_events.is_power_of_two() {
-                        tracing::warn!(plugin = %name, "refused {bad_events} event frame(s) that are not single-line JSON objects");
+                let seq = match event_sequence(&payload, name, run_id) {
+                    Ok(seq) => seq,
+                    Err(why) => {
+                        bad_events += 1;
+                        update(status, |s| s.frames_rejected += 1);
+                        if bad_events.is_power_of_two() {
+                            tracing::warn!(plugin = %name, "refused {bad_events} event frame(s); the last: {why}");
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                if ctx.events.send(payload).await.is_err() {
+                };
+                let position = Position {
+                    plugin: plugin.clone(),
+                    run_id: run.clone(),
+                    seq,
+                };
+                if ctx.events.send(payload, position).await.is_err() {
                     // The pipeline is gone: the agent is shutting down.
                     return Ok(());
                 }
@@ -493,9 +504,29 @@ async fn pump(
     }
 }
 
-/// The sinks write one event per line: an event must be one JSON object on one line.
-/// This is a framing check, not a JSON validation: plugins are trusted to produce JSON,
-/// but never to break the line framing of the stream.
+/// Checks an event frame and returns its sequence number. The sinks write one event per
+/// line, so an event must be one JSON object on one line; and it must name the plugin
+/// and the run it came from, and declare nothing only the master may declare (lost
+/// events, ended runs): a plugin that lies about either could hide loss from
+/// reconciliation. Plugins are trusted to produce the rest of the event.
+fn event_sequence(p: &[u8], plugin: &str, run_id: &str) -> Result<u64, String> {
+    if !is_event_object(p) {
+        return Err("not a single-line JSON object".into());
+    }
+    let ids = hids_types::event::EventIds::parse(p)
+        .map_err(|e| format!("no event.sequence, hids.plugin and hids.run_id ({e})"))?;
+    if ids.hids.plugin != plugin || ids.hids.run_id != run_id {
+        return Err(format!(
+            "names plugin {:?} run {:?}, not its own ({plugin:?} run {run_id:?})",
+            ids.hids.plugin, ids.hids.run_id
+        ));
+    }
+    if ids.declares() {
+        return Err("declares lost events or ended runs, which only the master may".into());
+    }
+    Ok(ids.event.sequence)
+}
+
 fn is_event_object(p: &[u8]) -> bool {
     p.first() == Some(&b'{') && p.last() == Some(&b'}') && !p.contains(&b'\n')
 }
@@ -549,6 +580,25 @@ mod tests {
         assert_eq!(backoff(&sup, 4), Duration::from_millis(800));
         assert_eq!(backoff(&sup, 5), Duration::from_secs(1));
         assert_eq!(backoff(&sup, 1000), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn events_must_name_their_own_run_and_declare_nothing() {
+        let ev = |plugin: &str, run: &str, extra: &str| {
+            format!(
+                r#"{{"event":{{"sequence":3}},"hids":{{"plugin":"{plugin}","run_id":"{run}"{extra}}}}}"#
+            )
+        };
+        assert_eq!(event_sequence(ev("p", "r", "").as_bytes(), "p", "r"), Ok(3));
+        assert!(event_sequence(ev("pipeline", "r", "").as_bytes(), "p", "r").is_err());
+        assert!(event_sequence(ev("p", "other", "").as_bytes(), "p", "r").is_err());
+        let forged = ev(
+            "p",
+            "r",
+            r#","dropped":[{"plugin":"q","run_id":"x","from_seq":1,"to_seq":9,"reason":"x"}]"#,
+        );
+        assert!(event_sequence(forged.as_bytes(), "p", "r").is_err());
+        assert!(event_sequence(br#"{"no":"ids"}"#, "p", "r").is_err());
     }
 
     #[test]

@@ -3,6 +3,16 @@
 //! received with those produced: missing ranges, duplicates, the drops the agents
 //! declared (`dropped` events of their `pipeline` stream), and what is left: undeclared
 //! loss.
+//!
+//! What a run produced is the highest of: the last sequence received, the count its
+//! own stats record claims, the last sequence its master declared when the run ended
+//! (`run_end`), and the declared drops. A run that ended without such a declaration
+//! (its agent was killed, or lost power) while a later run of the same plugin exists is
+//! reported as ended without a declared end: its tail cannot be proven.
+//!
+//! Declarations are taken only from the `pipeline` stream of the same host: the agent
+//! refuses plugin events that carry them, so a plugin cannot hide loss, and one host
+//! cannot declare another's.
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
@@ -12,35 +22,12 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use serde::{Deserialize, Serialize};
-
-#[derive(Deserialize)]
-struct Msg {
-    host: HostPart,
-    event: EventPart,
-    hids: HidsPart,
-}
-#[derive(Deserialize)]
-struct HostPart {
-    id: String,
-}
-#[derive(Deserialize)]
-struct EventPart {
-    sequence: u64,
-    action: String,
-}
-#[derive(Deserialize)]
-struct HidsPart {
-    plugin: String,
-    run_id: String,
-    #[serde(default)]
-    dropped: Option<Vec<hids_types::event::DroppedRange>>,
-    #[serde(default)]
-    stats: Option<serde_json::Value>,
-}
+use serde::Serialize;
 
 #[derive(Default)]
 struct Run {
+    /// Order of the run's first message in its partition (one host, one partition).
+    first_seen: u64,
     seqs: Vec<u64>,
     /// Events that arrived after a later one of the same run (one host's events share
     /// a partition, so this is the per-host order promise).
@@ -48,6 +35,8 @@ struct Run {
     /// From the run's own stats records: events it says it emitted.
     emitted: u64,
     declared: Vec<(u64, u64)>,
+    /// The master's declaration that the run ended: how, and its last sequence.
+    ended: Option<(String, u64)>,
 }
 
 #[derive(Serialize)]
@@ -63,6 +52,12 @@ struct RunReport {
     declared_drops: u64,
     undeclared_loss: u64,
     undeclared: Vec<(u64, u64)>,
+    /// `stopped` or `superseded` when the master declared the run's end; `null` for a
+    /// run still going, or one that ended without a declaration (see `end_unknown`).
+    ended: Option<String>,
+    /// The run ended (a later run of the plugin exists) without a declared end: loss at
+    /// its tail, if any, cannot be seen.
+    end_unknown: bool,
 }
 
 #[derive(Serialize)]
@@ -77,6 +72,8 @@ struct Report {
     out_of_order: u64,
     declared_drops: u64,
     undeclared_loss: u64,
+    /// Runs that ended without a declared end (a killed agent): their tails are unproven.
+    runs_without_end: u64,
     runs: Vec<RunReport>,
 }
 
@@ -136,6 +133,7 @@ pub async fn run(
 
     let mut runs: BTreeMap<(String, String, String), Run> = BTreeMap::new();
     let mut declared: Vec<(String, hids_types::event::DroppedRange)> = Vec::new();
+    let mut ended: Vec<(String, hids_types::event::RunEnd)> = Vec::new();
     let (mut messages, mut unparsed) = (0u64, 0u64);
     let mut remaining = end.clone();
     while !remaining.is_empty() {
@@ -159,40 +157,48 @@ pub async fn run(
         if let Some(p) = &progress {
             p.inc(1);
         }
-        let Some(parsed) = msg
+        let Some(ids) = msg
             .payload()
-            .and_then(|b| serde_json::from_slice::<Msg>(b).ok())
+            .and_then(|b| hids_types::event::EventIds::parse(b).ok())
         else {
             unparsed += 1;
             continue;
         };
+        let Some(host) = ids.host.as_ref().map(|h| h.id.to_string()) else {
+            unparsed += 1;
+            continue;
+        };
+        let next_order = runs.len() as u64;
         let run = runs
             .entry((
-                parsed.host.id.clone(),
-                parsed.hids.plugin.clone(),
-                parsed.hids.run_id.clone(),
+                host.clone(),
+                ids.hids.plugin.to_string(),
+                ids.hids.run_id.to_string(),
             ))
-            .or_default();
+            .or_insert_with(|| Run {
+                first_seen: next_order,
+                ..Run::default()
+            });
         if run
             .seqs
             .last()
-            .is_some_and(|&last| parsed.event.sequence < last)
+            .is_some_and(|&last| ids.event.sequence < last)
         {
             run.out_of_order += 1;
         }
-        run.seqs.push(parsed.event.sequence);
-        if parsed.event.action == "stats" {
-            if let Some(n) = parsed
-                .hids
-                .stats
-                .as_ref()
-                .and_then(|s| s["events_emitted"].as_u64())
-            {
+        run.seqs.push(ids.event.sequence);
+        if ids.event.action == "stats" {
+            if let Some(n) = ids.hids.stats.as_ref().and_then(|s| s.events_emitted) {
                 run.emitted = run.emitted.max(n);
             }
         }
-        for d in parsed.hids.dropped.into_iter().flatten() {
-            declared.push((parsed.host.id.clone(), d));
+        if ids.hids.plugin == "pipeline" {
+            for d in ids.hids.dropped.into_iter().flatten() {
+                declared.push((host.clone(), d));
+            }
+            for e in ids.hids.ended.into_iter().flatten() {
+                ended.push((host.clone(), e));
+            }
         }
     }
     if let Some(p) = progress {
@@ -203,6 +209,19 @@ pub async fn run(
             .entry((host, d.plugin.clone(), d.run_id.clone()))
             .or_default();
         run.declared.push((d.from_seq, d.to_seq));
+    }
+    for (host, e) in ended {
+        if let Some(run) = runs.get_mut(&(host, e.plugin.clone(), e.run_id.clone())) {
+            let last = run.ended.as_ref().map_or(0, |(_, l)| *l).max(e.last_seq);
+            run.ended = Some((e.how, last));
+        }
+    }
+    // The latest run of each host and plugin, by first appearance: any earlier run has
+    // ended, declared or not.
+    let mut latest: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for ((host, plugin, _), run) in &runs {
+        let l = latest.entry((host.clone(), plugin.clone())).or_default();
+        *l = (*l).max(run.first_seen);
     }
 
     let mut report = Report {
@@ -220,6 +239,7 @@ pub async fn run(
         out_of_order: 0,
         declared_drops: 0,
         undeclared_loss: 0,
+        runs_without_end: 0,
         runs: Vec::new(),
     };
     for ((host_id, plugin, run_id), mut run) in runs {
@@ -234,18 +254,23 @@ pub async fn run(
             .copied()
             .unwrap_or(0)
             .max(run.emitted)
-            .max(max_declared);
+            .max(max_declared)
+            .max(run.ended.as_ref().map_or(0, |(_, last)| *last));
         let missing = gaps(&run.seqs, produced);
         let undeclared = subtract(&missing, &run.declared);
-        let count = |r: &[(u64, u64)]| r.iter().map(|(a, b)| b - a + 1).sum::<u64>();
         let lost = count(&missing);
         let undeclared_loss = count(&undeclared);
-        report.produced += produced;
+        let superseded = latest
+            .get(&(host_id.clone(), plugin.clone()))
+            .is_some_and(|&l| l > run.first_seen);
+        let end_unknown = run.ended.is_none() && superseded;
+        report.produced = report.produced.saturating_add(produced);
         report.received += run.seqs.len() as u64;
         report.duplicates += duplicates;
         report.out_of_order += run.out_of_order;
-        report.declared_drops += lost - undeclared_loss;
-        report.undeclared_loss += undeclared_loss;
+        report.declared_drops = report.declared_drops.saturating_add(lost - undeclared_loss);
+        report.undeclared_loss = report.undeclared_loss.saturating_add(undeclared_loss);
+        report.runs_without_end += u64::from(end_unknown);
         report.runs.push(RunReport {
             host_id,
             plugin,
@@ -258,6 +283,8 @@ pub async fn run(
             declared_drops: lost - undeclared_loss,
             undeclared_loss,
             undeclared,
+            ended: run.ended.map(|(how, _)| how),
+            end_unknown,
         });
     }
     if json {
@@ -322,6 +349,12 @@ pub async fn run(
             "{} message(s) from {} host(s): produced {}, received {}, duplicates {}, declared drops {}, undeclared loss {}",
             report.messages, report.hosts, report.produced, report.received, report.duplicates, report.declared_drops, report.undeclared_loss
         );
+        if report.runs_without_end > 0 {
+            out!(
+                "{} run(s) ended without a declared end (an agent killed or a power cut): loss at their tails cannot be seen",
+                report.runs_without_end
+            );
+        }
     }
     Ok(if report.undeclared_loss > 0 {
         ExitCode::from(3)
@@ -330,18 +363,30 @@ pub async fn run(
     })
 }
 
+/// Events in the ranges, without overflow (a lying peer can send `u64::MAX`).
+fn count(ranges: &[(u64, u64)]) -> u64 {
+    ranges
+        .iter()
+        .map(|&(a, b)| b.saturating_sub(a).saturating_add(1))
+        .fold(0, u64::saturating_add)
+}
+
 /// The runs of 1..=produced missing from the sorted, deduplicated `seqs`.
 fn gaps(seqs: &[u64], produced: u64) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
-    let mut next = 1;
+    // `None` once u64::MAX was seen: nothing can be missing after it.
+    let mut next = Some(1u64);
     for &s in seqs {
-        if s > next {
-            out.push((next, s - 1));
+        let Some(n) = next else { break };
+        if s > n {
+            out.push((n, s - 1));
         }
-        next = next.max(s + 1);
+        if s >= n {
+            next = s.checked_add(1);
+        }
     }
-    if next <= produced {
-        out.push((next, produced));
+    if let Some(n) = next.filter(|&n| n <= produced) {
+        out.push((n, produced));
     }
     out
 }
@@ -352,21 +397,20 @@ fn subtract(missing: &[(u64, u64)], declared: &[(u64, u64)]) -> Vec<(u64, u64)> 
     d.sort_unstable();
     let mut out = Vec::new();
     for &(a, b) in missing {
-        let mut start = a;
+        // `None` once the declarations cover the rest of this range.
+        let mut start = Some(a);
         for &(da, db) in &d {
-            if db < start || da > b {
+            let Some(st) = start else { break };
+            if db < st || da > b {
                 continue;
             }
-            if da > start {
-                out.push((start, da - 1));
+            if da > st {
+                out.push((st, da - 1));
             }
-            start = start.max(db + 1);
-            if start > b {
-                break;
-            }
+            start = db.checked_add(1).filter(|&n| n <= b);
         }
-        if start <= b {
-            out.push((start, b));
+        if let Some(st) = start {
+            out.push((st, b));
         }
     }
     out
@@ -375,6 +419,14 @@ fn subtract(missing: &[(u64, u64)], declared: &[(u64, u64)]) -> Vec<(u64, u64)> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_overflow_at_the_top_of_the_range() {
+        assert_eq!(gaps(&[1, u64::MAX], u64::MAX), vec![(2, u64::MAX - 1)]);
+        assert_eq!(gaps(&[u64::MAX], u64::MAX), vec![(1, u64::MAX - 1)]);
+        assert_eq!(count(&[(0, u64::MAX), (1, 1)]), u64::MAX);
+        assert_eq!(subtract(&[(1, u64::MAX)], &[(5, u64::MAX)]), vec![(1, 4)]);
+    }
 
     #[test]
     fn gaps_and_declared_cover() {

@@ -106,7 +106,11 @@ impl KafkaConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     Live,
-    Spool(u64),
+    /// Record `index` of spool segment `segment`.
+    Spool {
+        segment: u64,
+        index: usize,
+    },
 }
 
 /// The outcome of one message.
@@ -114,6 +118,9 @@ pub enum Origin {
 pub struct Delivery {
     pub origin: Origin,
     pub error: Option<String>,
+    /// The failure is about this message and sending it again cannot help (too large,
+    /// topic not authorized): it must be declared lost, not retried forever.
+    pub permanent: bool,
     /// The event, when a live one failed: it goes to the spool.
     pub payload: Option<Vec<u8>>,
 }
@@ -123,8 +130,30 @@ pub enum SendError {
     /// librdkafka's queue is full: Kafka is slow or away.
     #[error("producer queue full")]
     QueueFull,
+    /// Refused before it was queued (too large, unknown topic): never sendable.
     #[error("{0}")]
     Other(String),
+}
+
+/// Errors that are about the message itself, or a permission an operator must grant:
+/// retrying the same message cannot succeed, and retrying it forever would hold every
+/// event queued behind it.
+fn permanent(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::InvalidMessage
+                | C::InvalidRecord
+                | C::InvalidTopic
+                | C::MessageBatchTooLarge
+                | C::TopicAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+                | C::InvalidRequiredAcks
+        )
+    )
 }
 
 struct Reports {
@@ -150,11 +179,13 @@ impl ProducerContext for Reports {
             Ok(_) => Delivery {
                 origin: *origin,
                 error: None,
+                permanent: false,
                 payload: None,
             },
             Err((e, msg)) => Delivery {
                 origin: *origin,
                 error: Some(e.to_string()),
+                permanent: permanent(e),
                 payload: (*origin == Origin::Live)
                     .then(|| msg.payload().map(<[u8]>::to_vec))
                     .flatten(),
@@ -267,6 +298,12 @@ impl KafkaSink {
         })
     }
 
+    /// Waits up to `timeout` for everything queued to be delivered, serving delivery
+    /// reports meanwhile; true when nothing is left in flight.
+    pub fn drain(&self, timeout: Duration) -> bool {
+        self.producer.flush(timeout).is_ok()
+    }
+
     /// Serves librdkafka's callbacks and returns the delivery reports since last time.
     pub fn poll(&self) -> Vec<Delivery> {
         self.serve();
@@ -322,11 +359,6 @@ impl KafkaSink {
     /// Messages queued or in flight.
     pub fn in_flight(&self) -> i32 {
         self.producer.in_flight_count()
-    }
-
-    /// Waits up to `timeout` for everything queued to be delivered (at shutdown).
-    pub fn flush(&self, timeout: Duration) {
-        let _ = self.producer.flush(timeout);
     }
 
     /// Gives back everything still queued or in flight as failed deliveries (at

@@ -6,15 +6,27 @@
 //! newest segment: at the next start it is cut off and reported, everything before it is
 //! kept. When the spool would grow past its bound the oldest segment is removed and its
 //! records handed back to the caller, who declares them as dropped.
+//!
+//! Nothing is lost without the caller being told: every record is either written (whole)
+//! or handed back in a [`Handback`]. A write that fails (disk full) cuts the segment back
+//! to its last whole record, so a half-written record never hides the ones after it.
+//!
+//! Durability: [`Spool::flush`] hands records to the kernel (safe from a crash of the
+//! agent); [`Spool::sync`] forces them to disk (safe from a power cut), and a segment is
+//! synced when it is closed. The caller decides how often to sync. Files are created
+//! 0600 in a 0700 directory: events hold every process's arguments.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 const HEADER: usize = 8;
 /// One record at most this large: an event is bounded far below it.
 const MAX_RECORD: u32 = 16 << 20;
+/// Records are gathered in memory up to this many bytes before a write.
+const PENDING_BYTES: usize = 64 << 10;
 
 #[derive(Debug)]
 struct Segment {
@@ -33,12 +45,54 @@ pub struct Recovery {
     pub truncated_bytes: u64,
 }
 
+/// Records the spool gives back instead of keeping: the caller declares them lost.
+#[derive(Debug, Default)]
+pub struct Handback {
+    /// The oldest segments' records, removed to stay within the bound.
+    pub evicted: Vec<Vec<u8>>,
+    /// Records that could not be written (disk full, an I/O error).
+    pub unwritten: Vec<Vec<u8>>,
+    /// Records lost without their bytes: an evicted segment that could not be read.
+    pub unreadable: u64,
+    /// The first error met, for the log.
+    pub error: Option<io::Error>,
+}
+
+impl Handback {
+    pub fn is_empty(&self) -> bool {
+        self.evicted.is_empty()
+            && self.unwritten.is_empty()
+            && self.unreadable == 0
+            && self.error.is_none()
+    }
+
+    fn absorb(&mut self, other: Handback) {
+        self.evicted.extend(other.evicted);
+        self.unwritten.extend(other.unwritten);
+        self.unreadable += other.unreadable;
+        if self.error.is_none() {
+            self.error = other.error;
+        }
+    }
+
+    fn fail(&mut self, e: io::Error) {
+        self.error.get_or_insert(e);
+    }
+}
+
 pub struct Spool {
     dir: PathBuf,
     max_bytes: u64,
     segment_bytes: u64,
     segments: VecDeque<Segment>,
-    writer: Option<BufWriter<File>>,
+    /// The newest segment, open for appending.
+    file: Option<File>,
+    /// Whole records not yet written to `file` (counted in its segment already).
+    pending: Vec<u8>,
+    /// Written since the last sync.
+    unsynced: bool,
+    /// What internal steps gave back, for the next call that returns a [`Handback`].
+    owed: Handback,
     next_id: u64,
 }
 
@@ -49,7 +103,12 @@ impl Spool {
     /// # Errors
     /// When the directory cannot be created or read.
     pub fn open(dir: &Path, max_bytes: u64, segment_bytes: u64) -> io::Result<(Spool, Recovery)> {
-        std::fs::create_dir_all(dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        // A spool made by an older version may be readable by all: not any more.
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let mut ids: Vec<u64> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| {
@@ -88,7 +147,10 @@ impl Spool {
                 max_bytes: max_bytes.max(segment_bytes * 2),
                 segment_bytes: segment_bytes.max(4096),
                 segments,
-                writer: None,
+                file: None,
+                pending: Vec::new(),
+                unsynced: false,
+                owed: Handback::default(),
                 next_id,
             },
             recovery,
@@ -107,58 +169,124 @@ impl Spool {
         self.segments.iter().map(|s| s.records).sum()
     }
 
-    /// Appends one record. Returns the records of segments removed to stay within the
-    /// bound (oldest first): the caller declares them dropped.
-    ///
-    /// # Errors
-    /// When the segment cannot be written (disk full): the record is not spooled.
-    pub fn append(&mut self, payload: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+    /// Appends one record. What the spool could not keep comes back: the records of
+    /// segments removed to stay within the bound (oldest first), and records a failed
+    /// write could not put on disk (possibly this one).
+    pub fn append(&mut self, payload: &[u8]) -> Handback {
+        let mut back = std::mem::take(&mut self.owed);
         let record_bytes = (HEADER + payload.len()) as u64;
-        let mut dropped = Vec::new();
         while self.bytes() + record_bytes > self.max_bytes && self.segments.len() > 1 {
-            dropped.extend(self.drop_oldest()?);
+            self.drop_oldest(&mut back);
         }
         let rotate = self
             .segments
             .back()
-            .is_none_or(|s| s.bytes + record_bytes > self.segment_bytes || self.writer.is_none());
+            .is_none_or(|s| s.bytes + record_bytes > self.segment_bytes || self.file.is_none());
         if rotate {
-            self.start_segment()?;
+            self.close_segment(&mut back);
+            if let Err(e) = self.start_segment() {
+                back.unwritten.push(payload.to_vec());
+                back.fail(e);
+                return back;
+            }
         }
-        let w = self
-            .writer
-            .as_mut()
-            .ok_or_else(|| io::Error::other("no open segment"))?;
-        let mut header = [0u8; HEADER];
-        header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-        header[4..].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
-        w.write_all(&header)?;
-        w.write_all(payload)?;
+        let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+        self.pending.extend_from_slice(&len.to_le_bytes());
+        self.pending
+            .extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        self.pending.extend_from_slice(payload);
         if let Some(s) = self.segments.back_mut() {
             s.bytes += record_bytes;
             s.records += 1;
         }
-        Ok(dropped)
+        if self.pending.len() >= PENDING_BYTES {
+            self.write_pending(&mut back);
+        }
+        back
     }
 
-    /// Hands written records to the kernel, so a `kill -9` of the agent loses nothing.
-    ///
-    /// # Errors
-    /// When the write fails.
-    pub fn flush(&mut self) -> io::Result<()> {
-        match self.writer.as_mut() {
-            Some(w) => w.flush(),
-            None => Ok(()),
+    /// Hands appended records to the kernel, so a `kill -9` of the agent loses none of
+    /// them. What could not be written comes back.
+    pub fn flush(&mut self) -> Handback {
+        let mut back = std::mem::take(&mut self.owed);
+        self.write_pending(&mut back);
+        back
+    }
+
+    /// [`Spool::flush`], then forces the newest segment to disk, so a power cut loses
+    /// none of what was appended before.
+    pub fn sync(&mut self) -> Handback {
+        let mut back = self.flush();
+        if self.unsynced {
+            if let Some(f) = &self.file {
+                match f.sync_data() {
+                    Ok(()) => self.unsynced = false,
+                    Err(e) => back.fail(e),
+                }
+            }
+        }
+        back
+    }
+
+    fn write_pending(&mut self, back: &mut Handback) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let written = match &mut self.file {
+            Some(f) => f.write_all(&self.pending),
+            None => Err(io::Error::other("no open segment")),
+        };
+        match written {
+            Ok(()) => self.unsynced = true,
+            Err(e) => {
+                // Cut the segment back to its last whole record (an append-mode file
+                // writes at its new end afterwards) and give the records back.
+                let records = split_records(&self.pending);
+                if let Some(seg) = self.segments.back_mut() {
+                    seg.bytes = seg.bytes.saturating_sub(self.pending.len() as u64);
+                    seg.records = seg.records.saturating_sub(records.len() as u64);
+                    if let Some(f) = &self.file {
+                        if let Err(cut) = f.set_len(seg.bytes) {
+                            back.fail(cut);
+                            // The file's end is unknown now: write no more to it.
+                            self.file = None;
+                        }
+                    }
+                }
+                back.unwritten.extend(records);
+                back.fail(e);
+            }
+        }
+        self.pending.clear();
+        if self.segments.back().is_some_and(|s| s.records == 0) {
+            if let Some(seg) = self.segments.pop_back() {
+                self.file = None;
+                let _ = std::fs::remove_file(&seg.path);
+            }
         }
     }
 
+    /// Writes and syncs the newest segment before no more is appended to it: a closed
+    /// segment is on disk.
+    fn close_segment(&mut self, back: &mut Handback) {
+        if self.file.is_some() {
+            back.absorb(self.sync());
+        }
+        self.file = None;
+    }
+
     fn start_segment(&mut self) -> io::Result<()> {
-        self.flush()?;
         let id = self.next_id;
         self.next_id += 1;
         let path = segment_path(&self.dir, id);
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        self.writer = Some(BufWriter::with_capacity(64 * 1024, file));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)?;
+        // The new name must survive a power cut too, or the synced records in it would.
+        File::open(&self.dir)?.sync_all()?;
+        self.file = Some(file);
         self.segments.push_back(Segment {
             id,
             path,
@@ -168,16 +296,25 @@ impl Spool {
         Ok(())
     }
 
-    fn drop_oldest(&mut self) -> io::Result<Vec<Vec<u8>>> {
+    fn drop_oldest(&mut self, back: &mut Handback) {
         let Some(seg) = self.segments.pop_front() else {
-            return Ok(Vec::new());
+            return;
         };
-        let records = read_segment(&seg.path)?;
-        std::fs::remove_file(&seg.path)?;
         if self.segments.is_empty() {
-            self.writer = None;
+            // It was the open one: what is pending belongs to it.
+            self.write_pending(back);
+            self.file = None;
         }
-        Ok(records)
+        match read_segment(&seg.path) {
+            Ok(records) => back.evicted.extend(records),
+            Err(e) => {
+                back.unreadable += seg.records;
+                back.fail(e);
+            }
+        }
+        if let Err(e) = std::fs::remove_file(&seg.path) {
+            back.fail(e);
+        }
     }
 
     /// The oldest segment's records, to send. The newest segment is closed first when it
@@ -187,8 +324,9 @@ impl Spool {
     /// When the segment cannot be read.
     pub fn oldest(&mut self) -> io::Result<Option<(u64, Vec<Vec<u8>>)>> {
         if self.segments.len() == 1 {
-            self.flush()?;
-            self.writer = None;
+            let mut back = Handback::default();
+            self.close_segment(&mut back);
+            self.owed.absorb(back);
         }
         let Some(seg) = self.segments.front() else {
             return Ok(None);
@@ -204,7 +342,8 @@ impl Spool {
         if let Some(pos) = self.segments.iter().position(|s| s.id == id) {
             if let Some(seg) = self.segments.remove(pos) {
                 if self.segments.is_empty() {
-                    self.writer = None;
+                    self.file = None;
+                    self.pending.clear();
                 }
                 std::fs::remove_file(&seg.path)?;
             }
@@ -215,6 +354,16 @@ impl Spool {
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:020}.spool"))
+}
+
+/// The payloads of the whole records in `buf` (the spool's own pending bytes).
+fn split_records(mut buf: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut payload = Vec::new();
+    while let Ok(Some(_)) = next_record(&mut buf, &mut payload) {
+        out.push(std::mem::take(&mut payload));
+    }
+    out
 }
 
 /// (bytes of whole valid records, their count, file size).
@@ -287,10 +436,9 @@ mod tests {
         for i in 0..100 {
             assert!(s
                 .append(format!("event-{i:04}-{}", "x".repeat(100)).as_bytes())
-                .unwrap()
                 .is_empty());
         }
-        s.flush().unwrap();
+        assert!(s.flush().is_empty());
         let mut seen = Vec::new();
         while let Some((id, records)) = s.oldest().unwrap() {
             seen.extend(records);
@@ -308,9 +456,9 @@ mod tests {
         {
             let (mut s, _) = Spool::open(dir.path(), 1 << 20, 1 << 16).unwrap();
             for i in 0..10 {
-                s.append(format!("event-{i}").as_bytes()).unwrap();
+                assert!(s.append(format!("event-{i}").as_bytes()).is_empty());
             }
-            s.flush().unwrap();
+            assert!(s.flush().is_empty());
         }
         // A kill -9 in the middle of the next write: a header and half a payload.
         let seg = std::fs::read_dir(dir.path())
@@ -330,8 +478,8 @@ mod tests {
         let (_, records) = s.oldest().unwrap().unwrap();
         assert_eq!(records.len(), 10);
         // And the spool goes on working after the cut.
-        s.append(b"after").unwrap();
-        s.flush().unwrap();
+        assert!(s.append(b"after").is_empty());
+        assert!(s.flush().is_empty());
         assert_eq!(s.records(), 11);
     }
 
@@ -343,7 +491,7 @@ mod tests {
         for i in 0..200 {
             dropped.extend(
                 s.append(format!("event-{i:04}-{}", "y".repeat(200)).as_bytes())
-                    .unwrap(),
+                    .evicted,
             );
         }
         assert!(!dropped.is_empty());
@@ -362,9 +510,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (mut s, _) = Spool::open(dir.path(), 1 << 20, 1 << 16).unwrap();
-            s.append(b"good-1").unwrap();
-            s.append(b"good-2").unwrap();
-            s.flush().unwrap();
+            assert!(s.append(b"good-1").is_empty());
+            assert!(s.append(b"good-2").is_empty());
+            assert!(s.flush().is_empty());
         }
         let seg = std::fs::read_dir(dir.path())
             .unwrap()
@@ -379,5 +527,73 @@ mod tests {
         let (mut s, rec) = Spool::open(dir.path(), 1 << 20, 1 << 16).unwrap();
         assert_eq!(rec.records, 1);
         assert_eq!(s.oldest().unwrap().unwrap().1, vec![b"good-1".to_vec()]);
+    }
+
+    #[test]
+    fn a_failed_write_hands_its_records_back_and_hides_nothing_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), 1 << 20, 1 << 16).unwrap();
+        assert!(s.append(b"kept-1").is_empty());
+        assert!(s.flush().is_empty());
+        // The disk fills up: every write from now on fails (ENOSPC).
+        s.file = Some(OpenOptions::new().write(true).open("/dev/full").unwrap());
+        assert!(s.append(b"lost-1").is_empty(), "gathered, not written yet");
+        assert!(s.append(b"lost-2").is_empty());
+        let back = s.flush();
+        assert_eq!(back.unwritten, vec![b"lost-1".to_vec(), b"lost-2".to_vec()]);
+        assert!(back.error.is_some());
+        assert_eq!(s.records(), 1, "only what is on disk is counted");
+        // Space again: the spool goes on, and every record written is readable.
+        assert!(s.append(b"kept-2").is_empty());
+        assert!(s.flush().is_empty());
+        drop(s);
+        let (mut s, rec) = Spool::open(dir.path(), 1 << 20, 1 << 16).unwrap();
+        assert_eq!(rec.truncated_bytes, 0);
+        let mut seen = Vec::new();
+        while let Some((id, records)) = s.oldest().unwrap() {
+            seen.extend(records);
+            s.remove(id).unwrap();
+        }
+        assert_eq!(seen, vec![b"kept-1".to_vec(), b"kept-2".to_vec()]);
+    }
+
+    #[test]
+    fn eviction_is_handed_back_even_when_the_write_after_it_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), 3 * 4096, 4096).unwrap();
+        let record = "z".repeat(1000);
+        for _ in 0..11 {
+            assert!(s.append(record.as_bytes()).evicted.is_empty());
+        }
+        assert!(s.flush().is_empty());
+        s.file = Some(OpenOptions::new().write(true).open("/dev/full").unwrap());
+        let mut back = Handback::default();
+        for _ in 0..8 {
+            back.absorb(s.append(record.as_bytes()));
+        }
+        back.absorb(s.flush());
+        assert!(!back.evicted.is_empty(), "the bound still holds");
+        let kept = s.records();
+        let given_back = (back.evicted.len() + back.unwritten.len()) as u64;
+        assert_eq!(kept + given_back, 19, "every record is kept or handed back");
+    }
+
+    #[test]
+    fn files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let spool_dir = dir.path().join("spool");
+        let (mut s, _) = Spool::open(&spool_dir, 1 << 20, 1 << 16).unwrap();
+        assert!(s.append(b"secret argv").is_empty());
+        assert!(s.sync().is_empty());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&spool_dir), 0o700);
+        let seg = std::fs::read_dir(&spool_dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        assert_eq!(mode(&seg), 0o600);
     }
 }

@@ -181,6 +181,10 @@ pub struct Hids {
     /// For the pipeline's `dropped` events: exactly which events were lost, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropped: Option<Vec<DroppedRange>>,
+    /// For the pipeline's `run_end` events: runs that ended, with the last sequence
+    /// number the master took from each, so loss at the tail of a run is visible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<Vec<RunEnd>>,
 }
 
 /// A run of consecutive events of one plugin run that the agent declares lost.
@@ -191,6 +195,81 @@ pub struct DroppedRange {
     pub from_seq: u64,
     pub to_seq: u64,
     pub reason: String,
+}
+
+/// A run of one stream that is over, and the last sequence number it produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunEnd {
+    pub plugin: String,
+    pub run_id: String,
+    pub last_seq: u64,
+    /// `stopped` (the agent stopped), `superseded` (the plugin started a new run).
+    pub how: String,
+}
+
+/// The master's own streams: only they may declare loss or the end of a run, and no
+/// plugin may take their names.
+pub const MASTER_STREAMS: [&str; 2] = ["agent", "pipeline"];
+
+/// What names an event and what it declares, read without the rest of it: the master
+/// checks these on every plugin event, and reconciliation reads them from every message.
+/// Strings are borrowed from the event's bytes when they hold no escapes.
+#[derive(Debug, Deserialize)]
+pub struct EventIds<'a> {
+    #[serde(borrow, default)]
+    pub host: Option<HostIds<'a>>,
+    #[serde(borrow)]
+    pub event: EventIdsMeta<'a>,
+    #[serde(borrow)]
+    pub hids: HidsIds<'a>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HostIds<'a> {
+    #[serde(borrow)]
+    pub id: std::borrow::Cow<'a, str>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EventIdsMeta<'a> {
+    pub sequence: u64,
+    #[serde(borrow, default)]
+    pub action: std::borrow::Cow<'a, str>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HidsIds<'a> {
+    #[serde(borrow)]
+    pub plugin: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub run_id: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    pub dropped: Option<Vec<DroppedRange>>,
+    #[serde(default)]
+    pub ended: Option<Vec<RunEnd>>,
+    #[serde(default)]
+    pub stats: Option<EmittedStats>,
+}
+
+/// From a stats record: how many events the run says it emitted.
+#[derive(Debug, Deserialize)]
+pub struct EmittedStats {
+    #[serde(default)]
+    pub events_emitted: Option<u64>,
+}
+
+impl<'a> EventIds<'a> {
+    /// # Errors
+    /// When `bytes` is not an event object with `event.sequence`, `hids.plugin` and
+    /// `hids.run_id`.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// Whether the event declares something only the master may declare.
+    pub fn declares(&self) -> bool {
+        self.hids.dropped.is_some() || self.hids.ended.is_some()
+    }
 }
 
 impl Hids {
@@ -207,6 +286,7 @@ impl Hids {
             stats: None,
             guard: None,
             dropped: None,
+            ended: None,
         }
     }
 }
@@ -229,6 +309,19 @@ impl EventMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_read_without_the_rest_and_declarations_are_seen() {
+        let plain = br#"{"@timestamp":"x","event":{"kind":"event","sequence":7,"action":"exec"},"host":{"id":"h\u0031"},"process":{"args":["a"]},"hids":{"plugin":"process","run_id":"r1"}}"#;
+        let ids = EventIds::parse(plain).unwrap();
+        assert_eq!(ids.event.sequence, 7);
+        assert_eq!(ids.host.unwrap().id, "h1");
+        assert_eq!((&*ids.hids.plugin, &*ids.hids.run_id), ("process", "r1"));
+        let forged = br#"{"event":{"sequence":1},"hids":{"plugin":"x","run_id":"r","dropped":[]}}"#;
+        assert!(EventIds::parse(forged).unwrap().declares());
+        assert!(EventIds::parse(b"{\"event\":{}}").is_err());
+        assert!(EventIds::parse(b"not json").is_err());
+    }
 
     #[test]
     fn exec_event_uses_ecs_field_names() {
