@@ -97,6 +97,8 @@ pub type StopBy = Arc<OnceLock<Instant>>;
 
 /// Time kept back from the stop budget for taking back what Kafka holds and spooling it.
 const SPOOL_RESERVE: Duration = Duration::from_millis(500);
+/// The longest the pipeline waits at stop for Kafka to acknowledge what it holds.
+const KAFKA_AT_STOP: Duration = Duration::from_secs(2);
 
 /// How often the pipeline's own stats record is written.
 const STATS_EVERY: Duration = Duration::from_secs(60);
@@ -384,16 +386,18 @@ impl Pipeline {
             .extend(back.unwritten.into_iter().map(|e| (e, "spool_write_error")));
     }
 
-    /// Forces the spool to disk when its interval is up (or at once when `now`).
+    /// Hands what was spooled to the kernel (a crash of the agent then loses none of
+    /// it), and forces it to disk when the interval is up (or at once when `now`).
     fn sync_spool_if_due(&mut self, now: bool) {
         let Some(k) = &mut self.kafka else { return };
         let Some(spool) = &mut k.spool else { return };
         let due = now || k.fsync_interval.is_zero() || Instant::now() >= k.next_sync;
-        if !due {
-            return;
-        }
-        k.next_sync = Instant::now() + k.fsync_interval;
-        let back = spool.sync();
+        let back = if due {
+            k.next_sync = Instant::now() + k.fsync_interval;
+            spool.sync()
+        } else {
+            spool.flush()
+        };
         self.take_back(back);
     }
 
@@ -647,10 +651,14 @@ impl Pipeline {
         ended.push(run_end(&own, "stopped"));
         self.declare_ends(ended);
         if let Some(k) = &mut self.kafka {
-            let budget = stop_by.map_or(Duration::from_millis(1500), |t| {
-                t.saturating_duration_since(Instant::now())
-                    .saturating_sub(SPOOL_RESERVE)
-            });
+            // A broker that answers delivers within a second; one that does not answer
+            // (frozen, a black hole) would take the whole budget for nothing.
+            let budget = stop_by
+                .map_or(KAFKA_AT_STOP, |t| {
+                    t.saturating_duration_since(Instant::now())
+                        .saturating_sub(SPOOL_RESERVE)
+                })
+                .min(KAFKA_AT_STOP);
             if !k.sink.drain(budget) {
                 tracing::warn!(
                     "kafka did not acknowledge every event within the stop budget; the rest is spooled for the next start"

@@ -374,6 +374,56 @@ impl Broker {
         }
     }
 
+    /// SIGSTOP: the broker neither accepts nor refuses, as a hung broker or a network
+    /// black hole would.
+    pub fn freeze(&self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    pub fn thaw(&self) {
+        self.signal(rustix::process::Signal::CONT);
+    }
+
+    fn signal(&self, sig: rustix::process::Signal) {
+        let child = self.child.as_ref().expect("the broker runs");
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, sig).unwrap();
+    }
+
+    /// Every message of `topic` (one partition) from its beginning, parsed.
+    pub fn messages(&self, topic: &str) -> Vec<Value> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::Message;
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.addr())
+            .set("group.id", format!("test-{}", tag()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let (low, high) = consumer
+            .fetch_watermarks(topic, 0, Duration::from_secs(10))
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, rdkafka::Offset::Offset(low))
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let start = Instant::now();
+        let mut next = low;
+        while next < high {
+            assert!(start.elapsed() < Duration::from_secs(60), "reading {topic}");
+            let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
+                continue;
+            };
+            let msg = msg.unwrap();
+            next = msg.offset() + 1;
+            if let Some(v) = msg.payload().and_then(|p| serde_json::from_slice(p).ok()) {
+                out.push(v);
+            }
+        }
+        out
+    }
+
     /// `hidsctl reconcile --json` over `topic`.
     pub fn reconcile(&self, topic: &str) -> Value {
         let hidsctl = agent_bin().with_file_name("hidsctl");
