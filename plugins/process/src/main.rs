@@ -50,7 +50,8 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "exec,exit,setuid,setgid")]
     emit: Vec<String>,
     /// Longest argument list read per exec, in bytes; longer ones are cut and flagged
-    /// (`hids.args_truncated`). eBPF reads at most 32 KiB.
+    /// (`hids.args_truncated`). eBPF reads at most 24 KiB (its record is built in a
+    /// per-CPU map value, which the kernel caps at 32 KiB with the other fields).
     #[arg(long, default_value_t = 32 * 1024)]
     max_args_bytes: usize,
     /// Batches the capture queue holds (a batch is one burst of events, at most 512).
