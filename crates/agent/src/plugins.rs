@@ -122,6 +122,17 @@ impl PluginManager {
     }
 }
 
+/// A plugin task still running when the manager goes (it did not stop within its
+/// deadline) is aborted: dropping the task drops its child, which kills the plugin, and
+/// the task's share of the event queue, so the pipeline can finish.
+impl Drop for PluginManager {
+    fn drop(&mut self) {
+        for m in &self.plugins {
+            m.task.abort();
+        }
+    }
+}
+
 /// The local plugin specs with the desired state's overrides applied. Problems (a
 /// plugin the agent does not know and no usable path for it) are returned as warnings
 /// and that entry is skipped: the rest of the desired state still applies.
