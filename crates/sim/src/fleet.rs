@@ -247,6 +247,7 @@ pub async fn agent(
                     // simulated. Kept, a 32 KB rule set parsed in 100,000 agents is 13 GB
                     // (measured: the simulator was OOM-killed).
                     control.body = Default::default();
+                    control.blob = None;
                 }
                 _ = sample.tick() => {}
             }
