@@ -1,6 +1,7 @@
 //! The master's own event streams, on the same data path as the plugins' and with the
-//! same accounting: `agent` (resource guard transitions) and `pipeline` (declared drops,
-//! delivery stats), each with its own run id and sequence.
+//! same accounting: `agent` (resource guard transitions and the periodic resource
+//! figures) and `pipeline` (declared drops, delivery stats), each with its own run id
+//! and sequence.
 
 use std::sync::Arc;
 
@@ -9,6 +10,11 @@ use hids_types::guard::GuardStatus;
 use hids_types::Timestamp;
 
 use crate::queue::{EventSender, Position};
+
+/// How often the `agent` stream reports the guard's figures (CPU and memory of the agent
+/// and each plugin). They change on every sample, so they travel here, on the data
+/// path, and not as status writes to etcd.
+pub const AGENT_STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Builds the events of one stream (`hids.plugin` = its name).
 pub struct Emitter {
@@ -101,6 +107,19 @@ impl AgentEvents {
         let ev = self.emitter.build("event", "host", "change", action, |h| {
             h.guard = Some(status.clone())
         });
+        self.queue(ev);
+    }
+
+    /// `stats` (`event.kind: metric`): the guard's state and the last sample's figures,
+    /// every [`AGENT_STATS_EVERY`].
+    pub fn stats(&mut self, status: &GuardStatus) {
+        let ev = self.emitter.build("metric", "host", "info", "stats", |h| {
+            h.guard = Some(status.clone())
+        });
+        self.queue(ev);
+    }
+
+    fn queue(&mut self, ev: Vec<u8>) {
         // The pipeline is bounded; a full one costs this event, counted, never a wait.
         if self.tx.try_send(ev, self.emitter.position()).is_err() {
             self.counters.count_drop("agent_events_queue_full", 1);

@@ -13,10 +13,9 @@
 //! without a trip brings it back to `cooldown_secs`. While tripped, the master stays up,
 //! registered and controllable.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use hids_types::guard::{GuardConfig, GuardState, GuardStatus, ProcessUsage};
+use hids_types::guard::{GuardConfig, GuardState, GuardStatus};
 use hids_types::Timestamp;
 
 /// What a sample or a tick changed.
@@ -146,116 +145,22 @@ impl Breaker {
     }
 
     pub fn status(&self, usage: &Usage) -> GuardStatus {
+        let (cpu_percent, cpu_percent_host, rss_mb) = usage.figures();
         GuardStatus {
             state: self.state,
             trips: self.trips,
             cooldown_secs: self.cooldown.as_secs(),
             reason: self.reason.clone(),
             since: self.since,
-            cpu_percent: round1(usage.cpu_percent),
-            cpu_percent_host: round1(usage.cpu_percent / usage.cpus.max(1) as f64),
-            rss_mb: round1(usage.rss_mb),
+            cpu_percent,
+            cpu_percent_host,
+            rss_mb,
             processes: usage.processes.clone(),
         }
     }
 }
 
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
-}
-
-/// The last sample: the agent's processes and their total.
-#[derive(Debug, Clone, Default)]
-pub struct Usage {
-    pub cpu_percent: f64,
-    pub rss_mb: f64,
-    pub cpus: usize,
-    pub processes: Vec<ProcessUsage>,
-}
-
-/// CPU and memory of a set of processes, each with its descendants, from `/proc`.
-pub struct Sampler {
-    prev: HashMap<u32, (u64, Instant)>,
-    page_bytes: u64,
-    cpus: usize,
-}
-
-/// Descendants followed per process, at most: a plugin that forks a thousand workers
-/// is sampled by its first ones, not by a scan that itself costs the host.
-const MAX_DESCENDANTS: usize = 64;
-
-impl Sampler {
-    pub fn new() -> Self {
-        Sampler {
-            prev: HashMap::new(),
-            page_bytes: rustix::param::page_size() as u64,
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        }
-    }
-
-    pub fn sample(&mut self, procs: &[(String, u32)]) -> Usage {
-        let now = Instant::now();
-        let mut usage = Usage {
-            cpus: self.cpus,
-            ..Usage::default()
-        };
-        let mut seen = HashMap::new();
-        let sampled: Vec<u32> = procs.iter().map(|(_, p)| *p).collect();
-        for (name, pid) in procs {
-            let (ticks, rss_pages) = tree_usage(*pid, &sampled);
-            let cpu = match self.prev.get(pid) {
-                Some(&(before, at)) if ticks >= before => {
-                    let secs = now.duration_since(at).as_secs_f64().max(0.001);
-                    (ticks - before) as f64 / hids_procfs::TICKS_PER_SEC as f64 / secs * 100.0
-                }
-                _ => 0.0,
-            };
-            seen.insert(*pid, (ticks, now));
-            let rss_mb = (rss_pages * self.page_bytes) as f64 / (1024.0 * 1024.0);
-            usage.cpu_percent += cpu;
-            usage.rss_mb += rss_mb;
-            usage.processes.push(ProcessUsage {
-                name: name.clone(),
-                pid: *pid,
-                cpu_percent: round1(cpu),
-                rss_mb: round1(rss_mb),
-            });
-        }
-        self.prev = seen;
-        usage
-    }
-}
-
-/// CPU ticks (including waited-for children) and resident pages of `pid` and its
-/// descendants, leaving out the subtrees of `sampled` processes (the master's children
-/// are the plugins, each counted on its own).
-fn tree_usage(pid: u32, sampled: &[u32]) -> (u64, u64) {
-    let mut ticks = 0;
-    let mut pages = 0;
-    let mut queue = vec![pid];
-    let mut visited = 0;
-    while let Some(p) = queue.pop() {
-        visited += 1;
-        if let Ok(b) = std::fs::read(format!("/proc/{p}/stat")) {
-            if let Ok(s) = hids_procfs::parse_stat(&b) {
-                ticks += s.utime_ticks + s.stime_ticks + s.cutime_ticks + s.cstime_ticks;
-                pages += s.rss_pages;
-            }
-        }
-        if visited > MAX_DESCENDANTS {
-            continue;
-        }
-        if let Ok(children) = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")) {
-            queue.extend(
-                children
-                    .split_whitespace()
-                    .filter_map(|c| c.parse::<u32>().ok())
-                    .filter(|c| !sampled.contains(c)),
-            );
-        }
-    }
-    (ticks, pages)
-}
+pub use hids_procfs::usage::{Sampler, Usage};
 
 #[cfg(test)]
 mod tests {
@@ -346,24 +251,5 @@ mod tests {
         assert!(
             matches!(b.sample(t, 0.0, 150.0), Some(Transition::Tripped(r)) if r.contains("memory 150.0 MB"))
         );
-    }
-
-    #[test]
-    fn sampler_sees_a_busy_child() {
-        let mut child = std::process::Command::new("/bin/sh")
-            .args(["-c", "while :; do :; done"])
-            .spawn()
-            .unwrap();
-        let mut s = Sampler::new();
-        let procs = vec![("burn".to_owned(), child.id())];
-        s.sample(&procs);
-        std::thread::sleep(Duration::from_millis(1000));
-        let u = s.sample(&procs);
-        child.kill().unwrap();
-        child.wait().unwrap();
-        // A busy loop alone takes a whole core; on a 2-core machine running the rest of
-        // the suite beside it (load 10 seen) it still gets a fifth. Idle would be ~0.
-        assert!(u.cpu_percent > 5.0, "{u:?}");
-        assert!(u.rss_mb > 0.0);
     }
 }

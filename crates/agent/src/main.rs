@@ -267,7 +267,7 @@ async fn agent(
         };
     apply_all(&mut manager, &control, &mut breaker);
 
-    let (status_tx, status_rx) = watch::channel(Vec::new());
+    let (mut status_publisher, status_rx) = hids_control::publish::StatusPublisher::new();
     let (updates_tx, mut updates_rx) = mpsc::channel(16);
     let mode = if config.control.is_some() {
         "managed"
@@ -317,10 +317,14 @@ async fn agent(
         plugins: manager.statuses(),
         pipeline: counters.status(),
         guard: Some(guard),
+        cut: None,
     };
     let mut status_failed = false;
-    let mut publish = |doc: &AgentStatus| {
-        match status::write(&state_dir, doc) {
+    let mut publish = |mut doc: AgentStatus| {
+        // Cut before the file and etcd alike: a status over etcd's request limit is
+        // refused on every write (see hids_types::status::STATUS_MAX_BYTES).
+        doc.fit(hids_types::status::STATUS_MAX_BYTES);
+        match status::write(&state_dir, &doc) {
             Ok(()) => status_failed = false,
             Err(e) if !status_failed => {
                 status_failed = true;
@@ -328,21 +332,11 @@ async fn agent(
             }
             Err(_) => {}
         }
-        // etcd gets the full document, but is only told of a change (and writes at once)
-        // when something other than counters changed; counters ride along with the
-        // periodic refresh, so a fleet does not write to etcd every few seconds.
-        let full = serde_json::to_vec(doc).unwrap_or_default();
-        let shape = status::without_counters(doc);
-        status_tx.send_if_modified(|current| {
-            let changed = current.is_empty()
-                || serde_json::from_slice::<AgentStatus>(current)
-                    .map(|c| status::without_counters(&c) != shape)
-                    .unwrap_or(true);
-            *current = full;
-            changed
-        });
+        // etcd is written at once only on a real change; counters and resource figures
+        // ride along with the periodic refresh and go out in the stats events.
+        status_publisher.publish(&doc);
     };
-    publish(&snapshot(&manager, &control, breaker.status(&usage)));
+    publish(snapshot(&manager, &control, breaker.status(&usage)));
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -359,9 +353,11 @@ async fn agent(
     let mut tick = staggered(Duration::from_secs(config.status_interval_secs));
     let mut guard_period = Duration::from_secs(breaker.config().interval_secs);
     let mut guard_tick = staggered(guard_period);
+    let mut stats_tick = staggered(events::AGENT_STATS_EVERY);
     loop {
         tokio::select! {
-            _ = tick.tick() => publish(&snapshot(&manager, &control, breaker.status(&usage))),
+            _ = tick.tick() => publish(snapshot(&manager, &control, breaker.status(&usage))),
+            _ = stats_tick.tick() => agent_events.stats(&breaker.status(&usage)),
             _ = guard_tick.tick() => {
                 let mut procs = vec![("agent".to_owned(), std::process::id())];
                 procs.extend(manager.statuses().into_iter().filter_map(|p| Some((p.name, p.pid?))));
@@ -391,7 +387,7 @@ async fn agent(
                         }
                     }
                     apply_all(&mut manager, &control, &mut breaker);
-                    publish(&snapshot(&manager, &control, breaker.status(&usage)));
+                    publish(snapshot(&manager, &control, breaker.status(&usage)));
                 }
                 let period = Duration::from_secs(breaker.config().interval_secs);
                 if period != guard_period {
@@ -412,7 +408,7 @@ async fn agent(
                     }
                     tracing::info!("applied desired state generation {}", control.applied_generation);
                 }
-                publish(&snapshot(&manager, &control, breaker.status(&usage)));
+                publish(snapshot(&manager, &control, breaker.status(&usage)));
             }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping plugins"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping plugins"); break; }

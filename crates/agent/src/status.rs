@@ -27,21 +27,6 @@ pub fn write(state_dir: &Path, status: &AgentStatus) -> std::io::Result<()> {
     std::fs::rename(&tmp, path(state_dir))
 }
 
-/// The status with everything that changes by itself (times, counters, health) blanked:
-/// what must reach the control plane at once when it changes.
-pub fn without_counters(s: &AgentStatus) -> AgentStatus {
-    let mut s = s.clone();
-    s.updated_at = s.started_at;
-    s.pipeline = Default::default();
-    for p in &mut s.plugins {
-        p.events = 0;
-        p.frames_rejected = 0;
-        p.bytes_discarded = 0;
-        p.health = None;
-    }
-    s
-}
-
 /// Reads a status file.
 ///
 /// # Errors

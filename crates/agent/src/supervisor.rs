@@ -494,7 +494,12 @@ async fn pump(
             }
             Kind::Health => {
                 if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&payload) {
-                    update(status, |s| s.health = Some(v));
+                    // Frames may be 1 MiB; the status (and etcd) gets a marker instead.
+                    let (v, cut) = hids_types::status::cap_health(v);
+                    update(status, |s| {
+                        s.health = Some(v);
+                        s.health_cut += u64::from(cut);
+                    });
                 }
             }
             // A repeated hello, a control frame going the wrong way, or a kind from a

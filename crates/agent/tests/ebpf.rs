@@ -31,7 +31,7 @@ fn execs_with_arg<'a>(events: &'a [Value], needle: &str) -> Vec<&'a Value> {
 fn stats(events: &[Value]) -> Vec<&Value> {
     events
         .iter()
-        .filter(|e| e["event"]["action"] == "stats")
+        .filter(|e| e["event"]["action"] == "stats" && e["hids"]["plugin"] == "process")
         .map(|e| &e["hids"]["stats"])
         .collect()
 }

@@ -87,7 +87,8 @@ fn a_burner_trips_the_breaker_everything_stops_comes_back_and_the_cooldown_doubl
     });
     let actions: Vec<&str> = events
         .iter()
-        .filter(|e| e["hids"]["plugin"] == "agent")
+        // Transitions only: the agent's periodic `stats` metric shares the stream.
+        .filter(|e| e["hids"]["plugin"] == "agent" && e["event"]["kind"] == "event")
         .map(|e| e["event"]["action"].as_str().unwrap())
         .collect();
     assert_eq!(

@@ -131,11 +131,13 @@ fn stats_record_declares_counts() {
         "[[plugins]]\nname = \"process\"\nargs = [\"--stats-interval-secs\", \"1\"]\n",
     );
     let events = agent.wait_events("a stats record", Duration::from_secs(10), |evs| {
-        evs.iter().any(|e| e["event"]["action"] == "stats")
+        evs.iter()
+            .any(|e| e["event"]["action"] == "stats" && e["hids"]["plugin"] == "process")
     });
+    // The plugin's stats: the agent and pipeline streams have `stats` records too.
     let stats = events
         .iter()
-        .find(|e| e["event"]["action"] == "stats")
+        .find(|e| e["event"]["action"] == "stats" && e["hids"]["plugin"] == "process")
         .unwrap();
     assert_eq!(stats["event"]["kind"], "metric");
     let s = &stats["hids"]["stats"];

@@ -9,6 +9,7 @@
 mod hex;
 pub mod hub;
 pub mod keys;
+pub mod publish;
 pub mod select;
 pub mod session;
 pub mod sign;

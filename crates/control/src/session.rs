@@ -3,9 +3,9 @@
 //!
 //! - The watch starts from the revision of the initial read, so no update can slip in
 //!   between read and watch. A compacted or cancelled watch re-reads and re-watches.
-//! - Keepalives go every TTL/3, phase-shifted by the host's stagger offset. An expired
-//!   or revoked lease ends the session; the next one grants a new lease and registers
-//!   again.
+//! - Keepalives go every TTL/3, phase-shifted by the host's stagger offset, from a task
+//!   of their own, so nothing the session waits for delays them. An expired or revoked
+//!   lease ends the session; the next one grants a new lease and registers again.
 //! - A lost connection (or a member without a leader) ends the session; reconnects back
 //!   off exponentially from 1 s to 60 s, plus the host's stagger offset, so a fleet that
 //!   lost its etcd does not return in one thundering herd.
@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
 use crate::hub::{Subscription, WatchHub};
-use crate::sign::{blob_hash, Refusal, TrustedKeys, Verified};
+use crate::sign::{Refusal, TrustedKeys, Verified};
 use crate::{EtcdConfig, Keys};
 
 #[derive(Debug, Clone)]
@@ -50,6 +50,9 @@ pub enum Update {
         state: Box<DesiredState>,
         body: DesiredBody,
         raw: Vec<u8>,
+        /// The blob the settings came from (`body_sha256`), cached with the envelope so
+        /// the cache can be checked against the signed hash at the next start.
+        blob: Option<Vec<u8>>,
         /// The value's etcd modification revision.
         revision: i64,
     },
@@ -101,6 +104,13 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 }
 
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait between two session attempts (before the host's stagger offset).
+const RECONNECT_CAP: Duration = Duration::from_secs(60);
+
+/// Wait before session attempt `failures` + 1: 1 s doubling to [`RECONNECT_CAP`].
+fn reconnect_backoff(failures: u32) -> Duration {
+    stagger::backoff(failures, Duration::from_secs(1), RECONNECT_CAP)
+}
 /// Retries of a blob read while etcd is overloaded (2, 4, 8, 16, 32 s, staggered).
 const BLOB_RETRIES: u32 = 5;
 
@@ -162,6 +172,65 @@ impl DesiredWatch {
             DesiredWatch::Shared(sub) => {
                 Ok(sub.message().await.map_or(Next::Rewatch, Next::Response))
             }
+        }
+    }
+}
+
+/// A desired state that passed every check.
+struct Accepted {
+    state: Box<DesiredState>,
+    body: DesiredBody,
+    blob: Option<Vec<u8>>,
+}
+
+/// The lease's keepalive streams, owned by the task that keeps the lease.
+struct LeaseStreams {
+    client: etcd_client::LeaseClient,
+    lease: i64,
+    keeper: etcd_client::LeaseKeeper,
+    keepalives: etcd_client::LeaseKeepAliveStream,
+    slots: Option<Arc<Semaphore>>,
+}
+
+/// The task keeping a session's lease; aborted when the session ends (dropped).
+struct KeepAliveTask(tokio::task::JoinHandle<SessionError>);
+
+impl Drop for KeepAliveTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends a keepalive every `period` from `first` until the lease is lost or its stream
+/// fails for good, and says why. It runs in a task of its own for the session's whole
+/// life: in the session's loop a keepalive waited behind whatever that loop awaited (a
+/// blob read retried for up to a minute, a status write waiting for an rpc slot, an
+/// owner slow to take an update), and a lease of 60 s expired behind it.
+async fn keep_lease(mut s: LeaseStreams, period: Duration, first: Instant) -> SessionError {
+    let mut timer = interval_at(first, period);
+    timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = timer.tick() => {
+                if let Err(e) = timed(None, s.keeper.keep_alive()).await {
+                    return e;
+                }
+            }
+            msg = s.keepalives.message() => match msg.map_err(SessionError::from) {
+                Ok(Some(r)) if r.ttl() > 0 => {}
+                Ok(Some(_)) => return SessionError::LeaseLost(s.lease),
+                Ok(None) => return SessionError::Closed("keepalive"),
+                // etcd ended the stream because it is behind, not because the lease is
+                // gone: keep the lease (and the registration) on a new stream.
+                Err(e) if e.is_overload() => {
+                    tracing::debug!("control plane: keepalive stream: {e}; opening another");
+                    match timed(s.slots.clone(), s.client.keep_alive(s.lease)).await {
+                        Ok((keeper, keepalives)) => (s.keeper, s.keepalives) = (keeper, keepalives),
+                        Err(e) => return e,
+                    }
+                }
+                Err(e) => return e,
+            },
         }
     }
 }
@@ -245,8 +314,7 @@ impl Session {
                 failures = 0;
             }
             failures += 1;
-            let base = Duration::from_secs(1 << failures.min(6).saturating_sub(1))
-                .min(Duration::from_secs(60));
+            let base = reconnect_backoff(failures);
             let delay = base + stagger::offset(&self.cfg.host_id, base);
             if failures == 1 || failures.is_power_of_two() {
                 tracing::warn!(
@@ -282,7 +350,19 @@ impl Session {
         let grant = timed(slots.clone(), client.lease_grant(ttl, None));
         let lease = grant.await?.id();
         let keep_alive = timed(slots.clone(), client.lease_keep_alive(lease));
-        let (mut keeper, mut keepalives) = keep_alive.await?;
+        let (keeper, keepalives) = keep_alive.await?;
+        let ka_period = Duration::from_secs((ttl / 3).max(1) as u64);
+        let mut lease_keeper = KeepAliveTask(tokio::spawn(keep_lease(
+            LeaseStreams {
+                client: client.lease_client(),
+                lease,
+                keeper,
+                keepalives,
+                slots: slots.clone(),
+            },
+            ka_period,
+            Instant::now() + stagger::offset(&host, ka_period),
+        )));
         let status_key = keys.agent(&host);
         let put_status = |client: &mut Client, value: Vec<u8>| {
             let mut client = client.clone();
@@ -302,12 +382,6 @@ impl Session {
         }
         tracing::info!("control plane: registered as {host} (lease {lease:x}, ttl {ttl}s)");
 
-        let ka_period = Duration::from_secs((ttl / 3).max(1) as u64);
-        let mut ka_timer = interval_at(
-            Instant::now() + stagger::offset(&host, ka_period),
-            ka_period,
-        );
-        ka_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let refresh = self.cfg.status_refresh.max(Duration::from_secs(1));
         let mut refresh_timer =
             interval_at(Instant::now() + stagger::offset(&host, refresh), refresh);
@@ -318,23 +392,9 @@ impl Session {
 
         loop {
             tokio::select! {
-                _ = ka_timer.tick() => {
-                    let sent = timed(None, keeper.keep_alive());
-                    sent.await?;
+                ended = &mut lease_keeper.0 => {
+                    return Err(ended.unwrap_or(SessionError::Closed("keepalive task")));
                 }
-                msg = keepalives.message() => match msg.map_err(SessionError::from) {
-                    Ok(Some(r)) if r.ttl() > 0 => {}
-                    Ok(Some(_)) => return Err(SessionError::LeaseLost(lease)),
-                    Ok(None) => return Err(SessionError::Closed("keepalive")),
-                    // etcd ended the stream because it is behind, not because the lease
-                    // is gone: keep the lease (and the registration) on a new stream.
-                    Err(e) if e.is_overload() => {
-                        tracing::debug!("control plane: keepalive stream: {e}; opening another");
-                        let reopen = timed(slots.clone(), client.lease_keep_alive(lease));
-                        (keeper, keepalives) = reopen.await?;
-                    }
-                    Err(e) => return Err(e),
-                },
                 next = watch.next() => {
                     let resp = match next? {
                         Next::Response(resp) => resp,
@@ -381,7 +441,7 @@ impl Session {
                         // due and goes again after a staggered backoff.
                         Err(e) if e.is_overload() => {
                             put_failures += 1;
-                            let base = Duration::from_secs(1 << put_failures.min(5));
+                            let base = stagger::backoff(put_failures, Duration::from_secs(2), Duration::from_secs(32));
                             next_put = Instant::now() + base + stagger::offset(&host, base);
                             tracing::debug!("control plane: status write: {e}; again in {base:?} or so");
                         }
@@ -439,12 +499,13 @@ impl Session {
     ) -> bool {
         let update = match self.verify(client, &raw).await {
             Ok(None) => return true,
-            Ok(Some((state, body))) => {
+            Ok(Some(Accepted { state, body, blob })) => {
                 self.applied_generation = state.generation;
                 Update::Apply {
                     state,
                     body,
                     raw,
+                    blob,
                     revision,
                 }
             }
@@ -458,11 +519,9 @@ impl Session {
         updates.send(update).await.is_ok()
     }
 
-    async fn verify(
-        &self,
-        client: &mut Client,
-        raw: &[u8],
-    ) -> Result<Option<(Box<DesiredState>, DesiredBody)>, Refusal> {
+    /// The verified document, its settings and the blob they came from, if any; `None`
+    /// for the document already applied.
+    async fn verify(&self, client: &mut Client, raw: &[u8]) -> Result<Option<Accepted>, Refusal> {
         let state = match self
             .trusted
             .verify(raw, &self.cfg.host_id, self.applied_generation)?
@@ -470,41 +529,51 @@ impl Session {
             Verified::Current => return Ok(None),
             Verified::New(state) => state,
         };
-        let body = match (&state.body, &state.body_sha256) {
-            (_, Some(hash)) => {
-                let key = self.cfg.keys.blob(hash);
-                // A whole fleet fetches the same blob at once: an overloaded etcd gets
-                // a staggered retry, not a refusal the host would keep until the next
-                // push.
-                let mut attempt = 0u32;
-                let resp = loop {
-                    let slots = self.rpc_slots.clone();
-                    let fetch = timed(slots, client.get(key.clone(), Some(GetOptions::new())));
-                    match fetch.await {
-                        Ok(resp) => break resp,
-                        Err(e) if e.is_overload() && attempt < BLOB_RETRIES => {
-                            attempt += 1;
-                            let base = Duration::from_secs(1 << attempt);
-                            let delay = base + stagger::offset(&self.cfg.host_id, base);
-                            tokio::time::sleep(delay).await;
-                        }
-                        Err(e) => return Err(Refusal::BlobMissing(format!("{hash} ({e})"))),
-                    }
-                };
-                let blob = resp
-                    .kvs()
-                    .first()
-                    .map(|kv| kv.value().to_vec())
-                    .ok_or_else(|| Refusal::BlobMissing(hash.clone()))?;
-                if &blob_hash(&blob) != hash {
-                    return Err(Refusal::BlobMismatch(hash.clone()));
-                }
-                serde_json::from_slice(&blob)
-                    .map_err(|e| Refusal::Malformed(format!("body blob {hash}: {e}")))?
-            }
-            (Some(body), None) => body.clone(),
-            (None, None) => DesiredBody::default(),
+        let blob = match &state.body_sha256 {
+            Some(hash) => Some(self.fetch_blob(client, hash).await?),
+            None => None,
         };
-        Ok(Some((state, body)))
+        let body = crate::sign::signed_body(&state, blob.as_deref())?;
+        Ok(Some(Accepted { state, body, blob }))
+    }
+
+    /// Reads `blobs/<hash>`. A whole fleet fetches the same blob at once: an overloaded
+    /// etcd gets a staggered retry, not a refusal the host would keep until the next
+    /// push. (The lease is kept meanwhile by its own task.)
+    async fn fetch_blob(&self, client: &mut Client, hash: &str) -> Result<Vec<u8>, Refusal> {
+        let key = self.cfg.keys.blob(hash);
+        let mut attempt = 0u32;
+        let resp = loop {
+            let slots = self.rpc_slots.clone();
+            let fetch = timed(slots, client.get(key.clone(), Some(GetOptions::new())));
+            match fetch.await {
+                Ok(resp) => break resp,
+                Err(e) if e.is_overload() && attempt < BLOB_RETRIES => {
+                    attempt += 1;
+                    let base =
+                        stagger::backoff(attempt, Duration::from_secs(2), Duration::from_secs(32));
+                    let delay = base + stagger::offset(&self.cfg.host_id, base);
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(Refusal::BlobMissing(format!("{hash} ({e})"))),
+            }
+        };
+        resp.kvs()
+            .first()
+            .map(|kv| kv.value().to_vec())
+            .ok_or_else(|| Refusal::BlobMissing(hash.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnects_back_off_from_1_s_to_the_documented_60_s() {
+        let delays: Vec<u64> = (1..=8).map(|f| reconnect_backoff(f).as_secs()).collect();
+        // docs/control-plane.md: "reconnect after 1 s, doubling to 60 s" (it stopped at
+        // 32 s before issue 12).
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
     }
 }

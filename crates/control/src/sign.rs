@@ -144,6 +144,30 @@ pub fn blob_hash(bytes: &[u8]) -> String {
     hex::encode(&Sha256::digest(bytes))
 }
 
+/// The settings a verified document names: inline, from `blob` (checked against the
+/// signed hash), or none.
+///
+/// # Errors
+/// When the document names a blob and `blob` is missing, does not match the hash, or
+/// is not a settings document.
+pub fn signed_body(
+    state: &hids_types::desired::DesiredState,
+    blob: Option<&[u8]>,
+) -> Result<hids_types::desired::DesiredBody, Refusal> {
+    match (&state.body, &state.body_sha256) {
+        (_, Some(hash)) => {
+            let blob = blob.ok_or_else(|| Refusal::BlobMissing(hash.clone()))?;
+            if &blob_hash(blob) != hash {
+                return Err(Refusal::BlobMismatch(hash.clone()));
+            }
+            serde_json::from_slice(blob)
+                .map_err(|e| Refusal::Malformed(format!("body blob {hash}: {e}")))
+        }
+        (Some(body), None) => Ok(body.clone()),
+        (None, None) => Ok(Default::default()),
+    }
+}
+
 fn read_hex32(path: &Path) -> Result<[u8; 32], KeyError> {
     let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
         path: path.to_owned(),

@@ -11,7 +11,7 @@ use hids_types::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::session::Update;
-use crate::TrustedKeys;
+use crate::{Refusal, TrustedKeys};
 
 /// Command ids remembered, so a command is never run twice.
 const MAX_EXECUTED: usize = 256;
@@ -23,8 +23,13 @@ pub struct ControlState {
     /// The raw signed envelope last applied, re-verified at every start.
     #[serde(default)]
     pub envelope: Option<String>,
-    /// Its settings (inline or from its blob).
-    #[serde(default)]
+    /// The blob its `body_sha256` names (JSON text), checked against that hash at every
+    /// start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<String>,
+    /// Its settings (inline or from its blob). Not cached: recomputed from the signed
+    /// document at every start, so an edit of the file cannot change them.
+    #[serde(skip)]
     pub body: DesiredBody,
     /// Held by a `stop_all` command until `resume`.
     #[serde(default)]
@@ -35,6 +40,26 @@ pub struct ControlState {
     pub desired_error: Option<String>,
     #[serde(default)]
     pub desired_revision: i64,
+}
+
+/// Why a cached desired state was not trusted. Every local field is checked against
+/// the signed document: with an unchecked `applied_generation` of 2^64-1 or a future
+/// command id in `executed`, an edited cache would make the host refuse every later
+/// document or command, i.e. unsteerable.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheRefusal {
+    #[error("not a cache file: {0}")]
+    Malformed(String),
+    #[error("it holds no signed document")]
+    Unsigned,
+    #[error("its document does not verify: {0}")]
+    Document(#[from] Refusal),
+    #[error("its applied generation {cached} is not its document's ({signed})")]
+    Generation { cached: u64, signed: u64 },
+    #[error("command {0} of its document has not expired but is not recorded as run")]
+    CommandNotRun(String),
+    #[error("it says stopped = {cached}, but the commands of its document that ran leave stopped = {signed}")]
+    Stopped { cached: bool, signed: bool },
 }
 
 /// What a desired state asks the agent to do beyond its settings.
@@ -48,43 +73,110 @@ impl ControlState {
         state_dir.join(FILE)
     }
 
-    /// Loads the cache and re-verifies it against the trusted keys and this host. A cache
-    /// that does not verify (keys rotated, file edited) is ignored, with a warning.
+    /// Loads the cache and re-verifies it against the trusted keys and this host (see
+    /// [`ControlState::from_cache`]). A cache that does not verify (keys rotated, file
+    /// edited) is ignored with a warning saying why: the agent starts from its local
+    /// settings and waits for the control plane.
     pub fn load(state_dir: &Path, trusted: &TrustedKeys, host_id: &str) -> ControlState {
         let path = Self::path(state_dir);
         let Ok(bytes) = std::fs::read(&path) else {
             return ControlState::default();
         };
-        let cached: ControlState = match serde_json::from_slice(&bytes) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("ignoring {}: {e}", path.display());
-                return ControlState::default();
-            }
-        };
-        let Some(envelope) = &cached.envelope else {
-            return cached;
-        };
-        match trusted.verify(envelope.as_bytes(), host_id, 0) {
-            Ok(crate::Verified::New(state)) if state.generation == cached.applied_generation => {
+        match Self::from_cache(&bytes, trusted, host_id, Timestamp::now()) {
+            Ok(state) => {
                 tracing::info!(
                     "running on the cached desired state, generation {} (until the control plane says otherwise)",
-                    state.generation
+                    state.applied_generation
                 );
-                cached
+                state
             }
-            Ok(_) => {
+            Err(e) => {
                 tracing::warn!(
-                    "ignoring {}: its generation does not match its document",
+                    "ignoring the cached desired state in {}: {e}; running on the local settings until the control plane answers",
                     path.display()
                 );
                 ControlState::default()
             }
-            Err(e) => {
-                tracing::warn!("ignoring cached desired state in {}: {e}", path.display());
-                ControlState::default()
-            }
         }
+    }
+
+    /// A cache file's state, trusted only as far as its signed document vouches for it:
+    /// the document verifies (trusted key, this host); the applied generation is the
+    /// document's; the settings are recomputed from the document (or its blob, checked
+    /// against the signed hash); `executed` keeps only the document's command ids (an id
+    /// the document does not carry can never come back: later documents carry this
+    /// one's unexpired commands plus new ones); every unexpired command of the document
+    /// is recorded as run; and `stopped` is what the document's commands that ran leave
+    /// it. When no stop or resume of the document ran, `stopped` is the one local fact
+    /// left: it cannot lock the host out, since any later `resume` is a new command.
+    ///
+    /// # Errors
+    /// Which of these checks failed.
+    pub fn from_cache(
+        bytes: &[u8],
+        trusted: &TrustedKeys,
+        host_id: &str,
+        now: Timestamp,
+    ) -> Result<ControlState, CacheRefusal> {
+        let cached: ControlState =
+            serde_json::from_slice(bytes).map_err(|e| CacheRefusal::Malformed(e.to_string()))?;
+        let envelope = cached.envelope.as_deref().ok_or(CacheRefusal::Unsigned)?;
+        let state = match trusted.verify(envelope.as_bytes(), host_id, 0)? {
+            crate::Verified::New(state) => state,
+            crate::Verified::Current => {
+                return Err(CacheRefusal::Generation {
+                    cached: cached.applied_generation,
+                    signed: 0,
+                })
+            }
+        };
+        if state.generation != cached.applied_generation {
+            return Err(CacheRefusal::Generation {
+                cached: cached.applied_generation,
+                signed: state.generation,
+            });
+        }
+        let body = crate::sign::signed_body(&state, cached.blob.as_deref().map(str::as_bytes))?;
+        let executed: VecDeque<String> = cached
+            .executed
+            .iter()
+            .filter(|id| state.commands.iter().any(|c| &c.id == *id))
+            .cloned()
+            .collect();
+        if let Some(c) = state
+            .commands
+            .iter()
+            .find(|c| c.expires_at >= now && !executed.contains(&c.id))
+        {
+            return Err(CacheRefusal::CommandNotRun(c.id.clone()));
+        }
+        let signed_stop = state
+            .commands
+            .iter()
+            .rev()
+            .filter(|c| executed.contains(&c.id))
+            .filter_map(|c| match c.kind {
+                CommandKind::StopAll => Some(true),
+                CommandKind::Resume => Some(false),
+                CommandKind::RestartPlugin => None,
+            })
+            .next();
+        if let Some(signed) = signed_stop.filter(|s| *s != cached.stopped) {
+            return Err(CacheRefusal::Stopped {
+                cached: cached.stopped,
+                signed,
+            });
+        }
+        Ok(ControlState {
+            applied_generation: state.generation,
+            envelope: cached.envelope,
+            blob: cached.blob,
+            body,
+            stopped: cached.stopped,
+            executed,
+            desired_error: None,
+            desired_revision: cached.desired_revision,
+        })
     }
 
     /// # Errors
@@ -104,9 +196,11 @@ impl ControlState {
                 state,
                 body,
                 raw,
+                blob,
                 revision,
             } => {
                 let actions = self.accept(&state, body, &raw);
+                self.blob = blob.map(|b| String::from_utf8_lossy(&b).into_owned());
                 self.desired_revision = revision;
                 Some(actions)
             }
@@ -226,5 +320,123 @@ mod tests {
         );
         assert_eq!(a.restart, vec!["process"]);
         assert_eq!(c.applied_generation, 4);
+    }
+
+    /// A cache as the agent writes it: `docs` accepted in order, then saved.
+    fn cache(key: &crate::SigningKey, docs: &[DesiredState], blob: Option<&[u8]>) -> ControlState {
+        let mut c = ControlState::default();
+        for d in docs {
+            let raw = serde_json::to_vec(&key.sign(d)).unwrap_or_default();
+            let body = crate::sign::signed_body(d, blob).unwrap_or_default();
+            c.take(Update::Apply {
+                state: Box::new(d.clone()),
+                body,
+                raw,
+                blob: blob.map(<[u8]>::to_vec),
+                revision: 1,
+            });
+        }
+        c
+    }
+
+    fn reload(key: &crate::SigningKey, c: &ControlState) -> Result<ControlState, CacheRefusal> {
+        let bytes = serde_json::to_vec(c).unwrap_or_default();
+        ControlState::from_cache(
+            &bytes,
+            &TrustedKeys::from_signing_key(key),
+            "h",
+            Timestamp::now(),
+        )
+    }
+
+    fn key() -> crate::SigningKey {
+        crate::SigningKey::generate().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_cache_the_agent_wrote_loads_back_with_its_settings() {
+        let key = key();
+        let blob = br#"{"log_level":"debug"}"#;
+        let mut doc = state(5, vec![cmd("g5", CommandKind::StopAll, 60)]);
+        doc.body_sha256 = Some(crate::sign::blob_hash(blob));
+        let c = cache(&key, &[doc], Some(blob));
+        let loaded = reload(&key, &c).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(loaded.applied_generation, 5);
+        assert!(loaded.stopped);
+        assert_eq!(loaded.executed, ["g5"]);
+        assert_eq!(loaded.body.log_level.as_deref(), Some("debug"));
+    }
+
+    #[test]
+    fn an_unsigned_or_foreign_cache_is_refused() {
+        let key = key();
+        let unsigned =
+            br#"{"applied_generation":18446744073709551615,"stopped":true,"executed":["g9"]}"#;
+        let trusted = TrustedKeys::from_signing_key(&key);
+        assert!(matches!(
+            ControlState::from_cache(unsigned, &trusted, "h", Timestamp::now()),
+            Err(CacheRefusal::Unsigned)
+        ));
+        let c = cache(
+            &crate::SigningKey::generate().unwrap_or_else(|e| panic!("{e}")),
+            &[state(3, vec![])],
+            None,
+        );
+        assert!(
+            matches!(reload(&key, &c), Err(CacheRefusal::Document(_))),
+            "signed by an untrusted key"
+        );
+    }
+
+    #[test]
+    fn edited_local_fields_are_refused_or_recomputed() {
+        let key = key();
+        let docs = [
+            state(4, vec![cmd("g4", CommandKind::StopAll, 60)]),
+            state(
+                6,
+                vec![
+                    cmd("g4", CommandKind::StopAll, 60),
+                    cmd("g6", CommandKind::Resume, 60),
+                ],
+            ),
+        ];
+        let good = cache(&key, &docs, None);
+        assert!(!good.stopped);
+
+        let mut c = cache(&key, &docs, None);
+        c.applied_generation = u64::MAX;
+        assert!(matches!(
+            reload(&key, &c),
+            Err(CacheRefusal::Generation { signed: 6, .. })
+        ));
+
+        let mut c = cache(&key, &docs, None);
+        c.stopped = true;
+        assert!(matches!(
+            reload(&key, &c),
+            Err(CacheRefusal::Stopped { signed: false, .. })
+        ));
+
+        let mut c = cache(&key, &docs, None);
+        c.executed.retain(|id| id != "g6");
+        assert!(matches!(reload(&key, &c), Err(CacheRefusal::CommandNotRun(id)) if id == "g6"));
+
+        // Future command ids would block those commands forever: dropped.
+        let mut c = cache(&key, &docs, None);
+        c.executed.extend(["g7".to_owned(), "g1000".to_owned()]);
+        let loaded = reload(&key, &c).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(loaded.executed, ["g4", "g6"]);
+
+        // A blob edited in the cache no longer matches the signed hash.
+        let blob = br#"{"log_level":"info"}"#;
+        let mut doc = state(8, vec![]);
+        doc.body_sha256 = Some(crate::sign::blob_hash(blob));
+        let mut c = cache(&key, &[doc], Some(blob));
+        c.blob = Some(r#"{"log_level":"trace"}"#.to_owned());
+        assert!(matches!(
+            reload(&key, &c),
+            Err(CacheRefusal::Document(Refusal::BlobMismatch(_)))
+        ));
     }
 }

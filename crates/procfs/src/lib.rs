@@ -5,6 +5,8 @@
 //! these files: non-UTF-8 bytes, `)` and spaces in a command name, missing lines on old
 //! kernels. Text is decoded lossily; nothing panics.
 //!
+//! [`usage::Sampler`] samples the CPU and memory of a set of process trees.
+//!
 //! Deliberately absent: caching and interpretation (process tables, user names).
 
 mod parse;
@@ -18,3 +20,4 @@ pub use reader::{list_pids, ProcDir, ReadOutcome};
 pub const TICKS_PER_SEC: u64 = 100;
 
 pub mod host;
+pub mod usage;

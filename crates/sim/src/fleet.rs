@@ -1,14 +1,19 @@
 //! The simulated hosts: who they are (ids, labels spread like a real fleet's), what
-//! their status documents say, and the task that runs one agent's session and
-//! acknowledges what it applies.
+//! their status documents say, and the task that runs one agent's session, acknowledges
+//! what it applies and publishes its status on every guard sample, through the agent's
+//! own publisher (so only what a real agent would write reaches etcd).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use etcd_client::Client;
+use hids_control::publish::StatusPublisher;
 use hids_control::session::{Session, Update};
 use hids_control::state::ControlState;
+use hids_types::guard::{GuardConfig, GuardState, GuardStatus};
 use hids_types::status::{AgentStatus, PipelineStatus, PluginState, PluginStatus};
 use hids_types::Timestamp;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
@@ -63,11 +68,12 @@ impl Profile {
         ])
     }
 
-    /// The status document a real agent with one process plugin would write.
-    pub fn status(&self, i: usize, control: &ControlState) -> Vec<u8> {
+    /// The status document a real agent with one process plugin would write, with the
+    /// guard's last sample.
+    pub fn status(&self, i: usize, control: &ControlState, guard: &GuardStatus) -> AgentStatus {
         let host_id = self.host_id(i);
         let n = (self.first + i) as u64;
-        let status = AgentStatus {
+        AgentStatus {
             version: concat!(env!("CARGO_PKG_VERSION"), "-sim").to_owned(),
             hostname: host_id.clone(),
             host_id,
@@ -100,9 +106,56 @@ impl Profile {
                 )
             }],
             pipeline: PipelineStatus::default(),
-            guard: None,
-        };
-        serde_json::to_vec(&status).unwrap_or_default()
+            guard: Some(guard.clone()),
+            cut: None,
+        }
+    }
+}
+
+/// Samples the simulator's own CPU and memory every `period` and shares the result
+/// with every virtual agent, whose guard reports it. One sampler for the whole fleet:
+/// a sampler per virtual agent would read `/proc` 100,000 times a second, the
+/// simulator's own cost rather than anything an agent pays. The figures move on every
+/// sample like a real agent's, which is what matters here: whether they cause status
+/// writes. The breaker itself is not simulated (the simulator's CPU is not an agent's),
+/// so the guard stays `ok`.
+pub async fn sample_guard(
+    period: Duration,
+    tx: watch::Sender<GuardStatus>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut sampler = hids_procfs::usage::Sampler::new();
+    let procs = [("agent".to_owned(), std::process::id())];
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let usage = sampler.sample(&procs);
+        let (cpu_percent, cpu_percent_host, rss_mb) = usage.figures();
+        tx.send_modify(|g| {
+            g.cpu_percent = cpu_percent;
+            g.cpu_percent_host = cpu_percent_host;
+            g.rss_mb = rss_mb;
+            g.processes = usage.processes;
+        });
+    }
+}
+
+/// The guard of a virtual agent before the first sample.
+pub fn idle_guard() -> GuardStatus {
+    GuardStatus {
+        state: GuardState::Ok,
+        trips: 0,
+        cooldown_secs: GuardConfig::default().cooldown_secs,
+        reason: None,
+        since: None,
+        cpu_percent: 0.0,
+        cpu_percent_host: 0.0,
+        rss_mb: 0.0,
+        processes: Vec::new(),
     }
 }
 
@@ -145,77 +198,109 @@ impl Counters {
     }
 }
 
-/// One virtual agent: the agent's session on a shared client, and the agent's own
-/// handling of what the session delivers. Holds a ramp permit until it first registers.
+/// What every virtual agent task shares.
+pub struct Fleet {
+    pub profile: Profile,
+    pub counters: Counters,
+    /// Agents registering at once while the fleet comes up.
+    pub ramp: Arc<Semaphore>,
+    /// The latest guard sample (see [`sample_guard`]).
+    pub guard: watch::Receiver<GuardStatus>,
+    /// How often each agent publishes its status with the latest sample (staggered
+    /// per host, as the agent's guard ticks are).
+    pub guard_period: Duration,
+}
+
+/// One virtual agent: the agent's session on a shared client, the agent's own handling
+/// of what the session delivers, and the agent's status publishing on every guard tick.
+/// Holds a ramp permit until it first registers.
 pub async fn agent(
     i: usize,
     session: Session,
     client: Arc<Client>,
-    profile: Arc<Profile>,
-    counters: Arc<Counters>,
-    ramp: Arc<Semaphore>,
+    fleet: Arc<Fleet>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let Ok(permit) = ramp.acquire_owned().await else {
+    let Ok(permit) = fleet.ramp.clone().acquire_owned().await else {
         return;
     };
     let mut control = ControlState::default();
-    let (status_tx, status_rx) = watch::channel(profile.status(i, &control));
+    let (mut publisher, status_rx) = StatusPublisher::new();
+    let status = |control: &ControlState| fleet.profile.status(i, control, &fleet.guard.borrow());
+    publisher.publish(&status(&control));
     let (updates_tx, mut updates_rx) = mpsc::channel(4);
+    let period = fleet.guard_period;
+    let offset = hids_types::stagger::offset(&fleet.profile.host_id(i), period);
     let consume = async {
         let mut permit = Some(permit);
         let mut online = false;
-        while let Some(update) = updates_rx.recv().await {
-            let republish = match &update {
-                Update::Connected => {
-                    if !online {
-                        online = true;
-                        counters.online.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if permit.take().is_some() {
-                        counters.registered.fetch_add(1, Ordering::Relaxed);
-                        counters.changed.notify_one();
-                    }
-                    false
+        let mut sample = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+        sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                update = updates_rx.recv() => {
+                    let Some(update) = update else { break };
+                    fleet.counters.count(&update, &mut online, &mut permit);
+                    control.take(update);
+                    // What was applied and which commands ran is kept, as an agent does;
+                    // the settings themselves only matter to plugins, which are not
+                    // simulated. Kept, a 32 KB rule set parsed in 100,000 agents is 13 GB
+                    // (measured: the simulator was OOM-killed).
+                    control.body = Default::default();
+                    control.blob = None;
                 }
-                Update::Disconnected(_) => {
-                    if online {
-                        online = false;
-                        counters.online.fetch_sub(1, Ordering::Relaxed);
-                    }
-                    counters.disconnects.fetch_add(1, Ordering::Relaxed);
-                    false
-                }
-                Update::Apply { state, .. } => {
-                    counters.applied.fetch_add(1, Ordering::Relaxed);
-                    counters
-                        .max_generation
-                        .fetch_max(state.generation, Ordering::Relaxed);
-                    true
-                }
-                Update::Refused { .. } => {
-                    counters.refused.fetch_add(1, Ordering::Relaxed);
-                    true
-                }
-            };
-            control.take(update);
-            // What was applied and which commands ran is kept, as an agent does; the
-            // settings themselves only matter to plugins, which are not simulated.
-            // Kept, a 32 KB rule set parsed in 100,000 agents is 13 GB (measured:
-            // the simulator was OOM-killed).
-            control.body = Default::default();
-            if republish {
-                status_tx.send_replace(profile.status(i, &control));
+                _ = sample.tick() => {}
             }
+            // As the agent does after every update and guard sample: the publisher
+            // decides whether etcd is written now or with the next refresh.
+            publisher.publish(&status(&control));
         }
         if online {
-            counters.online.fetch_sub(1, Ordering::Relaxed);
+            fleet.counters.online.fetch_sub(1, Ordering::Relaxed);
         }
     };
     tokio::join!(
         session.run_on(Some(client), status_rx, updates_tx, shutdown),
         consume
     );
+}
+
+impl Counters {
+    /// Counts what the session reported; `online` and the ramp `permit` are the agent's.
+    fn count(
+        &self,
+        update: &Update,
+        online: &mut bool,
+        permit: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
+        match update {
+            Update::Connected => {
+                if !*online {
+                    *online = true;
+                    self.online.fetch_add(1, Ordering::Relaxed);
+                }
+                if permit.take().is_some() {
+                    self.registered.fetch_add(1, Ordering::Relaxed);
+                    self.changed.notify_one();
+                }
+            }
+            Update::Disconnected(_) => {
+                if *online {
+                    *online = false;
+                    self.online.fetch_sub(1, Ordering::Relaxed);
+                }
+                self.disconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            Update::Apply { state, .. } => {
+                self.applied.fetch_add(1, Ordering::Relaxed);
+                self.max_generation
+                    .fetch_max(state.generation, Ordering::Relaxed);
+            }
+            Update::Refused { .. } => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// This process's resident memory, MB.
@@ -256,8 +341,7 @@ mod tests {
             stopped: true,
             ..Default::default()
         };
-        let s: AgentStatus =
-            serde_json::from_slice(&p.status(3, &c)).unwrap_or_else(|e| panic!("{e}"));
+        let s = p.status(3, &c, &idle_guard());
         assert_eq!(s.applied_generation, 5);
         assert!(s.stopped_by_command);
         assert_eq!(s.plugins[0].state, PluginState::Stopped);

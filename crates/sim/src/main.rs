@@ -4,8 +4,11 @@
 //! [`Session`](hids_control::session::Session) (its lease, its status key, its watch on
 //! `desired/<host_id>`, signature checks) and a
 //! [`ControlState`](hids_control::state::ControlState) (which commands ran, what was
-//! applied). Only the host and the plugins are simulated: the status document says
-//! what a host with a running process plugin would say.
+//! applied), and publishes its status through the agent's own publisher after every
+//! update and guard sample, so etcd sees the writes real agents would make. Only the
+//! host and the plugins are simulated: the status document says what a host with a
+//! running process plugin would say, with the guard figures of the simulator process
+//! (sampled once for all agents).
 
 mod fleet;
 
@@ -21,7 +24,7 @@ use hids_control::hub::WatchHub;
 use hids_control::session::{Session, SessionConfig};
 use hids_control::{EtcdConfig, Keys, TlsFiles, TrustedKeys};
 
-use crate::fleet::{Counters, Profile};
+use crate::fleet::{Counters, Fleet, Profile};
 
 /// Run N virtual HIDS agents against a real etcd: each with its own lease, status key
 /// and watch, verifying signed desired states and acknowledging them exactly as
@@ -55,6 +58,11 @@ struct Cli {
     /// Status refresh period even without changes (the agent's default).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "300s")]
     status_refresh: Duration,
+    /// Guard sampling period: the simulator samples itself this often (once, for all
+    /// agents) and every agent publishes its status with the sample, staggered (the
+    /// agent's `[guard] interval_secs` default).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    guard_interval: Duration,
     /// Requests in flight per connection; the rest queue in the simulator, as behind a
     /// proxy. Unbounded, a fleet-wide push times requests out in etcd's queue, and
     /// each timeout resets an HTTP/2 stream until the connection is dropped.
@@ -203,16 +211,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cli.agents, cli.watch_streams
     );
 
-    let profile = Arc::new(Profile::new(&cli.host_prefix, cli.first, cli.agents));
-    let counters = Arc::new(Counters::default());
-    let ramp = Arc::new(tokio::sync::Semaphore::new(cli.ramp.max(1)));
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let guard_period = cli.guard_interval.max(Duration::from_millis(100));
+    let (guard_tx, guard_rx) = tokio::sync::watch::channel(fleet::idle_guard());
+    tokio::spawn(fleet::sample_guard(
+        guard_period,
+        guard_tx,
+        shutdown_rx.clone(),
+    ));
+    let fleet = Arc::new(Fleet {
+        profile: Profile::new(&cli.host_prefix, cli.first, cli.agents),
+        counters: Counters::default(),
+        ramp: Arc::new(tokio::sync::Semaphore::new(cli.ramp.max(1))),
+        guard: guard_rx,
+        guard_period,
+    });
+    let counters = &fleet.counters;
     let keys = Keys::new(&cli.prefix);
     let started = Instant::now();
     let mut agents = tokio::task::JoinSet::new();
     let mut agent_state_bytes = 0;
     for i in 0..cli.agents {
-        let host_id = profile.host_id(i);
+        let host_id = fleet.profile.host_id(i);
         let mut session = Session::new(
             SessionConfig {
                 etcd: etcd.clone(),
@@ -233,9 +253,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             i,
             session,
             clients[i % clients.len()].clone(),
-            profile.clone(),
-            counters.clone(),
-            ramp.clone(),
+            fleet.clone(),
             shutdown_rx.clone(),
         );
         // What one agent's control-plane task holds while idle (heap beyond it: its

@@ -35,9 +35,25 @@ pub fn bucket(host_id: &str, buckets: u64) -> u64 {
     host_hash(host_id) % buckets.max(1)
 }
 
+/// The delay before retry number `attempt` (from 1): `first`, doubling each time, at
+/// most `cap`. Callers add [`offset`] within it, so a fleet retrying at once spreads.
+pub fn backoff(attempt: u32, first: Duration, cap: Duration) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(31);
+    first.saturating_mul(1 << doublings).min(cap)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let secs = |a| backoff(a, Duration::from_secs(1), Duration::from_secs(60)).as_secs();
+        let delays: Vec<u64> = (1..=9).map(secs).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(secs(0), 1);
+        assert_eq!(secs(u32::MAX), 60);
+    }
 
     #[test]
     fn offsets_spread_evenly_over_the_period() {

@@ -4,7 +4,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A wall-clock instant that serializes as RFC 3339 UTC with microseconds
 /// (`2026-11-26T10:01:13.123456Z`), the form ECS uses for `@timestamp`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(pub SystemTime);
 
 impl Timestamp {
