@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use etcd_client::Client;
+use etcd_client::{Client, Permission, RoleRevokePermissionOptions};
 use hids_control::credentials::{self, Credentials, CredentialsError};
 use hids_control::Keys;
 use serde::Serialize;
@@ -162,32 +162,12 @@ async fn enroll_one(
         password: credentials::random_password()
             .map_err(|e| fail(format!("cannot read /dev/urandom: {e}")))?,
     };
-    let etcd = |what: &str, e: etcd_client::Error| fail(etcd_error(what, &e));
-    if let Err(e) = client.role_add(role.as_str()).await {
-        if !has(&e, "already exists") {
-            return Err(etcd(&format!("role {role}"), e));
-        }
-    }
-    for p in credentials::host_permissions(&keys, &host) {
-        let granted = client.role_grant_permission(role.as_str(), p).await;
-        granted.map_err(|e| etcd(&format!("role {role}"), e))?;
-    }
-    let rotated = match client
-        .user_add(user.as_str(), creds.password.as_str(), None)
+    ensure_role(&mut client, &keys, &host, &role)
         .await
-    {
-        Ok(_) => false,
-        Err(e) if has(&e, "already exists") => {
-            let changed = client.user_change_password(user.as_str(), creds.password.as_str());
-            changed
-                .await
-                .map_err(|e| etcd(&format!("user {user}"), e))?;
-            true
-        }
-        Err(e) => return Err(etcd(&format!("user {user}"), e)),
-    };
-    let granted = client.user_grant_role(user.as_str(), role.as_str()).await;
-    granted.map_err(|e| etcd(&format!("user {user}"), e))?;
+        .map_err(fail)?;
+    let rotated = ensure_user(&mut client, &creds, &role)
+        .await
+        .map_err(fail)?;
     creds.write(&file, force).map_err(|e| {
         fail(format!(
             "{e}; the user exists with a password nobody has: enroll the host again"
@@ -199,6 +179,78 @@ async fn enroll_one(
         file,
         rotated,
     })
+}
+
+/// A permission as etcd stores it (etcd-client's own equality ignores the range end).
+fn grant_of(p: &Permission) -> (i32, Vec<u8>, Vec<u8>) {
+    (p.get_type(), p.key().to_vec(), p.range_end().to_vec())
+}
+
+/// Makes `role` hold exactly the host's permissions, changing only what differs: every
+/// grant or revoke makes etcd 3.4 rebuild its whole permission cache (all users, all
+/// roles; docs/benchmarks.md), so re-enrolling a host with an intact role grants nothing.
+async fn ensure_role(
+    client: &mut Client,
+    keys: &Keys,
+    host: &str,
+    role: &str,
+) -> Result<(), String> {
+    let err = |e: etcd_client::Error| etcd_error(&format!("role {role}"), &e);
+    let have: Vec<Permission> = match client.role_add(role).await {
+        Ok(_) => Vec::new(),
+        Err(e) if has(&e, "already exists") => {
+            client.role_get(role).await.map_err(err)?.permissions()
+        }
+        Err(e) => return Err(err(e)),
+    };
+    let want = credentials::host_permissions(keys, host);
+    let wanted: Vec<_> = want.iter().map(grant_of).collect();
+    for p in &have {
+        let (_, key, range_end) = grant_of(p);
+        if !wanted.contains(&grant_of(p)) {
+            let opts = (!range_end.is_empty())
+                .then(|| RoleRevokePermissionOptions::new().with_range_end(range_end));
+            client
+                .role_revoke_permission(role, key, opts)
+                .await
+                .map_err(err)?;
+        }
+    }
+    let held: Vec<_> = have.iter().map(grant_of).collect();
+    for p in want {
+        if !held.contains(&grant_of(&p)) {
+            client.role_grant_permission(role, p).await.map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates the user with its role, or gives an existing user the new password (and the
+/// role, should it have lost it). True when the user existed: a rotation.
+async fn ensure_user(client: &mut Client, creds: &Credentials, role: &str) -> Result<bool, String> {
+    let user = creds.user.as_str();
+    let err = |e: etcd_client::Error| etcd_error(&format!("user {user}"), &e);
+    let rotated = match client.user_add(user, creds.password.as_str(), None).await {
+        Ok(_) => false,
+        Err(e) if has(&e, "already exists") => {
+            let changed = client.user_change_password(user, creds.password.as_str());
+            changed.await.map_err(err)?;
+            true
+        }
+        Err(e) => return Err(err(e)),
+    };
+    let has_role = rotated
+        && client
+            .user_get(user)
+            .await
+            .map_err(err)?
+            .roles()
+            .iter()
+            .any(|r| r == role);
+    if !has_role {
+        client.user_grant_role(user, role).await.map_err(err)?;
+    }
+    Ok(rotated)
 }
 
 /// Deletes every host's user, role, status and desired state. Hosts never enrolled are

@@ -158,6 +158,19 @@ fn issue_12_reenrolling_rotates_only_with_force_and_unenroll_revokes() {
     assert_eq!(user_of(&file), first);
     ok(etcd.etcdctl(&["put", "/hids/v1/agents/r", "x"], Some(&first)));
 
+    // A role someone widened is put back to exactly the host's keys on re-enrollment.
+    let widen = [
+        "role",
+        "grant-permission",
+        "hids-host-r",
+        "read",
+        "/hids/v1/agents/",
+        "--prefix",
+    ];
+    ok(etcd.etcdctl(&widen, Some("root:rootpw")));
+    let listing = ["get", "/hids/v1/agents/", "--prefix"];
+    ok(etcd.etcdctl(&listing, Some(&first)));
+
     let out = hidsctl_as(
         &etcd,
         ROOT,
@@ -179,6 +192,7 @@ fn issue_12_reenrolling_rotates_only_with_force_and_unenroll_revokes() {
         .status
         .success());
     ok(etcd.etcdctl(&["put", "/hids/v1/agents/r", "x"], Some(&second)));
+    assert!(denied(&etcd.etcdctl(&listing, Some(&second))));
 
     // Only root may enroll; bad ids never reach etcd.
     let out = hidsctl_as(
