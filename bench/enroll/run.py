@@ -9,7 +9,8 @@ fresh etcd 3.4 with authentication on (`hidsctl bootstrap`):
      change, in its serial apply loop, so the cost of one host grows with the number
      already enrolled: the steps fit t(N) = a + b*N per host, and the totals for
      --extrapolate sizes (10,000 and 100,000: hours to days) are computed from that
-     fit, printed as extrapolated.
+     fit, printed as extrapolated (at cost >= 8 with the slope of the cost-4 run, which
+     has more hosts). Then --rotate hosts are enrolled again (--force): a rotation.
   2. Authenticate: `hids-auth-bench` sends N Authenticate calls for the enrolled users
      from 4 connections, 64 in flight (a fleet reconnecting after an etcd restart):
      wall time, rate, latency, etcd CPU per call; at cost >= 8 only --auth-sample
@@ -18,7 +19,7 @@ Usage:
 
     bench/enroll/run [--costs 4,10] [--steps 1000,2000,3000,4000] [--high-cost-steps 250,500]
                      [--auths 10000,100000] [--auth-sample 1000]
-                     [--extrapolate 10000,100000] [--concurrency 32]
+                     [--extrapolate 10000,100000] [--concurrency 32] [--rotate 200]
 
 HIDS_BENCH_BIN=DIR takes hidsctl and hids-auth-bench from DIR (default: target/release,
 else target/debug; each line says which binary it used).
@@ -74,14 +75,14 @@ def etcd_figures(etcd):
     }
 
 
-def enroll(etcd, tmp, out_dir, first, last, concurrency):
+def enroll(etcd, tmp, out_dir, first, last, concurrency, force=False):
     hosts = os.path.join(tmp, f"hosts-{first}-{last}.txt")
     with open(hosts, "w") as f:
         for i in range(first, last):
             f.write(f"host-{i:07d}\n")
     cpu0, ctl0, t0 = cpu_ticks(etcd.proc.pid), children_cpu(), time.monotonic()
     out = hidsctl(etcd, "enroll", "--hosts-file", hosts, "--out", out_dir, "--json",
-                  "--concurrency", str(concurrency))
+                  "--concurrency", str(concurrency), *(["--force"] if force else []))
     wall = time.monotonic() - t0
     etcd_cpu = (cpu_ticks(etcd.proc.pid) - cpu0) / TICK
     ctl_cpu = children_cpu() - ctl0
@@ -142,18 +143,36 @@ def enroll_steps(etcd, tmp, out_dir, steps, concurrency):
     return points, enrolled
 
 
-def extrapolate(points, sizes):
+def extrapolate(points, sizes, base=None):
+    """Totals for `sizes` from the steps' fit of etcd CPU per host, a + b*N: etcd's apply
+    loop is serial, so on an idle machine its CPU time is its wall time (the wall-time
+    fit, printed too, carries whatever else the machine was doing). With `base` (the
+    cost-4 fit), the slope is taken from it and only the offset from these steps: a few
+    hundred hosts measure the bcrypt hash well but the slope poorly."""
     a, b = fit([(n, ms) for n, ms, _, _, _ in points])
     ca, cb = fit([(n, ms) for n, _, ms, _, _ in points])
     ra, rb = fit([(size, rss) for _, _, _, rss, size in points])
-    print(f"fit: one host costs {a:.2f} + {b * 1000:.2f} ms per 1,000 hosts already enrolled "
-          f"(etcd CPU {ca:.2f} + {cb * 1000:.2f} ms per 1,000); RSS {ra:.0f} MB + {rb * 1000:.1f} MB per 1,000",
-          flush=True)
+    print(f"fit: one host costs etcd {ca:.2f} ms + {cb * 1000:.2f} ms per 1,000 hosts already enrolled "
+          f"(wall here {a:.2f} + {b * 1000:.2f}); RSS {ra:.0f} MB + {rb * 1000:.1f} MB per 1,000", flush=True)
+    if base:
+        cb = base[1]
+        ca = sum(ms - cb * n for n, _, ms, _, _ in points) / len(points)
+        print(f"with the cost-4 slope: one host costs etcd {ca:.2f} ms + {cb * 1000:.2f} ms per 1,000", flush=True)
     for size in sizes:
-        total = a * size + b * size * size / 2
-        print(f"  => {size} hosts (extrapolated): enrollment {total / 1000:.0f} s ({total / 3.6e6:.1f} h); "
-              f"enrolling, rotating or removing one more host then takes {(a + b * size) / 1000:.2f} s "
-              f"of etcd's apply loop; RSS about {ra + rb * size:.0f} MB", flush=True)
+        total = ca * size + cb * size * size / 2
+        print(f"  => {size} hosts (extrapolated): enrollment {total / 1000:.0f} s of etcd CPU ({total / 3.6e6:.1f} h); "
+              f"enrolling one more host then takes {(ca + cb * size) / 1000:.2f} s of etcd's serial apply loop"
+              f"{'' if base else f'; RSS about {ra + rb * size:.0f} MB'}", flush=True)
+    return ca, cb
+
+
+def rotate(etcd, tmp, out_dir, enrolled, count, concurrency, cpu_fit):
+    """Re-enrolls the last `count` hosts (--force): one password change each."""
+    r = enroll(etcd, tmp, out_dir, enrolled - count, enrolled, concurrency, force=True)
+    cpu_ms = r["etcd_cpu_secs"] / r["hosts"] * 1000
+    fresh = cpu_fit[0] + cpu_fit[1] * enrolled
+    print(f"rotate {count} of {enrolled}: {r['wall_secs']:.1f} s, {r['wall_secs'] / count * 1000:.1f} ms/host; "
+          f"etcd CPU {cpu_ms:.1f} ms/host (a first enrollment at {enrolled}: {fresh:.1f} ms by the fit)", flush=True)
 
 
 def auth_figures(etcd, out_dir, auths, sample, cost):
@@ -170,10 +189,11 @@ def auth_figures(etcd, out_dir, auths, sample, cost):
               f"{' (' + str(r['first_error']) + ')' if r['errors'] else ''} [{r['binary']}]", flush=True)
 
 
-def one_cost(tmp, cost, args):
+def one_cost(tmp, cost, args, base):
     print(f"\n== bcrypt cost {cost}: etcd {' '.join(ETCD_FLAGS)} --bcrypt-cost {cost}", flush=True)
     etcd = Etcd(tmp, ETCD_FLAGS + ["--bcrypt-cost", str(cost)])
     out_dir = tempfile.mkdtemp(dir=tmp, prefix=f"creds-{cost}-")
+    cpu_fit = None
     try:
         r = hidsctl(etcd, "bootstrap", "--root-password", "rootpw", "--operator-password", "oppw",
                     user=None)
@@ -181,9 +201,11 @@ def one_cost(tmp, cost, args):
             raise SystemExit(f"bootstrap failed: {r.stderr}")
         print(f"etcd after bootstrap: RSS {etcd_figures(etcd)['rss_mb']:.0f} MB", flush=True)
         steps = args.high_cost_steps if cost >= 8 else args.steps
-        points, _ = enroll_steps(etcd, tmp, out_dir, steps, args.concurrency)
+        points, enrolled = enroll_steps(etcd, tmp, out_dir, steps, args.concurrency)
         if len(points) >= 2:
-            extrapolate(points, args.extrapolate)
+            cpu_fit = extrapolate(points, args.extrapolate, base if cost >= 8 else None)
+            if args.rotate:
+                rotate(etcd, tmp, out_dir, enrolled, min(args.rotate, enrolled), args.concurrency, cpu_fit)
         auth_figures(etcd, out_dir, args.auths, args.auth_sample, cost)
         fig = etcd_figures(etcd)
         print(f"etcd at the end: RSS {fig['rss_mb']:.0f} MB, VmHWM {status_kb(etcd.proc.pid, 'VmHWM') / 1024:.0f} MB",
@@ -191,6 +213,7 @@ def one_cost(tmp, cost, args):
     finally:
         etcd.stop()
         shutil.rmtree(out_dir, ignore_errors=True)
+    return cpu_fit
 
 
 def main():
@@ -204,13 +227,17 @@ def main():
     ap.add_argument("--auth-sample", type=int, default=1000,
                     help="at bcrypt cost >= 8, Authenticate calls actually made")
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--rotate", type=int, default=200,
+                    help="after the steps, re-enroll this many hosts (--force): password rotation")
     args = ap.parse_args()
     print(f"bench/enroll: {os.cpu_count()} CPUs, etcd {subprocess.run(['etcd', '--version'], capture_output=True, text=True).stdout.split()[2]}, "
           f"hidsctl {binary('hidsctl')}", flush=True)
     tmp = tempfile.mkdtemp(prefix="hids-bench-enroll-")
     try:
+        base = None
         for cost in args.costs:
-            one_cost(tmp, cost, args)
+            fitted = one_cost(tmp, cost, args, base)
+            base = base or fitted
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
