@@ -133,7 +133,13 @@ pub struct ControlConfig {
     /// Rewrite the status key this often even without a change (staggered per host).
     #[serde(default = "default_status_refresh_secs")]
     pub status_refresh_secs: u64,
-    /// etcd user (with `password`), when etcd has authentication on.
+    /// This host's etcd credentials: a file (mode 0600) with a `[control]` table holding
+    /// `user` and `password`, as written by `hidsctl enroll`. The way to give an agent
+    /// credentials: they are the host's own, and agent.toml can stay world-readable.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// etcd user (with `password`) written into this file: kept for compatibility, use
+    /// `credentials_file` instead.
     #[serde(default)]
     pub user: Option<String>,
     #[serde(default)]
@@ -340,10 +346,8 @@ impl Config {
             ));
         }
         if let Some(id) = &self.host_id {
-            if id.is_empty() || id.contains('/') || id.chars().any(char::is_whitespace) {
-                problems.push(format!(
-                    "host_id = {id:?}: must be non-empty, without '/' or spaces (it becomes an etcd key)"
-                ));
+            if let Err(e) = hids_control::keys::check_host_id(id) {
+                problems.push(format!("host_id: {e}"));
             }
         }
         if self.status_interval_secs == 0 {
@@ -504,6 +508,17 @@ impl ControlConfig {
         if self.user.is_some() != self.password.is_some() {
             p.push("control.user and control.password go together".into());
         }
+        if let Some(file) = &self.credentials_file {
+            if self.user.is_some() || self.password.is_some() {
+                p.push(
+                    "control.credentials_file and control.user/control.password both give etcd \
+                     credentials: keep control.credentials_file and remove the other two"
+                        .into(),
+                );
+            } else if let Err(e) = hids_control::credentials::Credentials::load(file) {
+                p.push(format!("control.credentials_file: {e}"));
+            }
+        }
         if self.cert_file.is_some() != self.key_file.is_some() {
             p.push("control.cert_file and control.key_file go together".into());
         }
@@ -521,16 +536,29 @@ impl ControlConfig {
         p
     }
 
-    pub fn etcd(&self) -> hids_control::EtcdConfig {
-        hids_control::EtcdConfig {
+    /// How to reach etcd, with the credentials from `credentials_file` when given.
+    ///
+    /// # Errors
+    /// When the credentials file cannot be used (see [`ControlConfig::problems`]).
+    pub fn etcd(
+        &self,
+    ) -> Result<hids_control::EtcdConfig, hids_control::credentials::CredentialsError> {
+        let user = match &self.credentials_file {
+            Some(file) => {
+                let c = hids_control::credentials::Credentials::load(file)?;
+                Some((c.user, c.password))
+            }
+            None => self.user.clone().zip(self.password.clone()),
+        };
+        Ok(hids_control::EtcdConfig {
             endpoints: self.endpoints.clone(),
-            user: self.user.clone().zip(self.password.clone()),
+            user,
             tls: self.ca_file.clone().map(|ca| hids_control::TlsFiles {
                 ca,
                 cert: self.cert_file.clone(),
                 key: self.key_file.clone(),
             }),
-        }
+        })
     }
 }
 
@@ -599,6 +627,43 @@ mod tests {
         assert!(err.contains("lease_ttl_secs"), "{err}");
         let err = Config::parse("[control]\nendpoint = []\n").unwrap_err();
         assert!(err.contains("endpoint"), "{err}");
+    }
+
+    #[test]
+    fn credentials_file_is_merged_checked_and_exclusive() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("credentials.toml");
+        let creds = hids_control::credentials::Credentials {
+            user: "hids-host-a".into(),
+            password: "pw".into(),
+        };
+        creds.write(&file, false).unwrap();
+        let (_, key) = hids_control::SigningKey::generate()
+            .unwrap()
+            .save(dir.path())
+            .unwrap();
+        let section = format!(
+            "[control]\nendpoints = [\"http://e:2379\"]\ntrusted_keys = [{key:?}]\n\
+             credentials_file = {file:?}\n"
+        );
+        let cfg = Config::parse(&section).unwrap();
+        let control = cfg.control.as_ref().unwrap();
+        assert!(control.problems().is_empty(), "{:?}", control.problems());
+        let etcd = control.etcd().unwrap();
+        assert_eq!(etcd.user, Some(("hids-host-a".into(), "pw".into())));
+
+        let both = Config::parse(&format!("{section}user = \"x\"\npassword = \"y\"\n")).unwrap();
+        let p = both.control.unwrap().problems().join("\n");
+        assert!(
+            p.contains("control.credentials_file") && p.contains("control.user"),
+            "{p}"
+        );
+
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let p = control.problems().join("\n");
+        assert!(p.contains(&format!("chmod 600 {}", file.display())), "{p}");
+        assert!(control.etcd().is_err());
     }
 
     #[test]

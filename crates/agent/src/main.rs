@@ -277,7 +277,7 @@ async fn agent(
     if let Some(c) = &config.control {
         let session = hids_control::session::Session::new(
             hids_control::session::SessionConfig {
-                etcd: c.etcd(),
+                etcd: c.etcd()?,
                 keys: hids_control::Keys::new(&c.prefix),
                 host_id: host_id.clone(),
                 lease_ttl: Duration::from_secs(c.lease_ttl_secs),

@@ -79,6 +79,44 @@ impl Keys {
     }
 }
 
+/// Longest host id: a fully qualified host name fits (253), and etcd user and role
+/// names built from it stay short.
+pub const MAX_HOST_ID_LEN: usize = 253;
+
+/// Why a host id cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostIdError {
+    #[error("host id is empty")]
+    Empty,
+    #[error("host id {0:?} is longer than {MAX_HOST_ID_LEN} characters")]
+    TooLong(String),
+    #[error(
+        "host id {0:?}: use letters, digits, '.', '-', '_' and ':', starting with a letter or digit \
+         (it becomes an etcd key, an etcd user name and a file name)"
+    )]
+    Charset(String),
+}
+
+/// Checks a host id before it becomes a key name (`agents/<id>`), an etcd user and role
+/// name (`hids-host-<id>`) and a file name (`<id>.toml`). Machine ids (32 hex digits) and
+/// host names pass; `/`, spaces, a leading `.` or `-` (`..`, option-like names) do not.
+///
+/// # Errors
+/// Which rule the id breaks.
+pub fn check_host_id(id: &str) -> Result<(), HostIdError> {
+    let Some(first) = id.chars().next() else {
+        return Err(HostIdError::Empty);
+    };
+    if id.len() > MAX_HOST_ID_LEN {
+        return Err(HostIdError::TooLong(id.to_owned()));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':');
+    if !first.is_ascii_alphanumeric() || !id.chars().all(allowed) {
+        return Err(HostIdError::Charset(id.to_owned()));
+    }
+    Ok(())
+}
+
 /// The end of the range of all keys starting with `prefix` (etcd's prefix convention).
 pub fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();
@@ -105,5 +143,28 @@ mod tests {
         assert_eq!(k.host_of(&k.agents(), b"/hids/v1/agents/h1"), Some("h1"));
         assert_eq!(k.host_of(&k.agents(), b"/hids/v1/agents/"), None);
         assert_eq!(prefix_end("/a/"), b"/a0".to_vec());
+    }
+
+    #[test]
+    fn host_ids_that_cannot_be_keys_users_or_files_are_refused() {
+        for ok in [
+            "3d1219c7c4c5404aaa1f6d2a48adfda4",
+            "web-17.bj",
+            "db_1:5432",
+            "A",
+        ] {
+            assert_eq!(check_host_id(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(check_host_id(""), Err(HostIdError::Empty));
+        for bad in [
+            "a/b", "..", ".hidden", "-rf", "web 17", "tab\t", "naïve", "a*",
+        ] {
+            assert!(
+                matches!(check_host_id(bad), Err(HostIdError::Charset(_))),
+                "{bad}"
+            );
+        }
+        let long = "a".repeat(MAX_HOST_ID_LEN + 1);
+        assert!(matches!(check_host_id(&long), Err(HostIdError::TooLong(_))));
     }
 }

@@ -6,6 +6,7 @@
 //! Deliberately absent: what an agent does with a desired state once verified (the
 //! agent's business), and anything about plugins or events.
 
+pub mod credentials;
 mod hex;
 pub mod hub;
 pub mod keys;
@@ -17,6 +18,13 @@ pub mod state;
 
 pub use keys::Keys;
 pub use sign::{Refusal, SigningKey, TrustedKeys, Verified};
+
+/// `N` bytes from the kernel's random source (keys, passwords).
+fn os_random<const N: usize>() -> std::io::Result<[u8; N]> {
+    let mut bytes = [0u8; N];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    Ok(bytes)
+}
 
 /// etcd answered but could not keep up (deadline exceeded, "too many requests": its
 /// apply fell 5,000 entries behind its commits). Retrying later is right; giving up a

@@ -71,8 +71,7 @@ impl SigningKey {
     /// # Errors
     /// When `/dev/urandom` cannot be read.
     pub fn generate() -> std::io::Result<Self> {
-        let mut seed = [0u8; 32];
-        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut seed)?;
+        let seed = crate::os_random::<32>()?;
         Ok(SigningKey {
             key: ed25519_dalek::SigningKey::from_bytes(&seed),
         })

@@ -24,6 +24,7 @@ macro_rules! out_raw {
 }
 
 mod bootstrap;
+mod enroll;
 mod fleet;
 mod push;
 mod reconcile;
@@ -147,18 +148,69 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Create etcd roles and users for agents and operators, then enable authentication.
-    /// Run once, against an etcd without authentication.
+    /// Create etcd's root user and the operators' role and user, then enable
+    /// authentication. Run once, against an etcd without authentication; then give each
+    /// host its own credentials with `enroll`.
     Bootstrap {
         /// Password for etcd's `root` user (etcd requires it to enable authentication).
         #[arg(long, env = "HIDS_ROOT_PASSWORD", hide_env_values = true)]
         root_password: String,
-        /// Password for the `hids-agent` user (read desired/ and blobs/, write agents/).
-        #[arg(long, env = "HIDS_AGENT_PASSWORD", hide_env_values = true)]
-        agent_password: String,
         /// Password for the `hids-operator` user (everything under the prefix).
         #[arg(long, env = "HIDS_OPERATOR_PASSWORD", hide_env_values = true)]
         operator_password: String,
+        /// INSECURE, for fleets not yet enrolled: also create one `hids-agent` user
+        /// shared by every host, with read-write on all of `agents/`. Any host holding it
+        /// can delete or forge any other host's status (and so hide from `stop --all` or
+        /// fake acknowledgements). Use `enroll` instead.
+        #[arg(long, requires = "agent_password")]
+        insecure_shared_agent_user: bool,
+        /// Password for the shared `hids-agent` user (only with
+        /// --insecure-shared-agent-user).
+        #[arg(
+            long,
+            env = "HIDS_AGENT_PASSWORD",
+            hide_env_values = true,
+            requires = "insecure_shared_agent_user"
+        )]
+        agent_password: Option<String>,
+    },
+    /// Give hosts their own etcd credentials: per host a user and a role that may write
+    /// only its own `agents/<id>` and read only its own `desired/<id>` and `blobs/`, and
+    /// DIR/<id>.toml (mode 0600) to install on the host as control.credentials_file.
+    /// Enrolling a host again rotates its password. Needs etcd's root user.
+    Enroll {
+        /// A host id (repeat for several).
+        #[arg(long = "host-id", value_name = "ID")]
+        host_ids: Vec<String>,
+        /// A file of host ids, one per line (`#` comments and blank lines skipped).
+        #[arg(long, value_name = "FILE")]
+        hosts_file: Option<PathBuf>,
+        /// Where to write <id>.toml for each host (created mode 0700 when missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Replace existing <id>.toml files (the old passwords stop working).
+        #[arg(long)]
+        force: bool,
+        /// Hosts enrolled at once.
+        #[arg(long, default_value_t = enroll::DEFAULT_CONCURRENCY)]
+        concurrency: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decommission hosts: delete their etcd users and roles (their credentials stop
+    /// working) and their status and desired state. Needs etcd's root user.
+    Unenroll {
+        /// A host id (repeat for several).
+        #[arg(long = "host-id", value_name = "ID")]
+        host_ids: Vec<String>,
+        /// A file of host ids, one per line.
+        #[arg(long, value_name = "FILE")]
+        hosts_file: Option<PathBuf>,
+        /// Hosts handled at once.
+        #[arg(long, default_value_t = enroll::DEFAULT_CONCURRENCY)]
+        concurrency: usize,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -306,17 +358,42 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::History { limit, json } => fleet::history(&mut client, &keys, limit, json).await,
         Command::Bootstrap {
             root_password,
-            agent_password,
             operator_password,
+            insecure_shared_agent_user: _,
+            agent_password,
         } => {
-            bootstrap::run(
-                &mut client,
-                &keys,
-                &root_password,
-                &agent_password,
-                &operator_password,
-            )
-            .await
+            let passwords = bootstrap::Passwords {
+                root: root_password,
+                operator: operator_password,
+                shared_agent: agent_password,
+            };
+            bootstrap::run(&mut client, &keys, &passwords).await
+        }
+        Command::Enroll {
+            host_ids,
+            hosts_file,
+            out,
+            force,
+            concurrency,
+            json,
+        } => {
+            let request = enroll::Request {
+                hosts: enroll::host_ids(&host_ids, hosts_file.as_deref())?,
+                out,
+                force,
+                concurrency,
+                json,
+            };
+            enroll::enroll(&client, &keys, request).await
+        }
+        Command::Unenroll {
+            host_ids,
+            hosts_file,
+            concurrency,
+            json,
+        } => {
+            let hosts = enroll::host_ids(&host_ids, hosts_file.as_deref())?;
+            enroll::unenroll(&client, &keys, &hosts, concurrency, json).await
         }
         Command::Push { file, change: args } => {
             let text = std::fs::read_to_string(&file)

@@ -750,7 +750,7 @@ async fn await_acks(
     Ok(())
 }
 
-fn bar(len: u64, what: &'static str) -> indicatif::ProgressBar {
+pub(crate) fn bar(len: u64, what: &'static str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::with_draw_target(
         Some(len),
         indicatif::ProgressDrawTarget::stderr(),

@@ -421,6 +421,7 @@ fn tls_and_rbac_agent_credentials_cannot_write_desired_states() {
         "bootstrap",
         "--root-password",
         "rootpw",
+        "--insecure-shared-agent-user",
         "--agent-password",
         "agentpw",
         "--operator-password",

@@ -120,6 +120,27 @@ impl Certs {
     }
 }
 
+/// Whether `etcd` and `etcdctl` are installed. Without them a test cannot run: under CI
+/// (env `CI` set) that is a failure, elsewhere the test says so and passes.
+pub fn etcd_available(test: &str) -> bool {
+    let runs = |bin: &str, arg: &str| {
+        Command::new(bin)
+            .arg(arg)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if runs("etcd", "--version") && runs("etcdctl", "version") {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: etcd or etcdctl is missing (Debian packages etcd-server, etcd-client) and CI is set"
+    );
+    eprintln!("{test}: skipped: etcd or etcdctl is missing (install etcd-server and etcd-client)");
+    false
+}
+
 pub struct Etcd {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
