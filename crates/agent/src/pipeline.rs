@@ -163,6 +163,10 @@ struct Replay {
     failed: bool,
     /// The first delivery error of this attempt, for the log.
     error: Option<String>,
+    /// It holds the spool's last segment: new events go live behind it (librdkafka
+    /// sends them after it, in order) instead of into a spool that, under a steady
+    /// stream of events, would never be seen empty.
+    last: bool,
 }
 
 struct Kafka {
@@ -566,8 +570,11 @@ impl Pipeline {
     /// again when the spool is empty.
     fn replay_or_go_live(&mut self) {
         let Some(k) = &mut self.kafka else { return };
-        // Invariant: while anything waits in the spool, new events queue behind it.
-        if k.spool.as_ref().is_some_and(|s| !s.is_empty()) {
+        // Invariant: while anything waits in the spool, new events queue behind it;
+        // except behind the last segment, once it is on its way to Kafka.
+        let replaying_last = k.replay.as_ref().is_some_and(|r| r.last);
+        let waiting = k.spool.as_ref().map_or(0, Spool::segment_count);
+        if waiting > usize::from(replaying_last) {
             k.backlog = true;
         }
         if !k.backlog || k.replay.is_some() {
@@ -595,12 +602,14 @@ impl Pipeline {
             Some((s, set)) if *s == segment => set.clone(),
             _ => BTreeSet::new(),
         };
+        let last = s.segment_count() == 1;
         let mut r = Replay {
             segment,
             records: Vec::new(),
             outstanding: 0,
             failed: false,
             error: None,
+            last,
         };
         for (index, rec) in records.iter().enumerate() {
             if skip.contains(&index) {
@@ -627,6 +636,10 @@ impl Pipeline {
         if r.outstanding == 0 && r.failed {
             k.retry_at = Instant::now() + k.retry_delay;
         } else {
+            if r.last && !r.failed {
+                tracing::info!("kafka caught up; events go straight to it again");
+                k.backlog = false;
+            }
             k.replay = Some(r);
         }
     }

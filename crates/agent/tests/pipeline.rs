@@ -170,7 +170,9 @@ fn a_poison_record_is_declared_and_skipped_not_retried_forever() {
     );
     let agent = Agent::start_in(dir, &config);
     let status = agent.wait_status("the spool to drain", Duration::from_secs(60), |s| {
-        pipeline(s)["spool_records"] == 0 && pipeline(s)["backlog"] == false
+        pipeline(s)["spool_records"] == 0
+            && pipeline(s)["backlog"] == false
+            && pipeline(s)["replayed"].as_u64().unwrap_or(0) >= 2
     });
     assert_eq!(
         pipeline(&status)["dropped"]["kafka_refused"],

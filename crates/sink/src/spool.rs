@@ -169,6 +169,10 @@ impl Spool {
         self.segments.iter().map(|s| s.records).sum()
     }
 
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
     /// Appends one record. What the spool could not keep comes back: the records of
     /// segments removed to stay within the bound (oldest first), and records a failed
     /// write could not put on disk (possibly this one).
