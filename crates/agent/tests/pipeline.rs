@@ -269,11 +269,14 @@ fn a_full_spool_drops_its_oldest_segment_and_declares_exactly_those() {
         s["plugins"][0]["health"]["events_emitted"] == 6_000
             && pipeline(s)["dropped"]["spool_full"].as_u64().unwrap_or(0) > 0
     });
-    let dropped = pipeline(&status)["dropped"]["spool_full"].as_u64().unwrap();
+    assert!(pipeline(&status)["dropped"]["spool_full"].as_u64().unwrap() > 0);
     broker.spawn();
-    agent.wait_status("the spool to drain", Duration::from_secs(90), |s| {
+    // Events still queued or in librdkafka when the first drops were seen can evict
+    // more segments on their way to the spool: count at the end.
+    let status = agent.wait_status("the spool to drain", Duration::from_secs(90), |s| {
         pipeline(s)["backlog"] == false && pipeline(s)["spool_records"] == 0
     });
+    let dropped = pipeline(&status)["dropped"]["spool_full"].as_u64().unwrap();
     std::thread::sleep(Duration::from_secs(2));
     let report = broker.reconcile("full");
     assert_eq!(
