@@ -120,9 +120,9 @@ impl AgentEvents {
     }
 
     fn queue(&mut self, ev: Vec<u8>) {
-        // The pipeline is bounded; a full one costs this event, counted, never a wait.
-        if self.tx.try_send(ev, self.emitter.position()).is_err() {
-            self.counters.count_drop("agent_events_queue_full", 1);
+        // The pipeline is bounded; a full one costs this event, declared, never a wait.
+        if let Err(ev) = self.tx.try_send(ev, self.emitter.position()) {
+            self.counters.agent_event_lost(ev);
         }
     }
 }

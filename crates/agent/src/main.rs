@@ -40,6 +40,8 @@ const EXIT_CONFIG: u8 = 64;
 /// From SIGTERM to exit, everything included (plugins, the pipeline's last delivery
 /// and spooling): what the README and the systemd unit promise.
 const STOP_BUDGET: Duration = Duration::from_millis(4800);
+/// Of the stop budget, what is kept for the pipeline's last delivery and spooling.
+const PIPELINE_AT_STOP: Duration = Duration::from_millis(1500);
 
 /// HIDS agent: watches what runs on this host and reports it as ECS JSON events.
 ///
@@ -420,7 +422,9 @@ async fn agent(
     let _ = shutdown_tx.send(true);
     // Each plugin gets its stop timeout; the agent must be gone within 5 s regardless,
     // and dropping a task's child kills it.
-    let deadline = Duration::from_millis(config.supervisor.stop_timeout_ms.min(4000) + 500);
+    // What the plugins may take leaves the pipeline at least PIPELINE_AT_STOP.
+    let deadline = Duration::from_millis(config.supervisor.stop_timeout_ms + 500)
+        .min(STOP_BUDGET.saturating_sub(PIPELINE_AT_STOP));
     if !manager.join(deadline).await {
         tracing::warn!("plugins did not stop in time; killed");
     }
@@ -503,7 +507,7 @@ fn build_outputs(
                 "spool: cut {} byte(s) of a record whose write was interrupted (a crash); that one event is lost",
                 recovery.truncated_bytes
             );
-            counters.count_drop("spool_partial_record", 1);
+            counters.count_drop("spool_partial_record", recovery.truncated_segments);
         }
         outputs.spool = Some(spool);
     }

@@ -49,7 +49,13 @@ pub struct PipelineCounters {
     spool_records: AtomicU64,
     backlog: AtomicBool,
     dropped: Mutex<BTreeMap<String, u64>>,
+    /// The agent's own events that found the queue full, to be declared by the pipeline
+    /// (their sequence numbers are known). Bounded; past it they are only counted.
+    lost_agent_events: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Agent events kept for declaration at most (the rest only counted).
+const LOST_AGENT_EVENTS_MAX: usize = 1024;
 
 impl PipelineCounters {
     pub fn status(&self) -> PipelineStatus {
@@ -68,6 +74,30 @@ impl PipelineCounters {
             spool_records: get(&self.spool_records),
             backlog: self.backlog.load(Ordering::Relaxed),
         }
+    }
+
+    /// An event of the agent's own stream that could not be queued: declared lost by
+    /// the pipeline at its next housekeeping (counted then, as `agent_events_queue_full`).
+    pub fn agent_event_lost(&self, event: Vec<u8>) {
+        let mut lost = self
+            .lost_agent_events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if lost.len() < LOST_AGENT_EVENTS_MAX {
+            lost.push(event);
+        } else {
+            drop(lost);
+            self.count_drop("agent_events_queue_full", 1);
+        }
+    }
+
+    fn take_lost_agent_events(&self) -> Vec<Vec<u8>> {
+        std::mem::take(
+            &mut *self
+                .lost_agent_events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
     }
 
     /// Counts a loss by reason (also used for losses found outside the pipeline thread,
@@ -309,10 +339,17 @@ impl Pipeline {
                     k.backlog = true;
                     self.counters.backlog.store(true, Ordering::Relaxed);
                 }
-                Err(SendError::Other(e)) => {
-                    tracing::warn!("kafka refused an event: {e}");
+                Err(SendError::Poison(e)) => {
+                    tracing::warn!("kafka refused an event for good: {e}");
                     self.pending_declarations.push((ev, "kafka_refused"));
                     return;
+                }
+                Err(SendError::Other(e)) => {
+                    tracing::warn!(
+                        "kafka cannot take events now ({e}); spooling them until it can"
+                    );
+                    k.backlog = true;
+                    self.counters.backlog.store(true, Ordering::Relaxed);
                 }
             }
         }
@@ -341,9 +378,15 @@ impl Pipeline {
             match k.sink.send(&ev, Origin::Live) {
                 Ok(()) => return,
                 Err(SendError::QueueFull) => std::thread::sleep(Duration::from_millis(2)),
-                Err(SendError::Other(e)) => {
-                    tracing::warn!("kafka refused an event: {e}");
+                Err(SendError::Poison(e)) => {
+                    tracing::warn!("kafka refused an event for good: {e}");
                     self.pending_declarations.push((ev, "kafka_refused"));
+                    return;
+                }
+                Err(SendError::Other(e)) => {
+                    // No spool to wait in: declared, as when Kafka is away.
+                    tracing::warn!("kafka cannot take an event now: {e}");
+                    self.pending_declarations.push((ev, "kafka_unavailable"));
                     return;
                 }
             }
@@ -420,9 +463,19 @@ impl Pipeline {
             }
             for (reason, events) in by_reason {
                 self.counters.count_drop(reason, events.len() as u64);
-                let events: Vec<Vec<u8>> =
-                    events.into_iter().filter(|e| !is_declaration(e)).collect();
-                let ranges = ranges_of(&events, reason);
+                // A lost declaration (a spool full of them, evicting its own) takes what
+                // it declared with it: that is declared again here, with the lost
+                // declaration's own sequence number. One new event per loss, never a
+                // chain of declarations about declarations.
+                let (mut ranges, ended) = carried_declarations(&events);
+                ranges.extend(ranges_of(&events, reason));
+                if !ended.is_empty() {
+                    let ev = self.emitter.build("event", "host", "info", "run_end", |h| {
+                        h.ended = Some(ended)
+                    });
+                    self.write_local(&ev);
+                    self.send_kafka(ev);
+                }
                 if ranges.is_empty() {
                     continue;
                 }
@@ -436,6 +489,12 @@ impl Pipeline {
     }
 
     fn housekeeping(&mut self) {
+        let lost = self.counters.take_lost_agent_events();
+        self.pending_declarations
+            .extend(lost.into_iter().map(|e| (e, "agent_events_queue_full")));
+        if self.kafka.is_none() {
+            self.declare_pending();
+        }
         let Some(k) = &mut self.kafka else { return };
         for e in k.sink.errors() {
             tracing::debug!("kafka: {e}");
@@ -617,12 +676,12 @@ impl Pipeline {
             }
             match k.sink.send(rec, Origin::Spool { segment, index }) {
                 Ok(()) => r.outstanding += 1,
-                Err(SendError::QueueFull) => {
+                Err(SendError::QueueFull | SendError::Other(_)) => {
                     // Sent again, whole, on the next attempt.
                     r.failed = true;
                     break;
                 }
-                Err(SendError::Other(e)) => {
+                Err(SendError::Poison(e)) => {
                     // Refused before it was queued (too large): it never will be sent.
                     if poison(&mut k.poisoned, segment, index) {
                         tracing::error!("kafka refused a spooled event for good ({e}); it is declared lost and skipped");
@@ -724,10 +783,14 @@ fn report(name: &str, failing: &mut bool, e: &std::io::Error) {
     }
 }
 
-/// A declaration of loss or of a run's end. One that is lost itself is counted, never
-/// declared again: that way lies a declaration of a declaration of ...
-fn is_declaration(event: &[u8]) -> bool {
-    EventIds::parse(event).is_ok_and(|ids| ids.declares())
+/// What lost declarations had declared: drops and run ends, to declare again.
+fn carried_declarations(events: &[Vec<u8>]) -> (Vec<DroppedRange>, Vec<RunEnd>) {
+    let (mut dropped, mut ended) = (Vec::new(), Vec::new());
+    for ids in events.iter().filter_map(|e| EventIds::parse(e).ok()) {
+        dropped.extend(ids.hids.dropped.into_iter().flatten());
+        ended.extend(ids.hids.ended.into_iter().flatten());
+    }
+    (dropped, ended)
 }
 
 /// Groups lost events into runs of consecutive sequence numbers per plugin run.
@@ -772,6 +835,28 @@ mod tests {
             r#"{{"event":{{"sequence":{seq}}},"hids":{{"plugin":"{plugin}","run_id":"{run}"}}}}"#
         )
         .into_bytes()
+    }
+
+    #[test]
+    fn a_lost_declaration_is_declared_again_with_its_own_number() {
+        let lost_declaration = br#"{"event":{"sequence":4},"hids":{"plugin":"pipeline","run_id":"p","dropped":[{"plugin":"process","run_id":"r1","from_seq":1,"to_seq":9,"reason":"spool_full"}]}}"#.to_vec();
+        let events = vec![lost_declaration, ev("process", "r1", 10)];
+        let (mut ranges, ended) = carried_declarations(&events);
+        ranges.extend(ranges_of(&events, "spool_full"));
+        assert!(ended.is_empty());
+        let covered: Vec<(&str, u64, u64)> = ranges
+            .iter()
+            .map(|r| (r.plugin.as_str(), r.from_seq, r.to_seq))
+            .collect();
+        assert!(
+            covered.contains(&("process", 1, 9)),
+            "carried over: {covered:?}"
+        );
+        assert!(covered.contains(&("process", 10, 10)));
+        assert!(
+            covered.contains(&("pipeline", 4, 4)),
+            "its own number: {covered:?}"
+        );
     }
 
     #[test]

@@ -40,10 +40,6 @@ pub struct EventSender {
 #[derive(Debug)]
 pub struct Closed;
 
-/// The queue has no room now, or is closed.
-#[derive(Debug)]
-pub struct Full;
-
 /// A queue of at most `events` events and `bytes` bytes of them.
 pub fn channel(events: usize, bytes: u32) -> (EventSender, mpsc::Receiver<Queued>) {
     let (tx, rx) = mpsc::channel(events.max(1));
@@ -92,20 +88,19 @@ impl EventSender {
     /// Queues `bytes` only if there is room now.
     ///
     /// # Errors
-    /// When the queue is full (in events or bytes) or closed.
-    pub fn try_send(&self, bytes: Vec<u8>, position: Position) -> Result<(), Full> {
-        let room = self
-            .room
-            .clone()
-            .try_acquire_many_owned(self.cost(&bytes))
-            .map_err(|_| Full)?;
+    /// When the queue is full (in events or bytes) or closed: the event comes back.
+    pub fn try_send(&self, bytes: Vec<u8>, position: Position) -> Result<(), Vec<u8>> {
+        let room = match self.room.clone().try_acquire_many_owned(self.cost(&bytes)) {
+            Ok(room) => room,
+            Err(_) => return Err(bytes),
+        };
         self.tx
             .try_send(Queued {
                 bytes,
                 position,
                 _room: room,
             })
-            .map_err(|_| Full)
+            .map_err(|e| e.into_inner().bytes)
     }
 }
 

@@ -317,13 +317,22 @@ async fn run_once(
             tracing::info!(plugin = %spec.name, pid, "stopping");
             // A plugin that never said hello cannot act on a shutdown frame: SIGTERM now.
             let framed = update(status, |s| s.framed == Some(true));
-            stop_child(
+            let stop = stop_child(
                 &mut child,
                 stdin.take().filter(|_| framed),
                 pid,
                 &ctx.supervisor,
-            )
-            .await;
+            );
+            tokio::pin!(stop);
+            // Its output is read while it stops: a plugin blocked writing to a full pipe
+            // (an exec storm) could neither act on the shutdown frame nor flush what it
+            // had numbered, and would be killed with it.
+            loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = &mut pump, if !pump_done => pump_done = true,
+                }
+            }
         }
     }
     // Events written just before the exit are still in the pipe: forward them, but do

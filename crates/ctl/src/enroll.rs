@@ -165,7 +165,7 @@ async fn enroll_one(
     ensure_role(&mut client, &keys, &host, &role)
         .await
         .map_err(fail)?;
-    let rotated = ensure_user(&mut client, &creds, &role)
+    let rotated = ensure_user(&mut client, &creds, &role, force)
         .await
         .map_err(fail)?;
     creds.write(&file, force).map_err(|e| {
@@ -230,7 +230,12 @@ async fn ensure_role(
 /// looked up first because etcd 3.4 hashes the password of a UserAdd (bcrypt, in its
 /// serial apply loop) even when the user exists: a rotation by "add, then change"
 /// measured twice the etcd CPU of a change alone.
-async fn ensure_user(client: &mut Client, creds: &Credentials, role: &str) -> Result<bool, String> {
+async fn ensure_user(
+    client: &mut Client,
+    creds: &Credentials,
+    role: &str,
+    force: bool,
+) -> Result<bool, String> {
     let user = creds.user.as_str();
     let err = |e: etcd_client::Error| etcd_error(&format!("user {user}"), &e);
     let roles = match client.user_get(user).await {
@@ -239,6 +244,13 @@ async fn ensure_user(client: &mut Client, creds: &Credentials, role: &str) -> Re
         Err(e) => return Err(err(e)),
     };
     match &roles {
+        // A credentials file elsewhere (another --out) would lock the live host out at
+        // its next reconnect: rotating is only ever asked for.
+        Some(_) if !force => {
+            return Err(format!(
+                "{user} is enrolled already; --force gives it a new password (the host needs the new file)"
+            ))
+        }
         Some(_) => {
             let changed = client.user_change_password(user, creds.password.as_str());
             changed.await.map_err(err)?;

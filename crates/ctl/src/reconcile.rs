@@ -210,11 +210,13 @@ pub async fn run(
             .or_default();
         run.declared.push((d.from_seq, d.to_seq));
     }
+    // A run may be known only from its end: every event of it lost.
     for (host, e) in ended {
-        if let Some(run) = runs.get_mut(&(host, e.plugin.clone(), e.run_id.clone())) {
-            let last = run.ended.as_ref().map_or(0, |(_, l)| *l).max(e.last_seq);
-            run.ended = Some((e.how, last));
-        }
+        let run = runs
+            .entry((host, e.plugin.clone(), e.run_id.clone()))
+            .or_default();
+        let last = run.ended.as_ref().map_or(0, |(_, l)| *l).max(e.last_seq);
+        run.ended = Some((e.how, last));
     }
     // The latest run of each host and plugin, by first appearance: any earlier run has
     // ended, declared or not.

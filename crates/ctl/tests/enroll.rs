@@ -157,6 +157,17 @@ fn issue_12_reenrolling_rotates_only_with_force_and_unenroll_revokes() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
     assert_eq!(user_of(&file), first);
     ok(etcd.etcdctl(&["put", "/hids/v1/agents/r", "x"], Some(&first)));
+    // Nor does enrolling it again into another directory rotate its password by accident.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other_out = elsewhere.path().to_str().unwrap();
+    let other = hidsctl_as(
+        &etcd,
+        ROOT,
+        &["enroll", "--host-id", "r", "--out", other_out],
+    );
+    assert!(!other.status.success());
+    assert!(String::from_utf8_lossy(&other.stderr).contains("--force"));
+    ok(etcd.etcdctl(&["put", "/hids/v1/agents/r", "x"], Some(&first)));
 
     // A role someone widened is put back to exactly the host's keys on re-enrollment.
     let widen = [

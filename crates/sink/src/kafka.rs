@@ -130,14 +130,20 @@ pub enum SendError {
     /// librdkafka's queue is full: Kafka is slow or away.
     #[error("producer queue full")]
     QueueFull,
-    /// Refused before it was queued (too large, unknown topic): never sendable.
+    /// Refused before it was queued for a reason about the message itself (too large,
+    /// invalid): never sendable.
+    #[error("{0}")]
+    Poison(String),
+    /// Refused before it was queued for a reason that may pass (a producer in a fatal
+    /// state, metadata not known yet): worth sending again later.
     #[error("{0}")]
     Other(String),
 }
 
-/// Errors that are about the message itself, or a permission an operator must grant:
-/// retrying the same message cannot succeed, and retrying it forever would hold every
-/// event queued behind it.
+/// Errors that are about the message itself (or its topic's permission): retrying the
+/// same message cannot succeed, and retrying it forever would hold every event queued
+/// behind it. Cluster-wide and configuration errors are not among them: they hold for
+/// every message, and the spool waits them out.
 fn permanent(e: &KafkaError) -> bool {
     use RDKafkaErrorCode as C;
     matches!(
@@ -150,8 +156,6 @@ fn permanent(e: &KafkaError) -> bool {
                 | C::InvalidTopic
                 | C::MessageBatchTooLarge
                 | C::TopicAuthorizationFailed
-                | C::ClusterAuthorizationFailed
-                | C::InvalidRequiredAcks
         )
     )
 }
@@ -294,6 +298,7 @@ impl KafkaSink {
             .payload(event);
         self.producer.send(record).map_err(|(e, _)| match e {
             KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => SendError::QueueFull,
+            other if permanent(&other) => SendError::Poison(other.to_string()),
             other => SendError::Other(other.to_string()),
         })
     }

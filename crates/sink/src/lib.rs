@@ -177,13 +177,16 @@ impl FileSink {
     }
 }
 
-/// Opens `path` for appending, created 0600 when new.
+/// Opens `path` for appending, 0600 (also a file an older version made readable by all).
 fn open_private(path: &std::path::Path) -> io::Result<File> {
-    std::fs::OpenOptions::new()
+    use std::os::unix::fs::PermissionsExt;
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
-        .open(path)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
 }
 
 impl Sink for FileSink {

@@ -43,6 +43,8 @@ pub struct Recovery {
     pub records: u64,
     /// Bytes of a partial or corrupt record cut from the end of a segment.
     pub truncated_bytes: u64,
+    /// Segments that had such a tail cut.
+    pub truncated_segments: u64,
 }
 
 /// Records the spool gives back instead of keeping: the caller declares them lost.
@@ -93,6 +95,10 @@ pub struct Spool {
     unsynced: bool,
     /// What internal steps gave back, for the next call that returns a [`Handback`].
     owed: Handback,
+    /// The segment handed out by [`Spool::oldest`] and not removed yet: on its way to
+    /// Kafka, so eviction takes the next one (evicting it would declare lost events
+    /// that are being delivered).
+    pinned: Option<u64>,
     next_id: u64,
 }
 
@@ -126,6 +132,7 @@ impl Spool {
             if good < total {
                 OpenOptions::new().write(true).open(&path)?.set_len(good)?;
                 recovery.truncated_bytes += total - good;
+                recovery.truncated_segments += 1;
             }
             if records == 0 {
                 let _ = std::fs::remove_file(&path);
@@ -151,6 +158,7 @@ impl Spool {
                 pending: Vec::new(),
                 unsynced: false,
                 owed: Handback::default(),
+                pinned: None,
                 next_id,
             },
             recovery,
@@ -179,9 +187,7 @@ impl Spool {
     pub fn append(&mut self, payload: &[u8]) -> Handback {
         let mut back = std::mem::take(&mut self.owed);
         let record_bytes = (HEADER + payload.len()) as u64;
-        while self.bytes() + record_bytes > self.max_bytes && self.segments.len() > 1 {
-            self.drop_oldest(&mut back);
-        }
+        while self.bytes() + record_bytes > self.max_bytes && self.drop_oldest(&mut back) {}
         let rotate = self
             .segments
             .back()
@@ -300,15 +306,18 @@ impl Spool {
         Ok(())
     }
 
-    fn drop_oldest(&mut self, back: &mut Handback) {
-        let Some(seg) = self.segments.pop_front() else {
-            return;
+    /// Removes the oldest segment that is neither the open one nor pinned, handing its
+    /// records back; false when there is none (the spool then exceeds its bound by at
+    /// most the pinned segment until that one is delivered).
+    fn drop_oldest(&mut self, back: &mut Handback) -> bool {
+        let evictable = self
+            .segments
+            .iter()
+            .take(self.segments.len().saturating_sub(1))
+            .position(|s| Some(s.id) != self.pinned);
+        let Some(seg) = evictable.and_then(|i| self.segments.remove(i)) else {
+            return false;
         };
-        if self.segments.is_empty() {
-            // It was the open one: what is pending belongs to it.
-            self.write_pending(back);
-            self.file = None;
-        }
         match read_segment(&seg.path) {
             Ok(records) => back.evicted.extend(records),
             Err(e) => {
@@ -319,6 +328,7 @@ impl Spool {
         if let Err(e) = std::fs::remove_file(&seg.path) {
             back.fail(e);
         }
+        true
     }
 
     /// The oldest segment's records, to send. The newest segment is closed first when it
@@ -335,6 +345,7 @@ impl Spool {
         let Some(seg) = self.segments.front() else {
             return Ok(None);
         };
+        self.pinned = Some(seg.id);
         Ok(Some((seg.id, read_segment(&seg.path)?)))
     }
 
@@ -343,6 +354,9 @@ impl Spool {
     /// # Errors
     /// When the file cannot be removed.
     pub fn remove(&mut self, id: u64) -> io::Result<()> {
+        if self.pinned == Some(id) {
+            self.pinned = None;
+        }
         if let Some(pos) = self.segments.iter().position(|s| s.id == id) {
             if let Some(seg) = self.segments.remove(pos) {
                 if self.segments.is_empty() {
@@ -404,7 +418,10 @@ fn next_record<R: Read>(r: &mut R, payload: &mut Vec<u8>) -> io::Result<Option<u
     }
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    if len > MAX_RECORD {
+    // The pipeline never spools an empty event, and a zero-filled tail (what a power cut
+    // can leave where the file grew) would otherwise read as valid empty records: crc32
+    // of nothing is 0.
+    if len == 0 || len > MAX_RECORD {
         return Ok(None);
     }
     payload.clear();
@@ -479,6 +496,7 @@ mod tests {
         let (mut s, rec) = Spool::open(dir.path(), 1 << 20, 1 << 16).unwrap();
         assert_eq!(rec.records, 10);
         assert_eq!(rec.truncated_bytes, 8 + 9);
+        assert_eq!(rec.truncated_segments, 1);
         let (_, records) = s.oldest().unwrap().unwrap();
         assert_eq!(records.len(), 10);
         // And the spool goes on working after the cut.
@@ -599,5 +617,45 @@ mod tests {
             .unwrap()
             .path();
         assert_eq!(mode(&seg), 0o600);
+    }
+
+    #[test]
+    fn a_zero_filled_tail_is_cut_not_read_as_records() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut s, _) = Spool::open(dir.path(), 1 << 20, 1 << 16).unwrap();
+            assert!(s.append(b"whole").is_empty());
+            assert!(s.sync().is_empty());
+        }
+        let seg = std::fs::read_dir(dir.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&[0u8; 4096]).unwrap();
+        drop(f);
+        let (_, rec) = Spool::open(dir.path(), 1 << 20, 1 << 16).unwrap();
+        assert_eq!(rec.records, 1);
+        assert_eq!(rec.truncated_bytes, 4096);
+    }
+
+    #[test]
+    fn the_segment_being_delivered_is_not_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), 3 * 4096, 4096).unwrap();
+        let record = "w".repeat(1000);
+        for _ in 0..8 {
+            assert!(s.append(record.as_bytes()).is_empty());
+        }
+        let (sending, _) = s.oldest().unwrap().unwrap();
+        let mut evicted = 0;
+        for _ in 0..40 {
+            evicted += s.append(record.as_bytes()).evicted.len();
+        }
+        assert!(evicted > 0, "the bound still holds");
+        let (still, _) = s.oldest().unwrap().unwrap();
+        assert_eq!(still, sending, "the segment on its way to Kafka was kept");
     }
 }
