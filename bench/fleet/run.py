@@ -6,14 +6,21 @@ For each size, on a fresh etcd (same flags every time, printed):
      count), a writer putting N keys in 128-op transactions, each watcher answering with
      a plain put; the writer follows the answers. No signatures, leases or JSON.
   2. a fresh etcd again, then `hids-sim --agents N`: registration time, etcd RSS/CPU,
-     etcd's own watcher and watch-stream counts, idle CPU (keepalives), and then
+     etcd's own watcher and watch-stream counts, an idle minute (--idle-secs): etcd and
+     simulator CPU (keepalives) and etcd's puts per second (status writes: the agents
+     publish their status on every guard sample, --guard-interval, through the agent's
+     own change detection), and then
      `hidsctl stop --all`, `hidsctl push --percent 10` (canary) and a push whose
      settings go to a large blob, each --runs times, with --wait: total time and the
      per-agent latency from write to acknowledgement (p50/p99/max).
 Medians over runs. Usage:
 
     sudo bench/fleet/run [--sizes 1000,10000,100000] [--runs 3] [--lease-ttl 600s]
-                         [--watch-streams own] [--blob-kb 32]
+                         [--watch-streams own] [--blob-kb 32] [--idle-secs 60]
+                         [--guard-interval 5s] [--only-idle]
+
+--only-idle measures registration and the idle minute only (no operations, no
+baseline): at 100,000 agents the whole benchmark takes most of an hour.
 """
 import argparse
 import json
@@ -65,6 +72,26 @@ def baseline(tmp, n, runs, connections, watch_streams):
         etcd.stop()
 
 
+def puts(etcd):
+    """etcd's count of puts so far (3.4 names it both ways; either will do)."""
+    m = etcd.metrics()
+    for name in ("etcd_mvcc_put_total", "etcd_debugging_mvcc_put_total"):
+        if name in m:
+            return m[name]
+    return float("nan")
+
+
+def idle(etcd, sim, secs, res):
+    """An idle spell: etcd and simulator CPU, and etcd's puts per second (status writes,
+    nothing else writes while idle)."""
+    e0, s0, p0 = cpu_ticks(etcd.proc.pid), cpu_ticks(sim.pid), puts(etcd)
+    time.sleep(secs)
+    res["idle_secs"] = secs
+    res["idle_etcd_cpu_pct"] = (cpu_ticks(etcd.proc.pid) - e0) / TICK * 100 / secs
+    res["idle_sim_cpu_pct"] = (cpu_ticks(sim.pid) - s0) / TICK * 100 / secs
+    res["idle_puts_per_sec"] = (puts(etcd) - p0) / secs
+
+
 def hidsctl(url, args, key):
     started = time.monotonic()
     out = subprocess.run([os.path.join(BIN, "hidsctl"), "--endpoints", url] + args +
@@ -87,7 +114,7 @@ def fleet(tmp, n, args, keys):
         e0 = cpu_ticks(etcd.proc.pid)
         cmd = [os.path.join(BIN, "hids-sim"), "--endpoints", etcd.url, "--agents", str(n),
                "--trusted-key", f"{keys}/signing.pub", "--lease-ttl", args.lease_ttl,
-               "--watch-streams", args.watch_streams]
+               "--watch-streams", args.watch_streams, "--guard-interval", args.guard_interval]
         if args.connections:
             cmd += ["--connections", str(args.connections)]
         sim = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -103,13 +130,13 @@ def fleet(tmp, n, args, keys):
         m = etcd.metrics()
         res["etcd_watchers"] = int(m.get("etcd_debugging_mvcc_watcher_total", -1))
         res["etcd_watch_streams"] = int(m.get("etcd_debugging_mvcc_watch_stream_total", -1))
-        e0, s0 = cpu_ticks(etcd.proc.pid), cpu_ticks(sim.pid)
-        time.sleep(10)
-        res["idle_etcd_cpu_pct"] = (cpu_ticks(etcd.proc.pid) - e0) / TICK * 10
-        res["idle_sim_cpu_pct"] = (cpu_ticks(sim.pid) - s0) / TICK * 10
+        idle(etcd, sim, args.idle_secs, res)
         res["etcd_rss_mb"] = status_kb(etcd.proc.pid, "VmRSS") / 1024
         res["sim_rss_mb"] = status_kb(sim.pid, "VmRSS") / 1024
         res["sim_kb_per_agent"] = status_kb(sim.pid, "VmRSS") / n
+        res["ops"] = {}
+        if args.only_idle:
+            return res
         canary = os.path.join(tmp, "canary.toml")
         with open(canary, "w") as f:
             f.write('log_level = "debug"\n')
@@ -121,7 +148,6 @@ def fleet(tmp, n, args, keys):
         ops = {"stop --all": ["stop", "--all"],
                "push --percent 10": ["push", "--percent", "10", "--file", canary],
                f"push --all ({args.blob_kb} KB blob)": ["push", "--all", "--file", blob]}
-        res["ops"] = {}
         for name, op in ops.items():
             runs = []
             for _ in range(args.runs):
@@ -173,6 +199,11 @@ def main():
     ap.add_argument("--watch-streams", default="own")
     ap.add_argument("--connections", type=int, default=0)
     ap.add_argument("--blob-kb", type=int, default=32)
+    ap.add_argument("--idle-secs", type=int, default=60)
+    ap.add_argument("--guard-interval", default="5s",
+                    help="hids-sim --guard-interval: how often every agent publishes its status (the agent's default)")
+    ap.add_argument("--only-idle", action="store_true",
+                    help="registration and the idle spell only: no operations, no baseline")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="hids-fleet-")
@@ -185,15 +216,20 @@ def main():
     try:
         for n in [int(s) for s in args.sizes.split(",")]:
             r = fleet(tmp, n, args, keys)
-            r["baseline"] = baseline(tmp, n, args.runs, r["connections"], args.watch_streams)
             results.append(r)
-            b = r["baseline"]
             print(f"\n## {n} agents ({r['connections']} connections)")
             print(f"registration {r['registration_secs']:.1f} s (etcd CPU {r['etcd_cpu_registration_secs']:.1f} s); "
                   f"etcd watchers {r['etcd_watchers']}, watch streams {r['etcd_watch_streams']}; "
                   f"etcd RSS {r['etcd_rss_mb']:.0f} MB; sim RSS {r['sim_rss_mb']:.0f} MB "
-                  f"({r['sim_kb_per_agent']:.1f} KB/agent); idle CPU etcd {r['idle_etcd_cpu_pct']:.0f}% "
-                  f"sim {r['idle_sim_cpu_pct']:.0f}%; agent task {r['agent_task_bytes']} bytes")
+                  f"({r['sim_kb_per_agent']:.1f} KB/agent); agent task {r['agent_task_bytes']} bytes")
+            print(f"idle {r['idle_secs']} s: etcd puts {r['idle_puts_per_sec']:.1f}/s "
+                  f"(status writes; guard sample every {args.guard_interval}); "
+                  f"CPU etcd {r['idle_etcd_cpu_pct']:.0f}% sim {r['idle_sim_cpu_pct']:.0f}%")
+            sys.stdout.flush()
+            if args.only_idle:
+                continue
+            r["baseline"] = baseline(tmp, n, args.runs, r["connections"], args.watch_streams)
+            b = r["baseline"]
             print(f"{'operation':32} {'targets':>8} {'all acked':>9} {'total s':>8} {'p50 ms':>8} {'p99 ms':>8} "
                   f"{'max ms':>8} {'etcd cpu':>8} {'sim cpu':>8}")
             for name, o in r["ops"].items():

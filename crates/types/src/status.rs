@@ -223,8 +223,8 @@ fn json_len<T: Serialize>(value: &T) -> usize {
 /// Everything else (times, counters, plugin health, the guard's CPU and memory figures)
 /// changes by itself on almost every sample: it reaches etcd with the periodic refresh
 /// and the data path with the stats events, never as a write of its own. With the
-/// guard's figures in here an idle agent sampling every second wrote its status key 10
-/// times in 50 s (measured with the key's version).
+/// guard's figures in here an idle agent wrote its status key 10 times in 50 s, and 38
+/// times with a 1 s guard interval (measured with the key's version).
 #[derive(Hash)]
 struct Significant<'a> {
     version: &'a str,
