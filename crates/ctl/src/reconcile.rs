@@ -289,6 +289,16 @@ pub async fn run(
             end_unknown,
         });
     }
+    print(&report, json)?;
+    Ok(if report.undeclared_loss > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The report as JSON, or as a table and a summary for a person.
+fn print(report: &Report, json: bool) -> anyhow::Result<()> {
     if json {
         out!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -358,11 +368,7 @@ pub async fn run(
             );
         }
     }
-    Ok(if report.undeclared_loss > 0 {
-        ExitCode::from(3)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(())
 }
 
 /// Events in the ranges, without overflow (a lying peer can send `u64::MAX`).
