@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Agent, Broker};
 use rustix::process::Signal;
@@ -327,8 +327,19 @@ fn kill_9_mid_spool_then_restart_sends_what_was_spooled() {
     agent.wait_status("the spool to drain", Duration::from_secs(90), |s| {
         pipeline(s)["spool_records"] == 0 && pipeline(s)["replayed"].as_u64().unwrap_or(0) > 1_000
     });
-    std::thread::sleep(Duration::from_secs(2));
-    let report = broker.reconcile("crash");
+    // The restarted run's 3,000 events take their own time on a loaded machine; wait
+    // until it is whole in Kafka so the two runs can be told apart by their count.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let report = loop {
+        let report = broker.reconcile("crash");
+        let whole = report["runs"].as_array().unwrap().iter().any(|r| {
+            r["plugin"] == "synthetic" && r["produced"] == 3_001 && r["received"] == 3_001
+        });
+        if whole || Instant::now() > deadline {
+            break report;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     let runs: Vec<&Value> = report["runs"]
         .as_array()
         .unwrap()
@@ -355,7 +366,10 @@ fn kill_9_mid_spool_then_restart_sends_what_was_spooled() {
         report["runs_without_end"].as_u64().unwrap() >= 1,
         "{report:#}"
     );
-    let second = runs.iter().find(|r| r["produced"] == 3_001).unwrap();
+    let second = runs
+        .iter()
+        .find(|r| r["produced"] == 3_001)
+        .expect("the restarted run, whole in Kafka");
     assert_eq!(
         second["end_unknown"], false,
         "the live run has not ended: {second:#}"
