@@ -102,14 +102,15 @@ fn sigterm_with_the_broker_frozen_loses_nothing_and_every_run_end_is_declared() 
     // The next start sends what the last one spooled.
     let dir = agent.take_dir();
     drop(agent);
-    let agent = Agent::start_in(dir, &config);
+    let mut agent = Agent::start_in(dir, &config);
     agent.wait_status("the spool to drain", Duration::from_secs(120), |s| {
         pipeline(s)["spool_records"] == 0
             && pipeline(s)["backlog"] == false
             && pipeline(s)["replayed"].as_u64().unwrap_or(0) > 0
     });
     agent.signal(Signal::TERM);
-    std::thread::sleep(Duration::from_secs(3));
+    // Its run ends are acknowledged by Kafka before it exits.
+    agent.wait_exit(Duration::from_secs(10)).expect("stopped");
     let report = broker.reconcile("frozen");
     assert_eq!(report["undeclared_loss"], 0, "{report:#}");
     assert_eq!(report["runs_without_end"], 0, "{report:#}");
