@@ -33,6 +33,7 @@ use hids_sink::kafka::{KafkaSink, Origin, SendError};
 use hids_sink::spool::{Handback, Spool};
 use hids_sink::Sink;
 use hids_types::event::{DroppedRange, EventIds, RunEnd};
+use hids_types::stagger::Backoff;
 use hids_types::status::PipelineStatus;
 use tokio::sync::mpsc;
 
@@ -169,7 +170,7 @@ pub fn start(
                     replay: None,
                     poisoned: None,
                     retry_at: Instant::now(),
-                    retry_delay: Duration::from_secs(1),
+                    retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
                     refusals: 0,
                     fsync_interval: outputs.fsync_interval,
                     next_sync: Instant::now() + outputs.fsync_interval,
@@ -208,7 +209,7 @@ struct Kafka {
     /// sent again when the segment is retried for its other records.
     poisoned: Option<(u64, BTreeSet<usize>)>,
     retry_at: Instant,
-    retry_delay: Duration,
+    retry: Backoff,
     /// Replays in a row that the broker answered with a refusal (not a timeout).
     refusals: u32,
     fsync_interval: Duration,
@@ -591,11 +592,11 @@ impl Pipeline {
         }
         let Some(r) = k.replay.take() else { return };
         if r.failed {
+            let delay = k.retry.failed();
             tracing::warn!(
-                "kafka: sending spool segment {} failed ({}); retrying in {:?}",
+                "kafka: sending spool segment {} failed ({}); retrying in {delay:?}",
                 r.segment,
                 r.error.as_deref().unwrap_or("producer queue full"),
-                k.retry_delay
             );
             // The broker answered and refused (rather than not answering): after an
             // outage an idempotent producer's sequence can be out of step with a broker
@@ -611,8 +612,7 @@ impl Pipeline {
                     tracing::error!("cannot start a new kafka producer: {e}");
                 }
             }
-            k.retry_at = Instant::now() + k.retry_delay;
-            k.retry_delay = (k.retry_delay * 2).min(Duration::from_secs(30));
+            k.retry_at = Instant::now() + delay;
         } else {
             if let Some(s) = &mut k.spool {
                 if let Err(e) = s.remove(r.segment) {
@@ -620,7 +620,7 @@ impl Pipeline {
                 }
             }
             k.poisoned = None;
-            k.retry_delay = Duration::from_secs(1);
+            k.retry.succeeded();
             k.refusals = 0;
         }
     }
@@ -693,7 +693,7 @@ impl Pipeline {
         }
         r.records = records;
         if r.outstanding == 0 && r.failed {
-            k.retry_at = Instant::now() + k.retry_delay;
+            k.retry_at = Instant::now() + k.retry.failed();
         } else {
             if r.last && !r.failed {
                 tracing::info!("kafka caught up; events go straight to it again");

@@ -202,9 +202,11 @@ async fn run_with_restarts(
 
 /// Delay before restart number `crashes`: initial, doubled per crash, capped.
 pub fn backoff(sup: &SupervisorConfig, crashes: u32) -> Duration {
-    let factor = 1u64 << crashes.saturating_sub(1).min(20);
-    let ms = sup.backoff_initial_ms.saturating_mul(factor);
-    Duration::from_millis(ms).min(Duration::from_secs(sup.backoff_max_secs.max(1)))
+    hids_types::stagger::backoff(
+        crashes,
+        Duration::from_millis(sup.backoff_initial_ms),
+        Duration::from_secs(sup.backoff_max_secs.max(1)),
+    )
 }
 
 fn describe_exit(st: &ExitStatus) -> String {

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
 use hids_types::desired::{DesiredBody, DesiredState};
-use hids_types::stagger;
+use hids_types::stagger::{self, Backoff};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
@@ -107,9 +107,15 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait between two session attempts (before the host's stagger offset).
 const RECONNECT_CAP: Duration = Duration::from_secs(60);
 
-/// Wait before session attempt `failures` + 1: 1 s doubling to [`RECONNECT_CAP`].
-fn reconnect_backoff(failures: u32) -> Duration {
-    stagger::backoff(failures, Duration::from_secs(1), RECONNECT_CAP)
+/// Session attempts: 1 s doubling to [`RECONNECT_CAP`], plus the host's offset.
+fn reconnect_backoff(host_id: &str) -> Backoff {
+    Backoff::new(Duration::from_secs(1), RECONNECT_CAP).staggered(host_id)
+}
+
+/// Status writes and blob reads refused by an overloaded etcd: 2 s doubling to 32 s,
+/// plus the host's offset.
+fn overload_backoff(host_id: &str) -> Backoff {
+    Backoff::new(Duration::from_secs(2), Duration::from_secs(32)).staggered(host_id)
 }
 /// Retries of a blob read while etcd is overloaded (2, 4, 8, 16, 32 s, staggered).
 const BLOB_RETRIES: u32 = 5;
@@ -285,7 +291,7 @@ impl Session {
         updates: mpsc::Sender<Update>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut failures = 0u32;
+        let mut retry = reconnect_backoff(&self.cfg.host_id);
         loop {
             if *shutdown.borrow() {
                 return;
@@ -311,11 +317,10 @@ impl Session {
                 Err(e) => e.to_string(),
             };
             if started.elapsed() > Duration::from_secs(60) {
-                failures = 0;
+                retry.succeeded();
             }
-            failures += 1;
-            let base = reconnect_backoff(failures);
-            let delay = base + stagger::offset(&self.cfg.host_id, base);
+            let delay = retry.failed();
+            let failures = retry.failures();
             if failures == 1 || failures.is_power_of_two() {
                 tracing::warn!(
                     "control plane: {error}; retrying in {delay:?} (attempt {failures})"
@@ -387,7 +392,7 @@ impl Session {
             interval_at(Instant::now() + stagger::offset(&host, refresh), refresh);
         refresh_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut next_put = Instant::now() + self.cfg.status_min_gap;
-        let mut put_failures = 0u32;
+        let mut put_retry = overload_backoff(&host);
         let mut status_dirty = false;
 
         loop {
@@ -432,7 +437,7 @@ impl Session {
                     let value = status.borrow_and_update().clone();
                     match put_status(client, value).await {
                         Ok(_) => {
-                            put_failures = 0;
+                            put_retry.succeeded();
                             status_dirty = false;
                             next_put = Instant::now() + self.cfg.status_min_gap;
                         }
@@ -440,10 +445,9 @@ impl Session {
                         // again (which costs it four more requests): the status stays
                         // due and goes again after a staggered backoff.
                         Err(e) if e.is_overload() => {
-                            put_failures += 1;
-                            let base = stagger::backoff(put_failures, Duration::from_secs(2), Duration::from_secs(32));
-                            next_put = Instant::now() + base + stagger::offset(&host, base);
-                            tracing::debug!("control plane: status write: {e}; again in {base:?} or so");
+                            let delay = put_retry.failed();
+                            next_put = Instant::now() + delay;
+                            tracing::debug!("control plane: status write: {e}; again in {delay:?}");
                         }
                         Err(e) => return Err(e),
                     }
@@ -542,18 +546,14 @@ impl Session {
     /// push. (The lease is kept meanwhile by its own task.)
     async fn fetch_blob(&self, client: &mut Client, hash: &str) -> Result<Vec<u8>, Refusal> {
         let key = self.cfg.keys.blob(hash);
-        let mut attempt = 0u32;
+        let mut retry = overload_backoff(&self.cfg.host_id);
         let resp = loop {
             let slots = self.rpc_slots.clone();
             let fetch = timed(slots, client.get(key.clone(), Some(GetOptions::new())));
             match fetch.await {
                 Ok(resp) => break resp,
-                Err(e) if e.is_overload() && attempt < BLOB_RETRIES => {
-                    attempt += 1;
-                    let base =
-                        stagger::backoff(attempt, Duration::from_secs(2), Duration::from_secs(32));
-                    let delay = base + stagger::offset(&self.cfg.host_id, base);
-                    tokio::time::sleep(delay).await;
+                Err(e) if e.is_overload() && retry.failures() < BLOB_RETRIES => {
+                    tokio::time::sleep(retry.failed()).await;
                 }
                 Err(e) => return Err(Refusal::BlobMissing(format!("{hash} ({e})"))),
             }
@@ -571,7 +571,8 @@ mod tests {
 
     #[test]
     fn reconnects_back_off_from_1_s_to_the_documented_60_s() {
-        let delays: Vec<u64> = (1..=8).map(|f| reconnect_backoff(f).as_secs()).collect();
+        let mut retry = Backoff::new(Duration::from_secs(1), RECONNECT_CAP);
+        let delays: Vec<u64> = (1..=8).map(|_| retry.failed().as_secs()).collect();
         // docs/control-plane.md: "reconnect after 1 s, doubling to 60 s" (it stopped at
         // 32 s before issue 12).
         assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);

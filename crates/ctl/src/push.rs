@@ -22,6 +22,7 @@ use etcd_client::{Client, Compare, CompareOp, EventType, Txn, TxnOp, WatchOption
 use hids_control::select::Target;
 use hids_control::{Keys, SigningKey, TrustedKeys, Verified};
 use hids_types::desired::{Command, CommandKind, DesiredBody, DesiredState};
+use hids_types::stagger::Backoff;
 use hids_types::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -147,14 +148,11 @@ async fn txn_retrying(
     client: &mut Client,
     ops: Vec<TxnOp>,
 ) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
-    let mut delay = Duration::from_millis(200);
-    let mut attempt = 0;
+    let mut retry = Backoff::new(Duration::from_millis(200), Duration::from_secs(7));
     loop {
         match client.txn(Txn::new().and_then(ops.clone())).await {
-            Err(e) if attempt < 6 && hids_control::overloaded(&e) => {
-                attempt += 1;
-                tokio::time::sleep(delay).await;
-                delay *= 2;
+            Err(e) if retry.failures() < 6 && hids_control::overloaded(&e) => {
+                tokio::time::sleep(retry.failed()).await;
             }
             result => return result,
         }

@@ -36,10 +36,63 @@ pub fn bucket(host_id: &str, buckets: u64) -> u64 {
 }
 
 /// The delay before retry number `attempt` (from 1): `first`, doubling each time, at
-/// most `cap`. Callers add [`offset`] within it, so a fleet retrying at once spreads.
+/// most `cap`. [`Backoff`] keeps the count and adds the host's offset.
 pub fn backoff(attempt: u32, first: Duration, cap: Duration) -> Duration {
     let doublings = attempt.saturating_sub(1).min(31);
     first.saturating_mul(1 << doublings).min(cap)
+}
+
+/// A retry schedule: the delay starts at `first` and doubles with each failure in a
+/// row, up to `max`; [`Backoff::succeeded`] starts it again. With
+/// [`Backoff::staggered`], each delay gets this host's offset within it (so up to
+/// twice the base), and a fleet that failed at the same moment retries spread out
+/// instead of in one wave. The one place every retry loop takes its delays from.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    first: Duration,
+    max: Duration,
+    failures: u32,
+    host: Option<u64>,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Self {
+        Backoff {
+            first,
+            max,
+            failures: 0,
+            host: None,
+        }
+    }
+
+    /// Adds `host_id`'s stable offset within each delay.
+    pub fn staggered(mut self, host_id: &str) -> Self {
+        self.host = Some(host_hash(host_id));
+        self
+    }
+
+    /// Counts a failure and returns how long to wait before the next attempt.
+    pub fn failed(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let base = backoff(self.failures, self.first, self.max);
+        match self.host {
+            Some(hash) => {
+                let ms = base.as_millis() as u64;
+                base + Duration::from_millis(if ms == 0 { 0 } else { hash % ms })
+            }
+            None => base,
+        }
+    }
+
+    /// The attempt worked: the next failure waits `first` again.
+    pub fn succeeded(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Failures in a row so far.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
 }
 
 #[cfg(test)]
@@ -53,6 +106,24 @@ mod tests {
         assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
         assert_eq!(secs(0), 1);
         assert_eq!(secs(u32::MAX), 60);
+    }
+
+    #[test]
+    fn a_backoff_doubles_staggers_and_starts_again_after_a_success() {
+        let mut plain = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let delays: Vec<u128> = (0..6).map(|_| plain.failed().as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(plain.failures(), 6);
+        plain.succeeded();
+        assert_eq!(plain.failed(), Duration::from_millis(100));
+
+        let first = Duration::from_secs(2);
+        let mut host = Backoff::new(first, Duration::from_secs(32)).staggered("host-a");
+        let d = host.failed();
+        assert_eq!(d, first + offset("host-a", first), "the host's own offset");
+        assert!(d >= first && d < first * 2);
+        let mut other = Backoff::new(first, Duration::from_secs(32)).staggered("host-b");
+        assert_ne!(other.failed(), d, "two hosts retry at different moments");
     }
 
     #[test]
