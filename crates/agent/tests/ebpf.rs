@@ -2,12 +2,11 @@
 //! These need root and a kernel with BTF (CI has both); elsewhere they say so and pass,
 //! under CI they fail.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::Agent;
+use hids_test_support::Agent;
+use hids_test_support::{require_root, skip_unless};
 use serde_json::Value;
 
 fn btf() -> bool {
@@ -45,7 +44,7 @@ fn processes_that_exit_at_once_are_reported_with_full_args() {
         "[[plugins]]\nname = \"process\"\nargs = [\"--stats-interval-secs\", \"1\"]\n",
     );
     agent.wait_process_ready();
-    let tag = common::tag();
+    let tag = hids_test_support::tag();
     // Execs back to back from one shell: each is gone long before /proc could be read.
     let n = 300;
     let status = Command::new("/bin/sh")
@@ -78,7 +77,7 @@ fn processes_that_exit_at_once_are_reported_with_full_args() {
     agent.wait_status("the backend in the status", Duration::from_secs(10), |st| {
         Agent::plugin(st, "process")["health"]["capture"] == "ebpf"
     });
-    let out = Command::new(common::agent_bin())
+    let out = Command::new(hids_test_support::bin("hids-agent"))
         .args(["status", "--state-dir"])
         .arg(agent.state_dir())
         .output()
@@ -94,7 +93,7 @@ fn argv_past_the_bound_is_cut_and_flagged() {
     let agent =
         Agent::start("[[plugins]]\nname = \"process\"\nargs = [\"--max-args-bytes\", \"1024\"]\n");
     agent.wait_process_ready();
-    let tag = common::tag();
+    let tag = hids_test_support::tag();
     let long = "x".repeat(5000);
     let status = Command::new("/bin/true")
         .args([&format!("long-{tag}"), &long])
@@ -119,7 +118,7 @@ fn refused_ebpf_falls_back_to_the_proc_connector_and_says_so() {
     require_root!();
     // Without CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN the kernel refuses every eBPF
     // program, as a locked-down host would; CAP_NET_ADMIN still allows the connector.
-    let plugin = common::agent_bin().with_file_name("hids-plugin-process");
+    let plugin = hids_test_support::bin("hids-plugin-process");
     let agent = Agent::start(&format!(
         "[[plugins]]\nname = \"process\"\npath = \"/usr/bin/setpriv\"\n\
          args = [\"--bounding-set=-bpf,-perfmon,-sys_admin\", \"--\", {:?}, \
@@ -127,7 +126,7 @@ fn refused_ebpf_falls_back_to_the_proc_connector_and_says_so() {
         plugin.display().to_string()
     ));
     agent.wait_process_ready();
-    let tag = common::tag();
+    let tag = hids_test_support::tag();
     let mut child = Command::new("/bin/sh")
         .args(["-c", "sleep 0.5", &format!("fallback-{tag}")])
         .spawn()

@@ -1,11 +1,10 @@
 //! The resource guard end to end: real burners, real cgroups, the real agent.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::Agent;
+use hids_test_support::Agent;
+use hids_test_support::{require_root, skip_unless};
 use serde_json::Value;
 
 fn guard(status: &Value) -> &Value {
@@ -13,7 +12,7 @@ fn guard(status: &Value) -> &Value {
 }
 
 fn cgroups_writable() -> bool {
-    if !common::is_root() {
+    if !hids_test_support::is_root() {
         return false;
     }
     let v1 = std::path::Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists();
@@ -24,7 +23,7 @@ fn cgroups_writable() -> bool {
 
 #[test]
 fn a_burner_trips_the_breaker_everything_stops_comes_back_and_the_cooldown_doubles() {
-    let with_process = if common::is_root() {
+    let with_process = if hids_test_support::is_root() {
         "[[plugins]]\nname = \"process\"\n"
     } else {
         ""

@@ -1,16 +1,14 @@
 //! The event pipeline end to end: the real agent, a real Kafka-protocol broker (tansu),
 //! and `hidsctl reconcile` proving what arrived.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Agent, Broker};
+use hids_test_support::{Agent, Broker};
 use rustix::process::Signal;
 use serde_json::Value;
 
 fn synthetic(count: u64, rate: u64) -> String {
-    let path = common::agent_bin().with_file_name("hids-plugin-synthetic");
+    let path = hids_test_support::bin("hids-plugin-synthetic");
     format!(
         "[[plugins]]\nname = \"synthetic\"\npath = {:?}\nargs = [\"--count\", \"{count}\", \"--rate\", \"{rate}\"]\n",
         path
@@ -62,9 +60,11 @@ fn sigterm_with_the_broker_frozen_loses_nothing_and_every_run_end_is_declared() 
     let broker = Broker::start();
     broker.create_topic("frozen");
     let spool = tempfile::tempdir().unwrap();
-    let with_process = common::is_root();
+    let with_process = hids_test_support::is_root();
     if !with_process {
-        common::skip("needs root for the exec storm; the synthetic plugin's part still runs");
+        hids_test_support::skip(
+            "needs root for the exec storm; the synthetic plugin's part still runs",
+        );
     }
     let mut config = format!(
         "{NO_GUARD}{}{}",
@@ -82,7 +82,7 @@ fn sigterm_with_the_broker_frozen_loses_nothing_and_every_run_end_is_declared() 
         pipeline(s)["kafka_delivered"].as_u64().unwrap_or(0) > 300
     });
     broker.freeze();
-    let tag = common::tag();
+    let tag = hids_test_support::tag();
     let marks = if with_process { 1_500 } else { 0 };
     for i in 0..marks {
         let _ = std::process::Command::new("/bin/true")
@@ -220,7 +220,7 @@ fn a_broker_outage_loses_nothing_and_reconcile_proves_it() {
         kafka_sink(&broker, "outage", Some((spool.path(), 64 << 20, 1 << 20))),
         synthetic(12_000, 400)
     );
-    if common::is_root() {
+    if hids_test_support::is_root() {
         extra.push_str("[[plugins]]\nname = \"process\"\n");
     }
     let agent = Agent::start(&extra);

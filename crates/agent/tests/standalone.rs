@@ -1,11 +1,10 @@
 //! The standalone agent end to end: real binaries, real kernel events, real processes.
 
-mod common;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{alive, group_members, Agent};
+use hids_test_support::require_root;
+use hids_test_support::{alive, group_members, Agent};
 use rustix::process::Signal;
 use serde_json::Value;
 
@@ -28,7 +27,7 @@ fn spawned_processes_appear_with_args_and_parent() {
     require_root!();
     let agent = Agent::start("");
     agent.wait_process_ready();
-    let tag = common::tag();
+    let tag = hids_test_support::tag();
     // A process that lives long enough to be read in full; the tag rides as $0.
     let mut long = Command::new("/bin/sh")
         .args(["-c", "sleep 1", &format!("long-{tag}")])
@@ -105,7 +104,7 @@ fn exit_events_carry_the_exit_code() {
     require_root!();
     let agent = Agent::start("");
     agent.wait_process_ready();
-    let tag = common::tag();
+    let tag = hids_test_support::tag();
     let mut child = Command::new("/bin/sh")
         .args(["-c", "sleep 0.2; exit 7", &format!("exit-{tag}")])
         .spawn()
@@ -277,7 +276,7 @@ fn unknown_config_keys_are_refused_by_name() {
         "state_dir = \"/tmp/x\"\n[supervisor]\nbackof_initial_ms = 5\n",
     )
     .unwrap();
-    let out = Command::new(common::agent_bin())
+    let out = Command::new(hids_test_support::bin("hids-agent"))
         .arg("--config")
         .arg(&cfg)
         .output()
@@ -287,7 +286,7 @@ fn unknown_config_keys_are_refused_by_name() {
     assert!(err.contains("backof_initial_ms"), "{err}");
 
     std::fs::write(&cfg, "status_interval_secs = \"soon\"\n").unwrap();
-    let out = Command::new(common::agent_bin())
+    let out = Command::new(hids_test_support::bin("hids-agent"))
         .arg("--config")
         .arg(&cfg)
         .output()
@@ -303,7 +302,7 @@ fn status_command_prints_a_table() {
     agent.wait_status("the plugin to run", Duration::from_secs(10), |s| {
         Agent::plugin(s, "idle")["pid"].is_u64()
     });
-    let out = Command::new(common::agent_bin())
+    let out = Command::new(hids_test_support::bin("hids-agent"))
         .args(["status", "--state-dir"])
         .arg(agent.state_dir())
         .output()
@@ -314,7 +313,7 @@ fn status_command_prints_a_table() {
         text.contains("PLUGIN") && text.contains("idle") && text.contains("running"),
         "{text}"
     );
-    let out = Command::new(common::agent_bin())
+    let out = Command::new(hids_test_support::bin("hids-agent"))
         .args(["status", "--json", "--state-dir"])
         .arg(agent.state_dir())
         .output()
@@ -329,7 +328,7 @@ fn hostile_argv_is_bounded_and_lossy_not_fatal() {
     use std::os::unix::ffi::OsStrExt;
     let agent = Agent::start("");
     agent.wait_process_ready();
-    let tag = common::tag();
+    let tag = hids_test_support::tag();
     // 192 KiB of arguments: the kernel caps one argument at 128 KiB, not the list.
     let chunk = "x".repeat(64 * 1024);
     let mut child = Command::new("/bin/sh")
@@ -363,7 +362,7 @@ fn interactive_session_carries_tty_session_and_login_user() {
     require_root!();
     let agent = Agent::start("");
     agent.wait_process_ready();
-    let tag = common::tag();
+    let tag = hids_test_support::tag();
     // `script` gives the command a pseudo-terminal and a session of its own, as a login
     // shell has.
     let status = Command::new("script")

@@ -1,11 +1,9 @@
 //! The control plane end to end: real etcd (started per test on free loopback ports),
 //! real agents, real hidsctl.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{json, plugin_state, wait_until, write_file, Agent, Certs, Etcd, KeyPair};
+use hids_test_support::{json, plugin_state, wait_until, write_file, Agent, Certs, Etcd, KeyPair};
 use rustix::process::Signal;
 
 const DISABLE_PROCESS: &str = "[[plugins]]\nname = \"process\"\nenabled = false\n";
@@ -23,7 +21,7 @@ fn push(etcd: &Etcd, key: &KeyPair, file: &str, target: &[&str]) -> std::process
 fn agents_register_and_leave_within_the_ttl_after_kill_9() {
     let etcd = Etcd::start();
     let key = KeyPair::make(&etcd);
-    let mut a = Agent::start(
+    let mut a = Agent::managed(
         &etcd,
         "reg-1",
         &[("env", "prod"), ("idc", "bj")],
@@ -47,7 +45,7 @@ fn agents_register_and_leave_within_the_ttl_after_kill_9() {
     assert_eq!(plugin_state(listed, "process"), "running");
     assert_eq!(listed["mode"], "managed");
 
-    a.signal(Signal::KILL);
+    a.stop_with(Signal::KILL);
     let killed = Instant::now();
     wait_until(
         "the agent to leave the listing",
@@ -59,11 +57,11 @@ fn agents_register_and_leave_within_the_ttl_after_kill_9() {
         killed.elapsed()
     );
 
-    let mut b = Agent::start(&etcd, "reg-2", &[], &key.public(), "");
+    let mut b = Agent::managed(&etcd, "reg-2", &[], &key.public(), "");
     wait_until("the agent to register", Duration::from_secs(10), || {
         etcd.agents(&[]).contains_key("reg-2")
     });
-    b.signal(Signal::TERM);
+    b.stop_with(Signal::TERM);
     // A clean stop revokes the lease: gone at once, not after the TTL.
     wait_until("a stopped agent to leave", Duration::from_secs(2), || {
         !etcd.agents(&[]).contains_key("reg-2")
@@ -74,9 +72,9 @@ fn agents_register_and_leave_within_the_ttl_after_kill_9() {
 fn push_reaches_only_the_selected_agents_and_garbage_is_refused() {
     let etcd = Etcd::start();
     let key = KeyPair::make(&etcd);
-    let _p1 = Agent::start(&etcd, "prod-1", &[("env", "prod")], &key.public(), "");
-    let _p2 = Agent::start(&etcd, "prod-2", &[("env", "prod")], &key.public(), "");
-    let _s1 = Agent::start(&etcd, "staging-1", &[("env", "staging")], &key.public(), "");
+    let _p1 = Agent::managed(&etcd, "prod-1", &[("env", "prod")], &key.public(), "");
+    let _p2 = Agent::managed(&etcd, "prod-2", &[("env", "prod")], &key.public(), "");
+    let _s1 = Agent::managed(&etcd, "staging-1", &[("env", "staging")], &key.public(), "");
     wait_until("three agents", Duration::from_secs(10), || {
         etcd.agents(&[]).len() == 3
     });
@@ -135,8 +133,8 @@ fn push_reaches_only_the_selected_agents_and_garbage_is_refused() {
 fn forged_documents_are_refused_with_their_reason() {
     let etcd = Etcd::start();
     let key = KeyPair::make(&etcd);
-    let _a = Agent::start(&etcd, "victim", &[], &key.public(), "");
-    let _b = Agent::start(&etcd, "other", &[], &key.public(), "");
+    let _a = Agent::managed(&etcd, "victim", &[], &key.public(), "");
+    let _b = Agent::managed(&etcd, "other", &[], &key.public(), "");
     wait_until("two agents", Duration::from_secs(10), || {
         etcd.agents(&[]).len() == 2
     });
@@ -224,7 +222,7 @@ fn percentage_rollout_is_stable_and_only_widens() {
     let hosts: Vec<String> = (0..6).map(|i| format!("pct-{i}")).collect();
     let _agents: Vec<Agent> = hosts
         .iter()
-        .map(|h| Agent::start(&etcd, h, &[], &key.public(), ""))
+        .map(|h| Agent::managed(&etcd, h, &[], &key.public(), ""))
         .collect();
     wait_until("six agents", Duration::from_secs(15), || {
         etcd.agents(&[]).len() == 6
@@ -268,7 +266,7 @@ fn percentage_rollout_is_stable_and_only_widens() {
 fn stop_resume_and_restart_plugin() {
     let etcd = Etcd::start();
     let key = KeyPair::make(&etcd);
-    let _a = Agent::start(&etcd, "cmd-1", &[], &key.public(), "");
+    let _a = Agent::managed(&etcd, "cmd-1", &[], &key.public(), "");
     wait_until("the agent", Duration::from_secs(10), || {
         etcd.agents(&[]).contains_key("cmd-1")
     });
@@ -318,7 +316,7 @@ fn stop_resume_and_restart_plugin() {
 fn large_settings_go_through_a_blob() {
     let etcd = Etcd::start();
     let key = KeyPair::make(&etcd);
-    let _a = Agent::start(&etcd, "blob-1", &[], &key.public(), "");
+    let _a = Agent::managed(&etcd, "blob-1", &[], &key.public(), "");
     wait_until("the agent", Duration::from_secs(10), || {
         etcd.agents(&[]).contains_key("blob-1")
     });
@@ -356,7 +354,7 @@ fn large_settings_go_through_a_blob() {
 fn etcd_restart_mid_session_agents_reregister_and_keep_applying() {
     let mut etcd = Etcd::start();
     let key = KeyPair::make(&etcd);
-    let _a = Agent::start(&etcd, "survivor", &[], &key.public(), "");
+    let _a = Agent::managed(&etcd, "survivor", &[], &key.public(), "");
     wait_until("the agent", Duration::from_secs(10), || {
         etcd.agents(&[]).contains_key("survivor")
     });
@@ -378,7 +376,7 @@ fn etcd_restart_mid_session_agents_reregister_and_keep_applying() {
 fn agent_started_while_etcd_is_down_runs_on_its_cache_and_registers_later() {
     let mut etcd = Etcd::start();
     let key = KeyPair::make(&etcd);
-    let mut a = Agent::start(&etcd, "cached", &[], &key.public(), "");
+    let mut a = Agent::managed(&etcd, "cached", &[], &key.public(), "");
     wait_until("the agent", Duration::from_secs(10), || {
         etcd.agents(&[]).contains_key("cached")
     });
@@ -386,7 +384,7 @@ fn agent_started_while_etcd_is_down_runs_on_its_cache_and_registers_later() {
     let out = push(&etcd, &key, &file, &["--hosts", "cached"]);
     assert!(out.status.success());
     let generation = json(&out)["generation"].as_u64().unwrap();
-    a.signal(Signal::TERM);
+    a.stop_with(Signal::TERM);
     etcd.stop();
 
     a.spawn();
@@ -399,7 +397,11 @@ fn agent_started_while_etcd_is_down_runs_on_its_cache_and_registers_later() {
             })
         },
     );
-    assert!(a.log().contains("cached desired state"), "{}", a.log());
+    assert!(
+        a.stderr().contains("cached desired state"),
+        "{}",
+        a.stderr()
+    );
     etcd.restart();
     wait_until(
         "registration once etcd is back",
@@ -437,7 +439,7 @@ fn tls_and_rbac_agent_credentials_cannot_write_desired_states() {
         "user = \"hids-agent\"\npassword = \"agentpw\"\nca_file = {:?}\n",
         certs.path("ca.pem")
     );
-    let _a = Agent::start(&etcd, "tls-1", &[], &key.public(), &control_extra);
+    let _a = Agent::managed(&etcd, "tls-1", &[], &key.public(), &control_extra);
     let op = ["--user", "hids-operator", "--password", "oppw"];
     wait_until(
         "the agent to register over TLS with its credentials",

@@ -3,14 +3,12 @@
 //! the blobs; real etcd with authentication on, real hidsctl, etcdctl and hids-agent.
 #![allow(clippy::unwrap_used)] // test helpers: a failure here is a failed test
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use common::{etcd_available, json, wait_until, write_file, Agent, Etcd, KeyPair};
+use hids_test_support::{etcd_available, json, wait_until, write_file, Agent, Etcd, KeyPair};
 
 const ROOT: [&str; 4] = ["--user", "root", "--password", "rootpw"];
 const OPERATOR: [&str; 4] = ["--user", "hids-operator", "--password", "oppw"];
@@ -64,7 +62,7 @@ fn denied(out: &Output) -> bool {
 
 #[test]
 fn issue_12_an_enrolled_host_can_touch_only_its_own_keys() {
-    if !etcd_available("issue_12_an_enrolled_host_can_touch_only_its_own_keys") {
+    if !etcd_available() {
         return;
     }
     let etcd = bootstrapped();
@@ -137,7 +135,7 @@ fn etcd_get(etcd: &Etcd, key: &str) -> String {
 
 #[test]
 fn issue_12_reenrolling_rotates_only_with_force_and_unenroll_revokes() {
-    if !etcd_available("issue_12_reenrolling_rotates_only_with_force_and_unenroll_revokes") {
+    if !etcd_available() {
         return;
     }
     let etcd = bootstrapped();
@@ -236,7 +234,7 @@ fn issue_12_reenrolling_rotates_only_with_force_and_unenroll_revokes() {
 
 #[test]
 fn issue_12_agent_with_its_own_credentials_registers_and_acknowledges() {
-    if !etcd_available("issue_12_agent_with_its_own_credentials_registers_and_acknowledges") {
+    if !etcd_available() {
         return;
     }
     let etcd = bootstrapped();
@@ -249,7 +247,7 @@ fn issue_12_agent_with_its_own_credentials_registers_and_acknowledges() {
         &["enroll", "--host-id", "e2e-1", "--out", out_arg],
     ));
     let extra = format!("credentials_file = {:?}\n", dir.path().join("e2e-1.toml"));
-    let agent = Agent::start(&etcd, "e2e-1", &[], &key.public(), &extra);
+    let agent = Agent::managed(&etcd, "e2e-1", &[], &key.public(), &extra);
     wait_until(
         "the agent to register with its own credentials",
         Duration::from_secs(15),
@@ -269,12 +267,12 @@ fn issue_12_agent_with_its_own_credentials_registers_and_acknowledges() {
         ],
     );
     let result = json(&ok(out));
-    assert_eq!(result["acked"], 1, "{result}\n{}", agent.log());
+    assert_eq!(result["acked"], 1, "{result}\n{}", agent.stderr());
 }
 
 #[test]
 fn issue_12_a_credentials_file_others_can_read_is_refused() {
-    if !etcd_available("issue_12_a_credentials_file_others_can_read_is_refused") {
+    if !etcd_available() {
         return;
     }
     let etcd = Etcd::start();
@@ -300,7 +298,7 @@ fn issue_12_a_credentials_file_others_can_read_is_refused() {
         &["--config", &config, "check-config"][..],
         &["--config", &config],
     ] {
-        let out = std::process::Command::new(common::agent_bin())
+        let out = std::process::Command::new(hids_test_support::bin("hids-agent"))
             .args(args)
             .output()
             .unwrap();

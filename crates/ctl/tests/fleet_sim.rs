@@ -1,11 +1,9 @@
 //! The fleet simulator against a real etcd, steered by the real hidsctl: what
 //! `bench/fleet` measures at 100,000 agents, checked for behaviour at a few hundred.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{json, wait_until, Etcd, KeyPair, Sim};
+use hids_test_support::{json, wait_until, Etcd, KeyPair, Sim};
 
 fn change(etcd: &Etcd, key: &KeyPair, args: &[&str]) -> serde_json::Value {
     let secret = key.secret();

@@ -1,14 +1,12 @@
 //! Issue 12: a session's keepalives never wait behind its other work. Real etcd, the
 //! agent's own session, `hidsctl` pushing a document whose settings are in a blob.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{write_file, Etcd, KeyPair};
 use hids_control::session::{Session, SessionConfig, Update};
 use hids_control::{EtcdConfig, Keys, TrustedKeys};
+use hids_test_support::{write_file, Etcd, KeyPair};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 const SLOTS: u32 = 4;
@@ -69,7 +67,7 @@ fn issue12_keepalives_flow_while_a_blob_read_is_held_up() {
         let push = tokio::task::spawn_blocking({
             let url = etcd.url();
             move || {
-                std::process::Command::new(common::hidsctl_bin())
+                std::process::Command::new(hids_test_support::bin("hidsctl"))
                     .args([
                         "--endpoints",
                         &url,

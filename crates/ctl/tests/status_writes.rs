@@ -1,11 +1,9 @@
 //! Issue 12: an agent writes its status key on real changes and once per refresh period,
 //! not on every guard sample. Real etcd, real `hids-agent`.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Agent, Etcd, KeyPair};
+use hids_test_support::{wait_until, Agent, Etcd, KeyPair};
 
 /// The status key's (version, create revision) in etcd: the version counts the writes
 /// since the key was created, the create revision tells a re-registration apart.
@@ -26,7 +24,7 @@ fn issue12_an_idle_agent_sampling_every_second_writes_its_status_at_most_twice_i
     let started = Instant::now();
     // The default lease and refresh period; the guard samples every second, so its CPU
     // and RSS figures change all the time.
-    let _agent = Agent::start(
+    let _agent = Agent::managed(
         &etcd,
         "idle-1",
         &[("env", "prod")],

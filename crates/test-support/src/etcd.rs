@@ -1,46 +1,13 @@
-//! Real etcd, real agents, real hidsctl, on loopback ports picked for each test.
-#![allow(dead_code, clippy::unwrap_used)] // test harness: a failure here is a failed test
+//! A real etcd (Debian's etcd-server 3.4) on free loopback ports, and what the
+//! control-plane tests make with it: TLS material, signing keys, hidsctl runs.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-pub fn hidsctl_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_hidsctl"))
-}
-
-pub fn agent_bin() -> PathBuf {
-    let p = hidsctl_bin().with_file_name("hids-agent");
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --workspace` before the tests",
-        p.display()
-    );
-    p
-}
-
-/// Polls `f` until it holds; panics with `what` after `timeout`.
-pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use crate::{bin, free_port, wait_until};
 
 /// TLS material made with openssl: a CA, a server certificate for 127.0.0.1.
 pub struct Certs {
@@ -120,9 +87,9 @@ impl Certs {
     }
 }
 
-/// Whether `etcd` and `etcdctl` are installed. Without them a test cannot run: under CI
-/// (env `CI` set) that is a failure, elsewhere the test says so and passes.
-pub fn etcd_available(test: &str) -> bool {
+/// Whether `etcd` and `etcdctl` are installed. Without them the calling test cannot
+/// run: it is skipped (see [`crate::skip`]), which under CI is a failure.
+pub fn etcd_available() -> bool {
     let runs = |bin: &str, arg: &str| {
         Command::new(bin)
             .arg(arg)
@@ -133,22 +100,7 @@ pub fn etcd_available(test: &str) -> bool {
     if runs("etcd", "--version") && runs("etcdctl", "version") {
         return true;
     }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: etcd or etcdctl is missing (Debian packages etcd-server, etcd-client) and CI is set"
-    );
-    eprintln!("{test}: skipped: etcd or etcdctl is missing (install etcd-server and etcd-client)");
-    // Counted by scripts/test, as the agent tests' skips are.
-    if let Some(path) = std::env::var_os("HIDS_TEST_SKIPS") {
-        use std::io::Write as _;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = writeln!(f, "{test}: etcd or etcdctl is missing");
-        }
-    }
+    crate::skip("etcd or etcdctl is missing (install etcd-server and etcd-client)");
     false
 }
 
@@ -266,7 +218,7 @@ impl Etcd {
 
     /// Runs hidsctl against this etcd.
     pub fn hidsctl(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(hidsctl_bin());
+        let mut cmd = Command::new(bin("hidsctl"));
         cmd.arg("--endpoints").arg(self.url());
         if let Some((ca, _, _)) = &self.tls {
             cmd.arg("--ca-file").arg(ca);
@@ -321,176 +273,6 @@ impl KeyPair {
     }
 }
 
-pub struct Agent {
-    child: Option<Child>,
-    pub dir: tempfile::TempDir,
-    pub host_id: String,
-    config: PathBuf,
-}
-
-impl Agent {
-    /// An agent whose one plugin, `process`, is a sleeping /bin/sleep (no root needed).
-    /// `control_extra` is appended to its `[control]` section.
-    pub fn start(
-        etcd: &Etcd,
-        host_id: &str,
-        labels: &[(&str, &str)],
-        key: &Path,
-        control_extra: &str,
-    ) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let labels: String = labels
-            .iter()
-            .map(|(k, v)| format!("{k} = {v:?}\n"))
-            .collect();
-        let ttl = if control_extra.contains("lease_ttl_secs") {
-            ""
-        } else {
-            "lease_ttl_secs = 5\n"
-        };
-        let config = dir.path().join("agent.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "host_id = {host_id:?}\nstate_dir = {:?}\nstatus_interval_secs = 1\n\
-                 [supervisor]\nstop_timeout_ms = 1000\n\
-                 [labels]\n{labels}\n\
-                 [[plugins]]\nname = \"process\"\npath = \"/bin/sleep\"\nargs = [\"3600\"]\n\
-                 [control]\nendpoints = [{:?}]\ntrusted_keys = [{:?}]\n{ttl}{control_extra}\n",
-                dir.path().join("state"),
-                etcd.url(),
-                key
-            ),
-        )
-        .unwrap();
-        let mut agent = Agent {
-            child: None,
-            dir,
-            host_id: host_id.to_owned(),
-            config,
-        };
-        agent.spawn();
-        agent
-    }
-
-    pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("agent.log"))
-            .unwrap();
-        self.child = Some(
-            Command::new(agent_bin())
-                .arg("--config")
-                .arg(&self.config)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
-    }
-
-    /// The local status file.
-    pub fn status(&self) -> Option<Value> {
-        serde_json::from_slice(&std::fs::read(self.dir.path().join("state/status.json")).ok()?).ok()
-    }
-
-    pub fn signal(&mut self, sig: rustix::process::Signal) {
-        if let Some(c) = &self.child {
-            let pid = rustix::process::Pid::from_raw(c.id() as i32).unwrap();
-            let _ = rustix::process::kill_process(pid, sig);
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.signal(rustix::process::Signal::KILL);
-    }
-}
-
-pub fn plugin_state(agent: &Value, name: &str) -> String {
-    agent["plugins"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == name))
-        .and_then(|p| p["state"].as_str())
-        .unwrap_or("absent")
-        .to_owned()
-}
-
-pub fn write_file(dir: &Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p.display().to_string()
-}
-
-/// A running `hids-sim`, READY (all its agents registered).
-pub struct Sim {
-    child: Child,
-    pub ready_line: String,
-}
-
-impl Sim {
-    pub fn start(etcd: &Etcd, agents: usize, extra: &[&str]) -> Sim {
-        use std::io::BufRead;
-        let bin = hidsctl_bin().with_file_name("hids-sim");
-        assert!(
-            bin.exists(),
-            "{} is missing: run `cargo build --workspace` before the tests",
-            bin.display()
-        );
-        let mut child = Command::new(bin)
-            .arg("--endpoints")
-            .arg(etcd.url())
-            .arg("--agents")
-            .arg(agents.to_string())
-            .args(extra)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if line.starts_with("READY") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let ready_line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("hids-sim did not print READY within 60 s");
-        Sim { child, ready_line }
-    }
-
-    /// SIGTERM, and waits for the exit (leases revoked on the way out).
-    pub fn stop(&mut self) {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Etcd {
     /// One metric from etcd's own `/metrics` (plain HTTP only).
     pub fn metric(&self, name: &str) -> f64 {
@@ -504,15 +286,4 @@ impl Etcd {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
             .unwrap_or_else(|| panic!("{name} not in etcd's /metrics"))
     }
-}
-
-/// A command's stdout as JSON; on failure, says what it printed.
-pub fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
 }
