@@ -228,10 +228,9 @@ async fn run_once(
 ) -> io::Result<Outcome> {
     let cgroup = plugin_cgroup(spec, ctx);
     let oom_before = cgroup.as_ref().map_or(0, |c| c.oom_kills());
-    let procs = match &cgroup {
-        Some(c) => c.open_procs()?,
-        None => Vec::new(),
-    };
+    let procs = cgroup
+        .as_ref()
+        .map_or(Ok(Vec::new()), PluginCgroup::open_procs)?;
     let mut child = spawn(spec, procs)?;
     let pid = child.id().unwrap_or(0);
     let (Some(mut stdin), Some(stdout), Some(stderr)) =
@@ -269,15 +268,8 @@ async fn run_once(
     };
     match &outcome {
         Outcome::Exited(_) => {
-            if let (Some(cg), Some(mb)) = (&cgroup, spec.limits.memory_mb) {
-                if cg.oom_kills() > oom_before {
-                    PluginOutOfMemory {
-                        plugin: &spec.name,
-                        limit_mb: mb,
-                    }
-                    .emit(status);
-                    return Ok(Outcome::OutOfMemory(mb));
-                }
+            if let Some(oom) = out_of_memory(spec, cgroup.as_ref(), oom_before, status) {
+                return Ok(oom);
             }
         }
         Outcome::OutOfMemory(_) => {}
@@ -319,6 +311,26 @@ async fn run_once(
         let _ = tokio::time::timeout(Duration::from_millis(500), &mut pump).await;
     }
     Ok(outcome)
+}
+
+/// A run that ended by itself was killed by its cgroup memory limit (the kernel's OOM
+/// count went up).
+fn out_of_memory(
+    spec: &PluginSpec,
+    cgroup: Option<&PluginCgroup>,
+    oom_before: u64,
+    status: &SharedStatus,
+) -> Option<Outcome> {
+    let (cg, mb) = (cgroup?, spec.limits.memory_mb?);
+    if cg.oom_kills() <= oom_before {
+        return None;
+    }
+    PluginOutOfMemory {
+        plugin: &spec.name,
+        limit_mb: mb,
+    }
+    .emit(status);
+    Some(Outcome::OutOfMemory(mb))
 }
 
 /// The plugin's cgroup, when it has limits and they can be applied; the first failure
@@ -469,19 +481,7 @@ async fn pump(
             }
         }
     }
-    let mut payload = Vec::new();
-    let header = Header::parse(&head, max).map_err(|e| e.to_string())?;
-    if header.kind != Kind::Hello {
-        return Err(format!("first frame is {:?}, expected hello", header.kind));
-    }
-    read_payload(&mut r, header.len, &mut payload).await?;
-    let hello: PluginHello = hids_wire::decode("hello", &payload).map_err(|e| e.to_string())?;
-    if hello.protocol != PROTOCOL_VERSION {
-        return Err(format!(
-            "plugin speaks protocol {}, this agent speaks {PROTOCOL_VERSION}",
-            hello.protocol
-        ));
-    }
+    let hello = read_hello(&mut r, &head, max).await?;
     update(status, |s| {
         s.framed = Some(true);
         s.version = Some(hello.version.clone());
@@ -538,6 +538,29 @@ async fn pump(
             Kind::Hello | Kind::Control | Kind::Unknown(_) => {}
         }
     }
+}
+
+/// The plugin's hello, whose header is `head`; `Err` when it is not a hello or speaks
+/// another protocol.
+async fn read_hello<R: AsyncRead + Unpin>(
+    r: &mut R,
+    head: &[u8; HEADER_LEN],
+    max: u32,
+) -> Result<PluginHello, String> {
+    let header = Header::parse(head, max).map_err(|e| e.to_string())?;
+    if header.kind != Kind::Hello {
+        return Err(format!("first frame is {:?}, expected hello", header.kind));
+    }
+    let mut payload = Vec::new();
+    read_payload(r, header.len, &mut payload).await?;
+    let hello: PluginHello = hids_wire::decode("hello", &payload).map_err(|e| e.to_string())?;
+    if hello.protocol != PROTOCOL_VERSION {
+        return Err(format!(
+            "plugin speaks protocol {}, this agent speaks {PROTOCOL_VERSION}",
+            hello.protocol
+        ));
+    }
+    Ok(hello)
 }
 
 /// Checks an event frame and returns its sequence number. The sinks write one event per
