@@ -86,22 +86,20 @@ impl KafkaCaughtUp {
 }
 
 /// Kafka refused an event for good (too large, topic not authorized): declared lost,
-/// never retried in front of everything behind it.
-pub struct KafkaRefused<'a> {
-    pub error: &'a str,
-    /// It came from the spool (and is skipped when its segment is sent again).
-    pub spooled: bool,
+/// never retried in front of everything behind it. It was live, or came from the spool
+/// (and is skipped when its segment is sent again); with Kafka's reason.
+pub enum KafkaRefused<'a> {
+    Live(&'a str),
+    Spooled(&'a str),
 }
 
 impl KafkaRefused<'_> {
     pub fn emit(self, event: Vec<u8>, lost: &mut Lost) {
-        if self.spooled {
-            tracing::error!(
-                "kafka refused a spooled event for good ({}); it is declared lost and skipped",
-                self.error
-            );
-        } else {
-            tracing::warn!("kafka refused an event for good: {}", self.error);
+        match self {
+            KafkaRefused::Live(e) => tracing::warn!("kafka refused an event for good: {e}"),
+            KafkaRefused::Spooled(e) => tracing::error!(
+                "kafka refused a spooled event for good ({e}); it is declared lost and skipped"
+            ),
         }
         lost.push(event, "kafka_refused");
     }

@@ -68,11 +68,7 @@ impl Kafka {
                     KafkaBacklog::QueueFull.emit(&mut self.state, books.counters)
                 }
                 Err(SendError::Poison(e)) => {
-                    KafkaRefused {
-                        error: &e,
-                        spooled: false,
-                    }
-                    .emit(ev, books.lost);
+                    KafkaRefused::Live(&e).emit(ev, books.lost);
                     return;
                 }
                 Err(SendError::Other(e)) => {
@@ -99,11 +95,7 @@ impl Kafka {
                 Ok(()) => return,
                 Err(SendError::QueueFull) => std::thread::sleep(Duration::from_millis(2)),
                 Err(SendError::Poison(e)) => {
-                    KafkaRefused {
-                        error: &e,
-                        spooled: false,
-                    }
-                    .emit(ev, books.lost);
+                    KafkaRefused::Live(&e).emit(ev, books.lost);
                     return;
                 }
                 Err(SendError::Other(e)) => {
@@ -327,11 +319,7 @@ impl Kafka {
                 Err(SendError::Poison(e)) => {
                     // Refused before it was queued (too large): it never will be sent.
                     if self.poisoned.insert(segment, index) {
-                        KafkaRefused {
-                            error: &e,
-                            spooled: true,
-                        }
-                        .emit(rec.clone(), lost);
+                        KafkaRefused::Spooled(&e).emit(rec.clone(), lost);
                     }
                 }
             }
