@@ -22,6 +22,12 @@
 //!
 //! Memory is bounded by the queue (events and bytes), librdkafka's buffer
 //! (`queue_kbytes`) and one spool segment in replay.
+//!
+//! Here, the queue loop; beside it, `local` (stdout and file sinks), `kafka` (the Kafka
+//! output and its spool, whose route is one `state::State`: live, backlog, replay,
+//! catching up), `declare` (what is declared lost, and where runs ended), `counters`
+//! (what the status reports), `outputs` (opening them) and `internal_events` (each
+//! notable thing's log line with its counter or declaration).
 
 mod counters;
 mod declare;
