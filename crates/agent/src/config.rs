@@ -338,6 +338,26 @@ impl Config {
     /// # Errors
     /// Every problem found, one per line.
     pub fn validate(&self, agent_dir: &Path) -> Result<Vec<PluginSpec>, ConfigError> {
+        let mut problems = self.settings_problems();
+        problems.extend(self.sinks_problems());
+        for (k, v) in &self.labels {
+            if k.is_empty() || v.contains('\n') {
+                problems.push(format!(
+                    "labels.{k:?}: names must be non-empty and values one line"
+                ));
+            }
+        }
+        let specs = self.plugin_specs(agent_dir, &mut problems);
+        if problems.is_empty() {
+            Ok(specs)
+        } else {
+            Err(ConfigError::Invalid(problems.join("\n")))
+        }
+    }
+
+    /// The agent's own settings: log level, identity, intervals, queue, control plane,
+    /// guard.
+    fn settings_problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             problems.push(format!(
@@ -370,6 +390,12 @@ impl Config {
             problems.extend(c.problems());
         }
         problems.extend(self.guard.problems("guard"));
+        problems
+    }
+
+    /// The sinks and the spool in front of Kafka.
+    fn sinks_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
         let kafkas = self
             .sinks
             .iter()
@@ -387,13 +413,12 @@ impl Config {
                 problems.extend(k.problems());
             }
         }
-        for (k, v) in &self.labels {
-            if k.is_empty() || v.contains('\n') {
-                problems.push(format!(
-                    "labels.{k:?}: names must be non-empty and values one line"
-                ));
-            }
-        }
+        problems
+    }
+
+    /// The plugins to run (the built-in set unless the file lists its own), each
+    /// resolved; the problems of those that cannot be go to `problems`.
+    fn plugin_specs(&self, agent_dir: &Path, problems: &mut Vec<String>) -> Vec<PluginSpec> {
         let declared: Vec<PluginConfig> = match &self.plugins {
             Some(list) => list.clone(),
             None => BUILTIN_PLUGINS
@@ -410,72 +435,91 @@ impl Config {
         };
         let mut specs = Vec::new();
         for p in declared {
-            let valid_name = !p.name.is_empty()
-                && p.name.len() <= 64
-                && p.name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-            if !valid_name {
-                problems.push(format!(
-                    "plugin name {:?}: use 1-64 letters, digits, '-' or '_'",
-                    p.name
-                ));
-                continue;
+            if let Some(spec) = p.resolve(agent_dir, &specs, problems) {
+                specs.push(spec);
             }
-            if hids_types::event::MASTER_STREAMS.contains(&p.name.as_str()) {
-                problems.push(format!(
-                    "plugin name {:?} is the agent's own event stream; choose another name",
-                    p.name
-                ));
-                continue;
-            }
-            if specs.iter().any(|s: &PluginSpec| s.name == p.name) {
-                problems.push(format!("plugin {:?} is declared twice", p.name));
-                continue;
-            }
-            let path = match &p.path {
-                Some(path) => path.clone(),
-                None if BUILTIN_PLUGINS.contains(&p.name.as_str()) => {
-                    agent_dir.join(format!("hids-plugin-{}", p.name))
-                }
-                None => {
-                    problems.push(format!(
-                        "plugin {:?} has no path and is not built in (built in: {})",
-                        p.name,
-                        BUILTIN_PLUGINS.join(", ")
-                    ));
-                    continue;
-                }
-            };
-            if p.enabled && !is_executable(&path) {
-                problems.push(format!(
-                    "plugin {:?}: {} is not an executable file",
-                    p.name,
-                    path.display()
-                ));
-            }
-            if p.cpu_percent.is_some_and(|c| c.is_nan() || c <= 0.0) {
-                problems.push(format!("plugin {:?}: cpu_percent must be above 0", p.name));
-            }
-            if p.memory_mb == Some(0) {
-                problems.push(format!("plugin {:?}: memory_mb must be at least 1", p.name));
-            }
-            specs.push(PluginSpec {
-                name: p.name,
-                path,
-                args: p.args,
-                enabled: p.enabled,
-                limits: crate::cgroups::Limits {
-                    cpu_percent: p.cpu_percent,
-                    memory_mb: p.memory_mb,
-                },
-            });
         }
-        if problems.is_empty() {
-            Ok(specs)
-        } else {
-            Err(ConfigError::Invalid(problems.join("\n")))
+        specs
+    }
+}
+
+impl PluginConfig {
+    /// This plugin ready to start, or `None` when its name is unusable (then nothing
+    /// else about it is checked); every problem found goes to `problems`. `taken`: the
+    /// plugins resolved before it.
+    fn resolve(
+        self,
+        agent_dir: &Path,
+        taken: &[PluginSpec],
+        problems: &mut Vec<String>,
+    ) -> Option<PluginSpec> {
+        let valid_name = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid_name {
+            problems.push(format!(
+                "plugin name {:?}: use 1-64 letters, digits, '-' or '_'",
+                self.name
+            ));
+            return None;
         }
+        if hids_types::event::MASTER_STREAMS.contains(&self.name.as_str()) {
+            problems.push(format!(
+                "plugin name {:?} is the agent's own event stream; choose another name",
+                self.name
+            ));
+            return None;
+        }
+        if taken.iter().any(|s| s.name == self.name) {
+            problems.push(format!("plugin {:?} is declared twice", self.name));
+            return None;
+        }
+        let path = match &self.path {
+            Some(path) => path.clone(),
+            None if BUILTIN_PLUGINS.contains(&self.name.as_str()) => {
+                agent_dir.join(format!("hids-plugin-{}", self.name))
+            }
+            None => {
+                problems.push(format!(
+                    "plugin {:?} has no path and is not built in (built in: {})",
+                    self.name,
+                    BUILTIN_PLUGINS.join(", ")
+                ));
+                return None;
+            }
+        };
+        if self.enabled && !is_executable(&path) {
+            problems.push(format!(
+                "plugin {:?}: {} is not an executable file",
+                self.name,
+                path.display()
+            ));
+        }
+        if self.cpu_percent.is_some_and(|c| c.is_nan() || c <= 0.0) {
+            problems.push(format!(
+                "plugin {:?}: cpu_percent must be above 0",
+                self.name
+            ));
+        }
+        if self.memory_mb == Some(0) {
+            problems.push(format!(
+                "plugin {:?}: memory_mb must be at least 1",
+                self.name
+            ));
+        }
+        Some(PluginSpec {
+            name: self.name,
+            path,
+            args: self.args,
+            enabled: self.enabled,
+            limits: crate::cgroups::Limits {
+                cpu_percent: self.cpu_percent,
+                memory_mb: self.memory_mb,
+            },
+        })
     }
 }
 

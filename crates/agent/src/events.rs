@@ -3,7 +3,8 @@
 //! figures) and `pipeline` (declared drops, delivery stats), each with its own run id
 //! and sequence.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use hids_types::event::{Event, EventMeta, Hids, Host};
 use hids_types::guard::GuardStatus;
@@ -80,25 +81,21 @@ impl Emitter {
     }
 }
 
-/// Guard transitions, queued into the pipeline like any plugin's events.
+/// Guard transitions and the periodic figures, queued into the pipeline like any
+/// plugin's events.
 pub struct AgentEvents {
     emitter: Emitter,
     tx: EventSender,
-    /// Where events not queued (the pipeline full) are counted, as `agent_events_queue_full`.
-    counters: std::sync::Arc<crate::pipeline::PipelineCounters>,
+    /// Where events not queued (the pipeline full) wait to be declared.
+    unqueued: Arc<Unqueued>,
 }
 
 impl AgentEvents {
-    pub fn new(
-        host_id: &str,
-        hostname: &str,
-        tx: EventSender,
-        counters: std::sync::Arc<crate::pipeline::PipelineCounters>,
-    ) -> Self {
+    pub fn new(host_id: &str, hostname: &str, tx: EventSender, unqueued: Arc<Unqueued>) -> Self {
         AgentEvents {
             emitter: Emitter::new(host_id, hostname, "agent"),
             tx,
-            counters,
+            unqueued,
         }
     }
 
@@ -122,7 +119,36 @@ impl AgentEvents {
     fn queue(&mut self, ev: Vec<u8>) {
         // The pipeline is bounded; a full one costs this event, declared, never a wait.
         if let Err(ev) = self.tx.try_send(ev, self.emitter.position()) {
-            self.counters.agent_event_lost(ev);
+            self.unqueued.push(ev);
         }
+    }
+}
+
+/// The agent's own events that found the queue full: the pipeline declares them lost at
+/// its next housekeeping (their sequence numbers are known), as `agent_events_queue_full`.
+#[derive(Default)]
+pub struct Unqueued {
+    events: Mutex<Vec<Vec<u8>>>,
+    /// Those past [`UNQUEUED_MAX`]: only counted.
+    overflow: AtomicU64,
+}
+
+/// Agent events kept for declaration at most (the rest only counted).
+const UNQUEUED_MAX: usize = 1024;
+
+impl Unqueued {
+    fn push(&self, event: Vec<u8>) {
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        if events.len() < UNQUEUED_MAX {
+            events.push(event);
+        } else {
+            self.overflow.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// What waits to be declared, and how many more were only counted.
+    pub fn take(&self) -> (Vec<Vec<u8>>, u64) {
+        let events = std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()));
+        (events, self.overflow.swap(0, Ordering::Relaxed))
     }
 }

@@ -4,7 +4,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use hids_types::status::AgentStatus;
+use hids_types::guard::GuardStatus;
+use hids_types::status::{AgentStatus, PipelineStatus, PluginStatus};
 
 pub const STATUS_FILE: &str = "status.json";
 
@@ -46,41 +47,70 @@ pub fn read(state_dir: &Path) -> anyhow::Result<AgentStatus> {
 
 /// Renders a status for a person: a header and a table of plugins.
 pub fn render(s: &AgentStatus, interval_secs: u64) -> String {
+    let mut out = header(s, interval_secs);
+    if let Some(g) = &s.guard {
+        out.push_str(&guard_line(g));
+    }
+    out.push_str(&pipeline_lines(&s.pipeline));
+    out.push('\n');
+    out.push_str(&plugin_table(&s.plugins));
+    // Capture fidelity differs per host (eBPF or the proc connector): say which.
+    for p in &s.plugins {
+        let health = p.health.as_ref();
+        let field = |k: &str| health.and_then(|h| h.get(k)).and_then(|v| v.as_str());
+        if let Some(capture) = field("capture") {
+            out.push_str(&format!("{} capture: {capture}", p.name));
+            if let Some(why) = field("capture_fallback") {
+                out.push_str(&format!(" (eBPF unavailable: {why})"));
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Who, and how fresh the document is.
+fn header(s: &AgentStatus, interval_secs: u64) -> String {
     let age = SystemTime::now()
         .duration_since(s.updated_at.0)
         .unwrap_or(Duration::ZERO);
-    let mut out = String::new();
-    out.push_str(&format!(
-        "hids-agent {}  host {} ({})  pid {}  mode {}\n",
-        s.version, s.host_id, s.hostname, s.pid, s.mode
-    ));
-    out.push_str(&format!(
-        "updated {} ago{}\n",
+    format!(
+        "hids-agent {}  host {} ({})  pid {}  mode {}\nupdated {} ago{}\n",
+        s.version,
+        s.host_id,
+        s.hostname,
+        s.pid,
+        s.mode,
         humantime::format_duration(Duration::from_secs(age.as_secs())),
         if age.as_secs() > 3 * interval_secs.max(1) + 2 {
             "  (stale: is the agent still running?)"
         } else {
             ""
         }
-    ));
-    if let Some(g) = &s.guard {
-        out.push_str(&format!(
-            "guard {}  trips {}  cooldown {}s  cpu {:.1}% of a core ({:.1}% of host)  rss {:.1} MB{}\n",
-            serde_json::to_value(g.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
-            g.trips,
-            g.cooldown_secs,
-            g.cpu_percent,
-            g.cpu_percent_host,
-            g.rss_mb,
-            g.reason.as_ref().map_or(String::new(), |r| format!("\n  last trip: {r}"))
-        ));
-    }
-    let p = &s.pipeline;
+    )
+}
+
+fn guard_line(g: &GuardStatus) -> String {
+    format!(
+        "guard {}  trips {}  cooldown {}s  cpu {:.1}% of a core ({:.1}% of host)  rss {:.1} MB{}\n",
+        serde_json::to_value(g.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        g.trips,
+        g.cooldown_secs,
+        g.cpu_percent,
+        g.cpu_percent_host,
+        g.rss_mb,
+        g.reason
+            .as_ref()
+            .map_or(String::new(), |r| format!("\n  last trip: {r}"))
+    )
+}
+
+fn pipeline_lines(p: &PipelineStatus) -> String {
     let dropped: u64 = p.dropped.values().sum();
-    out.push_str(&format!(
-        "events out {}  dropped in agent {dropped}",
-        p.events_out
-    ));
+    let mut out = format!("events out {}  dropped in agent {dropped}", p.events_out);
     if !p.dropped.is_empty() {
         let reasons: Vec<String> = p.dropped.iter().map(|(k, v)| format!("{k} {v}")).collect();
         out.push_str(&format!(" ({})", reasons.join(", ")));
@@ -101,9 +131,11 @@ pub fn render(s: &AgentStatus, interval_secs: u64) -> String {
             }
         ));
     }
-    out.push('\n');
-    let rows: Vec<Vec<String>> = s
-        .plugins
+    out
+}
+
+fn plugin_table(plugins: &[PluginStatus]) -> String {
+    let rows: Vec<Vec<String>> = plugins
         .iter()
         .map(|p| {
             vec![
@@ -122,7 +154,7 @@ pub fn render(s: &AgentStatus, interval_secs: u64) -> String {
             ]
         })
         .collect();
-    out.push_str(&hids_types::text::table(
+    hids_types::text::table(
         &[
             "PLUGIN",
             "STATE",
@@ -134,18 +166,5 @@ pub fn render(s: &AgentStatus, interval_secs: u64) -> String {
             "LAST EXIT",
         ],
         &rows,
-    ));
-    // Capture fidelity differs per host (eBPF or the proc connector): say which.
-    for p in &s.plugins {
-        let health = p.health.as_ref();
-        let field = |k: &str| health.and_then(|h| h.get(k)).and_then(|v| v.as_str());
-        if let Some(capture) = field("capture") {
-            out.push_str(&format!("{} capture: {capture}", p.name));
-            if let Some(why) = field("capture_fallback") {
-                out.push_str(&format!(" (eBPF unavailable: {why})"));
-            }
-            out.push('\n');
-        }
-    }
-    out
+    )
 }

@@ -20,8 +20,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::watch;
 
-use crate::cgroups::Cgroups;
+use crate::cgroups::{Cgroups, PluginCgroup};
 use crate::config::{PluginSpec, SupervisorConfig};
+use crate::internal_events::plugin::{
+    EventFrameRefused, PluginOutOfMemory, PluginOutputRefused, PluginQuarantined,
+    PluginRestartScheduled, PluginStarted, PluginUnframed,
+};
 use crate::logging::forward_plugin_log;
 use crate::queue::{EventSender, Position};
 
@@ -152,10 +156,7 @@ async fn run_with_restarts(
             Outcome::Stopped => return !*shutdown.borrow(),
             Outcome::Exited(Ok(st)) => describe_exit(st),
             Outcome::Exited(Err(e)) => format!("could not run: {e}"),
-            Outcome::OutOfMemory(mb) => {
-                update(status, |s| s.oom_kills += 1);
-                format!("killed by its memory limit ({mb} MB)")
-            }
+            Outcome::OutOfMemory(mb) => format!("killed by its memory limit ({mb} MB)"),
             Outcome::Violation(why) => format!("killed for a protocol violation: {why}"),
         };
         if *shutdown.borrow() {
@@ -170,13 +171,12 @@ async fn run_with_restarts(
             s.consecutive_crashes
         });
         if crashes >= sup.quarantine_after {
-            update(status, |s| s.state = PluginState::Quarantined);
-            tracing::error!(
-                plugin = %spec.name,
-                "plugin {} failed {crashes} times in a row (last: {last_exit}); quarantined: \
-                 it will not be restarted until the agent restarts or an operator asks",
-                spec.name
-            );
+            PluginQuarantined {
+                plugin: &spec.name,
+                last_exit: &last_exit,
+                crashes,
+            }
+            .emit(status);
             // Reported as quarantined until the wanted state changes (restart_plugin).
             tokio::select! {
                 _ = wanted.changed() => return true,
@@ -184,14 +184,14 @@ async fn run_with_restarts(
             }
         }
         let delay = backoff(sup, crashes);
-        update(status, |s| s.state = PluginState::Backoff);
-        tracing::warn!(
-            plugin = %spec.name,
-            "plugin {} stopped unexpectedly ({last_exit}); restart {crashes} of at most {} in {:?}",
-            spec.name,
-            sup.quarantine_after - 1,
-            delay
-        );
+        PluginRestartScheduled {
+            plugin: &spec.name,
+            last_exit: &last_exit,
+            crashes,
+            max_restarts: sup.quarantine_after - 1,
+            delay,
+        }
+        .emit(status);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = wanted.changed() => return true,
@@ -226,30 +226,11 @@ async fn run_once(
     wanted: &mut watch::Receiver<Wanted>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> io::Result<Outcome> {
-    let cgroup = if spec.limits.any() {
-        match ctx.cgroups.prepare(&spec.name, &spec.limits) {
-            Ok(cg) => Some(cg),
-            Err(e) => {
-                if !ctx
-                    .cgroup_warned
-                    .swap(true, std::sync::atomic::Ordering::Relaxed)
-                {
-                    tracing::warn!(
-                        "cannot apply per-plugin limits ({e}); plugins run without cgroup limits \
-                         (the resource guard still watches them)"
-                    );
-                }
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let cgroup = plugin_cgroup(spec, ctx);
     let oom_before = cgroup.as_ref().map_or(0, |c| c.oom_kills());
-    let procs = match &cgroup {
-        Some(c) => c.open_procs()?,
-        None => Vec::new(),
-    };
+    let procs = cgroup
+        .as_ref()
+        .map_or(Ok(Vec::new()), PluginCgroup::open_procs)?;
     let mut child = spawn(spec, procs)?;
     let pid = child.id().unwrap_or(0);
     let (Some(mut stdin), Some(stdout), Some(stderr)) =
@@ -257,27 +238,14 @@ async fn run_once(
     else {
         return Err(io::Error::other("child pipes missing"));
     };
-    update(status, |s| {
-        s.state = PluginState::Running;
-        s.pid = Some(pid);
-        s.run_id = Some(run_id.to_owned());
-        s.framed = None;
-        s.version = None;
-    });
-    tracing::info!(plugin = %spec.name, pid, run_id, "started {}", spec.path.display());
-
-    let hello = MasterHello {
-        protocol: PROTOCOL_VERSION,
-        plugin: spec.name.clone(),
-        host_id: ctx.host_id.clone(),
-        hostname: ctx.hostname.clone(),
-        run_id: run_id.to_owned(),
-    };
-    let mut frame = Vec::new();
-    let body = serde_json::to_vec(&hello).map_err(io::Error::other)?;
-    hids_wire::encode_frame(Kind::Hello, &body, &mut frame).map_err(io::Error::other)?;
-    // A plugin that does not read stdin may have closed it: not an error for us.
-    let _ = stdin.write_all(&frame).await;
+    PluginStarted {
+        plugin: &spec.name,
+        path: &spec.path,
+        pid,
+        run_id,
+    }
+    .emit(status);
+    say_hello(&mut stdin, spec, ctx, run_id).await?;
     let mut stdin = Some(stdin);
 
     tokio::spawn(forward_plugin_log(spec.name.clone(), stderr));
@@ -300,17 +268,17 @@ async fn run_once(
     };
     match &outcome {
         Outcome::Exited(_) => {
-            if let (Some(cg), Some(mb)) = (&cgroup, spec.limits.memory_mb) {
-                if cg.oom_kills() > oom_before {
-                    tracing::warn!(plugin = %spec.name, "killed by its cgroup memory limit ({mb} MB)");
-                    return Ok(Outcome::OutOfMemory(mb));
-                }
+            if let Some(oom) = out_of_memory(spec, cgroup.as_ref(), oom_before, status) {
+                return Ok(oom);
             }
         }
         Outcome::OutOfMemory(_) => {}
         Outcome::Violation(why) => {
-            tracing::error!(plugin = %spec.name, "refusing plugin output: {why}; killing it");
-            update(status, |s| s.frames_rejected += 1);
+            PluginOutputRefused {
+                plugin: &spec.name,
+                why,
+            }
+            .emit(status);
             kill_group(pid, Signal::KILL);
             let _ = child.wait().await;
             return Ok(outcome);
@@ -343,6 +311,71 @@ async fn run_once(
         let _ = tokio::time::timeout(Duration::from_millis(500), &mut pump).await;
     }
     Ok(outcome)
+}
+
+/// A run that ended by itself was killed by its cgroup memory limit (the kernel's OOM
+/// count went up).
+fn out_of_memory(
+    spec: &PluginSpec,
+    cgroup: Option<&PluginCgroup>,
+    oom_before: u64,
+    status: &SharedStatus,
+) -> Option<Outcome> {
+    let (cg, mb) = (cgroup?, spec.limits.memory_mb?);
+    if cg.oom_kills() <= oom_before {
+        return None;
+    }
+    PluginOutOfMemory {
+        plugin: &spec.name,
+        limit_mb: mb,
+    }
+    .emit(status);
+    Some(Outcome::OutOfMemory(mb))
+}
+
+/// The plugin's cgroup, when it has limits and they can be applied; the first failure
+/// is logged, once for all plugins.
+fn plugin_cgroup(spec: &PluginSpec, ctx: &Context) -> Option<PluginCgroup> {
+    if !spec.limits.any() {
+        return None;
+    }
+    match ctx.cgroups.prepare(&spec.name, &spec.limits) {
+        Ok(cg) => Some(cg),
+        Err(e) => {
+            if !ctx
+                .cgroup_warned
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::warn!(
+                    "cannot apply per-plugin limits ({e}); plugins run without cgroup limits \
+                     (the resource guard still watches them)"
+                );
+            }
+            None
+        }
+    }
+}
+
+/// The master's hello frame, first thing on the plugin's stdin.
+async fn say_hello(
+    stdin: &mut ChildStdin,
+    spec: &PluginSpec,
+    ctx: &Context,
+    run_id: &str,
+) -> io::Result<()> {
+    let hello = MasterHello {
+        protocol: PROTOCOL_VERSION,
+        plugin: spec.name.clone(),
+        host_id: ctx.host_id.clone(),
+        hostname: ctx.hostname.clone(),
+        run_id: run_id.to_owned(),
+    };
+    let mut frame = Vec::new();
+    let body = serde_json::to_vec(&hello).map_err(io::Error::other)?;
+    hids_wire::encode_frame(Kind::Hello, &body, &mut frame).map_err(io::Error::other)?;
+    // A plugin that does not read stdin may have closed it: not an error for us.
+    let _ = stdin.write_all(&frame).await;
+    Ok(())
 }
 
 fn spawn(spec: &PluginSpec, cgroup_procs: Vec<std::os::fd::OwnedFd>) -> io::Result<Child> {
@@ -435,14 +468,11 @@ async fn pump(
         Ok(false) | Err(_) => return Ok(()),
     }
     if head[..2] != MAGIC {
-        tracing::warn!(
-            plugin = %name,
-            "plugin {name} does not speak the frame protocol; supervising it for liveness only and discarding its stdout"
-        );
-        update(status, |s| {
-            s.framed = Some(false);
-            s.bytes_discarded += HEADER_LEN as u64;
-        });
+        PluginUnframed {
+            plugin: name,
+            discarded: HEADER_LEN as u64,
+        }
+        .emit(status);
         let mut sink = [0u8; 8192];
         loop {
             match r.read(&mut sink).await {
@@ -451,19 +481,7 @@ async fn pump(
             }
         }
     }
-    let mut payload = Vec::new();
-    let header = Header::parse(&head, max).map_err(|e| e.to_string())?;
-    if header.kind != Kind::Hello {
-        return Err(format!("first frame is {:?}, expected hello", header.kind));
-    }
-    read_payload(&mut r, header.len, &mut payload).await?;
-    let hello: PluginHello = hids_wire::decode("hello", &payload).map_err(|e| e.to_string())?;
-    if hello.protocol != PROTOCOL_VERSION {
-        return Err(format!(
-            "plugin speaks protocol {}, this agent speaks {PROTOCOL_VERSION}",
-            hello.protocol
-        ));
-    }
+    let hello = read_hello(&mut r, &head, max).await?;
     update(status, |s| {
         s.framed = Some(true);
         s.version = Some(hello.version.clone());
@@ -485,10 +503,12 @@ async fn pump(
                     Ok(seq) => seq,
                     Err(why) => {
                         bad_events += 1;
-                        update(status, |s| s.frames_rejected += 1);
-                        if bad_events.is_power_of_two() {
-                            tracing::warn!(plugin = %name, "refused {bad_events} event frame(s); the last: {why}");
+                        EventFrameRefused {
+                            plugin: name,
+                            why: &why,
+                            refused: bad_events,
                         }
+                        .emit(status);
                         continue;
                     }
                 };
@@ -518,6 +538,29 @@ async fn pump(
             Kind::Hello | Kind::Control | Kind::Unknown(_) => {}
         }
     }
+}
+
+/// The plugin's hello, whose header is `head`; `Err` when it is not a hello or speaks
+/// another protocol.
+async fn read_hello<R: AsyncRead + Unpin>(
+    r: &mut R,
+    head: &[u8; HEADER_LEN],
+    max: u32,
+) -> Result<PluginHello, String> {
+    let header = Header::parse(head, max).map_err(|e| e.to_string())?;
+    if header.kind != Kind::Hello {
+        return Err(format!("first frame is {:?}, expected hello", header.kind));
+    }
+    let mut payload = Vec::new();
+    read_payload(r, header.len, &mut payload).await?;
+    let hello: PluginHello = hids_wire::decode("hello", &payload).map_err(|e| e.to_string())?;
+    if hello.protocol != PROTOCOL_VERSION {
+        return Err(format!(
+            "plugin speaks protocol {}, this agent speaks {PROTOCOL_VERSION}",
+            hello.protocol
+        ));
+    }
+    Ok(hello)
 }
 
 /// Checks an event frame and returns its sequence number. The sinks write one event per

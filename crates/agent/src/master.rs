@@ -1,0 +1,441 @@
+//! The master: what `hids-agent` runs once its configuration is checked. It starts the
+//! pipeline, the plugins and, when configured, the control-plane session; then it
+//! serves one loop (status ticks, the resource guard, desired-state updates, signals)
+//! until SIGTERM or SIGINT, and stops within the stop budget.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hids_control::publish::StatusPublisher;
+use hids_control::session::Update;
+use hids_control::state::ControlState;
+use hids_control::TrustedKeys;
+use hids_types::guard::GuardStatus;
+use hids_types::status::AgentStatus;
+use hids_types::Timestamp;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, Interval};
+
+use crate::cgroups::Cgroups;
+use crate::config::{Config, PluginSpec};
+use crate::events::{AgentEvents, Emitter, Unqueued, AGENT_STATS_EVERY};
+use crate::guard::{Breaker, Sampler, Transition, Usage};
+use crate::internal_events::guard::{GuardProbing, GuardRecovered, GuardTripped};
+use crate::logging::LogLevel;
+use crate::pipeline::{self, Outputs, PipelineCounters};
+use crate::plugins::{self, PluginManager};
+use crate::queue::{self, EventSender};
+use crate::status;
+use crate::supervisor::Context;
+
+/// From SIGTERM to exit, everything included (plugins, the pipeline's last delivery
+/// and spooling): what the README and the systemd unit promise.
+const STOP_BUDGET: Duration = Duration::from_millis(4800);
+/// Of the stop budget, what is kept for the pipeline's last delivery and spooling.
+const PIPELINE_AT_STOP: Duration = Duration::from_millis(1500);
+
+/// Who this agent is, as its status says.
+struct Identity {
+    host_id: String,
+    hostname: String,
+    /// `managed` (with a control plane) or `standalone`.
+    mode: &'static str,
+    ips: Vec<String>,
+    started_at: Timestamp,
+}
+
+pub struct Master {
+    config: Config,
+    /// The plugins of the local configuration, before any desired state.
+    specs: Vec<PluginSpec>,
+    me: Identity,
+    log: LogLevel,
+    manager: PluginManager,
+    control: ControlState,
+    breaker: Breaker,
+    sampler: Sampler,
+    usage: Usage,
+    agent_events: AgentEvents,
+    counters: Arc<PipelineCounters>,
+    cgroups: Cgroups,
+    publisher: StatusPublisher,
+    /// The status file could not be written last time (logged once per failing spell).
+    status_failed: bool,
+    updates: mpsc::Receiver<Update>,
+    shutdown: watch::Sender<bool>,
+    pipeline: pipeline::Handle,
+}
+
+impl Master {
+    /// Opens the outputs and starts the pipeline, the plugins and the control-plane
+    /// session, on the cached last good desired state when there is one.
+    ///
+    /// # Errors
+    /// When an output, the trusted keys or the etcd credentials cannot be used.
+    pub fn start(
+        config: Config,
+        specs: Vec<PluginSpec>,
+        host_id: String,
+        log: LogLevel,
+    ) -> anyhow::Result<Master> {
+        let hostname = hids_procfs::host::hostname();
+        if let Err(e) = std::fs::create_dir_all(&config.state_dir) {
+            tracing::warn!(
+                "cannot create state_dir {}: {e}; status and the desired-state cache will not be written (set state_dir)",
+                config.state_dir.display()
+            );
+        }
+        let counters = Arc::new(PipelineCounters::default());
+        let unqueued = Arc::new(Unqueued::default());
+        let (events, pipeline) =
+            start_pipeline(&config, &host_id, &hostname, &counters, &unqueued)?;
+        let agent_events = AgentEvents::new(&host_id, &hostname, events.clone(), unqueued);
+        let cgroups = Cgroups::detect();
+        cgroups.sweep_stale();
+        if specs.iter().any(|s| s.limits.any()) {
+            tracing::info!("per-plugin limits: {}", cgroups.describe());
+        }
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let ctx = Context {
+            host_id: host_id.clone(),
+            hostname: hostname.clone(),
+            supervisor: config.supervisor.clone(),
+            events,
+            cgroups: cgroups.clone(),
+            cgroup_warned: std::sync::atomic::AtomicBool::new(false),
+        };
+        let manager = PluginManager::new(Arc::new(ctx), shutdown_rx.clone());
+        // The control plane, when configured: the cached last good state first, so the
+        // agent runs on it whether or not etcd answers.
+        let (trusted, control) = match &config.control {
+            Some(c) => {
+                let trusted = TrustedKeys::load(&c.trusted_keys)?;
+                let control = ControlState::load(&config.state_dir, &trusted, &host_id);
+                (trusted, control)
+            }
+            None => (TrustedKeys::default(), ControlState::default()),
+        };
+        let (publisher, updates) = connect(
+            &config,
+            &host_id,
+            trusted,
+            control.applied_generation,
+            shutdown_rx,
+        )?;
+        let mode = if config.control.is_some() {
+            "managed"
+        } else {
+            "standalone"
+        };
+        let mut master = Master {
+            breaker: Breaker::new(config.guard.clone()),
+            config,
+            specs,
+            me: Identity {
+                host_id,
+                hostname,
+                mode,
+                ips: hids_procfs::host::addresses(),
+                started_at: Timestamp::now(),
+            },
+            log,
+            manager,
+            control,
+            sampler: Sampler::new(),
+            usage: Usage::default(),
+            agent_events,
+            counters,
+            cgroups,
+            publisher,
+            status_failed: false,
+            updates,
+            shutdown,
+            pipeline,
+        };
+        master.apply_all();
+        tracing::info!(
+            "hids-agent {} started: host {} ({}), {mode}",
+            env!("CARGO_PKG_VERSION"),
+            master.me.host_id,
+            master.me.hostname,
+        );
+        master.publish();
+        Ok(master)
+    }
+
+    /// Serves until SIGTERM or SIGINT, then stops.
+    ///
+    /// # Errors
+    /// When the signal handlers cannot be installed.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut tick = self.staggered(Duration::from_secs(self.config.status_interval_secs));
+        let mut guard_period = Duration::from_secs(self.breaker.config().interval_secs);
+        let mut guard_tick = self.staggered(guard_period);
+        let mut stats_tick = self.staggered(AGENT_STATS_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.publish(),
+                _ = stats_tick.tick() => self.agent_events.stats(&self.guard_status()),
+                _ = guard_tick.tick() => {
+                    self.guard_sample();
+                    let period = Duration::from_secs(self.breaker.config().interval_secs);
+                    if period != guard_period {
+                        guard_period = period;
+                        guard_tick = self.staggered(period);
+                    }
+                }
+                Some(update) = self.updates.recv() => self.take_update(update),
+                _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping plugins"); break; }
+                _ = sigint.recv() => { tracing::info!("SIGINT: stopping plugins"); break; }
+            }
+        }
+        self.stop().await;
+        Ok(())
+    }
+
+    /// Makes the plugins, the log level and the guard match the local configuration as
+    /// the desired state overrides it; every plugin held stopped while the guard holds
+    /// or the control plane says stop.
+    fn apply_all(&mut self) {
+        let body = &self.control.body;
+        let (effective, warnings) = plugins::effective_specs(&self.specs, body);
+        for w in warnings {
+            tracing::warn!("desired state: {w}");
+        }
+        if let Some(level) = &body.log_level {
+            if let Err(e) = self.log.set(level) {
+                tracing::warn!("desired state: {e}");
+            }
+        }
+        let wanted_guard = body
+            .guard
+            .clone()
+            .unwrap_or_else(|| self.config.guard.clone());
+        if *self.breaker.config() != wanted_guard {
+            let problems = wanted_guard.problems("desired guard");
+            if problems.is_empty() {
+                self.breaker.set_config(wanted_guard);
+            } else {
+                tracing::warn!(
+                    "desired state: {}; keeping the guard settings",
+                    problems.join("; ")
+                );
+            }
+        }
+        let hold = self.control.stopped || self.breaker.holding();
+        self.manager.apply(&effective, hold);
+    }
+
+    /// One guard sample of the agent and every plugin; a transition is emitted, applied
+    /// and published at once.
+    fn guard_sample(&mut self) {
+        let mut procs = vec![("agent".to_owned(), std::process::id())];
+        procs.extend(
+            self.manager
+                .statuses()
+                .into_iter()
+                .filter_map(|p| Some((p.name, p.pid?))),
+        );
+        self.usage = self.sampler.sample(&procs);
+        let now = std::time::Instant::now();
+        let (cpu, rss) = (self.usage.cpu_percent, self.usage.rss_mb);
+        let Some(transition) = self
+            .breaker
+            .tick(now)
+            .or_else(|| self.breaker.sample(now, cpu, rss))
+        else {
+            return;
+        };
+        let status = self.guard_status();
+        let events = &mut self.agent_events;
+        match &transition {
+            Transition::Tripped(reason) => GuardTripped {
+                reason,
+                status: &status,
+            }
+            .emit(events),
+            Transition::Probing => GuardProbing {
+                probe_secs: self.breaker.config().probe_secs,
+                status: &status,
+            }
+            .emit(events),
+            Transition::Recovered => GuardRecovered { status: &status }.emit(events),
+        }
+        self.apply_all();
+        self.publish();
+    }
+
+    /// What the control-plane session says: a new desired state is applied and cached.
+    fn take_update(&mut self, update: Update) {
+        if let Some(actions) = self.control.take(update) {
+            self.apply_all();
+            for name in actions.restart {
+                if !self.manager.restart(&name) {
+                    tracing::warn!("restart_plugin: no plugin {name:?} on this host");
+                }
+            }
+            let state_dir = &self.config.state_dir;
+            if let Err(e) = self.control.save(state_dir) {
+                tracing::warn!(
+                    "cannot cache the desired state in {}: {e}",
+                    state_dir.display()
+                );
+            }
+            tracing::info!(
+                "applied desired state generation {}",
+                self.control.applied_generation
+            );
+        }
+        self.publish();
+    }
+
+    fn guard_status(&self) -> GuardStatus {
+        self.breaker.status(&self.usage)
+    }
+
+    fn snapshot(&self) -> AgentStatus {
+        AgentStatus {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            host_id: self.me.host_id.clone(),
+            hostname: self.me.hostname.clone(),
+            pid: std::process::id(),
+            mode: self.me.mode.to_owned(),
+            labels: self.config.labels.clone(),
+            ips: self.me.ips.clone(),
+            applied_generation: self.control.applied_generation,
+            desired_error: self.control.desired_error.clone(),
+            desired_revision: self.control.desired_revision,
+            stopped_by_command: self.control.stopped,
+            started_at: self.me.started_at,
+            updated_at: Timestamp::now(),
+            plugins: self.manager.statuses(),
+            pipeline: self.counters.status(),
+            guard: Some(self.guard_status()),
+            cut: None,
+        }
+    }
+
+    /// The status, to the file and to the session.
+    fn publish(&mut self) {
+        let mut doc = self.snapshot();
+        // Cut before the file and etcd alike: a status over etcd's request limit is
+        // refused on every write (see hids_types::status::STATUS_MAX_BYTES).
+        doc.fit(hids_types::status::STATUS_MAX_BYTES);
+        let state_dir = &self.config.state_dir;
+        match status::write(state_dir, &doc) {
+            Ok(()) => self.status_failed = false,
+            Err(e) if !self.status_failed => {
+                self.status_failed = true;
+                tracing::warn!("cannot write {}: {e}", status::path(state_dir).display());
+            }
+            Err(_) => {}
+        }
+        // etcd is written at once only on a real change; counters and resource figures
+        // ride along with the periodic refresh and go out in the stats events.
+        self.publisher.publish(&doc);
+    }
+
+    /// Periodic work is phase-shifted by the host's stagger offset, so a fleet does not
+    /// act in the same second.
+    fn staggered(&self, period: Duration) -> Interval {
+        let offset = hids_types::stagger::offset(&self.me.host_id, period);
+        let mut t = tokio::time::interval_at(Instant::now() + offset, period);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    }
+
+    /// Stops the plugins, then the pipeline, within the stop budget.
+    async fn stop(mut self) {
+        let stopping = Instant::now();
+        self.pipeline.stop_by((stopping + STOP_BUDGET).into_std());
+        let _ = self.shutdown.send(true);
+        // Each plugin gets its stop timeout; the agent must be gone within 5 s regardless,
+        // and dropping a task's child kills it.
+        // What the plugins may take leaves the pipeline at least PIPELINE_AT_STOP.
+        let deadline = Duration::from_millis(self.config.supervisor.stop_timeout_ms + 500)
+            .min(STOP_BUDGET.saturating_sub(PIPELINE_AT_STOP));
+        if !self.manager.join(deadline).await {
+            tracing::warn!("plugins did not stop in time; killed");
+        }
+        let _ = status::write(&self.config.state_dir, &self.snapshot());
+        let names: Vec<String> = self.specs.iter().map(|s| s.name.clone()).collect();
+        self.cgroups.remove_all(&names);
+        // The pipeline ends once every sender of its queue is gone: the plugin tasks' (in
+        // the manager) and the agent's own. It then declares where every run ended, gives
+        // Kafka what is left of the budget and spools the rest; the process must not exit
+        // under it, or what librdkafka holds is lost.
+        let Master {
+            manager,
+            agent_events,
+            pipeline,
+            ..
+        } = self;
+        drop(manager);
+        drop(agent_events);
+        let left = (stopping + STOP_BUDGET).saturating_duration_since(Instant::now());
+        if !pipeline.join(left).await {
+            tracing::error!(
+                "the pipeline did not finish within the stop budget; events it held may be lost"
+            );
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Opens the outputs and starts the pipeline thread; returns the sending side of its
+/// queue.
+fn start_pipeline(
+    config: &Config,
+    host_id: &str,
+    hostname: &str,
+    counters: &Arc<PipelineCounters>,
+    unqueued: &Arc<Unqueued>,
+) -> anyhow::Result<(EventSender, pipeline::Handle)> {
+    let (events, events_rx) =
+        queue::channel(config.pipeline.queue_events, config.pipeline.queue_bytes);
+    let outputs = Outputs::open(config, host_id, counters)?;
+    let handle = pipeline::start(
+        events_rx,
+        outputs,
+        counters.clone(),
+        unqueued.clone(),
+        Emitter::new(host_id, hostname, "pipeline"),
+        hids_types::stagger::offset(host_id, Duration::from_secs(60)),
+    )?;
+    Ok((events, handle))
+}
+
+/// The status publisher and the updates from the control-plane session, started here
+/// when configured (standalone, no update ever comes).
+///
+/// # Errors
+/// When the etcd credentials cannot be used.
+fn connect(
+    config: &Config,
+    host_id: &str,
+    trusted: TrustedKeys,
+    applied_generation: u64,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<(StatusPublisher, mpsc::Receiver<Update>)> {
+    let (publisher, status_rx) = StatusPublisher::new();
+    let (updates_tx, updates_rx) = mpsc::channel(16);
+    if let Some(c) = &config.control {
+        let session = hids_control::session::Session::new(
+            hids_control::session::SessionConfig {
+                etcd: c.etcd()?,
+                keys: hids_control::Keys::new(&c.prefix),
+                host_id: host_id.to_owned(),
+                lease_ttl: Duration::from_secs(c.lease_ttl_secs),
+                status_refresh: Duration::from_secs(c.status_refresh_secs),
+                status_min_gap: Duration::from_millis(500),
+            },
+            trusted,
+            applied_generation,
+        );
+        tokio::spawn(session.run(status_rx, updates_tx, shutdown));
+    }
+    Ok((publisher, updates_rx))
+}
