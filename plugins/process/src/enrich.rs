@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use hids_plugin_sdk::Output;
 use hids_procfs as procfs;
 use hids_types::event::{
-    CharDevice, Container, Event, EventMeta, Group, Hids, Host, Process, ProcessRef, Tty, User,
-    UserRef,
+    CharDevice, Container, Event, Group, Process, ProcessRef, Producer, Tty, User, UserRef,
 };
 use hids_types::Timestamp;
 
@@ -102,9 +101,7 @@ struct Tally {
 
 pub struct Enricher {
     cfg: EnrichConfig,
-    host: Host,
-    plugin: Arc<str>,
-    run_id: Arc<str>,
+    producer: Producer,
     out: Output,
     counters: Arc<Counters>,
     table: Table,
@@ -118,22 +115,16 @@ pub struct Enricher {
 }
 
 impl Enricher {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: EnrichConfig,
-        host: Host,
-        plugin: Arc<str>,
-        run_id: Arc<str>,
+        producer: Producer,
         out: Output,
         counters: Arc<Counters>,
         table: Table,
     ) -> Self {
         Enricher {
             cfg,
-            host,
-            plugin,
-            run_id,
-
+            producer,
             out,
             counters,
             table,
@@ -153,8 +144,8 @@ impl Enricher {
         let mut next_tick = Instant::now() + tick;
         // The first stats record is shifted by the host's stagger offset, so a fleet's
         // records do not all arrive in the same second.
-        let mut next_stats =
-            Instant::now() + hids_types::stagger::offset(&self.host.id, self.cfg.stats_interval);
+        let mut next_stats = Instant::now()
+            + hids_types::stagger::offset(&self.producer.host.id, self.cfg.stats_interval);
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
@@ -495,17 +486,11 @@ impl Enricher {
         }
     }
 
+    /// An event of the process category; its sequence is taken when it is written.
     fn base(&self, ts_ns: u64, type_: &str, action: &str) -> Event {
-        Event {
-            timestamp: self.clocks.wall_from_mono(ts_ns),
-            event: EventMeta::new("event", "process", type_, action, &self.plugin),
-            host: self.host.clone(),
-            process: None,
-            user: None,
-            group: None,
-            container: None,
-            hids: Hids::new(self.plugin.clone(), self.run_id.clone()),
-        }
+        let timestamp = self.clocks.wall_from_mono(ts_ns);
+        self.producer
+            .event(timestamp, 0, "event", "process", type_, action)
     }
 
     fn emit(&mut self, mut ev: Event) -> std::io::Result<()> {
@@ -545,9 +530,10 @@ impl Enricher {
             "table": { "entries": self.table.len(), "evicted": self.table.evicted },
         });
         let health = serde_json::to_vec(&stats).map_err(std::io::Error::other)?;
-        let mut ev = self.base(monotonic_ns(), "info", "stats");
-        ev.event.kind = "metric".to_owned();
-        ev.event.category = vec!["host".to_owned()];
+        let timestamp = self.clocks.wall_from_mono(monotonic_ns());
+        let mut ev = self
+            .producer
+            .event(timestamp, 0, "metric", "host", "info", "stats");
         ev.hids.stats = Some(stats);
         self.emit(ev)?;
         self.out.health(&health)

@@ -22,7 +22,6 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use hids_netlink::{ProcSocket, SocketOptions};
 use hids_plugin_sdk::Session;
-use hids_types::event::Host;
 
 use crate::capture::{CaptureConfig, Counters};
 use crate::ebpf::{EbpfOptions, Refused};
@@ -287,10 +286,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         started.backend,
         table.len()
     );
-    let host = Host {
-        id: session.hello.host_id.as_str().into(),
-        hostname: session.hello.hostname.as_str().into(),
-    };
     let enricher = Enricher::new(
         EnrichConfig {
             capture: started.backend,
@@ -298,9 +293,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             emit,
             stats_interval: Duration::from_secs(args.stats_interval_secs.max(1)),
         },
-        host,
-        session.hello.plugin.as_str().into(),
-        session.hello.run_id.as_str().into(),
+        session.producer(),
         session.output(),
         counters,
         table,
