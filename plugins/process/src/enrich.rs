@@ -14,9 +14,8 @@ use hids_types::event::{
 };
 use hids_types::Timestamp;
 
-use crate::capture::{monotonic_ns, Batch, Counters, Raw};
-use crate::ebpf::KernelExec;
-use crate::snapshot::{Gap, Snapshot};
+use crate::capture::snapshot::{Gap, Snapshot};
+use crate::capture::{monotonic_ns, Batch, Counters, KernelExec, Raw};
 use crate::table::{keep_args, Entry, Table};
 use crate::users::Names;
 

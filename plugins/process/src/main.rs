@@ -8,9 +8,7 @@
 //! the reason, and counted. See `docs/events.md` for the events.
 
 mod capture;
-mod ebpf;
 mod enrich;
-mod snapshot;
 mod table;
 mod users;
 
@@ -23,8 +21,8 @@ use clap::{Parser, ValueEnum};
 use hids_netlink::{ProcSocket, SocketOptions};
 use hids_plugin_sdk::Session;
 
-use crate::capture::{CaptureConfig, Counters};
-use crate::ebpf::{EbpfOptions, Refused};
+use crate::capture::ebpf::{self, EbpfOptions, Refused};
+use crate::capture::{cn_proc, CaptureConfig, Counters};
 use crate::enrich::{Emit, EnrichConfig, Enricher};
 use crate::table::Table;
 
@@ -123,7 +121,7 @@ fn spawn_ids_capture(
     .and_then(|sock| {
         Ok(std::thread::Builder::new()
             .name("capture-ids".into())
-            .spawn(move || capture::run(sock, tx, cfg, counters, shutdown))?)
+            .spawn(move || cn_proc::run(sock, tx, cfg, counters, shutdown))?)
     });
     match spawned {
         Ok(_) => tracing::info!(
@@ -254,7 +252,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                     backend: "cn_proc",
                     fallback,
                 }));
-                capture::run(sock, tx, cfg, counters, shutdown)
+                cn_proc::run(sock, tx, cfg, counters, shutdown)
             },
         )?
     };
