@@ -10,7 +10,6 @@
 mod capture;
 mod enrich;
 mod table;
-mod users;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
