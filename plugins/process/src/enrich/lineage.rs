@@ -13,15 +13,22 @@ pub fn process_ref(table: &Table, pid: u32) -> ProcessRef {
         ..Default::default()
     };
     if let Some(e) = table.get(pid) {
-        r.entity_id = e.entity_id(pid);
-        r.name = e.name.as_deref().map(str::to_owned);
-        r.executable = e.exe.as_deref().map(str::to_owned);
+        (r.entity_id, r.name, r.executable) = names(e, pid);
         if let Some(args) = &e.args {
             r.command_line = Some(procfs::command_line(args));
             r.args = Some(args.to_vec());
         }
     }
     r
+}
+
+/// What names a known process: entity id, name, executable.
+fn names(e: &Entry, pid: u32) -> (Option<String>, Option<String>, Option<String>) {
+    (
+        e.entity_id(pid),
+        e.name.as_deref().map(str::to_owned),
+        e.exe.as_deref().map(str::to_owned),
+    )
 }
 
 /// The parent of a process that exec'd; `before` is what the table knew of the process
@@ -48,9 +55,7 @@ pub fn known_process(table: &Table, pid: u32) -> Process {
         ..Default::default()
     };
     if let Some(e) = table.get(pid) {
-        p.entity_id = e.entity_id(pid);
-        p.name = e.name.as_deref().map(str::to_owned);
-        p.executable = e.exe.as_deref().map(str::to_owned);
+        (p.entity_id, p.name, p.executable) = names(e, pid);
         if e.ppid != 0 {
             p.parent = Some(ProcessRef {
                 pid: e.ppid,

@@ -116,31 +116,36 @@ fn small_records() {
         }
         v
     };
-    assert_eq!(
-        parse(&rec(kind::FORK, 9, 0)),
-        Some(Record::Done(Raw::Fork {
-            ts_ns: 5,
-            parent: 9,
-            child: 10
-        }))
-    );
-    assert_eq!(
-        parse(&rec(kind::EXIT, 256, 0)),
-        Some(Record::Done(Raw::Exit {
-            ts_ns: 5,
-            pid: 10,
-            exit_code: 256
-        }))
-    );
-    assert_eq!(
-        parse(&rec(kind::UID, 1, 0)),
-        Some(Record::Done(Raw::Uid {
-            ts_ns: 5,
-            pid: 10,
-            ruid: 1,
-            euid: 0
-        }))
-    );
+    let cases = [
+        (
+            rec(kind::FORK, 9, 0),
+            Raw::Fork {
+                ts_ns: 5,
+                parent: 9,
+                child: 10,
+            },
+        ),
+        (
+            rec(kind::EXIT, 256, 0),
+            Raw::Exit {
+                ts_ns: 5,
+                pid: 10,
+                exit_code: 256,
+            },
+        ),
+        (
+            rec(kind::UID, 1, 0),
+            Raw::Uid {
+                ts_ns: 5,
+                pid: 10,
+                ruid: 1,
+                euid: 0,
+            },
+        ),
+    ];
+    for (bytes, want) in cases {
+        assert_eq!(parse(&bytes), Some(Record::Done(want)));
+    }
     assert_eq!(parse(&rec(77, 0, 0)), None);
 }
 
