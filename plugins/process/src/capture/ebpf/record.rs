@@ -35,44 +35,44 @@ pub const ARGS_CAP: usize = 24 * 1024;
 
 /// The fields every record starts with.
 mod header {
-    use super::Field;
-    pub const TS_NS: Field = 0..8;
-    pub const KIND: Field = 8..12;
-    pub const PID: Field = 12..16;
+    use std::ops::Range;
+    pub const TS_NS: Range<usize> = 0..8;
+    pub const KIND: Range<usize> = 8..12;
+    pub const PID: Range<usize> = 12..16;
     pub const LEN: usize = PID.end;
 }
 
 /// `struct small_event`: fork (`a` = parent), exit (`a` = wait status), uid (`a` = ruid,
 /// `b` = euid), gid (`a` = rgid, `b` = egid), sid.
 mod small {
-    use super::Field;
-    pub const A: Field = 16..20;
-    pub const B: Field = 20..24;
+    use std::ops::Range;
+    pub const A: Range<usize> = 16..20;
+    pub const B: Range<usize> = 20..24;
     pub const LEN: usize = B.end;
 }
 
 /// `struct exec_event` up to `data`: then `args_len` bytes of NUL-separated arguments
 /// and `filename_len` bytes of path.
 mod exec {
-    use super::Field;
-    pub const START_BOOTTIME_NS: Field = 16..24;
-    pub const CGROUP_ID: Field = 24..32;
-    pub const TID: Field = 32..36;
-    pub const PPID: Field = 36..40;
-    pub const UID: Field = 40..44;
-    pub const EUID: Field = 44..48;
-    pub const GID: Field = 48..52;
-    pub const EGID: Field = 52..56;
-    pub const LOGINUID: Field = 56..60;
-    pub const SESSIONID: Field = 60..64;
-    pub const SID: Field = 64..68;
-    pub const TTY_MAJOR: Field = 68..72;
-    pub const TTY_MINOR: Field = 72..76;
-    pub const PID_NS: Field = 76..80;
-    pub const FLAGS: Field = 80..84;
-    pub const ARGS_LEN: Field = 84..88;
-    pub const FILENAME_LEN: Field = 88..92;
-    pub const COMM: Field = 92..108;
+    use std::ops::Range;
+    pub const START_BOOTTIME_NS: Range<usize> = 16..24;
+    pub const CGROUP_ID: Range<usize> = 24..32;
+    pub const TID: Range<usize> = 32..36;
+    pub const PPID: Range<usize> = 36..40;
+    pub const UID: Range<usize> = 40..44;
+    pub const EUID: Range<usize> = 44..48;
+    pub const GID: Range<usize> = 48..52;
+    pub const EGID: Range<usize> = 52..56;
+    pub const LOGINUID: Range<usize> = 56..60;
+    pub const SESSIONID: Range<usize> = 60..64;
+    pub const SID: Range<usize> = 64..68;
+    pub const TTY_MAJOR: Range<usize> = 68..72;
+    pub const TTY_MINOR: Range<usize> = 72..76;
+    pub const PID_NS: Range<usize> = 76..80;
+    pub const FLAGS: Range<usize> = 80..84;
+    pub const ARGS_LEN: Range<usize> = 84..88;
+    pub const FILENAME_LEN: Range<usize> = 88..92;
+    pub const COMM: Range<usize> = 92..108;
     /// Where `data` begins (`EXEC_HEADER_BYTES` in C).
     pub const DATA: usize = COMM.end;
 }
