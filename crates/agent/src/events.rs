@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use hids_types::event::{Event, EventMeta, Hids, Host};
+use hids_types::event::{Hids, Host, Producer};
 use hids_types::guard::GuardStatus;
 use hids_types::Timestamp;
 
@@ -48,20 +48,13 @@ impl Emitter {
         fill: impl FnOnce(&mut Hids),
     ) -> Vec<u8> {
         self.seq += 1;
-        let mut event = EventMeta::new(kind, category, type_, action, &self.plugin);
-        event.sequence = self.seq;
-        let mut hids = Hids::new(self.plugin.clone(), self.run_id.clone());
-        fill(&mut hids);
-        let ev = Event {
-            timestamp: Timestamp::now(),
-            event,
+        let producer = Producer {
             host: self.host.clone(),
-            process: None,
-            user: None,
-            group: None,
-            container: None,
-            hids,
+            plugin: self.plugin.clone(),
+            run_id: self.run_id.clone(),
         };
+        let mut ev = producer.event(Timestamp::now(), self.seq, kind, category, type_, action);
+        fill(&mut ev.hids);
         // Plain data with string keys: serialization cannot fail.
         serde_json::to_vec(&ev).unwrap_or_default()
     }

@@ -249,9 +249,19 @@ pub fn parse_connector(body: &[u8]) -> Result<Message, ParseError> {
     let what = u32_at(ev, 0);
     let cpu = u32_at(ev, 4);
     let timestamp_ns = u64_at(ev, 8);
-    let d = &ev[PROC_EVENT_HDR_LEN..];
+    Ok(Message::Event(ProcEvent {
+        cpu,
+        timestamp_ns,
+        cn_seq,
+        cn_ack,
+        data: event_data(what, &ev[PROC_EVENT_HDR_LEN..])?,
+    }))
+}
+
+/// Parses `event_data`, the union after the `proc_event` header, by its type `what`.
+fn event_data(what: u32, d: &[u8]) -> Result<EventData, ParseError> {
     let opt = |off: usize| (d.len() >= off + 4).then(|| u32_at(d, off));
-    let data = match what {
+    Ok(match what {
         PROC_EVENT_NONE => {
             need("ack", d, 4)?;
             EventData::Ack { err: u32_at(d, 0) }
@@ -337,14 +347,7 @@ pub fn parse_connector(body: &[u8]) -> Result<Message, ParseError> {
             }
         }
         other => EventData::Unknown { what: other },
-    };
-    Ok(Message::Event(ProcEvent {
-        cpu,
-        timestamp_ns,
-        cn_seq,
-        cn_ack,
-        data,
-    }))
+    })
 }
 
 /// Builds the datagram that subscribes to (`PROC_CN_MCAST_LISTEN`) or unsubscribes from

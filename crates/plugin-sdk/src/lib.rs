@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
+use hids_types::event::{Host, Producer};
 use hids_wire::{
     Control, Kind, MasterHello, PluginHello, WireError, DEFAULT_MAX_PAYLOAD, PROTOCOL_VERSION,
 };
@@ -128,6 +129,19 @@ impl Session {
     /// Where events and health go; cheap to clone and share between threads.
     pub fn output(&self) -> Output {
         self.output.clone()
+    }
+
+    /// Who this plugin's events come from, as the master's hello names it: the envelope
+    /// of every event the plugin writes.
+    pub fn producer(&self) -> Producer {
+        Producer {
+            host: Host {
+                id: self.hello.host_id.as_str().into(),
+                hostname: self.hello.hostname.as_str().into(),
+            },
+            plugin: self.hello.plugin.as_str().into(),
+            run_id: self.hello.run_id.as_str().into(),
+        }
     }
 
     /// Set when the master asked us to stop or went away (stdin closed).

@@ -173,42 +173,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         anyhow::bail!("--agents: give at least 1");
     }
     let trusted = trusted_keys(cli.trusted_key.as_ref())?;
-    let etcd = EtcdConfig {
-        endpoints: cli.endpoints.clone(),
-        user: match &cli.user {
-            Some(u) => Some(
-                u.split_once(':')
-                    .map(|(u, p)| (u.to_owned(), p.to_owned()))
-                    .ok_or_else(|| anyhow::anyhow!("--user: give user:password"))?,
-            ),
-            None => None,
-        },
-        tls: cli.ca_file.clone().map(|ca| TlsFiles {
-            ca,
-            cert: cli.cert_file.clone(),
-            key: cli.key_file.clone(),
-        }),
-    };
-    let connections = cli
-        .connections
-        .unwrap_or(cli.agents.div_ceil(10_000))
-        .clamp(1, cli.agents);
-    let mut clients = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        clients.push(Arc::new(etcd.connect().await?));
-    }
-    let slots: Vec<Arc<tokio::sync::Semaphore>> = (0..connections)
-        .map(|_| Arc::new(tokio::sync::Semaphore::new(cli.rpc_slots.max(1))))
-        .collect();
-    let hubs: Vec<WatchHub> = match cli.watch_streams {
-        WatchStreams::Own => Vec::new(),
-        WatchStreams::Shared(k) => (0..k)
-            .map(|i| WatchHub::new(Client::clone(&clients[i % clients.len()])))
-            .collect(),
-    };
+    let etcd = etcd_config(&cli)?;
+    let connections = Connections::open(&cli, &etcd).await?;
     eprintln!(
-        "hids-sim: starting {} agents over {connections} connection(s), watch streams: {}",
-        cli.agents, cli.watch_streams
+        "hids-sim: starting {} agents over {} connection(s), watch streams: {}",
+        cli.agents,
+        connections.clients.len(),
+        cli.watch_streams
     );
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -226,9 +197,90 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         guard: guard_rx,
         guard_period,
     });
-    let counters = &fleet.counters;
-    let keys = Keys::new(&cli.prefix);
     let started = Instant::now();
+    let (agents, agent_state_bytes) =
+        spawn_agents(&cli, (&etcd, &trusted), &connections, &fleet, &shutdown_rx);
+    let Connections { clients, hubs, .. } = connections;
+    let startup = Startup {
+        started,
+        connections: clients.len(),
+        agent_state_bytes,
+    };
+    drop(clients);
+    run_until_signal(&cli, &fleet.counters, &hubs, &startup).await?;
+    stop(agents, &shutdown_tx).await;
+    Ok(())
+}
+
+/// `--endpoints`, `--user`, `--ca-file`, `--cert-file`, `--key-file`.
+fn etcd_config(cli: &Cli) -> anyhow::Result<EtcdConfig> {
+    Ok(EtcdConfig {
+        endpoints: cli.endpoints.clone(),
+        user: match &cli.user {
+            Some(u) => Some(
+                u.split_once(':')
+                    .map(|(u, p)| (u.to_owned(), p.to_owned()))
+                    .ok_or_else(|| anyhow::anyhow!("--user: give user:password"))?,
+            ),
+            None => None,
+        },
+        tls: cli.ca_file.clone().map(|ca| TlsFiles {
+            ca,
+            cert: cli.cert_file.clone(),
+            key: cli.key_file.clone(),
+        }),
+    })
+}
+
+/// The gRPC connections the agents share, each with its request slots, and the shared
+/// watch streams (none with `--watch-streams own`).
+struct Connections {
+    clients: Vec<Arc<Client>>,
+    slots: Vec<Arc<tokio::sync::Semaphore>>,
+    hubs: Vec<WatchHub>,
+}
+
+impl Connections {
+    async fn open(cli: &Cli, etcd: &EtcdConfig) -> anyhow::Result<Connections> {
+        let connections = cli
+            .connections
+            .unwrap_or(cli.agents.div_ceil(10_000))
+            .clamp(1, cli.agents);
+        let mut clients = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            clients.push(Arc::new(etcd.connect().await?));
+        }
+        let slots = (0..connections)
+            .map(|_| Arc::new(tokio::sync::Semaphore::new(cli.rpc_slots.max(1))))
+            .collect();
+        let hubs = match cli.watch_streams {
+            WatchStreams::Own => Vec::new(),
+            WatchStreams::Shared(k) => (0..k)
+                .map(|i| WatchHub::new(Client::clone(&clients[i % clients.len()])))
+                .collect(),
+        };
+        Ok(Connections {
+            clients,
+            slots,
+            hubs,
+        })
+    }
+}
+
+/// Starts every virtual agent; returns their tasks and what one agent's task holds.
+fn spawn_agents(
+    cli: &Cli,
+    (etcd, trusted): (&EtcdConfig, &TrustedKeys),
+    connections: &Connections,
+    fleet: &Arc<Fleet>,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> (tokio::task::JoinSet<()>, usize) {
+    let Connections {
+        clients,
+        slots,
+        hubs,
+    } = connections;
+    let keys = Keys::new(&cli.prefix);
     let mut agents = tokio::task::JoinSet::new();
     let mut agent_state_bytes = 0;
     for i in 0..cli.agents {
@@ -245,7 +297,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             trusted.clone(),
             0,
         )
-        .with_rpc_slots(slots[i % connections].clone());
+        .with_rpc_slots(slots[i % slots.len()].clone());
         if !hubs.is_empty() {
             session = session.with_shared_watch(hubs[i % hubs.len()].clone());
         }
@@ -254,15 +306,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             session,
             clients[i % clients.len()].clone(),
             fleet.clone(),
-            shutdown_rx.clone(),
+            shutdown.clone(),
         );
         // What one agent's control-plane task holds while idle (heap beyond it: its
         // status document and last desired state, about 2 KB).
         agent_state_bytes = std::mem::size_of_val(&agent);
         agents.spawn(agent);
     }
-    drop(clients);
+    (agents, agent_state_bytes)
+}
 
+/// What the READY line reports.
+struct Startup {
+    started: Instant,
+    connections: usize,
+    agent_state_bytes: usize,
+}
+
+/// Reports progress until every agent is registered (then prints READY), and the
+/// fleet's counters every `--report`, until SIGINT or SIGTERM.
+async fn run_until_signal(
+    cli: &Cli,
+    counters: &Counters,
+    hubs: &[WatchHub],
+    startup: &Startup,
+) -> anyhow::Result<()> {
+    let Startup {
+        started,
+        connections,
+        agent_state_bytes,
+    } = startup;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut progress = tokio::time::interval(Duration::from_secs(5));
@@ -300,8 +373,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
         }
     }
+    Ok(())
+}
+
+/// Stops every agent (each revokes its lease), waiting at most 15 s.
+async fn stop(mut agents: tokio::task::JoinSet<()>, shutdown: &tokio::sync::watch::Sender<bool>) {
     eprintln!("hids-sim: stopping: revoking every lease");
-    let _ = shutdown_tx.send(true);
+    let _ = shutdown.send(true);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while !agents.is_empty() {
         match tokio::time::timeout_at(deadline, agents.join_next()).await {
@@ -315,5 +393,4 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
 }

@@ -272,6 +272,46 @@ impl<'a> EventIds<'a> {
     }
 }
 
+/// Who writes a stream of events: the host, the stream's name (`hids.plugin`, also in
+/// `event.dataset`) and its run. Every producer, the agent's own streams and every
+/// plugin, builds its events' envelope here, so the fields that name an event are
+/// written one way.
+#[derive(Debug, Clone)]
+pub struct Producer {
+    pub host: Host,
+    pub plugin: Arc<str>,
+    pub run_id: Arc<str>,
+}
+
+impl Producer {
+    /// An event of this stream: `@timestamp`, `event.*` (ECS `kind`, `category`, `type`,
+    /// our `action`, and `sequence`, the event's position in the run from 1), `host` and
+    /// `hids.plugin`/`hids.run_id`; nothing else, the caller adds the details.
+    pub fn event(
+        &self,
+        timestamp: Timestamp,
+        sequence: u64,
+        kind: &str,
+        category: &str,
+        type_: &str,
+        action: &str,
+    ) -> Event {
+        Event {
+            timestamp,
+            event: EventMeta {
+                sequence,
+                ..EventMeta::new(kind, category, type_, action, &self.plugin)
+            },
+            host: self.host.clone(),
+            process: None,
+            user: None,
+            group: None,
+            container: None,
+            hids: Hids::new(self.plugin.clone(), self.run_id.clone()),
+        }
+    }
+}
+
 impl Hids {
     pub fn new(plugin: Arc<str>, run_id: Arc<str>) -> Self {
         Hids {
@@ -321,6 +361,30 @@ mod tests {
         assert!(EventIds::parse(forged).unwrap().declares());
         assert!(EventIds::parse(b"{\"event\":{}}").is_err());
         assert!(EventIds::parse(b"not json").is_err());
+    }
+
+    #[test]
+    fn producer_writes_the_envelope_and_nothing_else() {
+        let producer = Producer {
+            host: Host {
+                id: "h1".into(),
+                hostname: "web-1".into(),
+            },
+            plugin: "agent".into(),
+            run_id: "r1".into(),
+        };
+        let ev = producer.event(
+            Timestamp::from_unix_nanos(0),
+            7,
+            "metric",
+            "host",
+            "info",
+            "stats",
+        );
+        assert_eq!(
+            serde_json::to_string(&ev).unwrap(),
+            r#"{"@timestamp":"1970-01-01T00:00:00.000000Z","event":{"kind":"metric","category":["host"],"type":["info"],"action":"stats","sequence":7,"module":"hids","dataset":"hids.agent"},"host":{"id":"h1","hostname":"web-1"},"hids":{"plugin":"agent","run_id":"r1"}}"#
+        );
     }
 
     #[test]

@@ -7,25 +7,22 @@
 //! reported; a process gone before that read is still reported, marked incomplete with
 //! the reason, and counted. See `docs/events.md` for the events.
 
+mod backend;
 mod capture;
-mod ebpf;
 mod enrich;
-mod snapshot;
 mod table;
-mod users;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
-use hids_netlink::{ProcSocket, SocketOptions};
+use clap::Parser;
 use hids_plugin_sdk::Session;
-use hids_types::event::Host;
 
+use crate::backend::{Backend, CaptureThread, Started};
+use crate::capture::ebpf::EbpfOptions;
 use crate::capture::{CaptureConfig, Counters};
-use crate::ebpf::{EbpfOptions, Refused};
 use crate::enrich::{Emit, EnrichConfig, Enricher};
 use crate::table::Table;
 
@@ -89,55 +86,6 @@ struct Args {
     proc_root: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Backend {
-    Auto,
-    Ebpf,
-    #[value(name = "cn_proc")]
-    CnProc,
-}
-
-/// What the capture thread reports once events flow.
-struct Started {
-    backend: &'static str,
-    /// Why eBPF is not in use although it was allowed.
-    fallback: Option<String>,
-}
-
-/// Where eBPF cannot hook credential changes, setuid, setgid and setsid come from the
-/// proc connector, which reports them on every kernel; exec, fork and exit stay eBPF's.
-fn spawn_ids_capture(
-    why: &str,
-    cfg: CaptureConfig,
-    recv_buffer_bytes: usize,
-    (tx, counters, shutdown): (
-        mpsc::SyncSender<capture::Batch>,
-        Arc<Counters>,
-        Arc<AtomicBool>,
-    ),
-) {
-    let spawned = ProcSocket::open(&SocketOptions {
-        recv_buffer_bytes: recv_buffer_bytes.min(1 << 20),
-        recv_timeout: Duration::from_millis(500),
-    })
-    .map_err(anyhow::Error::from)
-    .and_then(|sock| {
-        Ok(std::thread::Builder::new()
-            .name("capture-ids".into())
-            .spawn(move || capture::run(sock, tx, cfg, counters, shutdown))?)
-    });
-    match spawned {
-        Ok(_) => tracing::info!(
-            "eBPF cannot hook credential changes here ({why}); setuid, setgid and setsid \
-             come from the proc connector"
-        ),
-        Err(e) => tracing::warn!(
-            "setuid, setgid and setsid are not reported: eBPF cannot hook them ({why}) and \
-             the proc connector failed: {e:#}"
-        ),
-    }
-}
-
 fn parse_emit(kinds: &[String]) -> anyhow::Result<Emit> {
     let mut emit = Emit::default();
     for k in kinds {
@@ -177,88 +125,31 @@ fn run(args: Args) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::sync_channel(args.queue_batches.max(1));
     let (started_tx, started_rx) = mpsc::channel::<anyhow::Result<Started>>();
     let shutdown = Arc::new(AtomicBool::new(false));
-    let capture = {
-        let cfg = CaptureConfig {
-            proc_root: args.proc_root.clone(),
-            max_args_bytes: args.max_args_bytes.max(256),
-            queue_bytes: args.queue_bytes,
-            max_pending: args.max_pending_events.max(64),
-            linger: Duration::from_micros(args.linger_us),
-            only_ids: false,
-        };
-        let ebpf_opts = EbpfOptions {
+    let cfg = CaptureConfig {
+        proc_root: args.proc_root.clone(),
+        max_args_bytes: args.max_args_bytes.max(256),
+        queue_bytes: args.queue_bytes,
+        max_pending: args.max_pending_events.max(64),
+        linger: Duration::from_micros(args.linger_us),
+        only_ids: false,
+    };
+    let thread = CaptureThread {
+        choice: args.capture,
+        ebpf: EbpfOptions {
             ring_buffer_bytes: args.ring_buffer_bytes,
             max_args_bytes: cfg.max_args_bytes,
-        };
-        let choice = args.capture;
-        let recv_buffer_bytes = args.recv_buffer_bytes;
-        let counters = counters.clone();
-        let shutdown = shutdown.clone();
-        std::thread::Builder::new().name("capture".into()).spawn(
-            move || -> anyhow::Result<()> {
-                let mut fallback = None;
-                if choice != Backend::CnProc {
-                    let on_ready = |missing: Vec<String>| {
-                        if !missing.is_empty() && emit.ids() {
-                            let ids = CaptureConfig {
-                                only_ids: true,
-                                ..cfg.clone()
-                            };
-                            spawn_ids_capture(
-                                &missing.join("; "),
-                                ids,
-                                recv_buffer_bytes,
-                                (tx.clone(), counters.clone(), shutdown.clone()),
-                            );
-                        }
-                        let _ = started_tx.send(Ok(Started {
-                            backend: "ebpf",
-                            fallback: None,
-                        }));
-                    };
-                    match ebpf::run(
-                        &ebpf_opts,
-                        &cfg,
-                        tx.clone(),
-                        counters.clone(),
-                        shutdown.clone(),
-                        on_ready,
-                    ) {
-                        Ok(result) => return result,
-                        Err(Refused(why)) if choice == Backend::Ebpf => {
-                            let _ = started_tx.send(Err(anyhow::anyhow!(
-                                "eBPF capture was asked for (--capture ebpf) but {why}; \
-                                 use --capture auto to fall back to the proc connector"
-                            )));
-                            return Ok(());
-                        }
-                        Err(Refused(why)) => fallback = Some(why),
-                    }
-                }
-                let sock = match ProcSocket::open(&SocketOptions {
-                    recv_buffer_bytes,
-                    recv_timeout: Duration::from_millis(500),
-                }) {
-                    Ok(sock) => sock,
-                    Err(e) => {
-                        let _ =
-                            started_tx.send(Err(anyhow::anyhow!(
-                            "cannot subscribe to the kernel's process events ({e}); this needs \
-                             root (CAP_NET_ADMIN) in the host's initial namespaces and a kernel \
-                             with CONFIG_PROC_EVENTS{}",
-                            fallback.as_deref().map(|f| format!("; eBPF: {f}")).unwrap_or_default()
-                        )));
-                        return Ok(());
-                    }
-                };
-                let _ = started_tx.send(Ok(Started {
-                    backend: "cn_proc",
-                    fallback,
-                }));
-                capture::run(sock, tx, cfg, counters, shutdown)
-            },
-        )?
+        },
+        cfg,
+        recv_buffer_bytes: args.recv_buffer_bytes,
+        emit_ids: emit.ids(),
+        tx,
+        counters: counters.clone(),
+        shutdown: shutdown.clone(),
+        started: started_tx,
     };
+    let capture = std::thread::Builder::new()
+        .name("capture".into())
+        .spawn(move || thread.run())?;
     let started = match started_rx.recv() {
         Ok(started) => started?,
         Err(_) => {
@@ -287,10 +178,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         started.backend,
         table.len()
     );
-    let host = Host {
-        id: session.hello.host_id.as_str().into(),
-        hostname: session.hello.hostname.as_str().into(),
-    };
     let enricher = Enricher::new(
         EnrichConfig {
             capture: started.backend,
@@ -298,9 +185,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             emit,
             stats_interval: Duration::from_secs(args.stats_interval_secs.max(1)),
         },
-        host,
-        session.hello.plugin.as_str().into(),
-        session.hello.run_id.as_str().into(),
+        session.producer(),
         session.output(),
         counters,
         table,

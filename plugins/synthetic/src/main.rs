@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hids_plugin_sdk::Session;
-use hids_types::event::{Event, EventMeta, Hids, Host};
 use hids_types::Timestamp;
 
 /// Synthetic event generator (a test and benchmark plugin).
@@ -30,25 +29,10 @@ fn main() -> anyhow::Result<()> {
     let session = Session::connect("synthetic", env!("CARGO_PKG_VERSION"))?;
     let out = session.output();
     let stop = session.shutdown_flag();
-    let host = Host {
-        id: session.hello.host_id.as_str().into(),
-        hostname: session.hello.hostname.as_str().into(),
-    };
-    let plugin: std::sync::Arc<str> = session.hello.plugin.as_str().into();
-    let run_id: std::sync::Arc<str> = session.hello.run_id.as_str().into();
+    let producer = session.producer();
     let pad = "x".repeat(args.pad);
-    let event = |kind: &str, category: &str, action: &str, seq: u64, hids: Hids| Event {
-        timestamp: Timestamp::now(),
-        event: EventMeta {
-            sequence: seq,
-            ..EventMeta::new(kind, category, "info", action, &plugin)
-        },
-        host: host.clone(),
-        process: None,
-        user: None,
-        group: None,
-        container: None,
-        hids,
+    let event = |kind: &str, category: &str, action: &str, seq: u64| {
+        producer.event(Timestamp::now(), seq, kind, category, "info", action)
     };
     let start = Instant::now();
     let mut buf = Vec::with_capacity(1024);
@@ -64,10 +48,10 @@ fn main() -> anyhow::Result<()> {
                 std::thread::sleep(wait);
             }
         }
-        let mut hids = Hids::new(plugin.clone(), run_id.clone());
-        hids.tty = Some(pad.clone());
+        let mut ev = event("event", "process", "synthetic", seq);
+        ev.hids.tty = Some(pad.clone());
         buf.clear();
-        serde_json::to_writer(&mut buf, &event("event", "process", "synthetic", seq, hids))?;
+        serde_json::to_writer(&mut buf, &ev)?;
         out.event(&buf)?;
         emitted = seq;
     }
@@ -80,15 +64,9 @@ fn main() -> anyhow::Result<()> {
         "stopped_early": emitted < args.count,
         "elapsed_secs": start.elapsed().as_secs_f64(),
     });
-    let mut hids = Hids::new(plugin.clone(), run_id.clone());
-    hids.stats = Some(stats.clone());
-    out.event(&serde_json::to_vec(&event(
-        "metric",
-        "host",
-        "stats",
-        emitted + 1,
-        hids,
-    ))?)?;
+    let mut ev = event("metric", "host", "stats", emitted + 1);
+    ev.hids.stats = Some(stats.clone());
+    out.event(&serde_json::to_vec(&ev)?)?;
     out.flush()?;
     out.health(&serde_json::to_vec(&stats)?)?;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {

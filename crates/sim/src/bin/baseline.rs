@@ -83,80 +83,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // Watchers: each answers every put of its key with an ack put.
     let setup = Instant::now();
     let (ready_tx, mut ready_rx) = mpsc::channel::<()>(1024);
-    let ramp = Arc::new(Semaphore::new(2000));
+    let watchers = Watchers {
+        clients,
+        prefix: cli.prefix.clone(),
+        start_rev,
+        keys: n,
+        ready: ready_tx,
+    };
     match cli.watch_streams.as_str() {
-        "own" => {
-            for i in 0..n {
-                let mut c = clients[i % connections].clone();
-                let (ramp, ready, prefix) = (ramp.clone(), ready_tx.clone(), cli.prefix.clone());
-                tokio::spawn(async move {
-                    let Ok(permit) = ramp.acquire_owned().await else {
-                        return;
-                    };
-                    let opts = WatchOptions::new().with_start_revision(start_rev + 1);
-                    let Ok(mut w) = c.watch(key(&prefix, "w", i), Some(opts)).await else {
-                        eprintln!("watch {i} failed");
-                        return;
-                    };
-                    drop(permit);
-                    let _ = ready.send(()).await;
-                    drop(ready);
-                    while let Ok(Some(resp)) = w.message().await {
-                        for ev in resp.events() {
-                            if let (EventType::Put, Some(kv)) = (ev.event_type(), ev.kv()) {
-                                let _ = c.put(key(&prefix, "a", i), kv.value(), None).await;
-                            }
-                        }
-                    }
-                });
-            }
-        }
+        "own" => watchers.spawn_own(),
         k => {
             let k: usize = k
                 .parse()
                 .map_err(|_| anyhow::anyhow!("--watch-streams: `own` or a number"))?;
-            for s in 0..k.max(1) {
-                let mut c = clients[s % connections].clone();
-                let ready = ready_tx.clone();
-                let prefix = cli.prefix.clone();
-                let mine: Vec<usize> = (s..n).step_by(k.max(1)).collect();
-                tokio::spawn(async move {
-                    let opts = || WatchOptions::new().with_start_revision(start_rev + 1);
-                    let Some(&first) = mine.first() else { return };
-                    let Ok(mut w) = c.watch(key(&prefix, "w", first), Some(opts())).await else {
-                        return;
-                    };
-                    let _ = ready.send(()).await;
-                    for &i in &mine[1..] {
-                        if w.watch(key(&prefix, "w", i), Some(opts())).await.is_err() {
-                            return;
-                        }
-                        let _ = ready.send(()).await;
-                    }
-                    drop(ready);
-                    let wkey = format!("{prefix}w/");
-                    while let Ok(Some(resp)) = w.message().await {
-                        for ev in resp.events() {
-                            if let (EventType::Put, Some(kv)) = (ev.event_type(), ev.kv()) {
-                                let Some(i) = std::str::from_utf8(kv.key())
-                                    .ok()
-                                    .and_then(|k| k.strip_prefix(&wkey)?.parse::<usize>().ok())
-                                else {
-                                    continue;
-                                };
-                                let mut c = c.clone();
-                                let (ack, value) = (key(&prefix, "a", i), kv.value().to_vec());
-                                tokio::spawn(async move {
-                                    let _ = c.put(ack, value, None).await;
-                                });
-                            }
-                        }
-                    }
-                });
-            }
+            watchers.spawn_shared(k);
         }
     }
-    drop(ready_tx);
+    drop(watchers);
     for _ in 0..n {
         if ready_rx.recv().await.is_none() {
             anyhow::bail!("watchers failed to start");
@@ -167,79 +110,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     for round in 1..=cli.rounds {
-        let value = format!("{round:0w$}", w = cli.value_bytes.max(1));
-        let ack_rev = writer
-            .get(cli.prefix.clone(), None)
-            .await?
-            .header()
-            .map_or(0, |h| h.revision());
-        let mut acks = writer
-            .watch(
-                format!("{}a/", cli.prefix),
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(ack_rev + 1),
-                ),
-            )
-            .await?;
-        let started = Instant::now();
-        let mut written_at = vec![started; n];
-        let mut acked_at: Vec<Option<Instant>> = vec![None; n];
-        let indexes: Vec<usize> = (0..n).collect();
-        let chunks: Vec<Vec<usize>> = indexes.chunks(OPS_PER_TXN).map(<[usize]>::to_vec).collect();
-        let mut writes = tokio::task::JoinSet::new();
-        let mut next = chunks.into_iter();
-        let mut acked = 0;
-        let ack_prefix = format!("{}a/", cli.prefix);
-        loop {
-            while writes.len() < cli.in_flight.max(1) {
-                let Some(chunk) = next.next() else { break };
-                let mut c = writer.clone();
-                let ops: Vec<TxnOp> = chunk
-                    .iter()
-                    .map(|&i| TxnOp::put(key(&cli.prefix, "w", i), value.clone(), None))
-                    .collect();
-                writes.spawn(async move { c.txn(Txn::new().and_then(ops)).await.map(|_| chunk) });
-            }
-            if acked == n {
-                break;
-            }
-            tokio::select! {
-                Some(done) = writes.join_next(), if !writes.is_empty() => {
-                    let chunk = done??;
-                    let now = Instant::now();
-                    for i in chunk {
-                        written_at[i] = now;
-                    }
-                }
-                msg = acks.message() => {
-                    let Some(resp) = msg? else { anyhow::bail!("ack watch closed") };
-                    let now = Instant::now();
-                    for ev in resp.events() {
-                        let Some(i) = ev.kv().and_then(|kv| {
-                            std::str::from_utf8(kv.key()).ok()?.strip_prefix(&ack_prefix)?.parse::<usize>().ok()
-                        }) else { continue };
-                        if i < n && acked_at[i].is_none() {
-                            acked_at[i] = Some(now);
-                            acked += 1;
-                        }
-                    }
-                }
-                _ = tokio::time::sleep(Duration::from_secs(120)) => anyhow::bail!("round {round}: only {acked}/{n} acks in 120 s"),
-            }
-        }
-        let total = started.elapsed().as_secs_f64();
-        let mut lat: Vec<f64> = (0..n)
-            .filter_map(|i| {
-                Some(
-                    acked_at[i]?
-                        .saturating_duration_since(written_at[i])
-                        .as_secs_f64()
-                        * 1000.0,
-                )
-            })
-            .collect();
+        let Round {
+            mut lat,
+            elapsed_secs: total,
+        } = write_and_await_acks(&writer, &cli, round).await?;
+        let acked = lat.len();
         lat.sort_by(f64::total_cmp);
         let at = |q: f64| lat[((lat.len() as f64 * q).ceil() as usize).clamp(1, lat.len()) - 1];
         println!(
@@ -256,4 +131,184 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .delete(cli.prefix.clone(), Some(DeleteOptions::new().with_prefix()))
         .await?;
     Ok(())
+}
+
+/// The watchers of every key, spread over the connections.
+struct Watchers {
+    clients: Vec<Client>,
+    prefix: String,
+    /// Watches start after this revision.
+    start_rev: i64,
+    keys: usize,
+    /// One message per watch created.
+    ready: mpsc::Sender<()>,
+}
+
+impl Watchers {
+    /// A gRPC stream per watcher.
+    fn spawn_own(&self) {
+        let ramp = Arc::new(Semaphore::new(2000));
+        let start_rev = self.start_rev;
+        for i in 0..self.keys {
+            let mut c = self.clients[i % self.clients.len()].clone();
+            let (ramp, ready, prefix) = (ramp.clone(), self.ready.clone(), self.prefix.clone());
+            tokio::spawn(async move {
+                let Ok(permit) = ramp.acquire_owned().await else {
+                    return;
+                };
+                let opts = WatchOptions::new().with_start_revision(start_rev + 1);
+                let Ok(mut w) = c.watch(key(&prefix, "w", i), Some(opts)).await else {
+                    eprintln!("watch {i} failed");
+                    return;
+                };
+                drop(permit);
+                let _ = ready.send(()).await;
+                drop(ready);
+                while let Ok(Some(resp)) = w.message().await {
+                    for ev in resp.events() {
+                        if let (EventType::Put, Some(kv)) = (ev.event_type(), ev.kv()) {
+                            let _ = c.put(key(&prefix, "a", i), kv.value(), None).await;
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    /// `k` gRPC streams, each carrying the watches of every k-th key.
+    fn spawn_shared(&self, k: usize) {
+        let (n, start_rev) = (self.keys, self.start_rev);
+        for s in 0..k.max(1) {
+            let mut c = self.clients[s % self.clients.len()].clone();
+            let ready = self.ready.clone();
+            let prefix = self.prefix.clone();
+            let mine: Vec<usize> = (s..n).step_by(k.max(1)).collect();
+            tokio::spawn(async move {
+                let opts = || WatchOptions::new().with_start_revision(start_rev + 1);
+                let Some(&first) = mine.first() else { return };
+                let Ok(mut w) = c.watch(key(&prefix, "w", first), Some(opts())).await else {
+                    return;
+                };
+                let _ = ready.send(()).await;
+                for &i in &mine[1..] {
+                    if w.watch(key(&prefix, "w", i), Some(opts())).await.is_err() {
+                        return;
+                    }
+                    let _ = ready.send(()).await;
+                }
+                drop(ready);
+                let wkey = format!("{prefix}w/");
+                while let Ok(Some(resp)) = w.message().await {
+                    for ev in resp.events() {
+                        if let (EventType::Put, Some(kv)) = (ev.event_type(), ev.kv()) {
+                            let Some(i) = index_after(kv.key(), &wkey) else {
+                                continue;
+                            };
+                            let mut c = c.clone();
+                            let (ack, value) = (key(&prefix, "a", i), kv.value().to_vec());
+                            tokio::spawn(async move {
+                                let _ = c.put(ack, value, None).await;
+                            });
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// The key's index after `prefix`.
+fn index_after(key: &[u8], prefix: &str) -> Option<usize> {
+    std::str::from_utf8(key)
+        .ok()?
+        .strip_prefix(prefix)?
+        .parse::<usize>()
+        .ok()
+}
+
+/// What one round measured.
+struct Round {
+    /// Each acked key's latency from its write to its ack, in ms.
+    lat: Vec<f64>,
+    /// From the first write to the last ack.
+    elapsed_secs: f64,
+}
+
+/// One round: every key written, in transactions with `--in-flight` at a time, while
+/// the acks are followed with one prefix watch.
+async fn write_and_await_acks(writer: &Client, cli: &Cli, round: usize) -> anyhow::Result<Round> {
+    let n = cli.keys;
+    let mut writer = writer.clone();
+    let value = format!("{round:0w$}", w = cli.value_bytes.max(1));
+    let ack_rev = writer
+        .get(cli.prefix.clone(), None)
+        .await?
+        .header()
+        .map_or(0, |h| h.revision());
+    let mut acks = writer
+        .watch(
+            format!("{}a/", cli.prefix),
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(ack_rev + 1),
+            ),
+        )
+        .await?;
+    let started = Instant::now();
+    let mut written_at = vec![started; n];
+    let mut acked_at: Vec<Option<Instant>> = vec![None; n];
+    let indexes: Vec<usize> = (0..n).collect();
+    let chunks: Vec<Vec<usize>> = indexes.chunks(OPS_PER_TXN).map(<[usize]>::to_vec).collect();
+    let mut writes = tokio::task::JoinSet::new();
+    let mut next = chunks.into_iter();
+    let mut acked = 0;
+    let ack_prefix = format!("{}a/", cli.prefix);
+    loop {
+        while writes.len() < cli.in_flight.max(1) {
+            let Some(chunk) = next.next() else { break };
+            let mut c = writer.clone();
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|&i| TxnOp::put(key(&cli.prefix, "w", i), value.clone(), None))
+                .collect();
+            writes.spawn(async move { c.txn(Txn::new().and_then(ops)).await.map(|_| chunk) });
+        }
+        if acked == n {
+            break;
+        }
+        tokio::select! {
+            Some(done) = writes.join_next(), if !writes.is_empty() => {
+                let chunk = done??;
+                let now = Instant::now();
+                for i in chunk {
+                    written_at[i] = now;
+                }
+            }
+            msg = acks.message() => {
+                let Some(resp) = msg? else { anyhow::bail!("ack watch closed") };
+                let now = Instant::now();
+                for ev in resp.events() {
+                    let Some(i) = ev.kv().and_then(|kv| index_after(kv.key(), &ack_prefix)) else { continue };
+                    if i < n && acked_at[i].is_none() {
+                        acked_at[i] = Some(now);
+                        acked += 1;
+                    }
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_secs(120)) => anyhow::bail!("round {round}: only {acked}/{n} acks in 120 s"),
+        }
+    }
+    let elapsed_secs = started.elapsed().as_secs_f64();
+    let lat = (0..n)
+        .filter_map(|i| {
+            Some(
+                acked_at[i]?
+                    .saturating_duration_since(written_at[i])
+                    .as_secs_f64()
+                    * 1000.0,
+            )
+        })
+        .collect();
+    Ok(Round { lat, elapsed_secs })
 }

@@ -6,7 +6,8 @@
  * alone exit): a process that exits at once is reported with its full command line,
  * which the proc connector cannot do. Records go to user space through one ring buffer;
  * a record that finds no room is counted per CPU and per kind in `drops`, which user
- * space reads and declares. The record layouts are mirrored in src/ebpf.rs. */
+ * space reads and declares. The record layouts are mirrored in src/capture/ebpf/record.rs,
+ * whose tests check them against this file's structs (through the skeleton's types). */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -63,7 +64,7 @@ struct exec_event {
 
 #define EXEC_HEADER_BYTES 108
 _Static_assert(__builtin_offsetof(struct exec_event, data) == EXEC_HEADER_BYTES,
-	       "src/ebpf.rs reads the exec record at these offsets");
+	       "src/capture/ebpf/record.rs reads the exec record at these offsets");
 
 /* fork: a = parent; exit: a = wait status; uid: a = ruid, b = euid; gid: a = rgid, b = egid. */
 struct small_event {
@@ -73,6 +74,11 @@ struct small_event {
 	u32 a;
 	u32 b;
 };
+
+/* Never read: it puts struct small_event into the object's BTF (exec_event is there
+ * through the scratch map), so the generated skeleton carries both layouts and the
+ * Rust parser's offsets are tested against them. */
+const volatile struct small_event small_event_layout = {};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

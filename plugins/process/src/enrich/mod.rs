@@ -1,0 +1,316 @@
+//! The enrichment thread: turns queued kernel events and `/proc` snapshots into ECS
+//! events, keeps the process table, writes to the master, and reports its counters.
+
+mod clocks;
+mod exe;
+mod facts;
+mod identity;
+mod lineage;
+mod process;
+mod stats;
+mod users;
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hids_plugin_sdk::Output;
+use hids_types::event::{Event, Producer};
+
+use crate::capture::snapshot::{Gap, Snapshot};
+use crate::capture::{monotonic_ns, Batch, Counters, KernelExec, Raw};
+use crate::table::{Entry, Table};
+use clocks::Clocks;
+use exe::ExePaths;
+use facts::Facts;
+use stats::{Sources, Stats, Tally};
+use users::Names;
+
+/// Which event kinds are written out. The table follows every kind regardless.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Emit {
+    pub exec: bool,
+    pub exit: bool,
+    pub fork: bool,
+    pub setuid: bool,
+    pub setgid: bool,
+    pub setsid: bool,
+}
+
+impl Emit {
+    /// Credential or session changes are wanted.
+    pub fn ids(&self) -> bool {
+        self.setuid || self.setgid || self.setsid
+    }
+}
+
+pub struct EnrichConfig {
+    /// The capture backend in use (`ebpf`, `cn_proc`), in every exec event and the stats.
+    pub capture: &'static str,
+    /// Why the backend is not the one asked for (eBPF refused), for the stats.
+    pub capture_fallback: Option<String>,
+    pub emit: Emit,
+    pub stats_interval: Duration,
+}
+
+pub struct Enricher {
+    cfg: EnrichConfig,
+    producer: Producer,
+    out: Output,
+    counters: Arc<Counters>,
+    table: Table,
+    exe_paths: ExePaths,
+    users: Names,
+    groups: Names,
+    clocks: Clocks,
+    seq: u64,
+    tally: Tally,
+    buf: Vec<u8>,
+}
+
+impl Enricher {
+    pub fn new(
+        cfg: EnrichConfig,
+        producer: Producer,
+        out: Output,
+        counters: Arc<Counters>,
+        table: Table,
+    ) -> Self {
+        Enricher {
+            cfg,
+            producer,
+            out,
+            counters,
+            table,
+            exe_paths: ExePaths::new("/proc"),
+            users: Names::new("/etc/passwd"),
+            groups: Names::new("/etc/group"),
+            clocks: Clocks::now(),
+            seq: 0,
+            tally: Tally::default(),
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    /// Runs until the capture thread hangs up, or the master stops reading.
+    pub fn run(mut self, rx: Receiver<Batch>) -> std::io::Result<()> {
+        let tick = Duration::from_secs(1);
+        let mut next_tick = Instant::now() + tick;
+        // The first stats record is shifted by the host's stagger offset, so a fleet's
+        // records do not all arrive in the same second.
+        let mut next_stats = Instant::now()
+            + hids_types::stagger::offset(&self.producer.host.id, self.cfg.stats_interval);
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(batch) => {
+                    for raw in batch {
+                        let bytes = raw.heap_bytes();
+                        let result = self.handle(raw);
+                        self.counters
+                            .queue_bytes
+                            .fetch_sub(bytes, Ordering::Relaxed);
+                        result?;
+                    }
+                    self.out.flush()?;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.emit_stats()?;
+                    return self.out.flush();
+                }
+            }
+            if Instant::now() >= next_tick {
+                next_tick = Instant::now() + tick;
+                self.clocks = Clocks::now();
+                self.table.sweep();
+                if Instant::now() >= next_stats {
+                    next_stats = Instant::now() + self.cfg.stats_interval;
+                    self.emit_stats()?;
+                }
+                self.out.flush()?;
+            }
+        }
+    }
+
+    fn handle(&mut self, raw: Raw) -> std::io::Result<()> {
+        match raw {
+            Raw::Exec {
+                ts_ns,
+                pid,
+                kernel,
+                snapshot,
+                superseded,
+                ..
+            } => self.on_exec(ts_ns, pid, kernel, snapshot, superseded),
+            Raw::Fork {
+                ts_ns,
+                parent,
+                child,
+            } => {
+                self.table.fork(parent, child);
+                if self.cfg.emit.fork {
+                    let mut ev = self.base(ts_ns, "start", "fork");
+                    ev.process = Some(lineage::known_process(&self.table, child));
+                    self.emit(ev)?;
+                }
+                Ok(())
+            }
+            Raw::Exit {
+                ts_ns,
+                pid,
+                exit_code,
+            } => {
+                if self.cfg.emit.exit {
+                    let mut ev = self.base(ts_ns, "end", "exit");
+                    let mut p = lineage::known_process(&self.table, pid);
+                    let (code, signal) = process::exit_code(exit_code);
+                    p.exit_code = Some(code);
+                    ev.hids.exit_signal = signal;
+                    ev.process = Some(p);
+                    self.emit(ev)?;
+                }
+                self.table.exit(pid);
+                Ok(())
+            }
+            Raw::Uid {
+                ts_ns,
+                pid,
+                ruid,
+                euid,
+            } => {
+                if !self.cfg.emit.setuid {
+                    return Ok(());
+                }
+                let mut ev = self.base(ts_ns, "change", "setuid");
+                ev.process = Some(lineage::known_process(&self.table, pid));
+                ev.user = Some(identity::user(|id| self.users.get(id), ruid, euid, None));
+                self.emit(ev)
+            }
+            Raw::Gid { ts_ns, pid, rgid } => {
+                if !self.cfg.emit.setgid {
+                    return Ok(());
+                }
+                let mut ev = self.base(ts_ns, "change", "setgid");
+                ev.process = Some(lineage::known_process(&self.table, pid));
+                ev.group = Some(identity::group(rgid, self.groups.get(rgid)));
+                self.emit(ev)
+            }
+            Raw::Sid { ts_ns, pid } => {
+                if !self.cfg.emit.setsid {
+                    return Ok(());
+                }
+                let mut ev = self.base(ts_ns, "change", "setsid");
+                ev.process = Some(lineage::known_process(&self.table, pid));
+                self.emit(ev)
+            }
+        }
+    }
+
+    fn on_exec(
+        &mut self,
+        ts_ns: u64,
+        pid: u32,
+        kernel: Option<Box<KernelExec>>,
+        snapshot: Result<Box<Snapshot>, Gap>,
+        superseded: bool,
+    ) -> std::io::Result<()> {
+        let before = self.table.get(pid).cloned().unwrap_or_default();
+        let facts = match kernel {
+            Some(k) => {
+                let mut facts = facts::from_kernel(&k, snapshot.ok());
+                if facts.exe.is_none() {
+                    facts.exe = self.exe_paths.resolve(&k.filename, k.pid_ns);
+                }
+                facts
+            }
+            None => facts::from_proc(&self.clocks, ts_ns, snapshot, superseded),
+        };
+        let Facts {
+            ppid,
+            start_ticks,
+            ids,
+            login,
+            incomplete,
+            ..
+        } = facts;
+        let ppid = ppid.unwrap_or(before.ppid);
+
+        let mut ev = self.base(ts_ns, "start", "exec");
+        ev.hids.capture = Some(self.cfg.capture.to_owned());
+        let (mut p, args_kept) = process::exec(&mut ev, pid, facts, &self.clocks);
+        if ev.hids.args_truncated.is_some() {
+            self.tally.args_truncated += 1;
+        }
+        if let Some(ids) = ids {
+            let users = &mut self.users;
+            ev.user = Some(identity::user(
+                |id| users.get(id),
+                ids.ruid,
+                ids.euid,
+                login,
+            ));
+            ev.group = Some(identity::group(ids.rgid, self.groups.get(ids.rgid)));
+        }
+        if ppid != 0 {
+            p.parent = Some(lineage::parent(&self.table, ppid, &before));
+        }
+        if let Some(reason) = incomplete {
+            ev.hids.incomplete = Some(reason.to_owned());
+            *self.tally.incomplete.entry(reason).or_default() += 1;
+        }
+        self.table.exec(
+            pid,
+            Entry {
+                ppid,
+                start_ticks: start_ticks.or(before.start_ticks),
+                name: p.name.as_deref().map(Arc::from),
+                exe: p.executable.as_deref().map(Arc::from),
+                args: args_kept,
+                exited_at: None,
+                forked: false,
+            },
+        );
+        ev.process = Some(p);
+        self.emit(ev)
+    }
+
+    /// An event of the process category; its sequence is taken when it is written.
+    fn base(&self, ts_ns: u64, type_: &str, action: &str) -> Event {
+        let timestamp = self.clocks.wall_from_mono(ts_ns);
+        self.producer
+            .event(timestamp, 0, "event", "process", type_, action)
+    }
+
+    fn emit(&mut self, mut ev: Event) -> std::io::Result<()> {
+        self.seq += 1;
+        ev.event.sequence = self.seq;
+        self.buf.clear();
+        serde_json::to_writer(&mut self.buf, &ev).map_err(std::io::Error::other)?;
+        self.out.event(&self.buf)?;
+        self.tally.emitted += 1;
+        Ok(())
+    }
+
+    /// The periodic stats record: what was produced, dropped (and why) and incomplete.
+    /// It is also the health frame the master shows in its status.
+    fn emit_stats(&mut self) -> std::io::Result<()> {
+        let stats = Stats::collect(&Sources {
+            capture: self.cfg.capture,
+            capture_fallback: self.cfg.capture_fallback.as_deref(),
+            tally: &self.tally,
+            counters: &self.counters,
+            table: &self.table,
+        });
+        let stats = serde_json::to_value(stats).map_err(std::io::Error::other)?;
+        let health = serde_json::to_vec(&stats).map_err(std::io::Error::other)?;
+        let timestamp = self.clocks.wall_from_mono(monotonic_ns());
+        let mut ev = self
+            .producer
+            .event(timestamp, 0, "metric", "host", "info", "stats");
+        ev.hids.stats = Some(stats);
+        self.emit(ev)?;
+        self.out.health(&health)
+    }
+}
