@@ -1,7 +1,7 @@
 //! Read-only views: agents, counts by label, history.
 
+use crate::exit::Exit;
 use std::collections::BTreeMap;
-use std::process::ExitCode;
 
 use etcd_client::{Client, GetOptions, SortOrder, SortTarget};
 use hids_control::select::Selector;
@@ -96,7 +96,7 @@ pub async fn agents(
     keys: &Keys,
     selector: Option<&Selector>,
     json: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Exit> {
     let agents: Vec<AgentStatus> = online::<AgentStatus>(client, keys)
         .await?
         .into_values()
@@ -104,7 +104,7 @@ pub async fn agents(
         .collect();
     if json {
         out!("{}", serde_json::to_string_pretty(&agents)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Exit::Success);
     }
     let rows: Vec<Vec<String>> = agents
         .iter()
@@ -140,15 +140,10 @@ pub async fn agents(
         )
     );
     eprintln!("{} agent(s) online", agents.len());
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
-pub async fn stats(
-    client: &mut Client,
-    keys: &Keys,
-    by: &str,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
+pub async fn stats(client: &mut Client, keys: &Keys, by: &str, json: bool) -> anyhow::Result<Exit> {
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for a in online::<AgentStatus>(client, keys).await?.values() {
         let value = a.labels.get(by).cloned().unwrap_or_else(|| "(none)".into());
@@ -156,7 +151,7 @@ pub async fn stats(
     }
     if json {
         out!("{}", serde_json::to_string_pretty(&counts)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Exit::Success);
     }
     let total: u64 = counts.values().sum();
     let mut rows: Vec<Vec<String>> = counts
@@ -165,7 +160,7 @@ pub async fn stats(
         .collect();
     rows.push(vec!["TOTAL".into(), total.to_string()]);
     out_raw!("{}", hids_types::text::table(&[by, "AGENTS"], &rows));
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 pub async fn history(
@@ -173,7 +168,7 @@ pub async fn history(
     keys: &Keys,
     limit: usize,
     json: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Exit> {
     let opts = GetOptions::new()
         .with_prefix()
         .with_sort(SortTarget::Key, SortOrder::Descend)
@@ -187,7 +182,7 @@ pub async fn history(
     records.reverse();
     if json {
         out!("{}", serde_json::to_string_pretty(&records)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Exit::Success);
     }
     let s = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => s.clone(),
@@ -214,5 +209,5 @@ pub async fn history(
             &rows
         )
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }

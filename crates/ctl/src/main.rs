@@ -25,6 +25,7 @@ macro_rules! out_raw {
 
 mod bootstrap;
 mod enroll;
+mod exit;
 mod fleet;
 mod push;
 mod reconcile;
@@ -38,11 +39,13 @@ use hids_control::select::{Selector, Target};
 use hids_control::{EtcdConfig, Keys, TlsFiles};
 use hids_types::desired::CommandKind;
 
+use crate::exit::Exit;
+
 /// Operate a HIDS fleet through its etcd control plane: list agents, push signed desired
 /// states to any set of hosts, stop and resume them, read the change history, and set up
 /// etcd's roles and users.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about)]
+#[command(version, about, long_about, after_help = Exit::help())]
 struct Cli {
     /// etcd client URLs, comma-separated.
     #[arg(
@@ -254,7 +257,8 @@ struct TargetArgs {
 
 #[derive(Debug, Args)]
 struct WaitArgs {
-    /// Wait this long (e.g. 30s, 2m) for the targets to acknowledge, then summarise.
+    /// Wait this long (e.g. 30s, 2m) for the targets to acknowledge, then summarise;
+    /// exit 4 when not every target applied the change.
     #[arg(long, value_parser = humantime::parse_duration)]
     wait: Option<Duration>,
     /// Print the result as JSON.
@@ -301,7 +305,20 @@ impl Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // What clap's own exit does, with the code named: help and version are not
+        // errors.
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Success
+            }
+            .into();
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -309,19 +326,19 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hidsctl: {e}");
-            return ExitCode::FAILURE;
+            return Exit::Error.into();
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(code) => code,
+        Ok(exit) => exit.into(),
         Err(e) => {
             eprintln!("hidsctl: {e:#}");
-            ExitCode::FAILURE
+            Exit::Error.into()
         }
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn run(cli: Cli) -> anyhow::Result<Exit> {
     let keys = Keys::new(&cli.prefix);
     if let Command::Keygen { out } = &cli.command {
         std::fs::create_dir_all(out)?;
@@ -336,7 +353,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             public.display()
         );
         out!("key id:     {}", key.key_id());
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Exit::Success);
     }
     if let Command::Reconcile {
         brokers,
@@ -426,7 +443,7 @@ async fn change(
     keys: &Keys,
     args: ChangeArgs,
     change: push::Change,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Exit> {
     let ChangeArgs { sign, target, wait } = args;
     let target = target.target()?;
     push::run(

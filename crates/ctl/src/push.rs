@@ -13,9 +13,9 @@
 //! 5. With `--wait`, the agents' acknowledgements are followed until every target has
 //!    applied or refused the document, or the time is up.
 
+use crate::exit::Exit;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use etcd_client::{Client, Compare, CompareOp, EventType, Txn, TxnOp, WatchOptions};
@@ -221,7 +221,7 @@ pub async fn run(
     change: Change,
     wait: Option<Duration>,
     json: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Exit> {
     let key = SigningKey::load(key_path)?;
     let own = TrustedKeys::from_signing_key(&key);
     let started = Instant::now();
@@ -443,7 +443,7 @@ pub async fn run(
         None => {
             outcome.pending = hosts.len();
             outcome.elapsed_secs = started.elapsed().as_secs_f64();
-            ExitCode::SUCCESS
+            Exit::Success
         }
         Some(limit) => {
             let written = Written {
@@ -469,9 +469,9 @@ pub async fn run(
             outcome.waited = true;
             outcome.elapsed_secs = started.elapsed().as_secs_f64();
             if outcome.acked == outcome.targets {
-                ExitCode::SUCCESS
+                Exit::Success
             } else {
-                ExitCode::FAILURE
+                Exit::NotAllApplied
             }
         }
     };

@@ -14,8 +14,8 @@
 //! refuses plugin events that carry them, so a plugin cannot hide loss, and one host
 //! cannot declare another's.
 
+use crate::exit::Exit;
 use std::collections::{BTreeMap, HashMap};
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -83,7 +83,7 @@ pub async fn run(
     properties: &[(String, String)],
     timeout: Duration,
     json: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Exit> {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", brokers)
         .set(
@@ -291,9 +291,9 @@ pub async fn run(
     }
     print(&report, json)?;
     Ok(if report.undeclared_loss > 0 {
-        ExitCode::from(3)
+        Exit::UndeclaredLoss
     } else {
-        ExitCode::SUCCESS
+        Exit::Success
     })
 }
 
