@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use hids_control::select::{Selector, Target};
-use hids_control::{EtcdConfig, Keys, TlsFiles};
+use hids_control::{EtcdSettings, Keys};
 use hids_types::desired::CommandKind;
 
 use crate::exit::Exit;
@@ -291,15 +291,15 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 }
 
 impl Cli {
-    fn etcd(&self) -> EtcdConfig {
-        EtcdConfig {
+    fn etcd(&self) -> EtcdSettings {
+        EtcdSettings {
             endpoints: self.endpoints.clone(),
-            user: self.user.clone().zip(self.password.clone()),
-            tls: self.ca_file.clone().map(|ca| TlsFiles {
-                ca,
-                cert: self.cert_file.clone(),
-                key: self.key_file.clone(),
-            }),
+            credentials_file: None,
+            user: self.user.clone(),
+            password: self.password.clone(),
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
         }
     }
 }
@@ -365,7 +365,7 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
     {
         return reconcile::run(brokers, topic, properties, *timeout, *json).await;
     }
-    let mut client = cli.etcd().connect().await?;
+    let mut client = cli.etcd().config()?.connect().await?;
     match cli.command {
         Command::Keygen { .. } | Command::Reconcile { .. } => unreachable!("handled above"),
         Command::Agents { selector, json } => {

@@ -22,7 +22,7 @@ use clap::Parser;
 use etcd_client::Client;
 use hids_control::hub::WatchHub;
 use hids_control::session::{Session, SessionConfig};
-use hids_control::{EtcdConfig, Keys, TlsFiles, TrustedKeys};
+use hids_control::{EtcdSettings, Keys, TrustedKeys};
 
 use crate::fleet::{Counters, Fleet, Profile};
 
@@ -173,22 +173,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         anyhow::bail!("--agents: give at least 1");
     }
     let trusted = trusted_keys(cli.trusted_key.as_ref())?;
-    let etcd = EtcdConfig {
-        endpoints: cli.endpoints.clone(),
-        user: match &cli.user {
-            Some(u) => Some(
-                u.split_once(':')
-                    .map(|(u, p)| (u.to_owned(), p.to_owned()))
-                    .ok_or_else(|| anyhow::anyhow!("--user: give user:password"))?,
-            ),
-            None => None,
-        },
-        tls: cli.ca_file.clone().map(|ca| TlsFiles {
-            ca,
-            cert: cli.cert_file.clone(),
-            key: cli.key_file.clone(),
-        }),
+    let (user, password) = match &cli.user {
+        Some(u) => u
+            .split_once(':')
+            .map(|(u, p)| (Some(u.to_owned()), Some(p.to_owned())))
+            .ok_or_else(|| anyhow::anyhow!("--user: give user:password"))?,
+        None => (None, None),
     };
+    let etcd = EtcdSettings {
+        endpoints: cli.endpoints.clone(),
+        credentials_file: None,
+        user,
+        password,
+        ca_file: cli.ca_file.clone(),
+        cert_file: cli.cert_file.clone(),
+        key_file: cli.key_file.clone(),
+    }
+    .config()?;
     let connections = cli
         .connections
         .unwrap_or(cli.agents.div_ceil(10_000))
