@@ -1,7 +1,9 @@
 //! The control plane on etcd, one definition shared by the agent, `hidsctl` and the
 //! fleet simulator: where every key lives ([`Keys`]), how desired states are signed and
-//! verified ([`sign`]), how targets are chosen ([`select`]), and the agent's session with
-//! etcd (lease, presence, the one watch: [`session`]).
+//! verified ([`sign`]), how targets are chosen ([`select`]), the agent's session with
+//! etcd (lease, presence, the one watch: [`session`]), how desired states are written
+//! for many hosts at once with their history ([`writer`]), and how to reach etcd
+//! ([`connect`]).
 //!
 //! Deliberately absent: what an agent does with a desired state once verified (the
 //! agent's business), and anything about plugins or events.
@@ -16,6 +18,7 @@ pub mod select;
 pub mod session;
 pub mod sign;
 pub mod state;
+pub mod writer;
 
 pub use connect::{ConnectError, EtcdConfig, EtcdSettings, TlsFiles};
 pub use keys::Keys;

@@ -341,7 +341,7 @@ where
     F: Fn(String) -> Fut,
     Fut: Future<Output = Result<T, Failed>> + Send + 'static,
 {
-    let progress = show.then(|| crate::push::bar(hosts.len() as u64, what));
+    let progress = show.then(|| crate::progress::bar(hosts.len() as u64, what));
     let mut tasks = tokio::task::JoinSet::new();
     let (mut done, mut failed) = (Vec::new(), Vec::new());
     let mut collect = |r: Option<Result<Result<T, Failed>, tokio::task::JoinError>>| {

@@ -1,10 +1,12 @@
-//! Read-only views: agents, counts by label, history.
+//! Read-only views: agents, counts by label, history (the records
+//! [`hids_control::writer`] writes with every change).
 
 use crate::exit::Exit;
 use std::collections::BTreeMap;
 
 use etcd_client::{Client, GetOptions, SortOrder, SortTarget};
 use hids_control::select::Selector;
+use hids_control::writer::HistoryRecord;
 use hids_control::Keys;
 use hids_types::status::AgentStatus;
 
@@ -174,7 +176,7 @@ pub async fn history(
         .with_sort(SortTarget::Key, SortOrder::Descend)
         .with_limit(limit as i64);
     let resp = client.get(keys.history_dir(), Some(opts)).await?;
-    let mut records: Vec<serde_json::Value> = resp
+    let mut records: Vec<HistoryRecord> = resp
         .kvs()
         .iter()
         .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
@@ -184,21 +186,16 @@ pub async fn history(
         out!("{}", serde_json::to_string_pretty(&records)?);
         return Ok(Exit::Success);
     }
-    let s = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".into(),
-        other => other.to_string(),
-    };
     let rows: Vec<Vec<String>> = records
         .iter()
         .map(|r| {
             vec![
-                s(&r["at"]),
-                s(&r["by"]),
-                s(&r["action"]),
-                s(&r["generation"]),
-                s(&r["target"]),
-                r["hosts"].as_array().map_or(0, Vec::len).to_string(),
+                humantime::format_rfc3339_micros(r.at.0).to_string(),
+                r.by.clone(),
+                r.action.clone(),
+                r.generation.to_string(),
+                r.target.clone(),
+                r.hosts.len().to_string(),
             ]
         })
         .collect();

@@ -27,10 +27,11 @@ mod bootstrap;
 mod enroll;
 mod exit;
 mod fleet;
+mod progress;
 mod push;
 mod reconcile;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -340,39 +341,24 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<Exit> {
     let keys = Keys::new(&cli.prefix);
-    if let Command::Keygen { out } = &cli.command {
-        std::fs::create_dir_all(out)?;
-        let key = hids_control::SigningKey::generate()?;
-        let (secret, public) = key.save(out)?;
-        out!(
-            "secret key: {} (keep it safe: it can steer the fleet)",
-            secret.display()
-        );
-        out!(
-            "public key: {} (list it in the agents' control.trusted_keys)",
-            public.display()
-        );
-        out!("key id:     {}", key.key_id());
-        return Ok(Exit::Success);
-    }
-    if let Command::Reconcile {
-        brokers,
-        topic,
-        properties,
-        timeout,
-        json,
-    } = &cli.command
-    {
-        return reconcile::run(brokers, topic, properties, *timeout, *json).await;
-    }
-    let mut client = cli.etcd().config()?.connect().await?;
+    let etcd = cli.etcd();
+    let connect = || async { anyhow::Ok(etcd.config()?.connect().await?) };
     match cli.command {
-        Command::Keygen { .. } | Command::Reconcile { .. } => unreachable!("handled above"),
+        Command::Keygen { out } => keygen(&out),
+        Command::Reconcile {
+            brokers,
+            topic,
+            properties,
+            timeout,
+            json,
+        } => reconcile::run(&brokers, &topic, &properties, timeout, json).await,
         Command::Agents { selector, json } => {
-            fleet::agents(&mut client, &keys, selector.as_ref(), json).await
+            fleet::agents(&mut connect().await?, &keys, selector.as_ref(), json).await
         }
-        Command::Stats { by, json } => fleet::stats(&mut client, &keys, &by, json).await,
-        Command::History { limit, json } => fleet::history(&mut client, &keys, limit, json).await,
+        Command::Stats { by, json } => fleet::stats(&mut connect().await?, &keys, &by, json).await,
+        Command::History { limit, json } => {
+            fleet::history(&mut connect().await?, &keys, limit, json).await
+        }
         Command::Bootstrap {
             root_password,
             operator_password,
@@ -384,7 +370,7 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
                 operator: operator_password,
                 shared_agent: agent_password,
             };
-            bootstrap::run(&mut client, &keys, &passwords).await
+            bootstrap::run(&mut connect().await?, &keys, &passwords).await
         }
         Command::Enroll {
             host_ids,
@@ -401,7 +387,7 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
                 concurrency,
                 json,
             };
-            enroll::enroll(&client, &keys, request).await
+            enroll::enroll(&connect().await?, &keys, request).await
         }
         Command::Unenroll {
             host_ids,
@@ -410,51 +396,57 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
             json,
         } => {
             let hosts = enroll::host_ids(&host_ids, hosts_file.as_deref())?;
-            enroll::unenroll(&client, &keys, &hosts, concurrency, json).await
+            enroll::unenroll(&connect().await?, &keys, &hosts, concurrency, json).await
         }
-        Command::Push { file, change: args } => {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            let body: hids_types::desired::DesiredBody = toml::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.to_string().trim_end()))?;
-            change(&mut client, &keys, args, push::Change::Settings(body)).await
+        Command::Push { file, change } => {
+            let request = change.request(push::Change::settings_from(&file)?)?;
+            push::run(&mut connect().await?, &keys, request).await
         }
-        Command::Stop { change: args } => {
-            let c = push::Change::Command(CommandKind::StopAll, None);
-            change(&mut client, &keys, args, c).await
+        Command::Stop { change } => {
+            let request = change.request(push::Change::Command(CommandKind::StopAll, None))?;
+            push::run(&mut connect().await?, &keys, request).await
         }
-        Command::Resume { change: args } => {
-            let c = push::Change::Command(CommandKind::Resume, None);
-            change(&mut client, &keys, args, c).await
+        Command::Resume { change } => {
+            let request = change.request(push::Change::Command(CommandKind::Resume, None))?;
+            push::run(&mut connect().await?, &keys, request).await
         }
-        Command::RestartPlugin {
-            plugin,
-            change: args,
-        } => {
+        Command::RestartPlugin { plugin, change } => {
             let c = push::Change::Command(CommandKind::RestartPlugin, Some(plugin));
-            change(&mut client, &keys, args, c).await
+            push::run(&mut connect().await?, &keys, change.request(c)?).await
         }
     }
 }
 
-/// Every change (settings or command) goes the same way: signed, written, awaited.
-async fn change(
-    client: &mut etcd_client::Client,
-    keys: &Keys,
-    args: ChangeArgs,
-    change: push::Change,
-) -> anyhow::Result<Exit> {
-    let ChangeArgs { sign, target, wait } = args;
-    let target = target.target()?;
-    push::run(
-        client,
-        keys,
-        &sign.key,
-        &sign.operator,
-        &target,
-        change,
-        wait.wait,
-        wait.json,
-    )
-    .await
+/// `keygen`: a new signing key pair in `out`.
+fn keygen(out: &Path) -> anyhow::Result<Exit> {
+    std::fs::create_dir_all(out)?;
+    let key = hids_control::SigningKey::generate()?;
+    let (secret, public) = key.save(out)?;
+    out!(
+        "secret key: {} (keep it safe: it can steer the fleet)",
+        secret.display()
+    );
+    out!(
+        "public key: {} (list it in the agents' control.trusted_keys)",
+        public.display()
+    );
+    out!("key id:     {}", key.key_id());
+    Ok(Exit::Success)
+}
+
+impl ChangeArgs {
+    /// The whole request, checked before any work: every change is signed, written and
+    /// awaited the same way.
+    fn request(self, change: push::Change) -> anyhow::Result<push::Request> {
+        let ChangeArgs { sign, target, wait } = self;
+        let target = target.target()?;
+        Ok(push::Request {
+            key: hids_control::SigningKey::load(&sign.key)?,
+            operator: sign.operator,
+            target,
+            change,
+            wait: wait.wait,
+            json: wait.json,
+        })
+    }
 }

@@ -118,18 +118,7 @@ pub async fn run(
         }
     }
     consumer.assign(&assignment)?;
-    let progress = (!json).then(|| {
-        let bar = indicatif::ProgressBar::with_draw_target(
-            Some(total.max(0) as u64),
-            indicatif::ProgressDrawTarget::stderr(),
-        );
-        if let Ok(style) =
-            indicatif::ProgressStyle::with_template("reading [{bar:40}] {pos}/{len} ({elapsed})")
-        {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar
-    });
+    let progress = (!json).then(|| crate::progress::bar(total.max(0) as u64, "reading"));
 
     let mut runs: BTreeMap<(String, String, String), Run> = BTreeMap::new();
     let mut declared: Vec<(String, hids_types::event::DroppedRange)> = Vec::new();
