@@ -168,11 +168,8 @@ fn trusted_keys(path: Option<&PathBuf>) -> anyhow::Result<TrustedKeys> {
     Ok(TrustedKeys::load(std::slice::from_ref(path))?)
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    if cli.agents == 0 {
-        anyhow::bail!("--agents: give at least 1");
-    }
-    let trusted = trusted_keys(cli.trusted_key.as_ref())?;
+/// How to reach etcd: `--user` is `user:password`.
+fn etcd_settings(cli: &Cli) -> anyhow::Result<EtcdSettings> {
     let (user, password) = match &cli.user {
         Some(u) => u
             .split_once(':')
@@ -180,7 +177,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("--user: give user:password"))?,
         None => (None, None),
     };
-    let etcd = EtcdSettings {
+    Ok(EtcdSettings {
         endpoints: cli.endpoints.clone(),
         credentials_file: None,
         user,
@@ -188,8 +185,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ca_file: cli.ca_file.clone(),
         cert_file: cli.cert_file.clone(),
         key_file: cli.key_file.clone(),
+    })
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.agents == 0 {
+        anyhow::bail!("--agents: give at least 1");
     }
-    .config()?;
+    let trusted = trusted_keys(cli.trusted_key.as_ref())?;
+    let etcd = etcd_settings(&cli)?.config()?;
     let connections = cli
         .connections
         .unwrap_or(cli.agents.div_ceil(10_000))
