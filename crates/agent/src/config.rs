@@ -580,29 +580,24 @@ impl ControlConfig {
         p
     }
 
-    /// How to reach etcd, with the credentials from `credentials_file` when given.
+    /// How to reach etcd, with the credentials from `credentials_file` when given: these
+    /// keys are hidsctl's flags too, and hids-control converts both the same way.
     ///
     /// # Errors
     /// When the credentials file cannot be used (see [`ControlConfig::problems`]).
     pub fn etcd(
         &self,
     ) -> Result<hids_control::EtcdConfig, hids_control::credentials::CredentialsError> {
-        let user = match &self.credentials_file {
-            Some(file) => {
-                let c = hids_control::credentials::Credentials::load(file)?;
-                Some((c.user, c.password))
-            }
-            None => self.user.clone().zip(self.password.clone()),
-        };
-        Ok(hids_control::EtcdConfig {
+        hids_control::EtcdSettings {
             endpoints: self.endpoints.clone(),
-            user,
-            tls: self.ca_file.clone().map(|ca| hids_control::TlsFiles {
-                ca,
-                cert: self.cert_file.clone(),
-                key: self.key_file.clone(),
-            }),
-        })
+            credentials_file: self.credentials_file.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        }
+        .config()
     }
 }
 

@@ -16,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use etcd_client::{Client, WatchOptions, WatchResponse};
+use etcd_client::{Client, WatchOptions, WatchRequestSender, WatchResponse};
 use tokio::sync::mpsc;
 
 /// Responses buffered per subscriber before it counts as fallen behind.
@@ -156,6 +156,128 @@ struct Route {
     watch_id: Option<i64>,
 }
 
+/// One stream's routing: which subscriber each watch id, and each create request not
+/// yet answered, belongs to.
+struct Routing {
+    sender: WatchRequestSender,
+    routes: HashMap<u64, Route>,
+    by_id: HashMap<i64, u64>,
+    /// Tokens whose create request was sent and not yet answered, oldest first.
+    awaiting: VecDeque<u64>,
+    hub: Weak<Inner>,
+}
+
+impl Routing {
+    /// Routing for a stream opened with `first`'s create request.
+    fn new(
+        sender: WatchRequestSender,
+        first_token: u64,
+        first: mpsc::Sender<WatchResponse>,
+        hub: Weak<Inner>,
+    ) -> Self {
+        let route = Route {
+            to: first,
+            watch_id: None,
+        };
+        Routing {
+            sender,
+            routes: HashMap::from([(first_token, route)]),
+            by_id: HashMap::new(),
+            awaiting: VecDeque::from([first_token]),
+            hub,
+        }
+    }
+
+    /// Sends a subscriber's create or cancel request on the stream.
+    async fn request(&mut self, request: Request) -> Result<(), etcd_client::Error> {
+        match request {
+            Request::Watch {
+                key,
+                options,
+                token,
+                to,
+            } => {
+                self.routes.insert(token, Route { to, watch_id: None });
+                self.awaiting.push_back(token);
+                self.sender.watch(key, Some(options)).await
+            }
+            Request::Cancel(token) => match self.routes.remove(&token) {
+                Some(Route {
+                    watch_id: Some(id), ..
+                }) => {
+                    self.by_id.remove(&id);
+                    self.sender.cancel(id).await
+                }
+                // Not created yet: the route is gone, so the create answer finds
+                // nobody and cancels then.
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// Passes a response to its subscriber.
+    async fn response(&mut self, resp: WatchResponse) -> Result<(), etcd_client::Error> {
+        let id = resp.watch_id();
+        let token = if resp.created() {
+            match self.created(&resp).await? {
+                Some(token) => token,
+                None => return Ok(()),
+            }
+        } else {
+            match self.by_id.get(&id) {
+                Some(token) => *token,
+                None => return Ok(()),
+            }
+        };
+        let ended = resp.canceled();
+        let Some(route) = self.routes.get(&token) else {
+            return Ok(());
+        };
+        let delivered = match route.to.try_send(resp) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if let Some(hub) = self.hub.upgrade() {
+                    hub.lagged.fetch_add(1, Ordering::Relaxed);
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        };
+        if ended || !delivered {
+            self.routes.remove(&token);
+            self.by_id.remove(&id);
+            if !ended {
+                self.sender.cancel(id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The subscriber a create answer is for (etcd answers creates in the order they
+    /// were sent); `None` when nobody waits for it any more, and then the new watch is
+    /// cancelled.
+    async fn created(&mut self, resp: &WatchResponse) -> Result<Option<u64>, etcd_client::Error> {
+        let Some(token) = self.awaiting.pop_front() else {
+            return Ok(None);
+        };
+        let id = resp.watch_id();
+        match self.routes.get_mut(&token) {
+            Some(route) if !resp.canceled() => {
+                route.watch_id = Some(id);
+                self.by_id.insert(id, token);
+            }
+            Some(_) => {}
+            None => {
+                if !resp.canceled() {
+                    self.sender.cancel(id).await?;
+                }
+                return Ok(None);
+            }
+        }
+        Ok(Some(token))
+    }
+}
+
 /// Owns one stream until it breaks or every handle on it is gone.
 async fn serve_stream(
     stream: etcd_client::WatchStream,
@@ -164,93 +286,26 @@ async fn serve_stream(
     first: mpsc::Sender<WatchResponse>,
     hub: Weak<Inner>,
 ) {
-    let (mut sender, mut responses) = stream.split();
-    let mut routes: HashMap<u64, Route> = HashMap::new();
-    let mut by_id: HashMap<i64, u64> = HashMap::new();
-    // Tokens whose create request was sent and not yet answered, oldest first.
-    let mut awaiting: VecDeque<u64> = VecDeque::new();
-    routes.insert(
-        first_token,
-        Route {
-            to: first,
-            watch_id: None,
-        },
-    );
-    awaiting.push_back(first_token);
+    let (sender, mut responses) = stream.split();
+    let mut routing = Routing::new(sender, first_token, first, hub.clone());
     loop {
-        tokio::select! {
-            request = queue.recv() => {
-                let sent = match request {
-                    None => break,
-                    Some(Request::Watch { key, options, token, to }) => {
-                        routes.insert(token, Route { to, watch_id: None });
-                        awaiting.push_back(token);
-                        sender.watch(key, Some(options)).await
-                    }
-                    Some(Request::Cancel(token)) => match routes.remove(&token) {
-                        Some(Route { watch_id: Some(id), .. }) => {
-                            by_id.remove(&id);
-                            sender.cancel(id).await
-                        }
-                        // Not created yet: the route is gone, so the create answer
-                        // finds nobody and cancels then.
-                        _ => Ok(()),
-                    },
-                };
-                if sent.is_err() {
-                    break;
-                }
-            }
-            message = responses.message() => {
-                let Ok(Some(resp)) = message else { break };
-                let id = resp.watch_id();
-                let token = if resp.created() {
-                    let Some(token) = awaiting.pop_front() else { continue };
-                    match routes.get_mut(&token) {
-                        Some(route) if !resp.canceled() => {
-                            route.watch_id = Some(id);
-                            by_id.insert(id, token);
-                        }
-                        Some(_) => {}
-                        None => {
-                            if !resp.canceled() && sender.cancel(id).await.is_err() {
-                                break;
-                            }
-                            continue;
-                        }
-                    }
-                    token
-                } else {
-                    match by_id.get(&id) {
-                        Some(token) => *token,
-                        None => continue,
-                    }
-                };
-                let ended = resp.canceled();
-                let Some(route) = routes.get(&token) else { continue };
-                let delivered = match route.to.try_send(resp) {
-                    Ok(()) => true,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        if let Some(hub) = hub.upgrade() {
-                            hub.lagged.fetch_add(1, Ordering::Relaxed);
-                        }
-                        false
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
-                };
-                if ended || !delivered {
-                    routes.remove(&token);
-                    by_id.remove(&id);
-                    if !ended && sender.cancel(id).await.is_err() {
-                        break;
-                    }
-                }
-            }
+        let sent = tokio::select! {
+            request = queue.recv() => match request {
+                None => break,
+                Some(request) => routing.request(request).await,
+            },
+            message = responses.message() => match message {
+                Ok(Some(resp)) => routing.response(resp).await,
+                _ => break,
+            },
+        };
+        if sent.is_err() {
+            break;
         }
     }
     // Dropping the routes ends every subscriber's receiver: each reads again and
     // watches on a new stream.
-    drop(routes);
+    drop(routing);
     drop(queue);
     let Some(hub) = hub.upgrade() else { return };
     let mut slot = hub.requests.lock().await;

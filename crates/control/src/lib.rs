@@ -1,11 +1,14 @@
 //! The control plane on etcd, one definition shared by the agent, `hidsctl` and the
 //! fleet simulator: where every key lives ([`Keys`]), how desired states are signed and
-//! verified ([`sign`]), how targets are chosen ([`select`]), and the agent's session with
-//! etcd (lease, presence, the one watch: [`session`]).
+//! verified ([`sign`]), how targets are chosen ([`select`]), the agent's session with
+//! etcd (lease, presence, the one watch: [`session`]), how desired states are written
+//! for many hosts at once with their history ([`writer`]), and how to reach etcd
+//! ([`connect`]).
 //!
 //! Deliberately absent: what an agent does with a desired state once verified (the
 //! agent's business), and anything about plugins or events.
 
+pub mod connect;
 pub mod credentials;
 mod hex;
 pub mod hub;
@@ -15,7 +18,9 @@ pub mod select;
 pub mod session;
 pub mod sign;
 pub mod state;
+pub mod writer;
 
+pub use connect::{ConnectError, EtcdConfig, EtcdSettings, TlsFiles};
 pub use keys::Keys;
 pub use sign::{Refusal, SigningKey, TrustedKeys, Verified};
 
@@ -39,76 +44,6 @@ pub fn overloaded(e: &etcd_client::Error) -> bool {
                 || status.message().contains("request timed out")
         }
         _ => false,
-    }
-}
-
-/// How to reach etcd.
-#[derive(Debug, Clone, Default)]
-pub struct EtcdConfig {
-    pub endpoints: Vec<String>,
-    pub user: Option<(String, String)>,
-    pub tls: Option<TlsFiles>,
-}
-
-/// PEM files for TLS to etcd: the CA to trust, and the client certificate and key.
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    pub ca: std::path::PathBuf,
-    pub cert: Option<std::path::PathBuf>,
-    pub key: Option<std::path::PathBuf>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("cannot read {path}: {source}")]
-    File {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("etcd at {endpoints}: {source}")]
-    Etcd {
-        endpoints: String,
-        #[source]
-        source: etcd_client::Error,
-    },
-}
-
-impl EtcdConfig {
-    /// Connects (with HTTP/2 keepalives, so a dead connection is noticed within seconds).
-    ///
-    /// # Errors
-    /// When a TLS file is unreadable or no endpoint answers.
-    pub async fn connect(&self) -> Result<etcd_client::Client, ConnectError> {
-        use std::time::Duration;
-        let mut opts = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-            .with_keep_alive_while_idle(true)
-            .with_require_leader(true);
-        if let Some((user, password)) = &self.user {
-            opts = opts.with_user(user.clone(), password.clone());
-        }
-        if let Some(tls) = &self.tls {
-            let read = |p: &std::path::PathBuf| {
-                std::fs::read(p).map_err(|source| ConnectError::File {
-                    path: p.clone(),
-                    source,
-                })
-            };
-            let mut t = etcd_client::TlsOptions::new()
-                .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?));
-            if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
-                t = t.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
-            }
-            opts = opts.with_tls(t);
-        }
-        etcd_client::Client::connect(&self.endpoints, Some(opts))
-            .await
-            .map_err(|source| ConnectError::Etcd {
-                endpoints: self.endpoints.join(","),
-                source,
-            })
     }
 }
 

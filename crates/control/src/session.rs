@@ -207,6 +207,82 @@ impl Drop for KeepAliveTask {
     }
 }
 
+/// A session's lease: its id, its TTL in seconds, and the task keeping it.
+struct Lease {
+    id: i64,
+    ttl: i64,
+    keeper: KeepAliveTask,
+}
+
+/// Writes of the status key, on the session's lease: when the status changed (at most
+/// one per `status_min_gap`) or is due for its refresh.
+struct StatusWrites {
+    key: String,
+    lease: i64,
+    slots: Option<Arc<Semaphore>>,
+    min_gap: Duration,
+    /// A write is due.
+    dirty: bool,
+    /// Not before this.
+    next_put: Instant,
+    retry: Backoff,
+}
+
+impl StatusWrites {
+    fn new(cfg: &SessionConfig, lease: i64, slots: Option<Arc<Semaphore>>) -> Self {
+        StatusWrites {
+            key: cfg.keys.agent(&cfg.host_id),
+            lease,
+            slots,
+            min_gap: cfg.status_min_gap,
+            dirty: false,
+            next_put: Instant::now() + cfg.status_min_gap,
+            retry: overload_backoff(&cfg.host_id),
+        }
+    }
+
+    /// No write for `min_gap` from now.
+    fn hold(&mut self) {
+        self.next_put = Instant::now() + self.min_gap;
+    }
+
+    fn put(
+        &self,
+        client: &Client,
+        value: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<etcd_client::PutResponse, SessionError>> + Send>> {
+        let mut client = client.clone();
+        let key = self.key.clone();
+        let options = PutOptions::new().with_lease(self.lease);
+        timed(self.slots.clone(), async move {
+            client.put(key, value, Some(options)).await
+        })
+    }
+
+    /// Writes the status that is due.
+    ///
+    /// # Errors
+    /// Any failure but an overloaded etcd: that is no reason to drop the lease and
+    /// register again (which costs it four more requests); the status stays due and
+    /// goes again after a staggered backoff.
+    async fn due(&mut self, client: &Client, value: Vec<u8>) -> Result<(), SessionError> {
+        match self.put(client, value).await {
+            Ok(_) => {
+                self.retry.succeeded();
+                self.dirty = false;
+                self.hold();
+            }
+            Err(e) if e.is_overload() => {
+                let delay = self.retry.failed();
+                self.next_put = Instant::now() + delay;
+                tracing::debug!("control plane: status write: {e}; again in {delay:?}");
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+}
+
 /// Sends a keepalive every `period` from `first` until the lease is lost or its stream
 /// fails for good, and says why. It runs in a task of its own for the session's whole
 /// life: in the session's loop a keepalive waited behind whatever that loop awaited (a
@@ -348,119 +424,117 @@ impl Session {
         updates: &mpsc::Sender<Update>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Exit, SessionError> {
-        let keys = self.cfg.keys.clone();
         let host = self.cfg.host_id.clone();
-        let ttl = self.cfg.lease_ttl.as_secs().max(2) as i64;
-        let slots = self.rpc_slots.clone();
-        let grant = timed(slots.clone(), client.lease_grant(ttl, None));
-        let lease = grant.await?.id();
-        let keep_alive = timed(slots.clone(), client.lease_keep_alive(lease));
-        let (keeper, keepalives) = keep_alive.await?;
-        let ka_period = Duration::from_secs((ttl / 3).max(1) as u64);
-        let mut lease_keeper = KeepAliveTask(tokio::spawn(keep_lease(
-            LeaseStreams {
-                client: client.lease_client(),
-                lease,
-                keeper,
-                keepalives,
-                slots: slots.clone(),
-            },
-            ka_period,
-            Instant::now() + stagger::offset(&host, ka_period),
-        )));
-        let status_key = keys.agent(&host);
-        let put_status = |client: &mut Client, value: Vec<u8>| {
-            let mut client = client.clone();
-            let key = status_key.clone();
-            timed(slots.clone(), async move {
-                client
-                    .put(key, value, Some(PutOptions::new().with_lease(lease)))
-                    .await
-            })
-        };
+        let mut lease = self.grant_lease(client).await?;
+        let mut writes = StatusWrites::new(&self.cfg, lease.id, self.rpc_slots.clone());
         let value = status.borrow_and_update().clone();
-        put_status(client, value).await?;
+        writes.put(client, value).await?;
         let first_watch = Box::pin(self.read_and_watch(client, updates));
         let mut watch = first_watch.await?;
         if updates.send(Update::Connected).await.is_err() {
             return Ok(Exit::OwnerGone);
         }
-        tracing::info!("control plane: registered as {host} (lease {lease:x}, ttl {ttl}s)");
+        tracing::info!(
+            "control plane: registered as {host} (lease {:x}, ttl {}s)",
+            lease.id,
+            lease.ttl
+        );
 
         let refresh = self.cfg.status_refresh.max(Duration::from_secs(1));
         let mut refresh_timer =
             interval_at(Instant::now() + stagger::offset(&host, refresh), refresh);
         refresh_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut next_put = Instant::now() + self.cfg.status_min_gap;
-        let mut put_retry = overload_backoff(&host);
-        let mut status_dirty = false;
-
+        writes.hold();
         loop {
             tokio::select! {
-                ended = &mut lease_keeper.0 => {
+                ended = &mut lease.keeper.0 => {
                     return Err(ended.unwrap_or(SessionError::Closed("keepalive task")));
                 }
                 next = watch.next() => {
-                    let resp = match next? {
-                        Next::Response(resp) => resp,
-                        Next::Rewatch => {
-                            let rewatch = Box::pin(self.read_and_watch(client, updates));
-                            watch = rewatch.await?;
-                            continue;
-                        }
-                    };
-                    if resp.canceled() || resp.compact_revision() > 0 {
-                        tracing::info!("control plane: watch ended ({}); reading again", resp.cancel_reason());
-                        let rewatch = Box::pin(self.read_and_watch(client, updates));
-                        watch = rewatch.await?;
-                        continue;
-                    }
-                    for ev in resp.events() {
-                        if ev.event_type() == EventType::Put {
-                            if let Some(kv) = ev.kv() {
-                                let raw = kv.value().to_vec();
-                                let delivery = Box::pin(self.deliver(client, raw, kv.mod_revision(), updates));
-                                if !delivery.await {
-                                    return Ok(Exit::OwnerGone);
-                                }
-                            }
-                        }
+                    let watched = Box::pin(self.on_watch(client, next?, &mut watch, updates));
+                    if !watched.await? {
+                        return Ok(Exit::OwnerGone);
                     }
                 }
                 changed = status.changed() => {
                     if changed.is_err() {
                         return Ok(Exit::OwnerGone);
                     }
-                    status_dirty = true;
+                    writes.dirty = true;
                 }
-                _ = tokio::time::sleep_until(next_put), if status_dirty => {
+                _ = tokio::time::sleep_until(writes.next_put), if writes.dirty => {
                     let value = status.borrow_and_update().clone();
-                    match put_status(client, value).await {
-                        Ok(_) => {
-                            put_retry.succeeded();
-                            status_dirty = false;
-                            next_put = Instant::now() + self.cfg.status_min_gap;
-                        }
-                        // An overloaded etcd is no reason to drop the lease and register
-                        // again (which costs it four more requests): the status stays
-                        // due and goes again after a staggered backoff.
-                        Err(e) if e.is_overload() => {
-                            let delay = put_retry.failed();
-                            next_put = Instant::now() + delay;
-                            tracing::debug!("control plane: status write: {e}; again in {delay:?}");
-                        }
-                        Err(e) => return Err(e),
-                    }
+                    writes.due(client, value).await?;
                 }
-                _ = refresh_timer.tick() => status_dirty = true,
+                _ = refresh_timer.tick() => writes.dirty = true,
                 _ = stopped(shutdown) => {
                     // Leave the fleet listing at once rather than after the TTL.
-                    let revoke = Box::pin(tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(lease)));
+                    let revoke = Box::pin(tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(lease.id)));
                     let _ = revoke.await;
                     return Ok(Exit::Shutdown);
                 }
             }
         }
+    }
+
+    /// Grants the session's lease and starts the task that keeps it, every TTL/3 from
+    /// the host's stagger offset.
+    async fn grant_lease(&self, client: &mut Client) -> Result<Lease, SessionError> {
+        let ttl = self.cfg.lease_ttl.as_secs().max(2) as i64;
+        let slots = self.rpc_slots.clone();
+        let grant = timed(slots.clone(), client.lease_grant(ttl, None));
+        let id = grant.await?.id();
+        let keep_alive = timed(slots.clone(), client.lease_keep_alive(id));
+        let (keeper, keepalives) = keep_alive.await?;
+        let period = Duration::from_secs((ttl / 3).max(1) as u64);
+        let streams = LeaseStreams {
+            client: client.lease_client(),
+            lease: id,
+            keeper,
+            keepalives,
+            slots,
+        };
+        let first = Instant::now() + stagger::offset(&self.cfg.host_id, period);
+        let keeper = KeepAliveTask(tokio::spawn(keep_lease(streams, period, first)));
+        Ok(Lease { id, ttl, keeper })
+    }
+
+    /// What the watch said: desired states delivered, or the watch read again and
+    /// renewed when it ended. False when the owner is gone.
+    async fn on_watch(
+        &mut self,
+        client: &mut Client,
+        next: Next,
+        watch: &mut DesiredWatch,
+        updates: &mpsc::Sender<Update>,
+    ) -> Result<bool, SessionError> {
+        let resp = match next {
+            Next::Response(resp) => resp,
+            Next::Rewatch => {
+                *watch = Box::pin(self.read_and_watch(client, updates)).await?;
+                return Ok(true);
+            }
+        };
+        if resp.canceled() || resp.compact_revision() > 0 {
+            tracing::info!(
+                "control plane: watch ended ({}); reading again",
+                resp.cancel_reason()
+            );
+            *watch = Box::pin(self.read_and_watch(client, updates)).await?;
+            return Ok(true);
+        }
+        for ev in resp.events() {
+            if ev.event_type() == EventType::Put {
+                if let Some(kv) = ev.kv() {
+                    let raw = kv.value().to_vec();
+                    let delivery = Box::pin(self.deliver(client, raw, kv.mod_revision(), updates));
+                    if !delivery.await {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// Reads `desired/<host>` and watches it from the next revision.

@@ -8,7 +8,7 @@
 //!   grants by prefix, so any host holding it can delete or forge any other host's
 //!   status. Kept for fleets not yet enrolled.
 
-use std::process::ExitCode;
+use crate::exit::Exit;
 
 use etcd_client::{Client, Permission};
 use hids_control::Keys;
@@ -21,11 +21,7 @@ pub struct Passwords {
     pub shared_agent: Option<String>,
 }
 
-pub async fn run(
-    client: &mut Client,
-    keys: &Keys,
-    passwords: &Passwords,
-) -> anyhow::Result<ExitCode> {
+pub async fn run(client: &mut Client, keys: &Keys, passwords: &Passwords) -> anyhow::Result<Exit> {
     let end = |p: &str| hids_control::keys::prefix_end(p);
     let mut roles: Vec<(&str, Vec<Permission>)> = vec![(
         "hids-operator",
@@ -77,7 +73,7 @@ pub async fn run(
         "authentication enabled: from now on give --user/--password; give each host its own \
          credentials with `hidsctl --user root --password ... enroll --host-id ID --out DIR`"
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 /// Re-running bootstrap is fine: existing roles and users are kept.

@@ -9,9 +9,9 @@
 //!
 //! Only etcd's `root` may create users and roles, so these run as root.
 
+use crate::exit::Exit;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::Instant;
 
 use etcd_client::{Client, Permission, RoleRevokePermissionOptions};
@@ -91,7 +91,7 @@ pub fn host_ids(given: &[String], file: Option<&Path>) -> anyhow::Result<Vec<Str
 ///
 /// # Errors
 /// When the output directory cannot be made; a failing host is reported, not an error.
-pub async fn enroll(client: &Client, keys: &Keys, req: Request) -> anyhow::Result<ExitCode> {
+pub async fn enroll(client: &Client, keys: &Keys, req: Request) -> anyhow::Result<Exit> {
     make_private_dir(&req.out)?;
     let started = Instant::now();
     let (out, force) = (req.out.clone(), req.force);
@@ -277,7 +277,7 @@ pub async fn unenroll(
     hosts: &[String],
     concurrency: usize,
     json: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Exit> {
     let started = Instant::now();
     let (done, failed) = for_each_host(hosts, concurrency, !json, "unenrolling", |host| {
         unenroll_one(client.clone(), keys.clone(), host)
@@ -341,7 +341,7 @@ where
     F: Fn(String) -> Fut,
     Fut: Future<Output = Result<T, Failed>> + Send + 'static,
 {
-    let progress = show.then(|| crate::push::bar(hosts.len() as u64, what));
+    let progress = show.then(|| crate::progress::bar(hosts.len() as u64, what));
     let mut tasks = tokio::task::JoinSet::new();
     let (mut done, mut failed) = (Vec::new(), Vec::new());
     let mut collect = |r: Option<Result<Result<T, Failed>, tokio::task::JoinError>>| {
@@ -408,10 +408,10 @@ fn report_failures(failed: &[Failed]) {
     }
 }
 
-fn exit(failed: &[Failed]) -> ExitCode {
+fn exit(failed: &[Failed]) -> Exit {
     if failed.is_empty() {
-        ExitCode::SUCCESS
+        Exit::Success
     } else {
-        ExitCode::FAILURE
+        Exit::Error
     }
 }

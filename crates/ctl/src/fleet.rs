@@ -1,10 +1,12 @@
-//! Read-only views: agents, counts by label, history.
+//! Read-only views: agents, counts by label, history (the records
+//! [`hids_control::writer`] writes with every change).
 
+use crate::exit::Exit;
 use std::collections::BTreeMap;
-use std::process::ExitCode;
 
 use etcd_client::{Client, GetOptions, SortOrder, SortTarget};
 use hids_control::select::Selector;
+use hids_control::writer::HistoryRecord;
 use hids_control::Keys;
 use hids_types::status::AgentStatus;
 
@@ -96,7 +98,7 @@ pub async fn agents(
     keys: &Keys,
     selector: Option<&Selector>,
     json: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Exit> {
     let agents: Vec<AgentStatus> = online::<AgentStatus>(client, keys)
         .await?
         .into_values()
@@ -104,7 +106,7 @@ pub async fn agents(
         .collect();
     if json {
         out!("{}", serde_json::to_string_pretty(&agents)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Exit::Success);
     }
     let rows: Vec<Vec<String>> = agents
         .iter()
@@ -140,15 +142,10 @@ pub async fn agents(
         )
     );
     eprintln!("{} agent(s) online", agents.len());
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
-pub async fn stats(
-    client: &mut Client,
-    keys: &Keys,
-    by: &str,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
+pub async fn stats(client: &mut Client, keys: &Keys, by: &str, json: bool) -> anyhow::Result<Exit> {
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for a in online::<AgentStatus>(client, keys).await?.values() {
         let value = a.labels.get(by).cloned().unwrap_or_else(|| "(none)".into());
@@ -156,7 +153,7 @@ pub async fn stats(
     }
     if json {
         out!("{}", serde_json::to_string_pretty(&counts)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Exit::Success);
     }
     let total: u64 = counts.values().sum();
     let mut rows: Vec<Vec<String>> = counts
@@ -165,7 +162,7 @@ pub async fn stats(
         .collect();
     rows.push(vec!["TOTAL".into(), total.to_string()]);
     out_raw!("{}", hids_types::text::table(&[by, "AGENTS"], &rows));
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 pub async fn history(
@@ -173,13 +170,13 @@ pub async fn history(
     keys: &Keys,
     limit: usize,
     json: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Exit> {
     let opts = GetOptions::new()
         .with_prefix()
         .with_sort(SortTarget::Key, SortOrder::Descend)
         .with_limit(limit as i64);
     let resp = client.get(keys.history_dir(), Some(opts)).await?;
-    let mut records: Vec<serde_json::Value> = resp
+    let mut records: Vec<HistoryRecord> = resp
         .kvs()
         .iter()
         .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
@@ -187,23 +184,18 @@ pub async fn history(
     records.reverse();
     if json {
         out!("{}", serde_json::to_string_pretty(&records)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Exit::Success);
     }
-    let s = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".into(),
-        other => other.to_string(),
-    };
     let rows: Vec<Vec<String>> = records
         .iter()
         .map(|r| {
             vec![
-                s(&r["at"]),
-                s(&r["by"]),
-                s(&r["action"]),
-                s(&r["generation"]),
-                s(&r["target"]),
-                r["hosts"].as_array().map_or(0, Vec::len).to_string(),
+                humantime::format_rfc3339_micros(r.at.0).to_string(),
+                r.by.clone(),
+                r.action.clone(),
+                r.generation.to_string(),
+                r.target.clone(),
+                r.hosts.len().to_string(),
             ]
         })
         .collect();
@@ -214,5 +206,5 @@ pub async fn history(
             &rows
         )
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }

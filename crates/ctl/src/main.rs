@@ -25,24 +25,28 @@ macro_rules! out_raw {
 
 mod bootstrap;
 mod enroll;
+mod exit;
 mod fleet;
+mod progress;
 mod push;
 mod reconcile;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use hids_control::select::{Selector, Target};
-use hids_control::{EtcdConfig, Keys, TlsFiles};
+use hids_control::{EtcdSettings, Keys};
 use hids_types::desired::CommandKind;
+
+use crate::exit::Exit;
 
 /// Operate a HIDS fleet through its etcd control plane: list agents, push signed desired
 /// states to any set of hosts, stop and resume them, read the change history, and set up
 /// etcd's roles and users.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about)]
+#[command(version, about, long_about, after_help = Exit::help())]
 struct Cli {
     /// etcd client URLs, comma-separated.
     #[arg(
@@ -254,7 +258,8 @@ struct TargetArgs {
 
 #[derive(Debug, Args)]
 struct WaitArgs {
-    /// Wait this long (e.g. 30s, 2m) for the targets to acknowledge, then summarise.
+    /// Wait this long (e.g. 30s, 2m) for the targets to acknowledge, then summarise;
+    /// exit 4 when not every target applied the change.
     #[arg(long, value_parser = humantime::parse_duration)]
     wait: Option<Duration>,
     /// Print the result as JSON.
@@ -287,21 +292,34 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 }
 
 impl Cli {
-    fn etcd(&self) -> EtcdConfig {
-        EtcdConfig {
+    fn etcd(&self) -> EtcdSettings {
+        EtcdSettings {
             endpoints: self.endpoints.clone(),
-            user: self.user.clone().zip(self.password.clone()),
-            tls: self.ca_file.clone().map(|ca| TlsFiles {
-                ca,
-                cert: self.cert_file.clone(),
-                key: self.key_file.clone(),
-            }),
+            credentials_file: None,
+            user: self.user.clone(),
+            password: self.password.clone(),
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
         }
     }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // What clap's own exit does, with the code named: help and version are not
+        // errors.
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Success
+            }
+            .into();
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -309,53 +327,38 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hidsctl: {e}");
-            return ExitCode::FAILURE;
+            return Exit::Error.into();
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(code) => code,
+        Ok(exit) => exit.into(),
         Err(e) => {
             eprintln!("hidsctl: {e:#}");
-            ExitCode::FAILURE
+            Exit::Error.into()
         }
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn run(cli: Cli) -> anyhow::Result<Exit> {
     let keys = Keys::new(&cli.prefix);
-    if let Command::Keygen { out } = &cli.command {
-        std::fs::create_dir_all(out)?;
-        let key = hids_control::SigningKey::generate()?;
-        let (secret, public) = key.save(out)?;
-        out!(
-            "secret key: {} (keep it safe: it can steer the fleet)",
-            secret.display()
-        );
-        out!(
-            "public key: {} (list it in the agents' control.trusted_keys)",
-            public.display()
-        );
-        out!("key id:     {}", key.key_id());
-        return Ok(ExitCode::SUCCESS);
-    }
-    if let Command::Reconcile {
-        brokers,
-        topic,
-        properties,
-        timeout,
-        json,
-    } = &cli.command
-    {
-        return reconcile::run(brokers, topic, properties, *timeout, *json).await;
-    }
-    let mut client = cli.etcd().connect().await?;
+    let etcd = cli.etcd();
+    let connect = || async { anyhow::Ok(etcd.config()?.connect().await?) };
     match cli.command {
-        Command::Keygen { .. } | Command::Reconcile { .. } => unreachable!("handled above"),
+        Command::Keygen { out } => keygen(&out),
+        Command::Reconcile {
+            brokers,
+            topic,
+            properties,
+            timeout,
+            json,
+        } => reconcile::run(&brokers, &topic, &properties, timeout, json).await,
         Command::Agents { selector, json } => {
-            fleet::agents(&mut client, &keys, selector.as_ref(), json).await
+            fleet::agents(&mut connect().await?, &keys, selector.as_ref(), json).await
         }
-        Command::Stats { by, json } => fleet::stats(&mut client, &keys, &by, json).await,
-        Command::History { limit, json } => fleet::history(&mut client, &keys, limit, json).await,
+        Command::Stats { by, json } => fleet::stats(&mut connect().await?, &keys, &by, json).await,
+        Command::History { limit, json } => {
+            fleet::history(&mut connect().await?, &keys, limit, json).await
+        }
         Command::Bootstrap {
             root_password,
             operator_password,
@@ -367,7 +370,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 operator: operator_password,
                 shared_agent: agent_password,
             };
-            bootstrap::run(&mut client, &keys, &passwords).await
+            bootstrap::run(&mut connect().await?, &keys, &passwords).await
         }
         Command::Enroll {
             host_ids,
@@ -384,7 +387,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 concurrency,
                 json,
             };
-            enroll::enroll(&client, &keys, request).await
+            enroll::enroll(&connect().await?, &keys, request).await
         }
         Command::Unenroll {
             host_ids,
@@ -393,51 +396,57 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => {
             let hosts = enroll::host_ids(&host_ids, hosts_file.as_deref())?;
-            enroll::unenroll(&client, &keys, &hosts, concurrency, json).await
+            enroll::unenroll(&connect().await?, &keys, &hosts, concurrency, json).await
         }
-        Command::Push { file, change: args } => {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            let body: hids_types::desired::DesiredBody = toml::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.to_string().trim_end()))?;
-            change(&mut client, &keys, args, push::Change::Settings(body)).await
+        Command::Push { file, change } => {
+            let request = change.request(push::Change::settings_from(&file)?)?;
+            push::run(&mut connect().await?, &keys, request).await
         }
-        Command::Stop { change: args } => {
-            let c = push::Change::Command(CommandKind::StopAll, None);
-            change(&mut client, &keys, args, c).await
+        Command::Stop { change } => {
+            let request = change.request(push::Change::Command(CommandKind::StopAll, None))?;
+            push::run(&mut connect().await?, &keys, request).await
         }
-        Command::Resume { change: args } => {
-            let c = push::Change::Command(CommandKind::Resume, None);
-            change(&mut client, &keys, args, c).await
+        Command::Resume { change } => {
+            let request = change.request(push::Change::Command(CommandKind::Resume, None))?;
+            push::run(&mut connect().await?, &keys, request).await
         }
-        Command::RestartPlugin {
-            plugin,
-            change: args,
-        } => {
+        Command::RestartPlugin { plugin, change } => {
             let c = push::Change::Command(CommandKind::RestartPlugin, Some(plugin));
-            change(&mut client, &keys, args, c).await
+            push::run(&mut connect().await?, &keys, change.request(c)?).await
         }
     }
 }
 
-/// Every change (settings or command) goes the same way: signed, written, awaited.
-async fn change(
-    client: &mut etcd_client::Client,
-    keys: &Keys,
-    args: ChangeArgs,
-    change: push::Change,
-) -> anyhow::Result<ExitCode> {
-    let ChangeArgs { sign, target, wait } = args;
-    let target = target.target()?;
-    push::run(
-        client,
-        keys,
-        &sign.key,
-        &sign.operator,
-        &target,
-        change,
-        wait.wait,
-        wait.json,
-    )
-    .await
+/// `keygen`: a new signing key pair in `out`.
+fn keygen(out: &Path) -> anyhow::Result<Exit> {
+    std::fs::create_dir_all(out)?;
+    let key = hids_control::SigningKey::generate()?;
+    let (secret, public) = key.save(out)?;
+    out!(
+        "secret key: {} (keep it safe: it can steer the fleet)",
+        secret.display()
+    );
+    out!(
+        "public key: {} (list it in the agents' control.trusted_keys)",
+        public.display()
+    );
+    out!("key id:     {}", key.key_id());
+    Ok(Exit::Success)
+}
+
+impl ChangeArgs {
+    /// The whole request, checked before any work: every change is signed, written and
+    /// awaited the same way.
+    fn request(self, change: push::Change) -> anyhow::Result<push::Request> {
+        let ChangeArgs { sign, target, wait } = self;
+        let target = target.target()?;
+        Ok(push::Request {
+            key: hids_control::SigningKey::load(&sign.key)?,
+            operator: sign.operator,
+            target,
+            change,
+            wait: wait.wait,
+            json: wait.json,
+        })
+    }
 }

@@ -14,8 +14,8 @@
 //! refuses plugin events that carry them, so a plugin cannot hide loss, and one host
 //! cannot declare another's.
 
+use crate::exit::Exit;
 use std::collections::{BTreeMap, HashMap};
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -77,13 +77,72 @@ struct Report {
     runs: Vec<RunReport>,
 }
 
+/// Run key: host, plugin, run id.
+type RunKey = (String, String, String);
+/// Each partition's (topic, partition) end offset when reading started.
+type PartitionEnds = HashMap<(String, i32), i64>;
+
+/// Everything read from the topics, per run, before it is settled into a report.
+#[derive(Default)]
+struct Reading {
+    runs: BTreeMap<RunKey, Run>,
+    /// Drops the hosts' pipelines declared, by host.
+    declared: Vec<(String, hids_types::event::DroppedRange)>,
+    /// Run ends the hosts' pipelines declared, by host.
+    ended: Vec<(String, hids_types::event::RunEnd)>,
+    messages: u64,
+    unparsed: u64,
+}
+
 pub async fn run(
     brokers: &str,
     topics: &[String],
     properties: &[(String, String)],
     timeout: Duration,
     json: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Exit> {
+    let consumer = consumer(brokers, properties)?;
+    let started = Instant::now();
+    let (end, total) = assign(&consumer, brokers, topics)?;
+    let progress = (!json).then(|| crate::progress::bar(total.max(0) as u64, "reading"));
+    let mut reading = Reading::default();
+    let mut remaining = end;
+    while !remaining.is_empty() {
+        if started.elapsed() > timeout {
+            anyhow::bail!(
+                "timed out after {timeout:?} with {} partition(s) not read to their end",
+                remaining.len()
+            );
+        }
+        let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let msg = msg?;
+        let key = (msg.topic().to_owned(), msg.partition());
+        if let Some(&high) = remaining.get(&key) {
+            if msg.offset() + 1 >= high {
+                remaining.remove(&key);
+            }
+        }
+        if let Some(p) = &progress {
+            p.inc(1);
+        }
+        reading.take(msg.payload());
+    }
+    if let Some(p) = progress {
+        p.finish_and_clear();
+    }
+    let report = reading.settle(topics);
+    print(&report, json)?;
+    Ok(if report.undeclared_loss > 0 {
+        Exit::UndeclaredLoss
+    } else {
+        Exit::Success
+    })
+}
+
+/// A consumer of its own group (nothing committed), with the extra properties.
+fn consumer(brokers: &str, properties: &[(String, String)]) -> anyhow::Result<BaseConsumer> {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", brokers)
         .set(
@@ -95,10 +154,18 @@ pub async fn run(
     for (k, v) in properties {
         cfg.set(k, v);
     }
-    let consumer: BaseConsumer = cfg.create()?;
-    let started = Instant::now();
+    Ok(cfg.create()?)
+}
+
+/// Assigns every non-empty partition of `topics` from its low watermark. Returns each
+/// one's current end (its high watermark) and the messages to read in all.
+fn assign(
+    consumer: &BaseConsumer,
+    brokers: &str,
+    topics: &[String],
+) -> anyhow::Result<(PartitionEnds, i64)> {
     let mut assignment = TopicPartitionList::new();
-    let mut end: HashMap<(String, i32), i64> = HashMap::new();
+    let mut end = PartitionEnds::new();
     let mut total: i64 = 0;
     for topic in topics {
         let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
@@ -118,58 +185,25 @@ pub async fn run(
         }
     }
     consumer.assign(&assignment)?;
-    let progress = (!json).then(|| {
-        let bar = indicatif::ProgressBar::with_draw_target(
-            Some(total.max(0) as u64),
-            indicatif::ProgressDrawTarget::stderr(),
-        );
-        if let Ok(style) =
-            indicatif::ProgressStyle::with_template("reading [{bar:40}] {pos}/{len} ({elapsed})")
-        {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar
-    });
+    Ok((end, total))
+}
 
-    let mut runs: BTreeMap<(String, String, String), Run> = BTreeMap::new();
-    let mut declared: Vec<(String, hids_types::event::DroppedRange)> = Vec::new();
-    let mut ended: Vec<(String, hids_types::event::RunEnd)> = Vec::new();
-    let (mut messages, mut unparsed) = (0u64, 0u64);
-    let mut remaining = end.clone();
-    while !remaining.is_empty() {
-        if started.elapsed() > timeout {
-            anyhow::bail!(
-                "timed out after {timeout:?} with {} partition(s) not read to their end",
-                remaining.len()
-            );
-        }
-        let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let msg = msg?;
-        let key = (msg.topic().to_owned(), msg.partition());
-        if let Some(&high) = remaining.get(&key) {
-            if msg.offset() + 1 >= high {
-                remaining.remove(&key);
-            }
-        }
-        messages += 1;
-        if let Some(p) = &progress {
-            p.inc(1);
-        }
-        let Some(ids) = msg
-            .payload()
-            .and_then(|b| hids_types::event::EventIds::parse(b).ok())
-        else {
-            unparsed += 1;
-            continue;
+impl Reading {
+    /// One message: its run's sequence, stats and, from a `pipeline` stream, the
+    /// declarations.
+    fn take(&mut self, payload: Option<&[u8]>) {
+        self.messages += 1;
+        let Some(ids) = payload.and_then(|b| hids_types::event::EventIds::parse(b).ok()) else {
+            self.unparsed += 1;
+            return;
         };
         let Some(host) = ids.host.as_ref().map(|h| h.id.to_string()) else {
-            unparsed += 1;
-            continue;
+            self.unparsed += 1;
+            return;
         };
-        let next_order = runs.len() as u64;
-        let run = runs
+        let next_order = self.runs.len() as u64;
+        let run = self
+            .runs
             .entry((
                 host.clone(),
                 ids.hids.plugin.to_string(),
@@ -194,107 +228,117 @@ pub async fn run(
         }
         if ids.hids.plugin == "pipeline" {
             for d in ids.hids.dropped.into_iter().flatten() {
-                declared.push((host.clone(), d));
+                self.declared.push((host.clone(), d));
             }
             for e in ids.hids.ended.into_iter().flatten() {
-                ended.push((host.clone(), e));
+                self.ended.push((host.clone(), e));
             }
         }
     }
-    if let Some(p) = progress {
-        p.finish_and_clear();
-    }
-    for (host, d) in declared {
-        let run = runs
-            .entry((host, d.plugin.clone(), d.run_id.clone()))
-            .or_default();
-        run.declared.push((d.from_seq, d.to_seq));
-    }
-    // A run may be known only from its end: every event of it lost.
-    for (host, e) in ended {
-        let run = runs
-            .entry((host, e.plugin.clone(), e.run_id.clone()))
-            .or_default();
-        let last = run.ended.as_ref().map_or(0, |(_, l)| *l).max(e.last_seq);
-        run.ended = Some((e.how, last));
-    }
-    // The latest run of each host and plugin, by first appearance: any earlier run has
-    // ended, declared or not.
-    let mut latest: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for ((host, plugin, _), run) in &runs {
-        let l = latest.entry((host.clone(), plugin.clone())).or_default();
-        *l = (*l).max(run.first_seen);
-    }
 
-    let mut report = Report {
-        topics: topics.to_vec(),
-        messages,
-        unparsed,
-        hosts: runs
-            .keys()
-            .map(|k| &k.0)
-            .collect::<std::collections::BTreeSet<_>>()
-            .len(),
-        produced: 0,
-        received: 0,
-        duplicates: 0,
-        out_of_order: 0,
-        declared_drops: 0,
-        undeclared_loss: 0,
-        runs_without_end: 0,
-        runs: Vec::new(),
-    };
-    for ((host_id, plugin, run_id), mut run) in runs {
-        run.seqs.sort_unstable();
-        let received_total = run.seqs.len() as u64;
-        run.seqs.dedup();
-        let duplicates = received_total - run.seqs.len() as u64;
-        let max_declared = run.declared.iter().map(|d| d.1).max().unwrap_or(0);
-        let produced = run
-            .seqs
-            .last()
-            .copied()
-            .unwrap_or(0)
-            .max(run.emitted)
-            .max(max_declared)
-            .max(run.ended.as_ref().map_or(0, |(_, last)| *last));
-        let missing = gaps(&run.seqs, produced);
-        let undeclared = subtract(&missing, &run.declared);
-        let lost = count(&missing);
-        let undeclared_loss = count(&undeclared);
-        let superseded = latest
-            .get(&(host_id.clone(), plugin.clone()))
-            .is_some_and(|&l| l > run.first_seen);
-        let end_unknown = run.ended.is_none() && superseded;
-        report.produced = report.produced.saturating_add(produced);
-        report.received += run.seqs.len() as u64;
-        report.duplicates += duplicates;
-        report.out_of_order += run.out_of_order;
-        report.declared_drops = report.declared_drops.saturating_add(lost - undeclared_loss);
-        report.undeclared_loss = report.undeclared_loss.saturating_add(undeclared_loss);
-        report.runs_without_end += u64::from(end_unknown);
-        report.runs.push(RunReport {
-            host_id,
-            plugin,
-            run_id,
-            produced,
-            received: run.seqs.len() as u64,
-            duplicates,
-            out_of_order: run.out_of_order,
-            missing,
-            declared_drops: lost - undeclared_loss,
-            undeclared_loss,
-            undeclared,
-            ended: run.ended.map(|(how, _)| how),
-            end_unknown,
-        });
+    /// The declarations joined to their runs, and every run's account.
+    fn settle(mut self, topics: &[String]) -> Report {
+        for (host, d) in std::mem::take(&mut self.declared) {
+            let run = self
+                .runs
+                .entry((host, d.plugin.clone(), d.run_id.clone()))
+                .or_default();
+            run.declared.push((d.from_seq, d.to_seq));
+        }
+        // A run may be known only from its end: every event of it lost.
+        for (host, e) in std::mem::take(&mut self.ended) {
+            let run = self
+                .runs
+                .entry((host, e.plugin.clone(), e.run_id.clone()))
+                .or_default();
+            let last = run.ended.as_ref().map_or(0, |(_, l)| *l).max(e.last_seq);
+            run.ended = Some((e.how, last));
+        }
+        // The latest run of each host and plugin, by first appearance: any earlier run
+        // has ended, declared or not.
+        let mut latest: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for ((host, plugin, _), run) in &self.runs {
+            let l = latest.entry((host.clone(), plugin.clone())).or_default();
+            *l = (*l).max(run.first_seen);
+        }
+        let mut report = Report {
+            topics: topics.to_vec(),
+            messages: self.messages,
+            unparsed: self.unparsed,
+            hosts: self
+                .runs
+                .keys()
+                .map(|k| &k.0)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+            produced: 0,
+            received: 0,
+            duplicates: 0,
+            out_of_order: 0,
+            declared_drops: 0,
+            undeclared_loss: 0,
+            runs_without_end: 0,
+            runs: Vec::new(),
+        };
+        for (key, run) in self.runs {
+            let superseded = latest
+                .get(&(key.0.clone(), key.1.clone()))
+                .is_some_and(|&l| l > run.first_seen);
+            report.add(run_report(key, run, superseded));
+        }
+        report
     }
-    print(&report, json)?;
-    Ok(if report.undeclared_loss > 0 {
-        ExitCode::from(3)
-    } else {
-        ExitCode::SUCCESS
-    })
+}
+
+/// One run's account: what it produced, what arrived, and what is missing, declared
+/// or not. `superseded`: a later run of the same plugin exists.
+fn run_report((host_id, plugin, run_id): RunKey, mut run: Run, superseded: bool) -> RunReport {
+    run.seqs.sort_unstable();
+    let received_total = run.seqs.len() as u64;
+    run.seqs.dedup();
+    let duplicates = received_total - run.seqs.len() as u64;
+    let max_declared = run.declared.iter().map(|d| d.1).max().unwrap_or(0);
+    let produced = run
+        .seqs
+        .last()
+        .copied()
+        .unwrap_or(0)
+        .max(run.emitted)
+        .max(max_declared)
+        .max(run.ended.as_ref().map_or(0, |(_, last)| *last));
+    let missing = gaps(&run.seqs, produced);
+    let undeclared = subtract(&missing, &run.declared);
+    let lost = count(&missing);
+    let undeclared_loss = count(&undeclared);
+    RunReport {
+        host_id,
+        plugin,
+        run_id,
+        produced,
+        received: run.seqs.len() as u64,
+        duplicates,
+        out_of_order: run.out_of_order,
+        missing,
+        declared_drops: lost - undeclared_loss,
+        undeclared_loss,
+        undeclared,
+        end_unknown: run.ended.is_none() && superseded,
+        ended: run.ended.map(|(how, _)| how),
+    }
+}
+
+impl Report {
+    /// Adds a run to the report and to its totals.
+    fn add(&mut self, run: RunReport) {
+        self.produced = self.produced.saturating_add(run.produced);
+        self.received += run.received;
+        self.duplicates += run.duplicates;
+        self.out_of_order += run.out_of_order;
+        self.declared_drops = self.declared_drops.saturating_add(run.declared_drops);
+        self.undeclared_loss = self.undeclared_loss.saturating_add(run.undeclared_loss);
+        self.runs_without_end += u64::from(run.end_unknown);
+        self.runs.push(run);
+    }
 }
 
 /// The report as JSON, or as a table and a summary for a person.

@@ -199,9 +199,10 @@ fn forged_documents_are_refused_with_their_reason() {
         "10s",
         "--json",
     ]);
-    assert!(
-        !out.status.success(),
-        "an untrusted push must not count as applied"
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "an untrusted push must not count as applied (exit 4: not every target applied it)"
     );
     let result = json(&out);
     assert_eq!(result["refused"], 1, "{result:#}");

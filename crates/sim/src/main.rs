@@ -22,7 +22,7 @@ use clap::Parser;
 use etcd_client::Client;
 use hids_control::hub::WatchHub;
 use hids_control::session::{Session, SessionConfig};
-use hids_control::{EtcdConfig, Keys, TlsFiles, TrustedKeys};
+use hids_control::{EtcdConfig, EtcdSettings, Keys, TrustedKeys};
 
 use crate::fleet::{Counters, Fleet, Profile};
 
@@ -168,12 +168,32 @@ fn trusted_keys(path: Option<&PathBuf>) -> anyhow::Result<TrustedKeys> {
     Ok(TrustedKeys::load(std::slice::from_ref(path))?)
 }
 
+/// How to reach etcd: `--user` is `user:password`.
+fn etcd_settings(cli: &Cli) -> anyhow::Result<EtcdSettings> {
+    let (user, password) = match &cli.user {
+        Some(u) => u
+            .split_once(':')
+            .map(|(u, p)| (Some(u.to_owned()), Some(p.to_owned())))
+            .ok_or_else(|| anyhow::anyhow!("--user: give user:password"))?,
+        None => (None, None),
+    };
+    Ok(EtcdSettings {
+        endpoints: cli.endpoints.clone(),
+        credentials_file: None,
+        user,
+        password,
+        ca_file: cli.ca_file.clone(),
+        cert_file: cli.cert_file.clone(),
+        key_file: cli.key_file.clone(),
+    })
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.agents == 0 {
         anyhow::bail!("--agents: give at least 1");
     }
     let trusted = trusted_keys(cli.trusted_key.as_ref())?;
-    let etcd = etcd_config(&cli)?;
+    let etcd = etcd_settings(&cli)?.config()?;
     let connections = Connections::open(&cli, &etcd).await?;
     eprintln!(
         "hids-sim: starting {} agents over {} connection(s), watch streams: {}",
@@ -210,26 +230,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     run_until_signal(&cli, &fleet.counters, &hubs, &startup).await?;
     stop(agents, &shutdown_tx).await;
     Ok(())
-}
-
-/// `--endpoints`, `--user`, `--ca-file`, `--cert-file`, `--key-file`.
-fn etcd_config(cli: &Cli) -> anyhow::Result<EtcdConfig> {
-    Ok(EtcdConfig {
-        endpoints: cli.endpoints.clone(),
-        user: match &cli.user {
-            Some(u) => Some(
-                u.split_once(':')
-                    .map(|(u, p)| (u.to_owned(), p.to_owned()))
-                    .ok_or_else(|| anyhow::anyhow!("--user: give user:password"))?,
-            ),
-            None => None,
-        },
-        tls: cli.ca_file.clone().map(|ca| TlsFiles {
-            ca,
-            cert: cli.cert_file.clone(),
-            key: cli.key_file.clone(),
-        }),
-    })
 }
 
 /// The gRPC connections the agents share, each with its request slots, and the shared

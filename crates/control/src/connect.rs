@@ -1,0 +1,134 @@
+//! How to reach etcd, defined once for the agent (its `[control]` table) and `hidsctl`
+//! (its global flags): both write the same settings under the same names
+//! ([`EtcdSettings`]), and one conversion ([`EtcdSettings::config`]) turns them into
+//! what [`EtcdConfig::connect`] uses.
+//!
+//! Deliberately absent: checking the settings for the agent's config file (it names
+//! its own keys in its messages, see `hids-agent check-config`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::credentials::{Credentials, CredentialsError};
+
+/// etcd connection settings as an operator writes them: the keys of the agent's
+/// `[control]` table, and `hidsctl`'s `--endpoints`, `--user`, `--password`,
+/// `--ca-file`, `--cert-file` and `--key-file`.
+///
+/// The agent's config keeps these keys as fields of its own `[control]` table and hands
+/// them over: flattened into that table with serde, the table's parse errors would lose
+/// their line and the list of the keys it knows.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdSettings {
+    /// etcd client URLs, `http://` or `https://`.
+    pub endpoints: Vec<String>,
+    /// A file (mode 0600) with a `[control]` table holding `user` and `password`, as
+    /// written by `hidsctl enroll`; instead of `user` and `password`.
+    pub credentials_file: Option<PathBuf>,
+    /// etcd user, with `password` (when etcd has authentication on).
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// CA certificate (PEM) to verify etcd's TLS certificate: TLS is on when given.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for etcd's TLS client authentication.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl EtcdSettings {
+    /// What to connect with: the credentials from `credentials_file` when given, else
+    /// `user` with `password` (one without the other is no login); TLS when `ca_file`
+    /// is given, with a client identity when both `cert_file` and `key_file` are.
+    ///
+    /// # Errors
+    /// When the credentials file cannot be used (unreadable, readable by others, not a
+    /// `[control]` user and password).
+    pub fn config(&self) -> Result<EtcdConfig, CredentialsError> {
+        let user = match &self.credentials_file {
+            Some(file) => {
+                let Credentials { user, password } = Credentials::load(file)?;
+                Some((user, password))
+            }
+            None => self.user.clone().zip(self.password.clone()),
+        };
+        Ok(EtcdConfig {
+            endpoints: self.endpoints.clone(),
+            user,
+            tls: self.ca_file.clone().map(|ca| TlsFiles {
+                ca,
+                cert: self.cert_file.clone(),
+                key: self.key_file.clone(),
+            }),
+        })
+    }
+}
+
+/// How to reach etcd, resolved from [`EtcdSettings`]: the credentials read, TLS files
+/// named.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    pub user: Option<(String, String)>,
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files for TLS to etcd: the CA to trust, and the client certificate and key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot read {path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("etcd at {endpoints}: {source}")]
+    Etcd {
+        endpoints: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+}
+
+impl EtcdConfig {
+    /// Connects (with HTTP/2 keepalives, so a dead connection is noticed within seconds).
+    ///
+    /// # Errors
+    /// When a TLS file is unreadable or no endpoint answers.
+    pub async fn connect(&self) -> Result<etcd_client::Client, ConnectError> {
+        let mut opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
+        if let Some((user, password)) = &self.user {
+            opts = opts.with_user(user.clone(), password.clone());
+        }
+        if let Some(tls) = &self.tls {
+            let read = |p: &PathBuf| {
+                std::fs::read(p).map_err(|source| ConnectError::File {
+                    path: p.clone(),
+                    source,
+                })
+            };
+            let mut t = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?));
+            if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+                t = t.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+            }
+            opts = opts.with_tls(t);
+        }
+        etcd_client::Client::connect(&self.endpoints, Some(opts))
+            .await
+            .map_err(|source| ConnectError::Etcd {
+                endpoints: self.endpoints.join(","),
+                source,
+            })
+    }
+}
