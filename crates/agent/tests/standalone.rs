@@ -8,10 +8,14 @@ use hids_test_support::{alive, group_members, Agent};
 use rustix::process::Signal;
 use serde_json::Value;
 
+/// The live exec of `pid` (not the report of a process found running at start, whose
+/// pid a new process may have taken since).
 fn exec_of(events: &[Value], pid: u32) -> Option<&Value> {
-    events
-        .iter()
-        .find(|e| e["event"]["action"] == "exec" && e["process"]["pid"] == pid)
+    events.iter().find(|e| {
+        e["event"]["action"] == "exec"
+            && e["process"]["pid"] == pid
+            && e["hids"]["snapshot"].is_null()
+    })
 }
 
 fn args_of(ev: &Value) -> Option<Vec<String>> {
@@ -20,6 +24,64 @@ fn args_of(ev: &Value) -> Option<Vec<String>> {
             .map(|s| s.as_str().unwrap_or_default().to_owned())
             .collect()
     })
+}
+
+#[test]
+fn processes_running_before_the_agent_are_reported_once_from_proc() {
+    require_root!();
+    let tag = hids_test_support::tag();
+    // Started before the agent: no kernel event will ever tell of it. The tag rides as $0.
+    let mut before = Command::new("/bin/sh")
+        .args(["-c", "sleep 60; true", &format!("before-{tag}")])
+        .spawn()
+        .unwrap();
+    let agent = Agent::start("");
+    agent.wait_process_ready();
+    let reported = |e: &Value| {
+        args_of(e).is_some_and(|a| a.last().is_some_and(|l| l == &format!("before-{tag}")))
+    };
+    let events = agent.wait_events("the running process", Duration::from_secs(10), |evs| {
+        evs.iter().any(reported)
+    });
+    let found: Vec<&Value> = events.iter().filter(|e| reported(e)).collect();
+    assert_eq!(found.len(), 1, "reported once: {found:#?}");
+    let ev = found[0];
+    assert_eq!(ev["event"]["action"], "exec", "{ev:#}");
+    assert_eq!(ev["event"]["kind"], "state", "{ev:#}");
+    assert_eq!(ev["event"]["type"][0], "info", "{ev:#}");
+    assert_eq!(ev["hids"]["snapshot"], true, "{ev:#}");
+    assert_eq!(ev["hids"]["capture"], "procfs", "{ev:#}");
+    assert_eq!(ev["process"]["pid"], before.id(), "{ev:#}");
+    assert_eq!(ev["process"]["parent"]["pid"], std::process::id(), "{ev:#}");
+    let shell = std::fs::canonicalize("/bin/sh").unwrap();
+    assert_eq!(
+        ev["process"]["executable"],
+        shell.to_str().unwrap(),
+        "{ev:#}"
+    );
+    // Its time is the process's start, not the moment it was read.
+    assert_eq!(ev["@timestamp"], ev["process"]["start"], "{ev:#}");
+    // Kernel threads have no argument list and are left out.
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["hids"]["snapshot"] == true && e["process"]["pid"] == 2),
+        "kthreadd is not a process anyone ran"
+    );
+    // What starts now is seen live, without the mark.
+    let mut after = Command::new("/bin/true")
+        .arg(format!("after-{tag}"))
+        .spawn()
+        .unwrap();
+    let after_pid = after.id();
+    after.wait().unwrap();
+    let events = agent.wait_events("the live exec", Duration::from_secs(10), |evs| {
+        exec_of(evs, after_pid).is_some()
+    });
+    let live = exec_of(&events, after_pid).unwrap();
+    assert_eq!(live["event"]["kind"], "event", "{live:#}");
+    let _ = before.kill();
+    let _ = before.wait();
 }
 
 #[test]

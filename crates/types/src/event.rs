@@ -157,6 +157,10 @@ pub struct Hids {
     /// Set when some fields could not be read; says why (`exited`, `superseded`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incomplete: Option<String>,
+    /// Set on the `exec` of a process that was already running when capture began: read
+    /// from `/proc` at the plugin's start, not seen as it happened (`event.kind: state`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<bool>,
     /// How the event was captured (`cn_proc`, `ebpf`): the fidelity an analyst can expect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capture: Option<String>,
@@ -318,6 +322,7 @@ impl Hids {
             plugin,
             run_id,
             incomplete: None,
+            snapshot: None,
             capture: None,
             tty: None,
             pid_ns: None,

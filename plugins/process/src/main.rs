@@ -75,6 +75,11 @@ struct Args {
     /// How long an exited process stays in the table, so late children can name it.
     #[arg(long, default_value_t = 30)]
     exited_linger_secs: u64,
+    /// Report the processes already running when capture begins, one `exec` event each
+    /// (`event.kind: state`, `hids.snapshot: true`), so that nothing started before the
+    /// agent stays invisible. `--report-running false` leaves them out.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    report_running: bool,
     /// Interval of the stats record (produced, dropped, incomplete counts).
     #[arg(long, default_value_t = 60)]
     stats_interval_secs: u64,
@@ -178,7 +183,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         started.backend,
         table.len()
     );
-    let enricher = Enricher::new(
+    let mut enricher = Enricher::new(
         EnrichConfig {
             capture: started.backend,
             capture_fallback: started.fallback,
@@ -190,7 +195,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         counters,
         table,
     );
-    let result = enricher.run(rx);
+    let result = report_running(&mut enricher, &args).and_then(|()| enricher.run(rx));
     // Whatever ended the enricher (stdout closed, shutdown), the capture thread follows.
     shutdown.store(true, Ordering::SeqCst);
     match capture.join() {
@@ -202,4 +207,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
     }
+}
+
+/// Reports what already runs (see `--report-running`), before the first live event.
+fn report_running(enricher: &mut Enricher, args: &Args) -> std::io::Result<()> {
+    if args.report_running {
+        let n = enricher.report_running(&args.proc_root, args.max_args_bytes.max(256))?;
+        tracing::info!("reported the {n} running processes that are not kernel threads");
+    }
+    Ok(())
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use hids_plugin_sdk::Output;
 use hids_types::event::{Event, Producer};
 
-use crate::capture::snapshot::{Gap, Snapshot};
+use crate::capture::snapshot::{self, Gap, Snapshot};
 use crate::capture::{monotonic_ns, Batch, Counters, KernelExec, Raw};
 use crate::table::{Entry, Table};
 use clocks::Clocks;
@@ -216,7 +216,6 @@ impl Enricher {
         snapshot: Result<Box<Snapshot>, Gap>,
         superseded: bool,
     ) -> std::io::Result<()> {
-        let before = self.table.get(pid).cloned().unwrap_or_default();
         let facts = match kernel {
             Some(k) => {
                 let mut facts = facts::from_kernel(&k, snapshot.ok());
@@ -227,6 +226,56 @@ impl Enricher {
             }
             None => facts::from_proc(&self.clocks, ts_ns, snapshot, superseded),
         };
+        let ev = self.exec_event(self.base(ts_ns, "start", "exec"), pid, facts);
+        self.emit(ev)
+    }
+
+    /// Processes already running when capture began, one `exec` event each, read from
+    /// `/proc`: `event.kind: state`, `hids.snapshot: true`, `@timestamp` the process's
+    /// start. Without them a process started before the agent (a miner, a backdoor
+    /// installed before us) would never appear at all. Kernel threads (no argument list)
+    /// and processes gone meanwhile are left out. Returns how many were reported.
+    pub fn report_running(
+        &mut self,
+        proc_root: &str,
+        max_args_bytes: usize,
+    ) -> std::io::Result<usize> {
+        let pids = match hids_procfs::list_pids(proc_root) {
+            Ok(pids) => pids,
+            Err(e) => {
+                tracing::warn!("cannot list {proc_root} ({e}): running processes not reported");
+                return Ok(0);
+            }
+        };
+        let mut reported = 0;
+        for pid in pids {
+            let Ok((dir, mut snap)) = snapshot::begin(proc_root, pid, max_args_bytes) else {
+                continue;
+            };
+            if snap.cmdline.is_empty() {
+                continue;
+            }
+            snapshot::finish(&dir, &mut snap);
+            let now = monotonic_ns();
+            let facts = facts::from_proc(&self.clocks, now, Ok(Box::new(snap)), false);
+            let started = facts.start_ticks.map(|t| self.clocks.start_wall(t));
+            let mut base = self.base(now, "info", "exec");
+            base.event.kind = "state".to_owned();
+            base.timestamp = started.unwrap_or(base.timestamp);
+            base.hids.snapshot = Some(true);
+            let mut ev = self.exec_event(base, pid, facts);
+            ev.hids.capture = Some("procfs".to_owned());
+            self.emit(ev)?;
+            reported += 1;
+        }
+        self.out.flush()?;
+        Ok(reported)
+    }
+
+    /// Completes an exec event from what is known of it, and records the new image in
+    /// the table.
+    fn exec_event(&mut self, mut ev: Event, pid: u32, facts: Facts) -> Event {
+        let before = self.table.get(pid).cloned().unwrap_or_default();
         let Facts {
             ppid,
             start_ticks,
@@ -236,8 +285,6 @@ impl Enricher {
             ..
         } = facts;
         let ppid = ppid.unwrap_or(before.ppid);
-
-        let mut ev = self.base(ts_ns, "start", "exec");
         ev.hids.capture = Some(self.cfg.capture.to_owned());
         let (mut p, args_kept) = process::exec(&mut ev, pid, facts, &self.clocks);
         if ev.hids.args_truncated.is_some() {
@@ -273,7 +320,7 @@ impl Enricher {
             },
         );
         ev.process = Some(p);
-        self.emit(ev)
+        ev
     }
 
     /// An event of the process category; its sequence is taken when it is written.
