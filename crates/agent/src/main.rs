@@ -36,19 +36,22 @@ enum Exit {
     /// Failed at run time: an output or the spool cannot be opened, the status cannot
     /// be read, ...; the cause chain is on stderr.
     Failure = 1,
+    /// The command line was not understood (clap exits with it before anything runs).
+    Usage = 2,
     /// The configuration is refused (EX_USAGE, as linkerd2-proxy does); nothing was
     /// started. Every problem found is on stderr.
     Config = 64,
 }
 
 impl Exit {
-    const ALL: [Exit; 3] = [Exit::Success, Exit::Failure, Exit::Config];
+    const ALL: [Exit; 4] = [Exit::Success, Exit::Failure, Exit::Usage, Exit::Config];
 
     /// The line `--help` prints for it.
     fn meaning(self) -> &'static str {
         match self {
             Exit::Success => "stopped as asked (SIGTERM, SIGINT), or the command succeeded",
             Exit::Failure => "failed at run time (an output, the spool, the status file...)",
+            Exit::Usage => "the command line was not understood",
             Exit::Config => "the configuration is refused; nothing was started",
         }
     }

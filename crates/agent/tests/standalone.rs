@@ -26,32 +26,60 @@ fn args_of(ev: &Value) -> Option<Vec<String>> {
     })
 }
 
+/// A shell started before the agent, its tag as `$0`, in a process group of its own
+/// (killed whole, sleep included, when dropped).
+struct Before {
+    child: std::process::Child,
+    needle: String,
+}
+
+impl Before {
+    fn start(tag: &str) -> Before {
+        use std::os::unix::process::CommandExt as _;
+        let needle = format!("before-{tag}");
+        let child = Command::new("/bin/sh")
+            .args(["-c", "sleep 60; true", &needle])
+            .process_group(0)
+            .spawn()
+            .expect("/bin/sh runs");
+        Before { child, needle }
+    }
+
+    fn reported_in<'a>(&self, events: &'a [Value]) -> Vec<&'a Value> {
+        events
+            .iter()
+            .filter(|e| args_of(e).is_some_and(|a| a.last() == Some(&self.needle)))
+            .collect()
+    }
+}
+
+impl Drop for Before {
+    fn drop(&mut self) {
+        if let Some(group) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process_group(group, Signal::KILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn processes_running_before_the_agent_are_reported_once_from_proc() {
     require_root!();
     let tag = hids_test_support::tag();
-    // Started before the agent: no kernel event will ever tell of it. The tag rides as $0.
-    let mut before = Command::new("/bin/sh")
-        .args(["-c", "sleep 60; true", &format!("before-{tag}")])
-        .spawn()
-        .unwrap();
+    // Started before the agent: no kernel event will ever tell of it.
+    let before = Before::start(&tag);
     let agent = Agent::start("");
     agent.wait_process_ready();
-    let reported = |e: &Value| {
-        args_of(e).is_some_and(|a| a.last().is_some_and(|l| l == &format!("before-{tag}")))
-    };
-    let events = agent.wait_events("the running process", Duration::from_secs(10), |evs| {
-        evs.iter().any(reported)
+    let events = agent.wait_events("the running process", Duration::from_secs(15), |evs| {
+        !before.reported_in(evs).is_empty()
     });
-    let found: Vec<&Value> = events.iter().filter(|e| reported(e)).collect();
-    assert_eq!(found.len(), 1, "reported once: {found:#?}");
-    let ev = found[0];
+    let ev = before.reported_in(&events)[0].clone();
     assert_eq!(ev["event"]["action"], "exec", "{ev:#}");
     assert_eq!(ev["event"]["kind"], "state", "{ev:#}");
     assert_eq!(ev["event"]["type"][0], "info", "{ev:#}");
     assert_eq!(ev["hids"]["snapshot"], true, "{ev:#}");
     assert_eq!(ev["hids"]["capture"], "procfs", "{ev:#}");
-    assert_eq!(ev["process"]["pid"], before.id(), "{ev:#}");
+    assert_eq!(ev["process"]["pid"], before.child.id(), "{ev:#}");
     assert_eq!(ev["process"]["parent"]["pid"], std::process::id(), "{ev:#}");
     let shell = std::fs::canonicalize("/bin/sh").unwrap();
     assert_eq!(
@@ -61,13 +89,6 @@ fn processes_running_before_the_agent_are_reported_once_from_proc() {
     );
     // Its time is the process's start, not the moment it was read.
     assert_eq!(ev["@timestamp"], ev["process"]["start"], "{ev:#}");
-    // Kernel threads have no argument list and are left out.
-    assert!(
-        !events
-            .iter()
-            .any(|e| e["hids"]["snapshot"] == true && e["process"]["pid"] == 2),
-        "kthreadd is not a process anyone ran"
-    );
     // What starts now is seen live, without the mark.
     let mut after = Command::new("/bin/true")
         .arg(format!("after-{tag}"))
@@ -80,8 +101,39 @@ fn processes_running_before_the_agent_are_reported_once_from_proc() {
     });
     let live = exec_of(&events, after_pid).unwrap();
     assert_eq!(live["event"]["kind"], "event", "{live:#}");
-    let _ = before.kill();
-    let _ = before.wait();
+    assert!(live["hids"]["snapshot"].is_null(), "{live:#}");
+    // Reported once, and kernel threads (kthreadd is pid 2) not at all.
+    assert_eq!(before.reported_in(&events).len(), 1, "reported once");
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["hids"]["snapshot"] == true && e["process"]["pid"] == 2),
+        "kthreadd is not a process anyone ran"
+    );
+}
+
+#[test]
+fn report_running_false_leaves_running_processes_out() {
+    require_root!();
+    let tag = hids_test_support::tag();
+    let before = Before::start(&tag);
+    let agent =
+        Agent::start("[[plugins]]\nname = \"process\"\nargs = [\"--report-running\", \"false\"]\n");
+    agent.wait_process_ready();
+    // Past the latest moment the report could start (the host's offset within 5 s),
+    // proven by a live exec seen after it.
+    std::thread::sleep(Duration::from_secs(6));
+    let mut after = Command::new("/bin/true")
+        .arg(format!("after-{tag}"))
+        .spawn()
+        .unwrap();
+    let after_pid = after.id();
+    after.wait().unwrap();
+    let events = agent.wait_events("the live exec", Duration::from_secs(10), |evs| {
+        exec_of(evs, after_pid).is_some()
+    });
+    assert!(before.reported_in(&events).is_empty());
+    assert!(!events.iter().any(|e| e["hids"]["snapshot"] == true));
 }
 
 #[test]

@@ -645,10 +645,13 @@ mod tests {
 
     #[test]
     fn reconnects_back_off_from_1_s_to_the_documented_60_s() {
-        let mut retry = Backoff::new(Duration::from_secs(1), RECONNECT_CAP);
-        let delays: Vec<u64> = (1..=8).map(|_| retry.failed().as_secs()).collect();
-        // docs/control-plane.md: "reconnect after 1 s, doubling to 60 s" (it stopped at
-        // 32 s before issue 12).
-        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
+        // The session's own schedule: each delay is the base plus the host's offset
+        // within it. docs/control-plane.md: "reconnect after 1 s, doubling to 60 s" (it
+        // stopped at 32 s before issue 12).
+        let mut retry = reconnect_backoff("host-a");
+        for secs in [1, 2, 4, 8, 16, 32, 60, 60] {
+            let base = Duration::from_secs(secs);
+            assert_eq!(retry.failed(), base + stagger::offset("host-a", base));
+        }
     }
 }

@@ -25,6 +25,8 @@ pub struct Stat {
     pub session: u32,
     /// Controlling terminal, `major << 8 | minor` in the kernel's odd encoding; 0 for none.
     pub tty_nr: u32,
+    /// The kernel's `PF_*` flags of the task.
+    pub flags: u32,
     pub utime_ticks: u64,
     pub stime_ticks: u64,
     /// CPU of children it has waited for.
@@ -34,6 +36,14 @@ pub struct Stat {
     /// Start time in clock ticks after boot: with the pid, unique on this host.
     pub start_ticks: u64,
     pub rss_pages: u64,
+}
+
+impl Stat {
+    /// A kernel thread (`PF_KTHREAD`): nobody ran it, and it has no argument list.
+    pub fn is_kernel_thread(&self) -> bool {
+        const PF_KTHREAD: u32 = 0x0020_0000;
+        self.flags & PF_KTHREAD != 0
+    }
 }
 
 /// Parses `/proc/<pid>/stat`. The command name sits between the first `(` and the
@@ -78,7 +88,8 @@ pub fn parse_stat(b: &[u8]) -> Result<Stat, ParseError> {
     let session = num(nth(0), "no session")? as u32;
     let tty_nr = num(nth(0), "no tty_nr")? as u32;
     // 8 tpgid 9 flags 10 minflt 11 cminflt 12 majflt 13 cmajflt 14 utime
-    let utime_ticks = num(nth(6), "no utime")?;
+    let flags = num(nth(1), "no flags")? as u32;
+    let utime_ticks = num(nth(4), "no utime")?;
     let stime_ticks = num(nth(0), "no stime")?;
     // 16 cutime 17 cstime 18 priority 19 nice 20 num_threads
     let cutime_ticks = num(nth(0), "no cutime")?;
@@ -96,6 +107,7 @@ pub fn parse_stat(b: &[u8]) -> Result<Stat, ParseError> {
         pgrp,
         session,
         tty_nr,
+        flags,
         utime_ticks,
         stime_ticks,
         cutime_ticks,

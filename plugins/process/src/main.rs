@@ -23,7 +23,7 @@ use hids_plugin_sdk::Session;
 use crate::backend::{Backend, CaptureThread, Started};
 use crate::capture::ebpf::EbpfOptions;
 use crate::capture::{CaptureConfig, Counters};
-use crate::enrich::{Emit, EnrichConfig, Enricher};
+use crate::enrich::{Emit, EnrichConfig, Enricher, Running};
 use crate::table::Table;
 
 /// Process plugin of the HIDS agent. Started by `hids-agent`, which passes these
@@ -76,8 +76,10 @@ struct Args {
     #[arg(long, default_value_t = 30)]
     exited_linger_secs: u64,
     /// Report the processes already running when capture begins, one `exec` event each
-    /// (`event.kind: state`, `hids.snapshot: true`), so that nothing started before the
-    /// agent stays invisible. `--report-running false` leaves them out.
+    /// (`event.kind: state`, `hids.snapshot: true`; not kernel threads or zombies), so
+    /// that nothing started before the agent stays invisible. They go 32 at a time
+    /// between live batches, from the host's offset within 5 s of the start.
+    /// `--report-running false` leaves them out.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     report_running: bool,
     /// Interval of the stats record (produced, dropped, incomplete counts).
@@ -183,7 +185,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         started.backend,
         table.len()
     );
-    let mut enricher = Enricher::new(
+    let running = if args.report_running {
+        Running::list(&args.proc_root, &session.producer().host.id)
+    } else {
+        Running::none()
+    };
+    let enricher = Enricher::new(
         EnrichConfig {
             capture: started.backend,
             capture_fallback: started.fallback,
@@ -195,7 +202,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         counters,
         table,
     );
-    let result = report_running(&mut enricher, &args).and_then(|()| enricher.run(rx));
+    let result = enricher
+        .with_running(running, &args.proc_root, args.max_args_bytes.max(256))
+        .run(rx);
     // Whatever ended the enricher (stdout closed, shutdown), the capture thread follows.
     shutdown.store(true, Ordering::SeqCst);
     match capture.join() {
@@ -207,13 +216,4 @@ fn run(args: Args) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
     }
-}
-
-/// Reports what already runs (see `--report-running`), before the first live event.
-fn report_running(enricher: &mut Enricher, args: &Args) -> std::io::Result<()> {
-    if args.report_running {
-        let n = enricher.report_running(&args.proc_root, args.max_args_bytes.max(256))?;
-        tracing::info!("reported the {n} running processes that are not kernel threads");
-    }
-    Ok(())
 }

@@ -251,16 +251,22 @@ impl Pipeline {
     }
 
     fn housekeeping(&mut self) {
+        self.take_unqueued();
+        if let Some((k, books)) = self.kafka() {
+            k.housekeeping(books);
+        }
+        self.declare_pending();
+    }
+
+    /// The agent's own events that found the queue full since the last look: counted,
+    /// and put on the list of losses to declare.
+    fn take_unqueued(&mut self) {
         let (unqueued, uncounted) = self.unqueued.take();
         if uncounted > 0 {
             self.counters
                 .count_drop("agent_events_queue_full", uncounted);
         }
         self.lost.extend(unqueued, "agent_events_queue_full");
-        if let Some((k, books)) = self.kafka() {
-            k.housekeeping(books);
-        }
-        self.declare_pending();
     }
 
     /// The pipeline's periodic record of what it delivered, spooled and dropped.
@@ -275,6 +281,8 @@ impl Pipeline {
     /// At exit: declare where every run ended, give Kafka what is left of the stop
     /// budget, then take back and spool whatever it still holds.
     fn shutdown(&mut self, stop_by: Option<Instant>) {
+        // Those that found the queue full after the last housekeeping are declared too.
+        self.take_unqueued();
         self.stats();
         let mut ended: Vec<RunEnd> = self.runs.values().map(|p| run_end(p, "stopped")).collect();
         // This very event is the last of the pipeline's own stream.

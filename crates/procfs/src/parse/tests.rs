@@ -13,11 +13,22 @@ fn stat_fields() {
     assert_eq!(s.pgrp, 3438);
     assert_eq!(s.session, 1054);
     assert_eq!(s.tty_nr, 34817);
+    assert_eq!(s.flags, 4_194_304);
+    assert!(!s.is_kernel_thread());
     assert_eq!(s.utime_ticks, 7);
     assert_eq!(s.stime_ticks, 3);
     assert_eq!(s.num_threads, 1);
     assert_eq!(s.start_ticks, 28692);
     assert_eq!(s.rss_pages, 387);
+}
+
+#[test]
+fn a_kernel_thread_is_told_by_its_flags() {
+    // kthreadd's stat on Linux 6.x: flags 0x208040 (PF_KTHREAD | PF_NOFREEZE | ...).
+    let kthreadd = b"2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 1 0 0 20 0 1 0 2 0 0\n";
+    assert!(parse_stat(kthreadd).unwrap().is_kernel_thread());
+    let me = parse_stat(&std::fs::read("/proc/self/stat").unwrap()).unwrap();
+    assert!(!me.is_kernel_thread());
 }
 
 #[test]

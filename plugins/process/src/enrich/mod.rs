@@ -7,6 +7,7 @@ mod facts;
 mod identity;
 mod lineage;
 mod process;
+mod running;
 mod stats;
 mod users;
 
@@ -26,6 +27,8 @@ use exe::ExePaths;
 use facts::Facts;
 use stats::{Sources, Stats, Tally};
 use users::Names;
+
+pub use running::Running;
 
 /// Which event kinds are written out. The table follows every kind regardless.
 #[derive(Debug, Clone, Copy, Default)]
@@ -67,6 +70,10 @@ pub struct Enricher {
     seq: u64,
     tally: Tally,
     buf: Vec<u8>,
+    running: Running,
+    /// For reading the processes found running (`/proc`, the argument cap).
+    proc_root: String,
+    max_args_bytes: usize,
 }
 
 impl Enricher {
@@ -90,7 +97,24 @@ impl Enricher {
             seq: 0,
             tally: Tally::default(),
             buf: Vec::with_capacity(4096),
+            running: Running::none(),
+            proc_root: "/proc".to_owned(),
+            max_args_bytes: 32 * 1024,
         }
+    }
+
+    /// Reports `running` (processes found at start, read from `proc_root` with arguments
+    /// up to `max_args_bytes`) a chunk at a time between live batches.
+    pub fn with_running(
+        mut self,
+        running: Running,
+        proc_root: &str,
+        max_args_bytes: usize,
+    ) -> Self {
+        self.running = running;
+        self.proc_root = proc_root.to_owned();
+        self.max_args_bytes = max_args_bytes;
+        self
     }
 
     /// Runs until the capture thread hangs up, or the master stops reading.
@@ -102,7 +126,11 @@ impl Enricher {
         let mut next_stats = Instant::now()
             + hids_types::stagger::offset(&self.producer.host.id, self.cfg.stats_interval);
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            let now = Instant::now();
+            let mut wait = next_tick.saturating_duration_since(now);
+            if let Some(due) = self.running.due_in(now) {
+                wait = wait.min(due);
+            }
             match rx.recv_timeout(wait) {
                 Ok(batch) => {
                     for raw in batch {
@@ -121,6 +149,7 @@ impl Enricher {
                     return self.out.flush();
                 }
             }
+            self.report_running()?;
             if Instant::now() >= next_tick {
                 next_tick = Instant::now() + tick;
                 self.clocks = Clocks::now();
@@ -226,56 +255,86 @@ impl Enricher {
             }
             None => facts::from_proc(&self.clocks, ts_ns, snapshot, superseded),
         };
-        let ev = self.exec_event(self.base(ts_ns, "start", "exec"), pid, facts);
+        let before = self.table.get(pid).cloned().unwrap_or_default();
+        let ev = self.exec_event(
+            self.base(ts_ns, "start", "exec"),
+            pid,
+            facts,
+            &before,
+            false,
+        );
         self.emit(ev)
     }
 
-    /// Processes already running when capture began, one `exec` event each, read from
-    /// `/proc`: `event.kind: state`, `hids.snapshot: true`, `@timestamp` the process's
-    /// start. Without them a process started before the agent (a miner, a backdoor
-    /// installed before us) would never appear at all. Kernel threads (no argument list)
-    /// and processes gone meanwhile are left out. Returns how many were reported.
-    pub fn report_running(
-        &mut self,
-        proc_root: &str,
-        max_args_bytes: usize,
-    ) -> std::io::Result<usize> {
-        let pids = match hids_procfs::list_pids(proc_root) {
-            Ok(pids) => pids,
-            Err(e) => {
-                tracing::warn!("cannot list {proc_root} ({e}): running processes not reported");
-                return Ok(0);
-            }
-        };
-        let mut reported = 0;
-        for pid in pids {
-            let Ok((dir, mut snap)) = snapshot::begin(proc_root, pid, max_args_bytes) else {
+    /// The next chunk of processes found running at start (see [`Running`]), one `exec`
+    /// each, read from `/proc`: `event.kind: state`, `hids.snapshot: true`, `@timestamp`
+    /// the process's start. Without them a process started before the agent (a miner, a
+    /// backdoor installed first) would never appear. Kernel threads and zombies are left
+    /// out, and counted with those gone or unreadable in the closing log line.
+    fn report_running(&mut self) -> std::io::Result<()> {
+        for pid in self.running.next_chunk(Instant::now()) {
+            let Ok((dir, mut snap)) = snapshot::begin(&self.proc_root, pid, self.max_args_bytes)
+            else {
+                self.running.unreadable += 1;
                 continue;
             };
-            if snap.cmdline.is_empty() {
+            snapshot::finish(&dir, &mut snap);
+            let Some(stat) = snap
+                .stat
+                .as_deref()
+                .and_then(|b| hids_procfs::parse_stat(b).ok())
+            else {
+                self.running.unreadable += 1;
+                continue;
+            };
+            if stat.is_kernel_thread() {
+                self.running.kernel_threads += 1;
                 continue;
             }
-            snapshot::finish(&dir, &mut snap);
+            if stat.state == b'Z' {
+                self.running.zombies += 1;
+                continue;
+            }
             let now = monotonic_ns();
             let facts = facts::from_proc(&self.clocks, now, Ok(Box::new(snap)), false);
-            let started = facts.start_ticks.map(|t| self.clocks.start_wall(t));
-            let mut base = self.base(now, "info", "exec");
-            base.event.kind = "state".to_owned();
-            base.timestamp = started.unwrap_or(base.timestamp);
-            base.hids.snapshot = Some(true);
-            let mut ev = self.exec_event(base, pid, facts);
+            let mut ev = self.base(now, "info", "exec");
+            ev.event.kind = "state".to_owned();
+            ev.timestamp = self.clocks.start_wall(stat.start_ticks);
+            ev.hids.snapshot = Some(true);
+            // Its parent is named from the table alone (no image before this one), and
+            // whether it forked is unknown: the table keeps what the scan assumed.
+            let forked = self.table.get(pid).is_none_or(|e| e.forked);
+            let mut ev = self.exec_event(ev, pid, facts, &Entry::default(), forked);
             ev.hids.capture = Some("procfs".to_owned());
             self.emit(ev)?;
-            reported += 1;
+            self.running.reported += 1;
         }
-        self.out.flush()?;
-        Ok(reported)
+        if self.running.take_finished() {
+            let r = &self.running;
+            tracing::info!(
+                "reported {} processes already running; left out {} kernel threads, {} zombies, \
+                 {} gone or unreadable",
+                r.reported,
+                r.kernel_threads,
+                r.zombies,
+                r.unreadable
+            );
+        }
+        Ok(())
     }
 
     /// Completes an exec event from what is known of it, and records the new image in
     /// the table.
-    fn exec_event(&mut self, mut ev: Event, pid: u32, facts: Facts) -> Event {
-        let before = self.table.get(pid).cloned().unwrap_or_default();
+    /// `before` is the image the process ran until this exec (the table's entry for a
+    /// live exec); `forked` whether it has forked since (false after a live exec).
+    fn exec_event(
+        &mut self,
+        mut ev: Event,
+        pid: u32,
+        facts: Facts,
+        before: &Entry,
+        forked: bool,
+    ) -> Event {
         let Facts {
             ppid,
             start_ticks,
@@ -301,7 +360,7 @@ impl Enricher {
             ev.group = Some(identity::group(ids.rgid, self.groups.get(ids.rgid)));
         }
         if ppid != 0 {
-            p.parent = Some(lineage::parent(&self.table, ppid, &before));
+            p.parent = Some(lineage::parent(&self.table, ppid, before));
         }
         if let Some(reason) = incomplete {
             ev.hids.incomplete = Some(reason.to_owned());
@@ -316,7 +375,7 @@ impl Enricher {
                 exe: p.executable.as_deref().map(Arc::from),
                 args: args_kept,
                 exited_at: None,
-                forked: false,
+                forked,
             },
         );
         ev.process = Some(p);
