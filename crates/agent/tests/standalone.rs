@@ -62,6 +62,21 @@ impl Drop for Before {
     }
 }
 
+/// Runs `/bin/true after-<tag>` and waits for its live exec: the events seen by then,
+/// and its pid.
+fn run_and_see(agent: &Agent, tag: &str) -> (Vec<Value>, u32) {
+    let mut after = Command::new("/bin/true")
+        .arg(format!("after-{tag}"))
+        .spawn()
+        .expect("/bin/true runs");
+    let pid = after.id();
+    let _ = after.wait();
+    let events = agent.wait_events("the live exec", Duration::from_secs(10), |evs| {
+        exec_of(evs, pid).is_some()
+    });
+    (events, pid)
+}
+
 #[test]
 fn processes_running_before_the_agent_are_reported_once_from_proc() {
     require_root!();
@@ -90,15 +105,7 @@ fn processes_running_before_the_agent_are_reported_once_from_proc() {
     // Its time is the process's start, not the moment it was read.
     assert_eq!(ev["@timestamp"], ev["process"]["start"], "{ev:#}");
     // What starts now is seen live, without the mark.
-    let mut after = Command::new("/bin/true")
-        .arg(format!("after-{tag}"))
-        .spawn()
-        .unwrap();
-    let after_pid = after.id();
-    after.wait().unwrap();
-    let events = agent.wait_events("the live exec", Duration::from_secs(10), |evs| {
-        exec_of(evs, after_pid).is_some()
-    });
+    let (events, after_pid) = run_and_see(&agent, &tag);
     let live = exec_of(&events, after_pid).unwrap();
     assert_eq!(live["event"]["kind"], "event", "{live:#}");
     assert!(live["hids"]["snapshot"].is_null(), "{live:#}");
@@ -123,15 +130,7 @@ fn report_running_false_leaves_running_processes_out() {
     // Past the latest moment the report could start (the host's offset within 5 s),
     // proven by a live exec seen after it.
     std::thread::sleep(Duration::from_secs(6));
-    let mut after = Command::new("/bin/true")
-        .arg(format!("after-{tag}"))
-        .spawn()
-        .unwrap();
-    let after_pid = after.id();
-    after.wait().unwrap();
-    let events = agent.wait_events("the live exec", Duration::from_secs(10), |evs| {
-        exec_of(evs, after_pid).is_some()
-    });
+    let (events, _) = run_and_see(&agent, &tag);
     assert!(before.reported_in(&events).is_empty());
     assert!(!events.iter().any(|e| e["hids"]["snapshot"] == true));
 }
