@@ -449,6 +449,12 @@ fn read_exact_or_eof<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<bool> {
 mod tests {
     use super::*;
 
+    /// The one segment file a test's spool holds.
+    fn only_segment(dir: &Path) -> PathBuf {
+        let mut entries = std::fs::read_dir(dir).expect("spool dir");
+        entries.next().expect("a segment").expect("readable").path()
+    }
+
     #[test]
     fn records_come_back_in_order_across_segments() {
         let dir = tempfile::tempdir().unwrap();
@@ -482,12 +488,7 @@ mod tests {
             assert!(s.flush().is_empty());
         }
         // A kill -9 in the middle of the next write: a header and half a payload.
-        let seg = std::fs::read_dir(dir.path())
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
+        let seg = only_segment(dir.path());
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(&100u32.to_le_bytes()).unwrap();
         f.write_all(&[0, 0, 0, 0]).unwrap();
@@ -536,12 +537,7 @@ mod tests {
             assert!(s.append(b"good-2").is_empty());
             assert!(s.flush().is_empty());
         }
-        let seg = std::fs::read_dir(dir.path())
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
+        let seg = only_segment(dir.path());
         let mut bytes = std::fs::read(&seg).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
@@ -610,12 +606,7 @@ mod tests {
         assert!(s.sync().is_empty());
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&spool_dir), 0o700);
-        let seg = std::fs::read_dir(&spool_dir)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
+        let seg = only_segment(&spool_dir);
         assert_eq!(mode(&seg), 0o600);
     }
 
@@ -627,12 +618,7 @@ mod tests {
             assert!(s.append(b"whole").is_empty());
             assert!(s.sync().is_empty());
         }
-        let seg = std::fs::read_dir(dir.path())
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
+        let seg = only_segment(dir.path());
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(&[0u8; 4096]).unwrap();
         drop(f);
