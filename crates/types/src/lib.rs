@@ -6,6 +6,7 @@
 //! Producing the values (reading `/proc`, talking to the kernel) belongs to the crates
 //! that own those sources.
 
+pub mod alert;
 pub mod desired;
 pub mod event;
 pub mod guard;
