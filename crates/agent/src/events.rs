@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use hids_types::event::{Hids, Host, Producer};
+use hids_types::event::{Hids, Host, Labels, Producer};
 use hids_types::guard::GuardStatus;
 use hids_types::Timestamp;
 
@@ -20,22 +20,25 @@ pub const AGENT_STATS_EVERY: std::time::Duration = std::time::Duration::from_sec
 /// Builds the events of one stream (`hids.plugin` = its name).
 pub struct Emitter {
     host: Host,
+    labels: Labels,
     plugin: Arc<str>,
     run_id: Arc<str>,
     seq: u64,
 }
 
 impl Emitter {
-    pub fn new(host_id: &str, hostname: &str, plugin: &str) -> Self {
+    pub fn new(host: Host, labels: Labels, plugin: &str) -> Self {
         Emitter {
-            host: Host {
-                id: host_id.into(),
-                hostname: hostname.into(),
-            },
+            host,
+            labels,
             plugin: plugin.into(),
             run_id: hids_wire::new_run_id().into(),
             seq: 0,
         }
+    }
+
+    pub fn host_id(&self) -> &str {
+        &self.host.id
     }
 
     /// One event: `kind`/`category`/`type` per ECS, `fill` adds the `hids` details.
@@ -50,6 +53,7 @@ impl Emitter {
         self.seq += 1;
         let producer = Producer {
             host: self.host.clone(),
+            labels: self.labels.clone(),
             plugin: self.plugin.clone(),
             run_id: self.run_id.clone(),
         };
@@ -84,9 +88,9 @@ pub struct AgentEvents {
 }
 
 impl AgentEvents {
-    pub fn new(host_id: &str, hostname: &str, tx: EventSender, unqueued: Arc<Unqueued>) -> Self {
+    pub fn new(emitter: Emitter, tx: EventSender, unqueued: Arc<Unqueued>) -> Self {
         AgentEvents {
-            emitter: Emitter::new(host_id, hostname, "agent"),
+            emitter,
             tx,
             unqueued,
         }

@@ -10,6 +10,7 @@ use hids_control::publish::StatusPublisher;
 use hids_control::session::Update;
 use hids_control::state::ControlState;
 use hids_control::TrustedKeys;
+use hids_types::event::{Host, Labels};
 use hids_types::guard::GuardStatus;
 use hids_types::status::AgentStatus;
 use hids_types::Timestamp;
@@ -87,9 +88,22 @@ impl Master {
         }
         let counters = Arc::new(PipelineCounters::default());
         let unqueued = Arc::new(Unqueued::default());
-        let (events, pipeline) =
-            start_pipeline(&config, &host_id, &hostname, &counters, &unqueued)?;
-        let agent_events = AgentEvents::new(&host_id, &hostname, events.clone(), unqueued);
+        let host = Host {
+            id: host_id.as_str().into(),
+            hostname: hostname.as_str().into(),
+        };
+        let labels: Labels = Arc::new(config.labels.clone());
+        let (events, pipeline) = start_pipeline(
+            &config,
+            Emitter::new(host.clone(), labels.clone(), "pipeline"),
+            &counters,
+            &unqueued,
+        )?;
+        let agent_events = AgentEvents::new(
+            Emitter::new(host, labels.clone(), "agent"),
+            events.clone(),
+            unqueued,
+        );
         let cgroups = Cgroups::detect();
         cgroups.sweep_stale();
         if specs.iter().any(|s| s.limits.any()) {
@@ -99,6 +113,7 @@ impl Master {
         let ctx = Context {
             host_id: host_id.clone(),
             hostname: hostname.clone(),
+            labels,
             supervisor: config.supervisor.clone(),
             events,
             cgroups: cgroups.clone(),
@@ -389,21 +404,21 @@ impl Master {
 /// queue.
 fn start_pipeline(
     config: &Config,
-    host_id: &str,
-    hostname: &str,
+    emitter: Emitter,
     counters: &Arc<PipelineCounters>,
     unqueued: &Arc<Unqueued>,
 ) -> anyhow::Result<(EventSender, pipeline::Handle)> {
     let (events, events_rx) =
         queue::channel(config.pipeline.queue_events, config.pipeline.queue_bytes);
-    let outputs = Outputs::open(config, host_id, counters)?;
+    let host_id = emitter.host_id().to_owned();
+    let outputs = Outputs::open(config, &host_id, counters)?;
     let handle = pipeline::start(
         events_rx,
         outputs,
         counters.clone(),
         unqueued.clone(),
-        Emitter::new(host_id, hostname, "pipeline"),
-        hids_types::stagger::offset(host_id, Duration::from_secs(60)),
+        emitter,
+        hids_types::stagger::offset(&host_id, Duration::from_secs(60)),
     )?;
     Ok((events, handle))
 }

@@ -33,6 +33,7 @@ use crate::queue::{EventSender, Position};
 pub struct Context {
     pub host_id: String,
     pub hostname: String,
+    pub labels: hids_types::event::Labels,
     pub supervisor: SupervisorConfig,
     pub events: EventSender,
     pub cgroups: Cgroups,
@@ -369,6 +370,7 @@ async fn say_hello(
         host_id: ctx.host_id.clone(),
         hostname: ctx.hostname.clone(),
         run_id: run_id.to_owned(),
+        labels: (*ctx.labels).clone(),
     };
     let mut frame = Vec::new();
     let body = serde_json::to_vec(&hello).map_err(io::Error::other)?;

@@ -237,10 +237,11 @@ fn exit_events_carry_the_exit_code() {
 }
 
 #[test]
-fn stats_record_declares_counts() {
+fn stats_record_declares_counts_and_every_event_carries_the_labels() {
     require_root!();
     let agent = Agent::start(
-        "[[plugins]]\nname = \"process\"\nargs = [\"--stats-interval-secs\", \"1\"]\n",
+        "[[plugins]]\nname = \"process\"\nargs = [\"--stats-interval-secs\", \"1\"]\n\
+         [labels]\nidc = \"bj1\"\nproduct = \"pay\"\n",
     );
     let events = agent.wait_events("a stats record", Duration::from_secs(10), |evs| {
         evs.iter()
@@ -258,6 +259,11 @@ fn stats_record_declares_counts() {
     }
     assert!(s["dropped"]["capture_queue_full"].is_u64());
     assert!(s["dropped"]["kernel_lost"].is_u64());
+    // The server groups alerts by the labels each event carries: every stream has them.
+    for e in &events {
+        assert_eq!(e["labels"]["idc"], "bj1", "{e}");
+        assert_eq!(e["labels"]["product"], "pay", "{e}");
+    }
     // The same counters reach the status file as the plugin's health.
     agent.wait_status("health in the status", Duration::from_secs(5), |st| {
         Agent::plugin(st, "process")["health"]["execs_seen"].is_u64()

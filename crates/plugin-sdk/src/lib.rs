@@ -80,6 +80,7 @@ impl Session {
                 host_id: hids_procfs::host::machine_id().unwrap_or_else(|_| "unknown".into()),
                 hostname: hids_procfs::host::hostname(),
                 run_id: hids_wire::new_run_id(),
+                labels: Default::default(),
             };
             return Ok(Session {
                 mode: Mode::Standalone,
@@ -139,6 +140,7 @@ impl Session {
                 id: self.hello.host_id.as_str().into(),
                 hostname: self.hello.hostname.as_str().into(),
             },
+            labels: Arc::new(self.hello.labels.clone()),
             plugin: self.hello.plugin.as_str().into(),
             run_id: self.hello.run_id.as_str().into(),
         }

@@ -5,6 +5,7 @@
 //! sequence number (`event.sequence`), so a gap downstream is visible as loss.
 //! Fields we add beyond ECS live under `hids.*`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,11 @@ pub struct Event {
     pub timestamp: Timestamp,
     pub event: EventMeta,
     pub host: Host,
+    /// ECS `labels`: the host's labels from the agent's config (`idc`, `project`,
+    /// `product`, `env`, ...), on every event so the server can group alerts by them
+    /// without asking anyone. Absent when the host has none.
+    #[serde(default, skip_serializing_if = "no_labels")]
+    pub labels: Labels,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<Process>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -276,6 +282,13 @@ impl<'a> EventIds<'a> {
     }
 }
 
+/// A host's labels, shared by every event of a stream.
+pub type Labels = Arc<BTreeMap<String, String>>;
+
+fn no_labels(labels: &Labels) -> bool {
+    labels.is_empty()
+}
+
 /// Who writes a stream of events: the host, the stream's name (`hids.plugin`, also in
 /// `event.dataset`) and its run. Every producer, the agent's own streams and every
 /// plugin, builds its events' envelope here, so the fields that name an event are
@@ -283,6 +296,7 @@ impl<'a> EventIds<'a> {
 #[derive(Debug, Clone)]
 pub struct Producer {
     pub host: Host,
+    pub labels: Labels,
     pub plugin: Arc<str>,
     pub run_id: Arc<str>,
 }
@@ -307,6 +321,7 @@ impl Producer {
                 ..EventMeta::new(kind, category, type_, action, &self.plugin)
             },
             host: self.host.clone(),
+            labels: self.labels.clone(),
             process: None,
             user: None,
             group: None,
@@ -375,6 +390,7 @@ mod tests {
                 id: "h1".into(),
                 hostname: "web-1".into(),
             },
+            labels: Default::default(),
             plugin: "agent".into(),
             run_id: "r1".into(),
         };
@@ -401,6 +417,7 @@ mod tests {
                 id: "h1".into(),
                 hostname: "web-1".into(),
             },
+            labels: Arc::new(BTreeMap::from([("idc".into(), "bj1".into())])),
             process: Some(Process {
                 pid: 42,
                 args: Some(vec!["/bin/true".into(), "x".into()]),

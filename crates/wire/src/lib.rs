@@ -16,6 +16,7 @@
 //! older master. This crate does blocking I/O over `Read`/`Write` only; async callers
 //! parse the header with [`Header::parse`] and read the payload themselves.
 
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
@@ -196,6 +197,10 @@ pub struct MasterHello {
     pub hostname: String,
     /// Fresh for every start of the plugin; events carry it as `hids.run_id`.
     pub run_id: String,
+    /// The host's labels from the agent's config; events carry them as ECS `labels`.
+    /// Absent from an older master: no labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// The plugin's answer to [`MasterHello`].

@@ -80,6 +80,7 @@ mod tests {
                 id: "h".into(),
                 hostname: "h".into(),
             },
+            labels: Default::default(),
             plugin: "process".into(),
             run_id: "r".into(),
         };
