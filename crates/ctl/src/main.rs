@@ -23,6 +23,7 @@ macro_rules! out_raw {
     }};
 }
 
+mod alerts;
 mod bootstrap;
 mod enroll;
 mod exit;
@@ -44,7 +45,7 @@ use crate::exit::Exit;
 
 /// Operate a HIDS fleet through its etcd control plane: list agents, push signed desired
 /// states to any set of hosts, stop and resume them, read the change history, and set up
-/// etcd's roles and users.
+/// etcd's roles and users; and read hids-server's alerts and rules.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about, after_help = Exit::help())]
 struct Cli {
@@ -178,6 +179,23 @@ enum Command {
         )]
         agent_password: Option<String>,
     },
+    /// Alerts from hids-server: list, show, summarise, suppress.
+    Alerts {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(subcommand)]
+        command: AlertsCommand,
+    },
+    /// The detection rules hids-server loaded, and those it refused with the reason.
+    Rules {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Only the refused ones.
+        #[arg(long)]
+        refused: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Give hosts their own etcd credentials: per host a user and a role that may write
     /// only its own `agents/<id>` and read only its own `desired/<id>` and `blobs/`, and
     /// DIR/<id>.toml (mode 0600) to install on the host as control.credentials_file.
@@ -216,6 +234,64 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// hids-server's API.
+    #[arg(long, env = "HIDSCTL_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum AlertsCommand {
+    /// Alerts, newest first: one per rule, host and window, with a count.
+    List {
+        #[command(flatten)]
+        filter: alerts::Filter,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One alert with its evidence event, as JSON.
+    Show { id: String },
+    /// Alert counts grouped by rule_id, level, host_id, idc, project, product or any label.
+    Summary {
+        #[arg(long, default_value = "rule_id")]
+        by: String,
+        #[command(flatten)]
+        filter: alerts::Filter,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accept an alert kind: matching hits are counted and no longer stored or sent.
+    /// Narrow it with --host, --label and --command-line (all must hold).
+    Suppress {
+        #[arg(long = "rule")]
+        rule_id: String,
+        #[arg(long = "host")]
+        host_id: Option<String>,
+        /// `name=value`, repeatable.
+        #[arg(long = "label", value_parser = parse_kv)]
+        labels: Vec<(String, String)>,
+        /// Only events whose command line contains this text.
+        #[arg(long)]
+        command_line: Option<String>,
+        /// Why, and who decided (kept with it).
+        #[arg(long)]
+        comment: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The suppressions in force.
+    Suppressions {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a suppression by its id.
+    Unsuppress { id: i64 },
 }
 
 /// What every change takes: who signs it, for which hosts, and whether to wait.
@@ -398,6 +474,14 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
             let hosts = enroll::host_ids(&host_ids, hosts_file.as_deref())?;
             enroll::unenroll(&connect().await?, &keys, &hosts, concurrency, json).await
         }
+        Command::Alerts { server, command } => {
+            alerts_command(&alerts::Api::new(&server.server)?, command).await
+        }
+        Command::Rules {
+            server,
+            refused,
+            json,
+        } => alerts::rules(&alerts::Api::new(&server.server)?, refused, json).await,
         Command::Push { file, change } => {
             let request = change.request(push::Change::settings_from(&file)?)?;
             push::run(&mut connect().await?, &keys, request).await
@@ -414,6 +498,41 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
             let c = push::Change::Command(CommandKind::RestartPlugin, Some(plugin));
             push::run(&mut connect().await?, &keys, change.request(c)?).await
         }
+    }
+}
+
+async fn alerts_command(api: &alerts::Api, command: AlertsCommand) -> anyhow::Result<Exit> {
+    match command {
+        AlertsCommand::List {
+            filter,
+            limit,
+            json,
+        } => alerts::list(api, &filter, limit, json).await,
+        AlertsCommand::Show { id } => alerts::show(api, &id).await,
+        AlertsCommand::Summary { by, filter, json } => {
+            alerts::summary(api, &filter, &by, json).await
+        }
+        AlertsCommand::Suppress {
+            rule_id,
+            host_id,
+            labels,
+            command_line,
+            comment,
+            json,
+        } => {
+            let s = hids_types::alert::Suppression {
+                id: 0,
+                rule_id,
+                host_id,
+                labels: labels.into_iter().collect(),
+                command_line,
+                comment,
+                created_at: None,
+            };
+            alerts::suppress(api, s, json).await
+        }
+        AlertsCommand::Suppressions { json } => alerts::suppressions(api, json).await,
+        AlertsCommand::Unsuppress { id } => alerts::unsuppress(api, id).await,
     }
 }
 

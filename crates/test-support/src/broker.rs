@@ -67,6 +67,10 @@ impl Broker {
     }
 
     pub fn create_topic(&self, name: &str) {
+        self.create_topic_with(name, 1);
+    }
+
+    pub fn create_topic_with(&self, name: &str, partitions: u32) {
         let out = Command::new("tansu")
             .args([
                 "topic",
@@ -74,7 +78,7 @@ impl Broker {
                 "--broker",
                 &format!("tcp://{}", self.addr()),
                 "--partitions",
-                "1",
+                &partitions.to_string(),
                 name,
             ])
             .output()
@@ -107,6 +111,35 @@ impl Broker {
         let child = self.child.as_ref().expect("the broker runs");
         let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
         rustix::process::kill_process(pid, sig).unwrap();
+    }
+
+    /// Writes `(key, payload)` messages to `topic` (keyed, so one key stays on one
+    /// partition, as the agents' events do) and waits until the broker has them all.
+    pub fn produce(&self, topic: &str, messages: &[(String, Vec<u8>)]) {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let producer: BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.addr())
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()
+            .unwrap();
+        for (key, payload) in messages {
+            let mut record = BaseRecord::to(topic)
+                .key(key.as_str())
+                .payload(payload.as_slice());
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, back)) => {
+                        // The local queue is full: let deliveries drain it.
+                        producer.poll(Duration::from_millis(50));
+                        record = back;
+                    }
+                }
+            }
+            producer.poll(Duration::ZERO);
+        }
+        producer.flush(Duration::from_secs(60)).unwrap();
     }
 
     /// Every message of `topic` (one partition) from its beginning, parsed.

@@ -11,6 +11,7 @@ mod bins;
 mod broker;
 mod etcd;
 mod procs;
+mod server;
 mod sim;
 mod skip;
 
@@ -23,6 +24,7 @@ pub use bins::bin;
 pub use broker::Broker;
 pub use etcd::{etcd_available, Certs, Etcd, KeyPair};
 pub use procs::{alive, group_members, tag};
+pub use server::Server;
 pub use sim::Sim;
 pub use skip::{is_root, skip};
 
