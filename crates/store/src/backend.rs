@@ -87,13 +87,11 @@ impl<B: Backend> SqlStore<B> {
     }
 }
 
-/// Counts one hit into its alert, creating the alert on its first hit.
-fn record_one(c: &mut dyn Conn, p: &Prepared<'_>, now_us: i64) -> Result<Recorded, StoreError> {
-    let hit = p.hit;
-    let id = p.alert_id.as_str();
-    // Counted only if this offset is above the highest counted for the alert on this
-    // partition: one conditional upsert, atomic against a concurrent instance (which
-    // waits for this row, then sees it).
+/// Whether a hit's position is above the highest counted for its alert on its partition,
+/// raising that mark if so: one conditional upsert, atomic against a concurrent instance
+/// (which waits for this row, then sees it).
+fn advance_position(c: &mut dyn Conn, p: &Prepared<'_>) -> Result<bool, StoreError> {
+    let at = &p.hit.position;
     let advanced = c.query(
         "INSERT INTO alert_positions (alert_id, topic, kafka_partition, kafka_offset)
          VALUES ($1, $2, $3, $4)
@@ -102,20 +100,20 @@ fn record_one(c: &mut dyn Conn, p: &Prepared<'_>, now_us: i64) -> Result<Recorde
          WHERE alert_positions.kafka_offset < excluded.kafka_offset
          RETURNING kafka_offset",
         &[
-            Param::Text(id),
-            Param::Text(&hit.position.topic),
-            Param::Int(hit.position.partition.into()),
-            Param::Int(hit.position.offset),
+            Param::Text(&p.alert_id),
+            Param::Text(&at.topic),
+            Param::Int(at.partition.into()),
+            Param::Int(at.offset),
         ],
     )?;
-    let mut recorded = Recorded {
-        alert_id: p.alert_id.clone(),
-        created: false,
-        counted: !advanced.is_empty(),
-    };
-    if !recorded.counted {
-        return Ok(recorded);
-    }
+    Ok(!advanced.is_empty())
+}
+
+/// Counts a hit into its alert, creating the alert on its first hit; returns whether it
+/// created it.
+fn fold_into_alert(c: &mut dyn Conn, p: &Prepared<'_>, now_us: i64) -> Result<bool, StoreError> {
+    let hit = p.hit;
+    let id = p.alert_id.as_str();
     let created = c.query(
         "INSERT INTO alerts (id, rule_id, title, level_rank, techniques, host_id, hostname,
              labels, window_start, event_count, first_seen_us, last_seen_us, created_at_us,
@@ -139,8 +137,7 @@ fn record_one(c: &mut dyn Conn, p: &Prepared<'_>, now_us: i64) -> Result<Recorde
             Param::Text(&p.event),
         ],
     )?;
-    recorded.created = !created.is_empty();
-    if recorded.created {
+    if !created.is_empty() {
         for (name, value) in &hit.labels {
             c.execute(
                 "INSERT INTO alert_labels (alert_id, name, value) VALUES ($1, $2, $3)
@@ -148,7 +145,7 @@ fn record_one(c: &mut dyn Conn, p: &Prepared<'_>, now_us: i64) -> Result<Recorde
                 &[Param::Text(id), Param::Text(name), Param::Text(value)],
             )?;
         }
-        return Ok(recorded);
+        return Ok(true);
     }
     // Saturating: a count never wraps, whatever the hits claim.
     c.execute(
@@ -166,7 +163,7 @@ fn record_one(c: &mut dyn Conn, p: &Prepared<'_>, now_us: i64) -> Result<Recorde
             Param::Int(now_us),
         ],
     )?;
-    Ok(recorded)
+    Ok(false)
 }
 
 const ALERT_COLUMNS: &str = "a.id, a.rule_id, a.title, a.level_rank, a.techniques, a.host_id,
@@ -364,9 +361,8 @@ impl<B: Backend> Store for SqlStore<B> {
             .iter()
             .map(|h| self.prepare(h))
             .collect::<Result<Vec<_>, _>>()?;
-        // One order for every instance, so two transactions touching the same alerts lock
-        // their rows in the same order and cannot deadlock; offsets ascending within a
-        // partition, so a batch counts each of its events.
+        // One order for every instance: (alert, topic, partition, offset), offsets
+        // ascending so a batch counts each of its events once.
         let mut order: Vec<usize> = (0..hits.len()).collect();
         order.sort_by_key(|&i| {
             let p = &prepared[i];
@@ -375,11 +371,26 @@ impl<B: Backend> Store for SqlStore<B> {
         });
         let now_us = micros(now);
         self.backend.write(&mut |c: &mut dyn Conn| {
-            let mut out: Vec<Option<Recorded>> = vec![None; hits.len()];
+            let mut out: Vec<Recorded> = prepared
+                .iter()
+                .map(|p| Recorded {
+                    alert_id: p.alert_id.clone(),
+                    created: false,
+                    counted: false,
+                })
+                .collect();
+            // Every position row first, then every alert row, each in that order: two
+            // instances' transactions then take their row locks in one global order and
+            // cannot deadlock (PostgreSQL; SQLite has one writer at a time anyway).
             for &i in &order {
-                out[i] = Some(record_one(c, &prepared[i], now_us)?);
+                out[i].counted = advance_position(c, &prepared[i])?;
             }
-            Ok(out.into_iter().flatten().collect())
+            for &i in &order {
+                if out[i].counted {
+                    out[i].created = fold_into_alert(c, &prepared[i], now_us)?;
+                }
+            }
+            Ok(out)
         })
     }
 
