@@ -16,6 +16,9 @@ pub(crate) struct SqlStore<B> {
     backend: B,
     unreadable_rows: u64,
     dropped_evidence: u64,
+    /// Random per handle, with `calls`: see [`transaction_token`].
+    seed: u64,
+    calls: u64,
 }
 
 impl<B: Backend> SqlStore<B> {
@@ -25,6 +28,12 @@ impl<B: Backend> SqlStore<B> {
             backend,
             unreadable_rows: 0,
             dropped_evidence: 0,
+            // std's hasher keys come from the OS's random source: no rand crate needed.
+            seed: std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                0u8,
+            ),
+            calls: 0,
         })
     }
 }
@@ -109,18 +118,37 @@ fn advance_position(c: &mut dyn Conn, p: &Prepared<'_>) -> Result<bool, StoreErr
     Ok(!advanced.is_empty())
 }
 
-/// Counts a hit into its alert, creating the alert on its first hit; returns whether it
-/// created it.
-fn fold_into_alert(c: &mut dyn Conn, p: &Prepared<'_>, now_us: i64) -> Result<bool, StoreError> {
+/// Counts a hit into its alert, creating the alert on its first hit, in one upsert;
+/// returns whether the row was inserted by this transaction. The insert writes
+/// `creator = token` and the update leaves `creator` alone, so the token coming back means
+/// this transaction created the row (the caller tells its own later hits apart). One
+/// statement instead of insert-or-nothing then update: a round trip less per hit.
+fn fold_into_alert(
+    c: &mut dyn Conn,
+    p: &Prepared<'_>,
+    now_us: i64,
+    token: &str,
+) -> Result<bool, StoreError> {
     let hit = p.hit;
     let id = p.alert_id.as_str();
-    let created = c.query(
+    // Saturating: a count never wraps, whatever the hits claim.
+    let returned = c.query(
         "INSERT INTO alerts (id, rule_id, title, level_rank, techniques, host_id, hostname,
              labels, window_start, event_count, first_seen_us, last_seen_us, created_at_us,
-             updated_at_us, event)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $12, $13)
-         ON CONFLICT (id) DO NOTHING
-         RETURNING id",
+             updated_at_us, event, creator)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $12, $13, $14)
+         ON CONFLICT (id) DO UPDATE SET
+             event_count = CASE
+                 WHEN alerts.event_count <= 9223372036854775807 - excluded.event_count
+                 THEN alerts.event_count + excluded.event_count
+                 ELSE 9223372036854775807 END,
+             first_seen_us = CASE WHEN alerts.first_seen_us > excluded.first_seen_us
+                 THEN excluded.first_seen_us ELSE alerts.first_seen_us END,
+             last_seen_us = CASE WHEN alerts.last_seen_us < excluded.last_seen_us
+                 THEN excluded.last_seen_us ELSE alerts.last_seen_us END,
+             updated_at_us = CASE WHEN alerts.updated_at_us < excluded.updated_at_us
+                 THEN excluded.updated_at_us ELSE alerts.updated_at_us END
+         RETURNING creator",
         &[
             Param::Text(id),
             Param::Text(&hit.rule_id),
@@ -135,35 +163,35 @@ fn fold_into_alert(c: &mut dyn Conn, p: &Prepared<'_>, now_us: i64) -> Result<bo
             Param::Int(p.event_us),
             Param::Int(now_us),
             Param::Text(&p.event),
+            Param::Text(token),
         ],
     )?;
-    if !created.is_empty() {
-        for (name, value) in &hit.labels {
-            c.execute(
-                "INSERT INTO alert_labels (alert_id, name, value) VALUES ($1, $2, $3)
-                 ON CONFLICT DO NOTHING",
-                &[Param::Text(id), Param::Text(name), Param::Text(value)],
-            )?;
-        }
-        return Ok(true);
+    let created = returned
+        .first()
+        .and_then(|row| row.first())
+        .is_some_and(|creator| *creator == crate::sql::Cell::Text(token.to_owned()));
+    Ok(created)
+}
+
+fn insert_labels(c: &mut dyn Conn, p: &Prepared<'_>) -> Result<(), StoreError> {
+    for (name, value) in &p.hit.labels {
+        c.execute(
+            "INSERT INTO alert_labels (alert_id, name, value) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+            &[
+                Param::Text(&p.alert_id),
+                Param::Text(name),
+                Param::Text(value),
+            ],
+        )?;
     }
-    // Saturating: a count never wraps, whatever the hits claim.
-    c.execute(
-        "UPDATE alerts SET
-             event_count = CASE WHEN event_count <= 9223372036854775807 - $2
-                 THEN event_count + $2 ELSE 9223372036854775807 END,
-             first_seen_us = CASE WHEN first_seen_us > $3 THEN $3 ELSE first_seen_us END,
-             last_seen_us = CASE WHEN last_seen_us < $3 THEN $3 ELSE last_seen_us END,
-             updated_at_us = CASE WHEN updated_at_us < $4 THEN $4 ELSE updated_at_us END
-         WHERE id = $1",
-        &[
-            Param::Text(id),
-            Param::Int(p.count),
-            Param::Int(p.event_us),
-            Param::Int(now_us),
-        ],
-    )?;
-    Ok(false)
+    Ok(())
+}
+
+/// A token no other transaction of any instance uses: this handle's random seed and a
+/// count of its calls.
+fn transaction_token(seed: u64, call: u64) -> String {
+    format!("{seed:016x}-{call}")
 }
 
 const ALERT_COLUMNS: &str = "a.id, a.rule_id, a.title, a.level_rank, a.techniques, a.host_id,
@@ -357,6 +385,9 @@ impl<B: Backend> SqlStore<B> {
 
 impl<B: Backend> Store for SqlStore<B> {
     fn record(&mut self, hits: &[Hit], now: Timestamp) -> Result<Vec<Recorded>, StoreError> {
+        if hits.is_empty() {
+            return Ok(Vec::new());
+        }
         let prepared = hits
             .iter()
             .map(|h| self.prepare(h))
@@ -370,6 +401,8 @@ impl<B: Backend> Store for SqlStore<B> {
             (&p.alert_id, &at.topic, at.partition, at.offset)
         });
         let now_us = micros(now);
+        self.calls += 1;
+        let token = transaction_token(self.seed, self.calls);
         self.backend.write(&mut |c: &mut dyn Conn| {
             let mut out: Vec<Recorded> = prepared
                 .iter()
@@ -385,9 +418,15 @@ impl<B: Backend> Store for SqlStore<B> {
             for &i in &order {
                 out[i].counted = advance_position(c, &prepared[i])?;
             }
+            let mut folded = std::collections::HashSet::new();
             for &i in &order {
                 if out[i].counted {
-                    out[i].created = fold_into_alert(c, &prepared[i], now_us)?;
+                    let p = &prepared[i];
+                    let first_in_batch = folded.insert(p.alert_id.as_str());
+                    out[i].created = fold_into_alert(c, p, now_us, &token)? && first_in_batch;
+                    if out[i].created {
+                        insert_labels(c, p)?;
+                    }
                 }
             }
             Ok(out)

@@ -26,7 +26,9 @@ const MIGRATIONS: &[&[&str]] = &[&[
         last_seen_us BIGINT NOT NULL,
         created_at_us BIGINT NOT NULL,
         updated_at_us BIGINT NOT NULL,
-        event TEXT NOT NULL)",
+        event TEXT NOT NULL,
+        -- The transaction that inserted the row (see backend.rs, fold_into_alert).
+        creator TEXT NOT NULL)",
     "CREATE INDEX alerts_by_last_seen ON alerts (last_seen_us)",
     "CREATE INDEX alerts_by_rule ON alerts (rule_id, last_seen_us)",
     "CREATE INDEX alerts_by_host ON alerts (host_id, last_seen_us)",
