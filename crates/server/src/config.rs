@@ -1,0 +1,378 @@
+//! `hids-server`'s configuration file (TOML). Every key is documented here; unknown keys
+//! are an error that names them, and the whole file is validated before anything opens.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace`.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    pub kafka: KafkaConfig,
+    pub store: StoreSection,
+    /// Without this section the built-in rule pack is loaded.
+    #[serde(default)]
+    pub rules: RulesConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+    /// Where new alerts are POSTed as JSON (an IM, SMS or paging gateway).
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// The event topics, read as one consumer group: every instance with the same `group`
+/// shares the partitions (events are keyed by host id, so a host's events and its
+/// frequency state stay on one instance).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port`.
+    pub brokers: Vec<String>,
+    /// The agents' event topics.
+    pub topics: Vec<String>,
+    /// The consumer group; instances that share it share the work.
+    pub group: String,
+    /// Where a group with no committed offset starts: `earliest` (default: every event
+    /// still in Kafka is checked once) or `latest`.
+    #[serde(default = "default_start")]
+    pub start: String,
+    /// New alerts are also written here (JSON, keyed by host id). None: not written.
+    #[serde(default)]
+    pub alerts_topic: Option<String>,
+    /// Events taken per batch: the batch's alerts are stored, then its offsets committed.
+    #[serde(default = "default_batch_events")]
+    pub batch_events: usize,
+    /// The longest a batch waits to fill, in milliseconds: the floor of alert latency.
+    #[serde(default = "default_batch_wait_ms")]
+    pub batch_wait_ms: u64,
+    /// Events larger than this are counted (`too_large`) and skipped.
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: usize,
+    /// Extra librdkafka properties for the consumer and the alerts producer (TLS,
+    /// SASL: `"security.protocol" = "ssl"`, ...). The group and commit settings the
+    /// server depends on cannot be overridden.
+    #[serde(default)]
+    pub librdkafka: std::collections::BTreeMap<String, String>,
+}
+
+/// Where alerts live: `path` (embedded SQLite, one file, one instance) or `url`
+/// (a PostgreSQL shared by several instances). Exactly one.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// `postgres://user@host:port/db`.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesConfig {
+    /// Directories of Sigma YAML rules (and our own, in the same format), read
+    /// recursively. A file that does not parse is refused, the rest load.
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
+    /// Load the built-in pack as well (reverse shells, web servers spawning shells,
+    /// download-and-run, miners, log tampering, bursts).
+    #[serde(default = "default_true")]
+    pub builtin: bool,
+    /// Frequency rules keep per-host counters; past this many keys the oldest go
+    /// (counted in `hids_server_frequency_keys_evicted_total`).
+    #[serde(default = "default_max_frequency_keys")]
+    pub max_frequency_keys: usize,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig {
+            paths: Vec::new(),
+            builtin: true,
+            max_frequency_keys: default_max_frequency_keys(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// The API, `/metrics` and `/healthz`. Loopback by default: put a proxy with
+    /// authentication in front before opening it wider.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// One alert per rule, host and window of this length (event time); more matches
+    /// in the window raise its count instead of making copies.
+    #[serde(default = "default_window_secs")]
+    pub window_secs: u64,
+    /// Alerts whose last event is older than this are deleted (checked hourly).
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            window_secs: default_window_secs(),
+            retention_days: default_retention_days(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` URL the alert JSON is POSTed to.
+    pub url: String,
+    /// Only alerts at this level or above.
+    #[serde(default = "default_min_level")]
+    pub min_level: hids_types::alert::Level,
+    /// One attempt's limit.
+    #[serde(default = "default_webhook_timeout_secs")]
+    pub timeout_secs: u64,
+    /// Attempts per alert before it is given up (counted).
+    #[serde(default = "default_webhook_attempts")]
+    pub attempts: u32,
+    /// Alerts waiting for this webhook; past it new ones are dropped (counted), so a
+    /// dead gateway never holds detection back.
+    #[serde(default = "default_webhook_queue")]
+    pub queue_limit: usize,
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_start() -> String {
+    "earliest".into()
+}
+fn default_batch_events() -> usize {
+    2_000
+}
+fn default_batch_wait_ms() -> u64 {
+    100
+}
+fn default_max_event_bytes() -> usize {
+    256 * 1024
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_frequency_keys() -> usize {
+    1_000_000
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_window_secs() -> u64 {
+    3_600
+}
+fn default_retention_days() -> u64 {
+    90
+}
+fn default_min_level() -> hids_types::alert::Level {
+    hids_types::alert::Level::Medium
+}
+fn default_webhook_timeout_secs() -> u64 {
+    5
+}
+fn default_webhook_attempts() -> u32 {
+    8
+}
+fn default_webhook_queue() -> usize {
+    10_000
+}
+
+impl ServerConfig {
+    pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: ServerConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Every problem at once, so an operator fixes the file in one go.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let k = &self.kafka;
+        if k.brokers.is_empty() || k.brokers.iter().any(|b| b.trim().is_empty()) {
+            problems.push("kafka.brokers: list at least one host:port".to_string());
+        }
+        if k.topics.is_empty() || k.topics.iter().any(|t| t.trim().is_empty()) {
+            problems.push("kafka.topics: list the agents' event topics".to_string());
+        }
+        if k.group.trim().is_empty() {
+            problems.push("kafka.group: name the consumer group".to_string());
+        }
+        if !matches!(k.start.as_str(), "earliest" | "latest") {
+            problems.push(format!(
+                "kafka.start: {:?}; use earliest or latest",
+                k.start
+            ));
+        }
+        if k.batch_events == 0 || k.batch_events > 100_000 {
+            problems.push("kafka.batch_events: between 1 and 100000".to_string());
+        }
+        if k.batch_wait_ms > 10_000 {
+            problems.push("kafka.batch_wait_ms: at most 10000".to_string());
+        }
+        if k.max_event_bytes < 1024 {
+            problems.push("kafka.max_event_bytes: at least 1024".to_string());
+        }
+        match (&self.store.path, &self.store.url) {
+            (Some(_), Some(_)) => problems.push(
+                "store.path and store.url are both set: path is the SQLite file of a single \
+                 instance, url a PostgreSQL shared by several; keep one"
+                    .to_string(),
+            ),
+            (None, None) => problems
+                .push("store: set path (an SQLite file) or url (postgres://...)".to_string()),
+            (None, Some(url))
+                if !url.starts_with("postgres://") && !url.starts_with("postgresql://") =>
+            {
+                problems.push(format!("store.url: {url:?} is not a postgres:// URL"))
+            }
+            _ => {}
+        }
+        if self.alerts.window_secs == 0 || self.alerts.window_secs > 7 * 86_400 {
+            problems.push("alerts.window_secs: between 1 and 604800 (a week)".to_string());
+        }
+        if self.alerts.retention_days == 0 {
+            problems.push("alerts.retention_days: at least 1".to_string());
+        }
+        if self.rules.max_frequency_keys == 0 {
+            problems.push("rules.max_frequency_keys: at least 1".to_string());
+        }
+        for (i, w) in self.webhooks.iter().enumerate() {
+            if !w.url.starts_with("http://") && !w.url.starts_with("https://") {
+                problems.push(format!(
+                    "webhooks[{i}].url: {:?} is not an http(s) URL",
+                    w.url
+                ));
+            }
+            if w.attempts == 0 || w.timeout_secs == 0 || w.queue_limit == 0 {
+                problems.push(format!(
+                    "webhooks[{i}]: attempts, timeout_secs and queue_limit must be at least 1"
+                ));
+            }
+        }
+        if self.log_level.parse::<tracing::Level>().is_err() {
+            problems.push(format!(
+                "log_level: {:?}; use error, warn, info, debug or trace",
+                self.log_level
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems.join("\n")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[kafka]
+brokers = ["127.0.0.1:9092"]
+topics = ["hids-events"]
+group = "hids-server"
+
+[store]
+path = "/var/lib/hids-server/alerts.db"
+
+[http]
+listen = "127.0.0.1:8080"
+"#;
+
+    fn parse(text: &str) -> Result<ServerConfig, String> {
+        let c: ServerConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    #[test]
+    fn minimal_config_takes_defaults_and_the_builtin_pack() {
+        let c = parse(MINIMAL).unwrap();
+        assert!(c.rules.builtin && c.rules.paths.is_empty());
+        assert_eq!(c.alerts.window_secs, 3600);
+        assert_eq!(c.kafka.start, "earliest");
+    }
+
+    #[test]
+    fn the_packaged_example_parses() {
+        let text = include_str!("../../../packaging/server.toml");
+        parse(text).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = parse(&format!("{MINIMAL}\n[rules]\npath = [\"x\"]\n")).unwrap_err();
+        assert!(err.contains("path"), "{err}");
+    }
+
+    #[test]
+    fn both_stores_are_refused_naming_both_keys() {
+        let text = MINIMAL.replace(
+            "path = \"/var/lib/hids-server/alerts.db\"",
+            "path = \"a.db\"\nurl = \"postgres://x@h/db\"",
+        );
+        let err = parse(&text).unwrap_err();
+        assert!(
+            err.contains("store.path") && err.contains("store.url"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_listed_at_once() {
+        let text = MINIMAL
+            .replace("topics = [\"hids-events\"]", "topics = []")
+            .replace("group = \"hids-server\"", "group = \"\"");
+        let err = parse(&text).unwrap_err();
+        assert!(
+            err.contains("kafka.topics") && err.contains("kafka.group"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,323 @@
+//! The consumer: reads the event topics as one Kafka consumer group, checks each batch,
+//! stores what it raised, and only then commits the batch's offsets. A crash between the
+//! two replays the batch; the store counts each event once (by its Kafka position), so
+//! a replay neither loses nor duplicates an alert.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hids_store::{Hit, Position, Recorded, Store};
+use hids_types::alert::Alert;
+use hids_types::stagger::Backoff;
+use hids_types::Timestamp;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+
+use crate::config::{KafkaConfig, ServerConfig};
+use crate::metrics::{level_label, Metrics};
+use crate::outputs::Outputs;
+use crate::triage::Triage;
+
+/// How often the operators' suppressions are re-read from the store, so one made on
+/// any instance applies on all within this.
+const SUPPRESSIONS_EVERY: Duration = Duration::from_secs(5);
+const PRUNE_EVERY: Duration = Duration::from_secs(3_600);
+
+/// librdkafka's view of this member: rebalances logged, lag from its statistics.
+struct Member {
+    metrics: Arc<Metrics>,
+}
+
+impl ClientContext for Member {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!("kafka {fac}: {message}")
+            }
+            L::Warning => tracing::warn!("kafka {fac}: {message}"),
+            L::Notice | L::Info => tracing::info!("kafka {fac}: {message}"),
+            L::Debug => tracing::debug!("kafka {fac}: {message}"),
+        }
+    }
+
+    fn stats(&self, stats: Statistics) {
+        let mut lag = 0i64;
+        for topic in stats.topics.values() {
+            for (id, p) in &topic.partitions {
+                // -1 is librdkafka's "internal" partition; a negative lag is unknown.
+                if *id >= 0 && p.consumer_lag >= 0 {
+                    lag += p.consumer_lag;
+                }
+            }
+        }
+        self.metrics.consumer_lag.set(lag);
+    }
+}
+
+impl ConsumerContext for Member {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Ok(held) = consumer.assignment() {
+            self.metrics
+                .partitions
+                .set(i64::try_from(held.count()).unwrap_or(i64::MAX));
+        }
+        match rebalance {
+            Rebalance::Assign(tpl) => tracing::info!("partitions assigned: {}", describe(tpl)),
+            Rebalance::Revoke(tpl) => tracing::info!("partitions revoked: {}", describe(tpl)),
+            Rebalance::Error(e) => tracing::warn!("rebalance failed: {e}"),
+        }
+    }
+}
+
+fn describe(tpl: &TopicPartitionList) -> String {
+    let parts: Vec<String> = tpl
+        .elements()
+        .iter()
+        .map(|e| format!("{}/{}", e.topic(), e.partition()))
+        .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+fn consumer(cfg: &KafkaConfig, metrics: Arc<Metrics>) -> anyhow::Result<BaseConsumer<Member>> {
+    let mut client = ClientConfig::new();
+    for (k, v) in &cfg.librdkafka {
+        client.set(k, v);
+    }
+    let consumer: BaseConsumer<Member> = client
+        .set("bootstrap.servers", cfg.brokers.join(","))
+        .set("group.id", &cfg.group)
+        .set("client.id", "hids-server")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", &cfg.start)
+        // Cooperative: a joining or leaving instance moves only the partitions that
+        // change hands; the others keep consuming through the rebalance.
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        // A dead instance's partitions move after 10 s (librdkafka's default is 45 s).
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "3000")
+        .set("statistics.interval.ms", "5000")
+        .create_with_context(Member { metrics })?;
+    let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    Ok(consumer)
+}
+
+/// One message, owned: the batch outlives the consumer's borrow.
+struct Taken {
+    position: Position,
+    payload: Option<Vec<u8>>,
+}
+
+pub struct Consume {
+    pub config: ServerConfig,
+    pub triage: Triage,
+    pub store: Box<dyn Store>,
+    pub outputs: Outputs,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: Arc<AtomicBool>,
+}
+
+impl Consume {
+    /// Runs until `shutdown` is set; then finishes and commits the batch in hand.
+    pub fn run(mut self) -> anyhow::Result<()> {
+        let consumer = consumer(&self.config.kafka, self.metrics.clone())?;
+        let mut batch = Vec::with_capacity(self.config.kafka.batch_events);
+        let mut hits = Vec::new();
+        let mut suppressions_at: Option<Instant> = None;
+        let mut pruned_at: Option<Instant> = None;
+        while !self.shutdown.load(Ordering::Relaxed) {
+            if suppressions_at.is_none_or(|t| t.elapsed() >= SUPPRESSIONS_EVERY) {
+                self.reload_suppressions();
+                suppressions_at = Some(Instant::now());
+            }
+            if pruned_at.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                self.prune();
+                pruned_at = Some(Instant::now());
+            }
+            self.fill(&consumer, &mut batch);
+            if batch.is_empty() {
+                continue;
+            }
+            hits.clear();
+            for m in &batch {
+                self.triage
+                    .message(m.payload.as_deref(), m.position.clone(), &mut hits);
+            }
+            self.note_detector();
+            if !self.store_all(&hits) {
+                break;
+            }
+            self.commit(&consumer, &batch);
+            batch.clear();
+        }
+        // Leaving the group now hands our partitions over at once instead of after the
+        // session timeout.
+        consumer.unsubscribe();
+        self.outputs.flush(Duration::from_secs(5));
+        Ok(())
+    }
+
+    /// Up to `batch_events` messages, waiting at most `batch_wait_ms` for them.
+    fn fill(&self, consumer: &BaseConsumer<Member>, batch: &mut Vec<Taken>) {
+        let deadline = Instant::now() + Duration::from_millis(self.config.kafka.batch_wait_ms);
+        while batch.len() < self.config.kafka.batch_events {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.shutdown.load(Ordering::Relaxed) {
+                break;
+            }
+            match consumer.poll(left) {
+                Some(Ok(m)) => batch.push(Taken {
+                    position: Position {
+                        topic: m.topic().to_owned(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                    },
+                    payload: m.payload().map(<[u8]>::to_vec),
+                }),
+                Some(Err(e)) => {
+                    tracing::warn!("kafka: {e}");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Stores the batch's hits, retrying with backoff while the store is away: offsets
+    /// are not committed before this succeeds, so nothing is lost. False when asked to
+    /// stop before the store came back.
+    fn store_all(&mut self, hits: &[Hit]) -> bool {
+        if hits.is_empty() {
+            return true;
+        }
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            let now = Timestamp::now();
+            match self.store.record(hits, now) {
+                Ok(recorded) => {
+                    self.deliver(hits, &recorded, now);
+                    return true;
+                }
+                Err(e) => {
+                    self.metrics.store_failures.inc();
+                    let wait = backoff.failed();
+                    tracing::error!(
+                        "store: {e}; retrying in {wait:?} (offsets stay uncommitted until it succeeds)"
+                    );
+                    if self.sleep_unless_stopped(wait) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// New alerts go to the outputs; counted hits to the metrics.
+    fn deliver(&self, hits: &[Hit], recorded: &[Recorded], now: Timestamp) {
+        for (hit, r) in hits.iter().zip(recorded) {
+            if !r.counted {
+                self.metrics.redelivered.inc();
+                continue;
+            }
+            if r.created {
+                self.metrics
+                    .alerts
+                    .get_or_create(&level_label(hit.level))
+                    .inc();
+                self.outputs.send(&alert_of(hit, &r.alert_id, now));
+            }
+        }
+    }
+
+    /// Commits the next offset of every partition in the batch. A failure (a rebalance
+    /// took the partition, the broker is away) is counted: the next owner replays from
+    /// the last commit and the store's positions keep the counts exact.
+    fn commit(&self, consumer: &BaseConsumer<Member>, batch: &[Taken]) {
+        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for m in batch {
+            let e = next
+                .entry((m.position.topic.as_str(), m.position.partition))
+                .or_insert(0);
+            *e = (*e).max(m.position.offset + 1);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in next {
+            if let Err(e) = tpl.add_partition_offset(topic, partition, Offset::Offset(offset)) {
+                tracing::warn!("commit {topic}/{partition}: {e}");
+            }
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+            self.metrics.commit_failures.inc();
+            tracing::warn!("offset commit failed: {e}; the batch will be replayed by the partition's next owner (alerts stay exact)");
+        }
+    }
+
+    fn reload_suppressions(&mut self) {
+        match self.store.suppressions() {
+            Ok(s) => self.triage.set_suppressions(s),
+            Err(e) => tracing::warn!("cannot read suppressions (keeping the last ones): {e}"),
+        }
+    }
+
+    fn prune(&mut self) {
+        let keep = Duration::from_secs(self.config.alerts.retention_days.saturating_mul(86_400));
+        let before = Timestamp(std::time::SystemTime::now() - keep);
+        match self.store.prune(before) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("retention: deleted {n} alerts last seen before {before:?}"),
+            Err(e) => tracing::warn!("retention: {e}"),
+        }
+    }
+
+    fn note_detector(&self) {
+        let stats = self.triage.detector().stats();
+        self.metrics
+            .frequency_keys
+            .set(i64::try_from(stats.frequency_keys).unwrap_or(i64::MAX));
+        self.metrics
+            .frequency_evicted
+            .set(i64::try_from(stats.frequency_evicted).unwrap_or(i64::MAX));
+    }
+
+    /// True when asked to stop while waiting.
+    fn sleep_unless_stopped(&self, wait: Duration) -> bool {
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if self.shutdown.load(Ordering::Relaxed) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+/// The alert a hit just created, as the outputs send it.
+pub fn alert_of(hit: &Hit, id: &str, now: Timestamp) -> Alert {
+    Alert {
+        id: id.to_owned(),
+        rule_id: hit.rule_id.clone(),
+        title: hit.title.clone(),
+        level: hit.level,
+        techniques: hit.techniques.clone(),
+        host_id: hit.host_id.clone(),
+        hostname: hit.hostname.clone(),
+        labels: hit.labels.clone(),
+        count: hit.count,
+        first_seen: hit.event_time,
+        last_seen: hit.event_time,
+        created_at: now,
+        updated_at: now,
+        event: serde_json::from_str(&hit.event).unwrap_or(serde_json::Value::Null),
+    }
+}

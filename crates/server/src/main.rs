@@ -1,0 +1,277 @@
+//! `hids-server`: the binary. Thin glue over the library: configuration, logging, the
+//! consumer thread, the HTTP API, and a clean stop on SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use hids_detect::{RuleSet, RuleStatus};
+use hids_server::config::ServerConfig;
+use hids_server::consume::Consume;
+use hids_server::http::{self, Api};
+use hids_server::metrics::Metrics;
+use hids_server::outputs::Outputs;
+use hids_server::triage::Triage;
+use hids_store::StoreConfig;
+
+/// How `hids-server` exits. The numbers are a contract: never renumber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Exit {
+    /// Stopped as asked (SIGTERM, SIGINT), or the subcommand did its job.
+    Success = 0,
+    /// Failed at run time (the store, Kafka, the HTTP address); the cause is on stderr.
+    Failure = 1,
+    /// The command line was not understood (clap exits with it).
+    Usage = 2,
+    /// The configuration is refused, or a rules directory cannot be read; nothing started.
+    Config = 64,
+}
+
+impl Exit {
+    const ALL: [Exit; 4] = [Exit::Success, Exit::Failure, Exit::Usage, Exit::Config];
+
+    fn meaning(self) -> &'static str {
+        match self {
+            Exit::Success => "stopped as asked (SIGTERM, SIGINT), or the command succeeded",
+            Exit::Failure => "failed at run time (the store, Kafka, the HTTP address...)",
+            Exit::Usage => "the command line was not understood",
+            Exit::Config => {
+                "the configuration or a rules directory is refused; nothing was started"
+            }
+        }
+    }
+
+    fn help() -> String {
+        let mut text = String::from("Exit codes:");
+        for e in Exit::ALL {
+            text.push_str(&format!("\n  {:<4}{}", e as u8, e.meaning()));
+        }
+        text
+    }
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// HIDS server: turns the agents' events into alerts.
+///
+/// Reads the event topics as a Kafka consumer group (run as many instances as the
+/// partitions allow, with the same group), checks every event against Sigma rules and
+/// the built-in pack, keeps one alert per rule, host and window with a count, stores
+/// them (SQLite, or PostgreSQL shared by the instances), and serves them on
+/// /api/v1/alerts; new alerts also go to a Kafka topic and webhooks.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about, after_help = Exit::help())]
+struct Cli {
+    /// Configuration file (TOML); see packaging/server.toml for every key.
+    #[arg(
+        long,
+        short,
+        global = true,
+        value_name = "FILE",
+        default_value = "/etc/hids/server.toml"
+    )]
+    config: PathBuf,
+    /// Log level on stderr, overriding the config: error, warn, info, debug, trace.
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check the configuration and the rules, print what loads and what is refused
+    /// (with the reason), then exit: 0 when the configuration is usable.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut config = match ServerConfig::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e.to_string()).into(),
+    };
+    if let Some(level) = cli.log_level {
+        config.log_level = level;
+    }
+    let rules = match RuleSet::load(config.rules.builtin, &config.rules.paths) {
+        Ok(r) => Arc::new(r),
+        Err(e) => return config_error(&e.to_string()).into(),
+    };
+    let exit = match cli.command {
+        Some(Command::CheckConfig) => check_config(&rules),
+        None => {
+            init_logging(&config.log_level);
+            match run(config, rules) {
+                Ok(()) => Exit::Success,
+                Err(e) => {
+                    eprintln!("hids-server: {e:#}");
+                    Exit::Failure
+                }
+            }
+        }
+    };
+    exit.into()
+}
+
+fn config_error(msg: &str) -> Exit {
+    eprintln!("hids-server: configuration error:\n{msg}");
+    Exit::Config
+}
+
+fn check_config(rules: &RuleSet) -> Exit {
+    for r in rules.rules() {
+        let status = match &r.status {
+            RuleStatus::Loaded => "loaded".to_string(),
+            RuleStatus::Refused(why) => format!("refused: {why}"),
+        };
+        println!(
+            "{:<14} {:<44} {} ({})",
+            r.level.as_str(),
+            r.id,
+            status,
+            r.source
+        );
+    }
+    println!(
+        "{} rules loaded, {} refused",
+        rules.loaded(),
+        rules.rules().len() - rules.loaded()
+    );
+    Exit::Success
+}
+
+fn init_logging(level: &str) {
+    let level: tracing::Level = level.parse().unwrap_or(tracing::Level::INFO);
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(false)
+        .try_init();
+}
+
+fn store_config(config: &ServerConfig) -> StoreConfig {
+    match (&config.store.url, &config.store.path) {
+        (Some(url), _) => StoreConfig::Postgres(url.clone()),
+        (None, Some(path)) => StoreConfig::Sqlite(path.clone()),
+        // validate() refuses a config with neither.
+        (None, None) => StoreConfig::Sqlite(PathBuf::from("alerts.db")),
+    }
+}
+
+fn report_rules(rules: &RuleSet, metrics: &Metrics) {
+    let refused = rules.rules().len() - rules.loaded();
+    for r in rules.rules() {
+        if let RuleStatus::Refused(why) = &r.status {
+            tracing::warn!("rule {} refused ({}): {why}", r.id, r.source);
+        }
+    }
+    tracing::info!(
+        "{} rules loaded, {refused} refused (GET /api/v1/rules lists them)",
+        rules.loaded()
+    );
+    metrics
+        .rules_loaded
+        .set(i64::try_from(rules.loaded()).unwrap_or(i64::MAX));
+    metrics
+        .rules_refused
+        .set(i64::try_from(refused).unwrap_or(i64::MAX));
+}
+
+fn run(config: ServerConfig, rules: Arc<RuleSet>) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    report_rules(&rules, &metrics);
+    let store_cfg = store_config(&config);
+    // Two handles: the consumer's writes never wait behind an API query.
+    let writer = hids_store::open(&store_cfg).context("opening the store")?;
+    let reader = hids_store::open(&store_cfg).context("opening the store for the API")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let outputs = runtime.block_on(async { Outputs::start(&config, metrics.clone()) })?;
+    let api = Arc::new(Api {
+        store: Mutex::new(reader),
+        rules: rules.clone(),
+        registry: metrics.registry(),
+        metrics: metrics.clone(),
+        started: SystemTime::now(),
+    });
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(config.http.listen))
+        .with_context(|| format!("http.listen {}: cannot listen", config.http.listen))?;
+    tracing::info!("API on http://{}/api/v1/alerts", config.http.listen);
+    let serve_stop = shutdown.clone();
+    runtime.spawn(async move {
+        let stopped = async move {
+            while !serve_stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        if let Err(e) = axum::serve(listener, http::router(api))
+            .with_graceful_shutdown(stopped)
+            .await
+        {
+            tracing::error!("http: {e}");
+        }
+    });
+    runtime.spawn(stop_on_signal(shutdown.clone()));
+    let triage = Triage::new(
+        rules,
+        config.rules.max_frequency_keys,
+        config.alerts.window_secs,
+        config.kafka.max_event_bytes,
+        metrics.clone(),
+    );
+    let consume = Consume {
+        config,
+        triage,
+        store: writer,
+        outputs,
+        metrics,
+        shutdown: shutdown.clone(),
+    };
+    // The consumer is CPU-bound and synchronous: its own thread, off the runtime.
+    let enter = runtime.handle().clone();
+    let consumer = std::thread::Builder::new()
+        .name("consume".into())
+        .spawn(move || {
+            let _guard = enter.enter();
+            consume.run()
+        })?;
+    let result = consumer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))?;
+    shutdown.store(true, Ordering::Relaxed);
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    tracing::info!("stopped");
+    result
+}
+
+async fn stop_on_signal(shutdown: Arc<AtomicBool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot watch SIGTERM/SIGINT; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("stopping: finishing the batch in hand");
+    shutdown.store(true, Ordering::Relaxed);
+}

