@@ -29,7 +29,8 @@ pub struct Filter {
     /// Last seen since: RFC 3339, or a duration back from now (1h, 7d).
     #[arg(long)]
     pub since: Option<String>,
-    /// Last seen before: RFC 3339, or a duration back from now.
+    /// First seen before: RFC 3339, or a duration back from now (with --since: alerts
+    /// whose span overlaps the range).
     #[arg(long)]
     pub until: Option<String>,
 }
@@ -88,7 +89,11 @@ impl Api {
         })?;
         let status = resp.status();
         let bytes = resp.bytes().await?.to_vec();
-        if !status.is_success() && status != StatusCode::NOT_FOUND {
+        // A 404 for one alert or suppression means "no such id" (the caller says so); for
+        // a listing it means a wrong --server.
+        let one_item = path.starts_with("/api/v1/suppressions/")
+            || (path.starts_with("/api/v1/alerts/") && path != "/api/v1/alerts/summary");
+        if !status.is_success() && (status != StatusCode::NOT_FOUND || !one_item) {
             let why = serde_json::from_slice::<Value>(&bytes)
                 .ok()
                 .and_then(|v| v["error"].as_str().map(str::to_owned))
@@ -132,6 +137,7 @@ pub async fn list(api: &Api, filter: &Filter, limit: usize, json: bool) -> anyho
                 humantime::format_rfc3339_seconds(a.last_seen.0).to_string(),
                 a.level.to_string(),
                 a.host_id.clone(),
+                a.hostname.clone(),
                 a.labels.get("idc").cloned().unwrap_or_default(),
                 a.count.to_string(),
                 a.rule_id.clone(),
@@ -219,7 +225,7 @@ fn scope(s: &Suppression) -> String {
         parts.push(format!("{k}={v}"));
     }
     if let Some(c) = &s.command_line {
-        parts.push(format!("command lines containing {c:?}"));
+        parts.push(format!("command lines starting with {c:?}"));
     }
     if parts.is_empty() {
         " on every host".into()

@@ -276,7 +276,7 @@ enum AlertsCommand {
         /// `name=value`, repeatable.
         #[arg(long = "label", value_parser = parse_kv)]
         labels: Vec<(String, String)>,
-        /// Only events whose command line contains this text.
+        /// Only events whose command line starts with this text.
         #[arg(long)]
         command_line: Option<String>,
         /// Why, and who decided (kept with it).

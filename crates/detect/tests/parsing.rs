@@ -227,3 +227,25 @@ fn sigma_semantics() {
         other
     ));
 }
+
+#[test]
+fn a_rule_named_by_a_refused_frequency_rule_still_alerts() {
+    let base = "title: b\nid: base\nlogsource: {category: process_creation, product: linux}\n\
+                detection:\n  s:\n    CommandLine|contains: marker\n  condition: s\n";
+    // The frequency rule is refused (its level is wrong): nothing counts `base`, so
+    // `base` must alert itself rather than go silent.
+    let refused = "title: f\nid: f1\nlevel: severe\ncorrelation: {type: event_count, rules: [base], timespan: 1m, condition: {gte: 2}}\n";
+    let set = RuleSet::from_sources(vec![
+        ("b.yml".into(), Ok(base.to_owned())),
+        ("f.yml".into(), Ok(refused.to_owned())),
+    ]);
+    let info = set.rules().iter().find(|r| r.id == "base").unwrap();
+    assert!(info.generates, "{info:?}");
+    let mut det = Detector::new(Arc::new(set), FrequencyLimits::default());
+    let mut hits = Vec::new();
+    let ev = json!({"@timestamp": "2026-11-30T10:00:00Z", "event": {"action": "exec"}, "host": {"id": "h"},
+                    "process": {"command_line": "run marker", "executable": "/bin/run"}});
+    det.detect(&ev, &mut hits);
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].rule.id, "base");
+}

@@ -99,7 +99,7 @@ pub struct RulesConfig {
     #[serde(default = "default_true")]
     pub builtin: bool,
     /// Frequency rules keep per-host counters; past this many keys the oldest go
-    /// (counted in `hids_server_frequency_keys_evicted_total`).
+    /// (counted in `hids_server_frequency_keys_evicted`).
     #[serde(default = "default_max_frequency_keys")]
     pub max_frequency_keys: usize,
 }
@@ -138,7 +138,8 @@ pub struct AlertsConfig {
     /// in the window raise its count instead of making copies.
     #[serde(default = "default_window_secs")]
     pub window_secs: u64,
-    /// Alerts whose last event is older than this are deleted (checked hourly).
+    /// Alerts not counted into for this long, by the server's clock, are deleted
+    /// (checked at start and hourly).
     #[serde(default = "default_retention_days")]
     pub retention_days: u64,
 }

@@ -112,10 +112,13 @@ fn consumer(cfg: &KafkaConfig, metrics: Arc<Metrics>) -> anyhow::Result<BaseCons
     Ok(consumer)
 }
 
-/// One message, owned: the batch outlives the consumer's borrow.
+/// One message, owned: the batch outlives the consumer's borrow. A payload over
+/// `max_event_bytes` is not copied (`oversized`), only counted.
 struct Taken {
     position: Position,
+    kafka_time: Option<Timestamp>,
     payload: Option<Vec<u8>>,
+    oversized: bool,
 }
 
 pub struct Consume {
@@ -150,8 +153,16 @@ impl Consume {
             }
             hits.clear();
             for m in &batch {
-                self.triage
-                    .message(m.payload.as_deref(), m.position.clone(), &mut hits);
+                if m.oversized {
+                    self.triage.oversized();
+                    continue;
+                }
+                self.triage.message(
+                    m.payload.as_deref(),
+                    m.kafka_time,
+                    m.position.clone(),
+                    &mut hits,
+                );
             }
             self.note_detector();
             if !self.store_all(&hits) {
@@ -182,7 +193,18 @@ impl Consume {
                         partition: m.partition(),
                         offset: m.offset(),
                     },
-                    payload: m.payload().map(<[u8]>::to_vec),
+                    kafka_time: m
+                        .timestamp()
+                        .to_millis()
+                        .and_then(|ms| u64::try_from(ms).ok())
+                        .map(|ms| Timestamp::from_unix_nanos(ms.saturating_mul(1_000_000))),
+                    payload: m
+                        .payload()
+                        .filter(|p| p.len() <= self.config.kafka.max_event_bytes)
+                        .map(<[u8]>::to_vec),
+                    oversized: m
+                        .payload()
+                        .is_some_and(|p| p.len() > self.config.kafka.max_event_bytes),
                 }),
                 Some(Err(e)) => {
                     tracing::warn!("kafka: {e}");
@@ -210,6 +232,9 @@ impl Consume {
                 }
                 Err(e) => {
                     self.metrics.store_failures.inc();
+                    if hits.len() > 1 && self.store_one_by_one(hits) {
+                        return true;
+                    }
                     let wait = backoff.failed();
                     tracing::error!(
                         "store: {e}; retrying in {wait:?} (offsets stay uncommitted until it succeeds)"
@@ -220,6 +245,36 @@ impl Consume {
                 }
             }
         }
+    }
+
+    /// After a batch failed: each hit alone, so one the store cannot take (a value it
+    /// refuses) does not hold the others back for ever. True when the store took some:
+    /// it is up, and those it refused are counted and left out. False when it took none
+    /// (it is away): the caller retries the batch.
+    fn store_one_by_one(&mut self, hits: &[Hit]) -> bool {
+        let mut refused = Vec::new();
+        let mut stored = 0usize;
+        for hit in hits {
+            let now = Timestamp::now();
+            match self.store.record(std::slice::from_ref(hit), now) {
+                Ok(recorded) => {
+                    stored += 1;
+                    self.deliver(std::slice::from_ref(hit), &recorded, now);
+                }
+                Err(e) => refused.push((hit, e)),
+            }
+        }
+        if stored == 0 {
+            return false;
+        }
+        for (hit, e) in refused {
+            self.metrics.hits_refused.inc();
+            tracing::error!(
+                "store refused a hit of rule {} on host {:?} at {}/{}@{}: {e}; left out, the rest of the batch is stored",
+                hit.rule_id, hit.host_id, hit.position.topic, hit.position.partition, hit.position.offset
+            );
+        }
+        true
     }
 
     /// New alerts go to the outputs; counted hits to the metrics.
@@ -250,11 +305,20 @@ impl Consume {
                 .or_insert(0);
             *e = (*e).max(m.position.offset + 1);
         }
+        // A partition a rebalance took during the batch is left to its new owner: our
+        // commit could move its offset back past what the new owner committed.
+        let held = consumer.assignment().unwrap_or_default();
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), offset) in next {
+            if held.find_partition(topic, partition).is_none() {
+                continue;
+            }
             if let Err(e) = tpl.add_partition_offset(topic, partition, Offset::Offset(offset)) {
                 tracing::warn!("commit {topic}/{partition}: {e}");
             }
+        }
+        if tpl.count() == 0 {
+            return;
         }
         if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
             self.metrics.commit_failures.inc();
@@ -264,14 +328,24 @@ impl Consume {
 
     fn reload_suppressions(&mut self) {
         match self.store.suppressions() {
-            Ok(s) => self.triage.set_suppressions(s),
+            Ok(s) => {
+                self.metrics
+                    .suppressions
+                    .set(i64::try_from(s.len()).unwrap_or(i64::MAX));
+                self.triage.set_suppressions(s);
+            }
             Err(e) => tracing::warn!("cannot read suppressions (keeping the last ones): {e}"),
         }
     }
 
     fn prune(&mut self) {
         let keep = Duration::from_secs(self.config.alerts.retention_days.saturating_mul(86_400));
-        let before = Timestamp(std::time::SystemTime::now() - keep);
+        let Some(before) = std::time::SystemTime::now()
+            .checked_sub(keep)
+            .map(Timestamp)
+        else {
+            return;
+        };
         match self.store.prune(before) {
             Ok(0) => {}
             Ok(n) => tracing::info!("retention: deleted {n} alerts last seen before {before:?}"),

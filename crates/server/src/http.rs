@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -72,12 +73,26 @@ async fn with_store<T: Send + 'static>(
     .await;
     match joined {
         Ok(Ok(v)) => Ok(v),
+        // What the request asked for is out of bounds: the caller's to fix.
+        Ok(Err(e @ hids_store::StoreError::Invalid(_))) => Err(bad_request(e.to_string())),
         Ok(Err(e)) => Err(ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("store: {e}"),
         )),
         Err(e) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }
+}
+
+/// Alerts per listing at most: each carries its evidence event (up to 256 KiB), so a
+/// response stays within a few hundred megabytes even at the worst.
+pub const MAX_LISTED: usize = 1_000;
+
+/// Query parameters, refused as JSON like every other error.
+type Params = Result<Query<Vec<(String, String)>>, QueryRejection>;
+
+fn params(p: Params) -> Result<Vec<(String, String)>, ApiError> {
+    p.map(|Query(v)| v)
+        .map_err(|e| bad_request(format!("query: {e}")))
 }
 
 /// The filters every alert listing takes: `level` (exactly), `min_level`, `rule_id`,
@@ -99,8 +114,9 @@ pub fn parse_query(pairs: &[(String, String)], allow: &[&str]) -> Result<AlertQu
             "until" => q.until = Some(parse_time(value).map_err(bad_request)?),
             "limit" => {
                 q.limit = value
-                    .parse()
+                    .parse::<usize>()
                     .map_err(|_| bad_request(format!("limit: {value:?} is not a number")))?
+                    .min(MAX_LISTED)
             }
             "idc" | "project" | "product" | "env" => {
                 q.labels.insert(key.clone(), value.clone());
@@ -136,19 +152,14 @@ pub fn parse_time(text: &str) -> Result<Timestamp, String> {
         .ok_or_else(|| format!("{text:?} reaches before 1970"))
 }
 
-async fn alerts(
-    State(api): State<Arc<Api>>,
-    Query(pairs): Query<Vec<(String, String)>>,
-) -> Result<Response, ApiError> {
-    let q = parse_query(&pairs, &[])?;
+async fn alerts(State(api): State<Arc<Api>>, pairs: Params) -> Result<Response, ApiError> {
+    let q = parse_query(&params(pairs)?, &[])?;
     let found = with_store(&api, move |s| s.alerts(&q)).await?;
     Ok(Json(found).into_response())
 }
 
-async fn summary(
-    State(api): State<Arc<Api>>,
-    Query(pairs): Query<Vec<(String, String)>>,
-) -> Result<Response, ApiError> {
+async fn summary(State(api): State<Arc<Api>>, pairs: Params) -> Result<Response, ApiError> {
+    let pairs = params(pairs)?;
     let by = pairs
         .iter()
         .find(|(k, _)| k == "by")
@@ -185,6 +196,7 @@ async fn add_suppression(
     if s.rule_id.trim().is_empty() {
         return Err(bad_request("suppression: rule_id is required"));
     }
+    check_suppression_size(&s)?;
     if !api.rules.rules().iter().any(|r| r.id == s.rule_id) {
         return Err(bad_request(format!(
             "suppression: no rule {:?} (GET /api/v1/rules lists them)",
@@ -199,6 +211,29 @@ async fn add_suppression(
         made.comment
     );
     Ok((StatusCode::CREATED, Json(made)).into_response())
+}
+
+/// Suppressions are re-read by every instance every few seconds: each stays small.
+fn check_suppression_size(s: &Suppression) -> Result<(), ApiError> {
+    const FIELD: usize = 1024;
+    const LABELS: usize = 16;
+    let long = [
+        Some(&s.rule_id),
+        s.host_id.as_ref(),
+        s.command_line.as_ref(),
+        Some(&s.comment),
+    ]
+    .into_iter()
+    .flatten()
+    .chain(s.labels.keys())
+    .chain(s.labels.values())
+    .any(|f| f.len() > FIELD);
+    if long || s.labels.len() > LABELS {
+        return Err(bad_request(format!(
+            "suppression: each field at most {FIELD} bytes, at most {LABELS} labels"
+        )));
+    }
+    Ok(())
 }
 
 async fn remove_suppression(
@@ -230,6 +265,7 @@ async fn health(State(api): State<Arc<Api>>) -> Response {
         "consumer_lag": m.consumer_lag.get(),
         "partitions": m.partitions.get(),
         "detect_microseconds_per_event": m.detect_micros_per_event(),
+        "suppressions": m.suppressions.get(),
         "alerts_by_level": by_level,
         "rules_loaded": m.rules_loaded.get(),
         "rules_refused": m.rules_refused.get(),

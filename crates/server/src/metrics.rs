@@ -46,8 +46,14 @@ pub struct OutputLabel {
 pub struct Metrics {
     pub events: Counter,
     pub malformed: Family<ReasonLabel, Counter>,
-    /// Time spent in the rules (prefilter and evaluation), in microseconds.
-    pub detect_micros: Counter,
+    /// Time spent in the rules (prefilter and evaluation), in nanoseconds.
+    pub detect_nanos: Counter,
+    /// Events whose time was too far from Kafka's: Kafka's was used.
+    pub clock_skewed: Counter,
+    /// Hits the store refused alone while the rest of their batch was stored.
+    pub hits_refused: Counter,
+    /// Suppressions in force on this instance.
+    pub suppressions: Gauge,
     /// Hits (matches) that raised or counted into an alert, by level.
     pub hits: Family<LevelLabel, Counter>,
     /// Alerts created, by level.
@@ -114,9 +120,24 @@ impl Metrics {
             self.malformed.clone(),
         );
         r.register(
-            "detect_microseconds",
+            "detect_nanoseconds",
             "Time spent in the rules (prefilter and evaluation)",
-            self.detect_micros.clone(),
+            self.detect_nanos.clone(),
+        );
+        r.register(
+            "events_clock_skewed",
+            "Events whose time was over 7 days from Kafka's: Kafka's time was used",
+            self.clock_skewed.clone(),
+        );
+        r.register(
+            "hits_refused",
+            "Hits the store refused alone (counted, not stored) while their batch was stored",
+            self.hits_refused.clone(),
+        );
+        r.register(
+            "suppressions",
+            "Suppressions in force on this instance",
+            self.suppressions.clone(),
         );
         r.register(
             "hits",
@@ -218,6 +239,6 @@ impl Metrics {
 
     /// Mean time in the rules per event since the start.
     pub fn detect_micros_per_event(&self) -> f64 {
-        self.detect_micros.get() as f64 / self.events.get().max(1) as f64
+        self.detect_nanos.get() as f64 / 1_000.0 / self.events.get().max(1) as f64
     }
 }

@@ -126,10 +126,36 @@ impl Outputs {
         }
     }
 
-    /// Waits up to `budget` for the alerts topic to take what it holds.
+    /// At a stop: waits up to `budget` for the webhooks' queues to empty and the alerts
+    /// topic to take what it holds. What is still queued then is dropped and counted.
     pub fn flush(&self, budget: Duration) {
+        let deadline = std::time::Instant::now() + budget;
+        while self
+            .webhooks
+            .iter()
+            .any(|w| w.queue.capacity() < w.queue.max_capacity())
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let left: usize = self
+            .webhooks
+            .iter()
+            .map(|w| w.queue.max_capacity() - w.queue.capacity())
+            .sum();
+        if left > 0 {
+            self.metrics
+                .delivery_dropped
+                .get_or_create(&output_label("webhook"))
+                .inc_by(left as u64);
+            tracing::warn!(
+                "stopping with {left} alerts not yet sent to webhooks (they are in the store)"
+            );
+        }
         if let Some(t) = &self.topic {
-            let _ = t.producer.flush(budget);
+            let _ = t
+                .producer
+                .flush(deadline.saturating_duration_since(std::time::Instant::now()));
         }
     }
 }

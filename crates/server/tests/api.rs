@@ -311,8 +311,12 @@ fn a_suppressed_alert_kind_raises_nothing_more_for_that_host() {
     assert_eq!(status, 201, "{body}");
     let (status, body) = server.post("/api/v1/suppressions", &json!({"rule_id": "no-such-rule"}));
     assert_eq!(status, 400, "{body}");
-    // Suppressions are re-read every 5 s.
-    std::thread::sleep(Duration::from_secs(6));
+    // Suppressions are re-read every 5 s: wait until this instance has it.
+    wait_until(
+        "the suppression to be in force",
+        Duration::from_secs(30),
+        || server.metric("hids_server_suppressions") >= 1.0,
+    );
     broker.produce(
         &topic,
         &[
@@ -430,12 +434,25 @@ fn webhooks_retry_a_refusing_gateway_and_a_hanging_one_holds_nothing_back() {
         &format!("batch_wait_ms = 50\nalerts_topic = \"{alerts_topic}\"\n"),
     );
     let server = Server::start(&config);
-    let msgs: Vec<(String, Vec<u8>)> = (0..5)
+    let mut msgs: Vec<(String, Vec<u8>)> = (0..5)
         .map(|i| (format!("h{i}"), reverse_shell(&format!("h{i}"), &[], T0, 1)))
         .collect();
+    // A medium alert: below both webhooks' min_level, it goes to the topic only.
+    msgs.push((
+        "h9".into(),
+        exec_event(
+            "h9",
+            &[],
+            T0,
+            2,
+            "/tmp/x/run",
+            "/tmp/x/run",
+            "/usr/bin/bash",
+        ),
+    ));
     broker.produce(&topic, &msgs);
     // Detection and storage go on while one gateway hangs.
-    server.wait_alerts("five alerts", "", Duration::from_secs(60), |a| a.len() >= 5);
+    server.wait_alerts("six alerts", "", Duration::from_secs(60), |a| a.len() >= 6);
     wait_until(
         "the refusing gateway to get all five",
         Duration::from_secs(60),
@@ -461,17 +478,23 @@ fn webhooks_retry_a_refusing_gateway_and_a_hanging_one_holds_nothing_back() {
         m("hids_server_alerts_dropped_total{output=\"webhook\"}") >= 1.0,
         "the hanging gateway's queue of 1 overflowed"
     );
-    // The alerts topic has each new alert once.
+    // The alerts topic has each new alert once, the medium one too.
     wait_until(
-        "five alerts on the alerts topic",
+        "six alerts on the alerts topic",
         Duration::from_secs(60),
-        || broker.messages(&alerts_topic).len() >= 5,
+        || broker.messages(&alerts_topic).len() >= 6,
     );
+    std::thread::sleep(Duration::from_secs(2));
     let on_topic = broker.messages(&alerts_topic);
+    assert_eq!(on_topic.len(), 6, "no copies: {on_topic:#?}");
     let mut ids: Vec<&str> = on_topic.iter().map(|a| a["id"].as_str().unwrap()).collect();
     ids.sort_unstable();
     ids.dedup();
-    assert_eq!(ids.len(), 5);
+    assert_eq!(ids.len(), 6);
+    // The webhooks' min_level is high: the medium alert never reached the gateway.
+    let got = got.lock().unwrap();
+    assert_eq!(got.len(), 5, "{got:#?}");
+    assert!(got.iter().all(|a| a["level"] == "critical"));
     drop(hang);
 }
 
@@ -495,17 +518,29 @@ fn a_restart_keeps_alerts_and_rereading_everything_counts_nothing_twice() {
         "SIGTERM is a clean stop: {status}\n{}",
         server.log()
     );
+    // SIGTERM committed what was stored: the same group resumes after it and reads
+    // nothing twice.
+    server.spawn();
+    broker.produce(
+        &topic,
+        &[("h1".to_string(), reverse_shell("h1", &[], T0, 4))],
+    );
+    server.wait_alerts("count 4", "", Duration::from_secs(60), |a| {
+        a.len() == 1 && a[0]["count"] == 4
+    });
+    assert_eq!(server.metric("hids_server_hits_redelivered_total"), 0.0);
+    server.stop();
     // A new group reads the topic from its start again: every event is redelivered.
     let again = Server::start(&sqlite_config(&broker.addr(), &topic, "g2", &db, ""));
     wait_until(
         "the new group to read everything",
         Duration::from_secs(60),
-        || again.metric("hids_server_hits_redelivered_total") >= 3.0,
+        || again.metric("hids_server_hits_redelivered_total") >= 4.0,
     );
     let alerts = again.get("/api/v1/alerts");
     assert_eq!(alerts.as_array().unwrap().len(), 1);
     assert_eq!(
-        alerts[0]["count"], 3,
+        alerts[0]["count"], 4,
         "redelivered events are not counted twice"
     );
 }

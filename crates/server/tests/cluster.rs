@@ -146,9 +146,11 @@ fn two_instances_share_the_work_and_a_kill_9_loses_and_duplicates_nothing() {
     let (early, late) = second.split_at(second.len() / 2);
     let before = victim.metric("hids_server_events_total");
     broker.produce(&topic, early);
-    wait_until("the victim to take some of them", Duration::from_secs(60), || {
-        victim.metric("hids_server_events_total") > before
-    });
+    wait_until(
+        "the victim to take some of them",
+        Duration::from_secs(60),
+        || victim.metric("hids_server_events_total") > before,
+    );
     victim.kill9();
     broker.produce(&topic, late);
     wait_for(

@@ -536,11 +536,11 @@ impl<B: Backend> Store for SqlStore<B> {
         Ok(removed > 0)
     }
 
-    fn prune(&mut self, last_seen_before: Timestamp) -> Result<u64, StoreError> {
-        let cutoff = micros(last_seen_before);
+    fn prune(&mut self, updated_before: Timestamp) -> Result<u64, StoreError> {
+        let cutoff = micros(updated_before);
         self.backend.write(&mut |c: &mut dyn Conn| {
             let pruned = c.execute(
-                "DELETE FROM alerts WHERE last_seen_us < $1",
+                "DELETE FROM alerts WHERE updated_at_us < $1",
                 &[Param::Int(cutoff)],
             )?;
             // Orphans, rather than the pruned ids: an alert that a concurrent record moved

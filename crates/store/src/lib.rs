@@ -100,8 +100,8 @@ pub struct Hit {
     pub event_time: Timestamp,
     /// Events this hit stands for (1, or N for a frequency rule).
     pub count: u64,
-    /// The evidence event, raw JSON as received.
-    pub event: String,
+    /// The evidence event, raw JSON as received (shared by the hits of one event).
+    pub event: std::sync::Arc<str>,
     /// Where the event was read in Kafka.
     pub position: Position,
 }
@@ -213,8 +213,9 @@ pub trait Store: Send {
     fn suppressions(&mut self) -> Result<Vec<Suppression>, StoreError>;
     /// Whether a suppression with this id existed.
     fn remove_suppression(&mut self, id: i64) -> Result<bool, StoreError>;
-    /// Deletes alerts whose `last_seen` is before the cutoff; returns how many.
-    fn prune(&mut self, last_seen_before: Timestamp) -> Result<u64, StoreError>;
+    /// Deletes alerts last counted (`updated_at`, the server's clock, so a host's wrong
+    /// clock cannot age its alerts out early) before the cutoff; returns how many.
+    fn prune(&mut self, updated_before: Timestamp) -> Result<u64, StoreError>;
     /// Stored rows skipped by this handle because they no longer parse.
     fn unreadable_rows(&self) -> u64 {
         0

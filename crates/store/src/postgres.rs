@@ -12,6 +12,9 @@ use crate::StoreError;
 /// Prepared statements kept per connection; past this the cache starts afresh (query
 /// filters make a few dozen shapes at most).
 const STATEMENT_CACHE: usize = 256;
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+const STATEMENT_TIMEOUT_OPTION: &str = "-c statement_timeout=60000";
 /// Tries of a write transaction that a concurrent one aborted.
 const WRITE_TRIES: usize = 4;
 
@@ -25,11 +28,25 @@ pub(crate) struct Postgres {
 impl Postgres {
     pub(crate) fn connect(url: &str) -> Result<Postgres, StoreError> {
         let db = format!("PostgreSQL {}", redact(url));
-        let client = Client::connect(url, NoTls).map_err(|source| StoreError::Postgres {
+        let failed = |source| {
+            StoreError::Postgres {
             db: db.clone(),
             context: "connecting (check [store] url, that PostgreSQL runs, and that it accepts this user)".into(),
             source,
-        })?;
+        }
+        };
+        let mut config: postgres::Config = url.parse().map_err(failed)?;
+        // A database that stops answering must fail the call (the consumer retries and
+        // counts it), never hang it: bounded connect, keepalives on the socket, and a
+        // statement timeout unless the URL sets its own options.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config.keepalives(true).keepalives_idle(KEEPALIVE_IDLE);
+        if config.get_options().is_none() {
+            config.options(STATEMENT_TIMEOUT_OPTION);
+        }
+        let client = config.connect(NoTls).map_err(failed)?;
         Ok(Postgres {
             client,
             url: url.to_owned(),

@@ -38,7 +38,8 @@ fn hit(rule: &str, host: &str, offset: i64) -> Hit {
         window_start: 1000,
         event_time: at(1000 + offset.unsigned_abs()),
         count: 1,
-        event: format!(r#"{{"offset":{offset},"process":{{"command_line":"nc -e /bin/sh"}}}}"#),
+        event: format!(r#"{{"offset":{offset},"process":{{"command_line":"nc -e /bin/sh"}}}}"#)
+            .into(),
         position: Position {
             topic: "events".into(),
             partition: 0,
@@ -455,16 +456,30 @@ fn suppressions_crud(cfg: &StoreConfig) {
 fn prune_drops_old_alerts(cfg: &StoreConfig) {
     let mut store = open(cfg).unwrap();
     fixture(store.as_mut());
+    // Retention goes by the server's clock (updated_at), not the hosts' event times:
+    // the fixture's alerts were all stored at 1000, however old their events.
+    assert_eq!(store.prune(at(300)).unwrap(), 0);
+    // Two with labels, last counted at 100 and 200 by the server's clock (their events
+    // claim a later time).
+    for (i, now) in [(0, 100), (1, 200)] {
+        let mut old = hit("shell", &format!("old-{i}"), i);
+        old.event_time = at(5000);
+        old.labels = labels(&[("project", "old")]);
+        store.record(&[old], at(now)).unwrap();
+    }
     assert_eq!(store.prune(at(300)).unwrap(), 2);
-    assert_eq!(store.alerts(&AlertQuery::default()).unwrap().len(), 3);
+    assert_eq!(store.alerts(&AlertQuery::default()).unwrap().len(), 5);
     // Their labels went with them.
     let by_project = store
         .summary(&GroupBy::Label("project".into()), &AlertQuery::default())
         .unwrap();
-    assert_eq!(by_project.iter().map(|r| r.count).sum::<u64>(), 3);
+    assert_eq!(by_project.iter().map(|r| r.count).sum::<u64>(), 5);
+    assert!(by_project.iter().all(|r| r.key.as_deref() != Some("old")));
     assert_eq!(store.prune(at(300)).unwrap(), 0);
     // And so did their positions: the same event makes a new alert.
-    let again = store.record(&[hit("shell", "h1", 0)], at(2000)).unwrap();
+    let mut again = hit("shell", "old-0", 0);
+    again.event_time = at(5000);
+    let again = store.record(&[again], at(2000)).unwrap();
     assert!(again[0].created && again[0].counted);
 }
 
@@ -548,7 +563,8 @@ fn bad_evidence_is_replaced(cfg: &StoreConfig) {
     huge.event = format!(
         r#"{{"x":"{}"}}"#,
         "a".repeat(hids_store::MAX_EVIDENCE_BYTES)
-    );
+    )
+    .into();
     store.record(&[not_json, huge], at(1)).unwrap();
     assert_eq!(store.dropped_evidence(), 2);
     for host in ["h1", "h2"] {

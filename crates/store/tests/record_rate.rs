@@ -36,7 +36,7 @@ fn hits(n: usize) -> Vec<Hit> {
             count: 1,
             event: format!(
                 r#"{{"@timestamp":"2026-11-26T10:01:13.123456Z","host":{{"id":"host-{i}"}},"process":{{"pid":{i},"executable":"/bin/sh","command_line":"sh -c id; uname -a","parent":{{"executable":"/usr/sbin/nginx"}}}},"user":{{"name":"www-data"}}}}"#
-            ),
+            ).into(),
             position: Position {
                 topic: "hids.events".into(),
                 partition: (i % 4) as i32,

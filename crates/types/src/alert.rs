@@ -153,7 +153,8 @@ pub struct Suppression {
     /// Only hosts with every one of these labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
-    /// Only events whose `process.command_line` contains this text.
+    /// Only events whose `process.command_line` starts with this text (anchored, so an
+    /// attacker cannot borrow the suppression by adding the text to their command).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command_line: Option<String>,
     /// Why it was accepted, and by whom.
@@ -178,7 +179,7 @@ impl Suppression {
             && self
                 .command_line
                 .as_deref()
-                .is_none_or(|c| command_line.is_some_and(|line| line.contains(c)))
+                .is_none_or(|c| command_line.is_some_and(|line| line.starts_with(c)))
     }
 }
 
@@ -219,15 +220,19 @@ mod tests {
             rule_id: "r".into(),
             host_id: None,
             labels: labels.clone(),
-            command_line: Some("backup.sh".into()),
+            command_line: Some("/opt/backup.sh".into()),
             comment: String::new(),
             created_at: None,
         };
         assert!(s.covers("r", "h", &labels, Some("/opt/backup.sh --all")));
         assert!(!s.covers("r", "h", &labels, Some("nc -e /bin/sh")));
-        assert!(!s.covers("r", "h", &BTreeMap::new(), Some("backup.sh")));
-        assert!(!s.covers("other", "h", &labels, Some("backup.sh")));
+        assert!(
+            !s.covers("r", "h", &labels, Some("nc -e /bin/sh # /opt/backup.sh")),
+            "anchored: the text anywhere else does not count"
+        );
+        assert!(!s.covers("r", "h", &BTreeMap::new(), Some("/opt/backup.sh")));
+        assert!(!s.covers("other", "h", &labels, Some("/opt/backup.sh")));
         s.host_id = Some("h2".into());
-        assert!(!s.covers("r", "h", &labels, Some("backup.sh")));
+        assert!(!s.covers("r", "h", &labels, Some("/opt/backup.sh")));
     }
 }
