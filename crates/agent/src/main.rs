@@ -58,11 +58,8 @@ impl Exit {
 
     /// The table `--help` ends with.
     fn help() -> String {
-        let mut text = String::from("Exit codes:");
-        for e in Exit::ALL {
-            text.push_str(&format!("\n  {:<4}{}", e as u8, e.meaning()));
-        }
-        text
+        let codes: Vec<(u8, &str)> = Exit::ALL.iter().map(|e| (*e as u8, e.meaning())).collect();
+        hids_types::text::exit_codes(&codes)
     }
 }
 

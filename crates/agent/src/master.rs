@@ -80,12 +80,7 @@ impl Master {
         log: LogLevel,
     ) -> anyhow::Result<Master> {
         let hostname = hids_procfs::host::hostname();
-        if let Err(e) = std::fs::create_dir_all(&config.state_dir) {
-            tracing::warn!(
-                "cannot create state_dir {}: {e}; status and the desired-state cache will not be written (set state_dir)",
-                config.state_dir.display()
-            );
-        }
+        make_state_dir(&config);
         let counters = Arc::new(PipelineCounters::default());
         let unqueued = Arc::new(Unqueued::default());
         let host = Host {
@@ -397,6 +392,15 @@ impl Master {
             );
         }
         tracing::info!("stopped");
+    }
+}
+
+fn make_state_dir(config: &Config) {
+    if let Err(e) = std::fs::create_dir_all(&config.state_dir) {
+        tracing::warn!(
+            "cannot create state_dir {}: {e}; status and the desired-state cache will not be written (set state_dir)",
+            config.state_dir.display()
+        );
     }
 }
 

@@ -47,11 +47,8 @@ impl Exit {
     }
 
     fn help() -> String {
-        let mut text = String::from("Exit codes:");
-        for e in Exit::ALL {
-            text.push_str(&format!("\n  {:<4}{}", e as u8, e.meaning()));
-        }
-        text
+        let codes: Vec<(u8, &str)> = Exit::ALL.iter().map(|e| (*e as u8, e.meaning())).collect();
+        hids_types::text::exit_codes(&codes)
     }
 }
 

@@ -139,6 +139,13 @@ impl Metrics {
             "Suppressions in force on this instance",
             self.suppressions.clone(),
         );
+        self.register_outcomes(&mut r);
+        r
+    }
+
+    /// What the events led to: hits, alerts, suppressions, the store, the group, the
+    /// rules and the outputs.
+    fn register_outcomes(&self, r: &mut Registry) {
         r.register(
             "hits",
             "Rule matches counted into alerts, by level",
@@ -211,7 +218,6 @@ impl Metrics {
             "Alerts dropped: an output's queue was full",
             self.delivery_dropped.clone(),
         );
-        r
     }
 
     /// Events per second since the previous call (at most every second: the health

@@ -11,8 +11,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::sqlite_config;
-use hids_test_support::{free_port, require_root, tag, Agent, Broker, Server};
+use common::sqlite_server;
+use hids_test_support::{free_port, require_root, tag, Agent, Broker};
 use serde_json::Value;
 
 /// Ordinary administration, run as argv (no shell in between).
@@ -72,14 +72,7 @@ fn attacks_on_this_host_raise_alerts_at_their_level_and_administration_raises_no
         broker.addr()
     ));
     agent.wait_process_ready();
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&sqlite_config(
-        &broker.addr(),
-        &topic,
-        "g1",
-        &dir.path().join("a.db"),
-        "",
-    ));
+    let (dir, server) = sqlite_server(&broker, &topic, "");
 
     for argv in ADMIN {
         run(argv);

@@ -44,14 +44,7 @@ fn matches_fold_into_one_alert_per_rule_host_and_window_with_a_count() {
         reverse_shell("h2", &[("idc", "sh2")], "2026-11-30T11:00:01Z", 2),
     ));
     broker.produce(&topic, &msgs);
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&sqlite_config(
-        &broker.addr(),
-        &topic,
-        "g1",
-        &dir.path().join("a.db"),
-        "",
-    ));
+    let (_dir, server) = sqlite_server(&broker, &topic, "");
     let alerts = server.wait_alerts(
         "3 reverse-shell alerts",
         "?min_level=critical",
@@ -157,14 +150,7 @@ fn malformed_events_are_counted_and_skipped_and_the_consumer_goes_on() {
         ("h1".into(), reverse_shell("h1", &[], T0, 1)),
     ];
     broker.produce(&topic, &msgs);
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&sqlite_config(
-        &broker.addr(),
-        &topic,
-        "g1",
-        &dir.path().join("a.db"),
-        "",
-    ));
+    let (_dir, server) = sqlite_server(&broker, &topic, "");
     server.wait_alerts(
         "the alert after the bad events",
         "",
@@ -291,14 +277,7 @@ fn rules_are_listed_loaded_or_refused_with_the_reason() {
 fn a_suppressed_alert_kind_raises_nothing_more_for_that_host() {
     let topic = format!("events-{}", tag());
     let broker = setup(&topic);
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&sqlite_config(
-        &broker.addr(),
-        &topic,
-        "g1",
-        &dir.path().join("a.db"),
-        "",
-    ));
+    let (_dir, server) = sqlite_server(&broker, &topic, "");
     broker.produce(&topic, &[("h1".into(), reverse_shell("h1", &[], T0, 1))]);
     let first = server.wait_alerts("the first alert", "", Duration::from_secs(60), |a| {
         !a.is_empty()
@@ -422,11 +401,12 @@ fn webhooks_retry_a_refusing_gateway_and_a_hanging_one_holds_nothing_back() {
         "[[webhooks]]\nurl = \"http://127.0.0.1:{hang_port}/hook\"\nmin_level = \"high\"\ntimeout_secs = 2\nattempts = 2\nqueue_limit = 1\n\n\
          [[webhooks]]\nurl = \"http://127.0.0.1:{port}/hook\"\nmin_level = \"high\"\ntimeout_secs = 2\nattempts = 5\n"
     );
+    let dir = tempfile::tempdir().unwrap();
     let mut config = sqlite_config(
         &broker.addr(),
         &topic,
         "g1",
-        &tempfile::tempdir().unwrap().keep().join("a.db"),
+        &dir.path().join("a.db"),
         &extra,
     );
     config = config.replace(

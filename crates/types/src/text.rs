@@ -27,6 +27,15 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// The table a binary's `--help` ends with: `(code, meaning)` per exit code.
+pub fn exit_codes(codes: &[(u8, &str)]) -> String {
+    let mut text = String::from("Exit codes:");
+    for (code, meaning) in codes {
+        text.push_str(&format!("\n  {code:<4}{meaning}"));
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

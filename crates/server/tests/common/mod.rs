@@ -84,6 +84,18 @@ pub fn sqlite_config(
     )
 }
 
+/// A server on `topic` in group `g1`, SQLite in a new directory (returned, so it lives
+/// as long as the server).
+pub fn sqlite_server(
+    broker: &hids_test_support::Broker,
+    topic: &str,
+    extra: &str,
+) -> (tempfile::TempDir, hids_test_support::Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = sqlite_config(&broker.addr(), topic, "g1", &dir.path().join("a.db"), extra);
+    (dir, hids_test_support::Server::start(&config))
+}
+
 /// The SigmaHQ Linux rules beside the checkout (`../shared/data/sigma`).
 pub fn sigma_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/sigma/rules/linux")
