@@ -11,11 +11,13 @@ exec time. Beside it, from the same events: the agent's part (the Kafka message
 timestamp, which librdkafka sets when the agent's sink hands it the event, minus the
 exec time; tansu keeps that CreateTime) and the rest (Kafka, the server's batch and
 its store: `created_at` minus the message timestamp). The agent's producer then waits
-up to linger.ms = 20 before sending. The run is repeated for each --batch-wait-ms.
+up to linger.ms = 20 before sending. The run is repeated for each --batch-wait-ms; an
+entry `B:F` also sets the server's librdkafka fetch.wait.max.ms to F (through
+`[kafka.librdkafka]`; librdkafka's default is 500).
 
 Needs root (the process plugin). Usage:
 
-    bench/alert-latency/run [--attacks 100] [--spacing 1.2] [--batch-wait-ms 100,10]
+    bench/alert-latency/run [--attacks 100] [--spacing 1.2] [--batch-wait-ms 100,10,10:50]
                             [--attack download|memory]
 
 download: sh -c 'curl -fsS http://127.0.0.1:CLOSED/x.sh | sh; : MARKER'
@@ -126,17 +128,19 @@ def run_attacks(commands, spacing):
             os.unlink(argv[0])
 
 
-def measure(tmp, broker, topic, host, kind, n, spacing, batch_wait_ms):
+def measure(tmp, broker, topic, host, kind, n, spacing, variant):
     """One server run: the alerts of N attacks, by marker."""
-    db = os.path.join(tmp, f"alerts-{batch_wait_ms}.db")
-    server = HidsServer(f"{REL}/hids-server", tmp, f"server-{batch_wait_ms}",
+    batch_wait_ms, _, fetch_wait_ms = variant.partition(":")
+    name = variant.replace(":", "-")
+    extra = f'[kafka.librdkafka]\n"fetch.wait.max.ms" = "{int(fetch_wait_ms)}"\n' if fetch_wait_ms else ""
+    server = HidsServer(f"{REL}/hids-server", tmp, f"server-{name}",
                         f'log_level = "warn"\n[kafka]\nbrokers = ["{broker.addr}"]\ntopics = ["{topic}"]\n'
-                        f'group = "latency-{batch_wait_ms}"\nbatch_wait_ms = {batch_wait_ms}\n'
-                        f'[store]\npath = "{db}"\n[alerts]\nwindow_secs = 1\n')
+                        f'group = "latency-{name}"\nbatch_wait_ms = {int(batch_wait_ms)}\n{extra}'
+                        f'[store]\npath = "{tmp}/alerts-{name}.db"\n[alerts]\nwindow_secs = 1\n')
     try:
         server.wait_ready()
         wait_for("the server to hold the partition", 60, lambda: (server.health() or {}).get("partitions", 0) >= 1)
-        commands = attack_commands(kind, f"{batch_wait_ms}r{int(time.time()) % 100000}", n, tmp)
+        commands = attack_commands(kind, f"{name.replace('-', 'f')}r{int(time.time()) % 100000}", n, tmp)
         run_attacks(commands, spacing)
         markers = {m for m, _ in commands}
         query = f"/api/v1/alerts?host_id={host}&rule_id={RULES[kind]}&limit=10000"
@@ -165,14 +169,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--attacks", type=int, default=100, help="attack commands per run (at most 1000)")
     ap.add_argument("--spacing", type=float, default=1.2, help="seconds between attacks (over 1)")
-    ap.add_argument("--batch-wait-ms", default="100,10", help="the server's batch_wait_ms, one run each")
+    ap.add_argument("--batch-wait-ms", default="100,10,10:50",
+                    help="the server's batch_wait_ms, one run each; B:F also sets fetch.wait.max.ms = F")
     ap.add_argument("--attack", choices=sorted(RULES), default="download")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/alert-latency needs root: the agent's process plugin reads the kernel's process events")
     if not 1 <= args.attacks <= 1000 or args.spacing <= 1.0:
         sys.exit("--attacks 1..1000 and --spacing over 1 s (one alert per 1 s window)")
-    waits = [int(x) for x in args.batch_wait_ms.split(",")]
+    waits = args.batch_wait_ms.split(",")
     tmp = tempfile.mkdtemp(prefix="hids-alert-latency-")
     broker = Tansu(tmp)
     agent = None
@@ -202,7 +207,9 @@ def main():
             agent_part = [sent[m]["kafka_ms"] / 1e3 - seconds(sent[m]["event"]["@timestamp"])
                           for m in alerts if m in sent]
             rest = [seconds(a["created_at"]) - sent[m]["kafka_ms"] / 1e3 for m, a in alerts.items() if m in sent]
-            print(f"batch_wait_ms = {bw}: {len(alerts)} of {args.attacks} alerts stored; server saw "
+            bw, _, fw = bw.partition(":")
+            fw = f", fetch.wait.max.ms = {fw}" if fw else ""
+            print(f"batch_wait_ms = {bw}{fw}: {len(alerts)} of {args.attacks} alerts stored; server saw "
                   f"{health.get('events') if health else '?'} events")
             show("  exec -> alert stored (created_at-first_seen)", quantiles(total), 2000)
             show("  beside: exec -> agent's producer (Kafka ts)", quantiles(agent_part))

@@ -15,8 +15,8 @@ they share them, which is what the columns show.
 
 Kill run: instance A starts and takes every partition, then B joins; when B has
 consumed some events and the sum is past M/3, B gets SIGKILL. (B, not A: tansu 0.6
-cannot replace a dead group leader.) When A holds every partition, reports no lag and
-has consumed nothing new for 8 s, its alerts - (rule_id, host_id, window) and count -
+cannot replace a dead group leader.) When A holds every partition and the group has
+committed every offset of the topic, its alerts - (rule_id, host_id, window) and count -
 are compared with the 1-instance run's: "lost 0, duplicated 0" or the differences.
 
 Usage:
@@ -99,7 +99,8 @@ def timed(tmp, broker, pg, topic, instances, m, timeout):
             time.sleep(0.25)
         cpu = run.cpu()
         alerts = alert_counts(run.servers[0])
-        parts = [h.get("partitions") for h in run.healths()]
+        healths = run.healths()
+        parts = [f'{h.get("events")} events/{h.get("partitions")} partitions' for h in healths]
         return {"wall": now - start, "steady": now - first[0], "steady_events": n - first[1], "cpu": cpu,
                 "alerts": alerts, "partitions": parts, "events": n}
     finally:
@@ -148,21 +149,24 @@ def kill_run(tmp, broker, pg, topic, partitions, m, timeout):
         b_events = (b.health() or {}).get("events", 0)
         b.kill9()
         killed_at = run.events()
-        last, quiet_since = -1, time.monotonic()
         while True:
             h = a.health() or {}
-            n = h.get("events", 0)
-            if n != last:
-                last, quiet_since = n, time.monotonic()
-            if (h.get("partitions") == partitions and h.get("consumer_lag") == 0
-                    and time.monotonic() - quiet_since >= 8):
+            if h.get("partitions") == partitions and group_lag(broker, topic, "group-kill") == 0:
                 break
             if time.monotonic() - start > timeout:
                 raise SystemExit(f"the survivor did not finish in {timeout} s: {h}; logs in {tmp}")
             time.sleep(0.5)
+        last = h.get("events", 0)
         return {"b_events": b_events, "killed_at": killed_at, "a_events": last, "alerts": alert_counts(a)}
     finally:
         run.stop()
+
+
+def group_lag(broker, topic, group):
+    """Events of `topic` that `group` has not committed: 0 when every batch is stored."""
+    out = subprocess.run([f"{REL}/examples/bench_topic", "group-lag", broker.addr, topic, group], check=True,
+                         capture_output=True, text=True, timeout=60).stdout
+    return int(out)
 
 
 def compare(expected, got):
@@ -209,6 +213,7 @@ def main():
             print(f"{n:<10} {args.events / r['wall']:>13.0f} {r['steady_events'] / r['steady']:>15.0f} "
                   f"{r['wall']:>7.1f} {total:>13.1f} {'/'.join(f'{x:.1f}' for x in each):>12} {tansu:>6.1f} "
                   f"{postgres:>8.1f} {len(r['alerts']):>7}")
+        print("instances' share: " + "; ".join(f"{n}: " + ", ".join(r["partitions"]) for n, r in results.items()))
         print(f"2 vs 1 instance: x{results[1]['wall'] / results[2]['wall']:.2f} (wall), "
               f"x{(results[2]['steady_events'] / results[2]['steady']) / (results[1]['steady_events'] / results[1]['steady']):.2f} (steady)")
         same = compare(results[1]["alerts"], results[2]["alerts"])
@@ -220,6 +225,13 @@ def main():
                   f"{args.events}); survivor A consumed {k['a_events']}; {len(k['alerts'])} alerts vs "
                   f"{len(results[1]['alerts'])} of the 1-instance run")
             print(f"kill -9: lost {len(lost) + len(fewer)}, duplicated {len(extra) + len(more)}")
+            by_rule = {}
+            for d in (lost, fewer, extra, more):
+                for key in d:
+                    by_rule[key[0]] = by_rule.get(key[0], 0) + 1
+            if by_rule:
+                print("  differences by rule: " + ", ".join(
+                    f"{r} {n} of {sum(1 for k in results[1]['alerts'] if k[0] == r)}" for r, n in sorted(by_rule.items())))
             for what, d in (("missing", lost), ("extra", extra), ("counted fewer", fewer), ("counted more", more)):
                 for key, v in list(d.items())[:10]:
                     print(f"  {what}: {key} {v}")

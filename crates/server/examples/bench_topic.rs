@@ -10,6 +10,8 @@
 //!     Every message of every partition, one JSON line each:
 //!     `{"partition", "offset", "kafka_ms", "kafka_ts_type", "event"}` (`event` the
 //!     payload, parsed; messages that are not JSON are counted on stderr).
+//!   bench_topic group-lag BROKERS TOPIC GROUP
+//!     Prints the events of TOPIC that GROUP has not committed yet (without joining it).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -22,7 +24,7 @@ use rdkafka::ClientContext;
 
 type Error = Box<dyn std::error::Error>;
 
-const USAGE: &str = "usage: bench_topic produce BROKERS TOPIC COUNT [HOSTS [ATTACKS_PER_MILLE [SEED]]]\n       bench_topic timestamps BROKERS TOPIC";
+const USAGE: &str = "usage: bench_topic produce BROKERS TOPIC COUNT [HOSTS [ATTACKS_PER_MILLE [SEED]]]\n       bench_topic timestamps BROKERS TOPIC\n       bench_topic group-lag BROKERS TOPIC GROUP";
 
 /// Counts deliveries that failed, so a short topic is an error rather than a quiet gap.
 #[derive(Default)]
@@ -146,11 +148,41 @@ fn timestamps(args: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
+fn group_lag(args: &[String]) -> Result<(), Error> {
+    let [brokers, topic, group] = args else {
+        return Err(USAGE.into());
+    };
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        partitions.add_partition(topic, partition.id());
+    }
+    let committed = consumer.committed_offsets(partitions, Duration::from_secs(10))?;
+    let mut lag = 0;
+    for element in committed.elements() {
+        let (low, high) =
+            consumer.fetch_watermarks(topic, element.partition(), Duration::from_secs(10))?;
+        let done = match element.offset() {
+            rdkafka::Offset::Offset(n) => n,
+            _ => low,
+        };
+        lag += (high - done).max(0);
+    }
+    println!("{lag}");
+    Ok(())
+}
+
 fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("produce") => produce(&args[1..]),
         Some("timestamps") => timestamps(&args[1..]),
+        Some("group-lag") => group_lag(&args[1..]),
         _ => Err(USAGE.into()),
     }
 }
