@@ -235,7 +235,7 @@ impl Consume {
                 }
                 Err(e) => {
                     self.metrics.store_failures.inc();
-                    if hits.len() > 1 && self.store_one_by_one(hits) {
+                    if e.refuses_the_data() && self.store_one_by_one(hits) {
                         return true;
                     }
                     let wait = backoff.failed();
@@ -250,25 +250,21 @@ impl Consume {
         }
     }
 
-    /// After a batch failed: each hit alone, so one the store cannot take (a value it
-    /// refuses) does not hold the others back for ever. True when the store took some:
-    /// it is up, and those it refused are counted and left out. False when it took none
-    /// (it is away): the caller retries the batch.
+    /// After a batch failed: each hit alone, so one whose values the database refuses
+    /// (a character PostgreSQL cannot hold) does not hold the others back for ever.
+    /// True when every hit was either stored or refused for its values (those are
+    /// counted and left out); false at the first other error (the store is away or
+    /// busy): the caller retries the whole batch, and what was stored meanwhile is not
+    /// counted twice.
     fn store_one_by_one(&mut self, hits: &[Hit]) -> bool {
         let mut refused = Vec::new();
-        let mut stored = 0usize;
         for hit in hits {
             let now = Timestamp::now();
             match self.store.record(std::slice::from_ref(hit), now) {
-                Ok(recorded) => {
-                    stored += 1;
-                    self.deliver(std::slice::from_ref(hit), &recorded, now);
-                }
-                Err(e) => refused.push((hit, e)),
+                Ok(recorded) => self.deliver(std::slice::from_ref(hit), &recorded, now),
+                Err(e) if e.refuses_the_data() => refused.push((hit, e)),
+                Err(_) => return false,
             }
-        }
-        if stored == 0 {
-            return false;
         }
         for (hit, e) in refused {
             self.metrics.hits_refused.inc();

@@ -254,3 +254,27 @@ pub enum StoreError {
     #[error("{0}")]
     Invalid(String),
 }
+
+impl StoreError {
+    /// Whether the database refused these values themselves (a character it cannot
+    /// hold, a value out of range, a constraint), as opposed to being away or busy:
+    /// sending the same values again will fail again, sending others may not.
+    pub fn refuses_the_data(&self) -> bool {
+        match self {
+            StoreError::Invalid(_) => true,
+            // SQLSTATE class 22 (data exception) and 23 (integrity constraint).
+            StoreError::Postgres { source, .. } => source
+                .code()
+                .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23")),
+            StoreError::Sqlite { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(
+                    rusqlite::ErrorCode::ConstraintViolation
+                        | rusqlite::ErrorCode::TooBig
+                        | rusqlite::ErrorCode::TypeMismatch
+                )
+            ),
+            _ => false,
+        }
+    }
+}
