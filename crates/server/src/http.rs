@@ -116,7 +116,6 @@ pub fn parse_query(pairs: &[(String, String)], allow: &[&str]) -> Result<AlertQu
                 q.limit = value
                     .parse::<usize>()
                     .map_err(|_| bad_request(format!("limit: {value:?} is not a number")))?
-                    .min(MAX_LISTED)
             }
             "idc" | "project" | "product" | "env" => {
                 q.labels.insert(key.clone(), value.clone());
@@ -154,6 +153,12 @@ pub fn parse_time(text: &str) -> Result<Timestamp, String> {
 
 async fn alerts(State(api): State<Arc<Api>>, pairs: Params) -> Result<Response, ApiError> {
     let q = parse_query(&params(pairs)?, &[])?;
+    if q.limit > MAX_LISTED {
+        return Err(bad_request(format!(
+            "limit {}: at most {MAX_LISTED} alerts per listing (each carries its evidence); narrow the filters",
+            q.limit
+        )));
+    }
     let found = with_store(&api, move |s| s.alerts(&q)).await?;
     Ok(Json(found).into_response())
 }

@@ -131,7 +131,7 @@ impl Metrics {
         );
         r.register(
             "hits_refused",
-            "Hits the store refused alone (counted, not stored) while their batch was stored",
+            "Hits whose values the database refused (left out; the rest of their batch stored)",
             self.hits_refused.clone(),
         );
         r.register(

@@ -130,6 +130,10 @@ impl Outputs {
     /// topic to take what it holds. What is still queued then is dropped and counted.
     pub fn flush(&self, budget: Duration) {
         let deadline = std::time::Instant::now() + budget;
+        // The topic first: dropping the producer afterwards purges what it still holds.
+        if let Some(t) = &self.topic {
+            let _ = t.producer.flush(budget / 2);
+        }
         while self
             .webhooks
             .iter()
@@ -151,11 +155,6 @@ impl Outputs {
             tracing::warn!(
                 "stopping with {left} alerts not yet sent to webhooks (they are in the store)"
             );
-        }
-        if let Some(t) = &self.topic {
-            let _ = t
-                .producer
-                .flush(deadline.saturating_duration_since(std::time::Instant::now()));
         }
     }
 }

@@ -17,9 +17,9 @@ use crate::metrics::{level_label, Malformed, Metrics, ReasonLabel};
 /// Labels kept per event, and their length: the agent sends a handful; more is a lie.
 const MAX_LABELS: usize = 32;
 const MAX_LABEL_BYTES: usize = 256;
-/// An event time further than this from the time Kafka took the message is a wrong
-/// clock (a VM without NTP, a reset RTC): the message's time is used instead. Wide
-/// enough for a spool that held events through a long broker outage.
+/// An event time further than this from the broker's append time, or ahead of ours, is
+/// a wrong clock (a VM without NTP, a reset RTC). Wide enough for a spool that held
+/// events through a long broker outage.
 const CLOCK_TOLERANCE_SECS: u64 = 7 * 86_400;
 
 pub struct Triage {
@@ -95,12 +95,9 @@ impl Triage {
         let Some(mut origin) = origin(&event) else {
             return self.malformed(Malformed::no_host);
         };
-        if let Some(kafka) = kafka_time {
-            let skew = origin.event_time.unix_nanos().abs_diff(kafka.unix_nanos());
-            if skew > CLOCK_TOLERANCE_SECS * 1_000_000_000 {
-                self.metrics.clock_skewed.inc();
-                origin.event_time = kafka;
-            }
+        if let Some(trusted) = trusted_time(origin.event_time, kafka_time) {
+            self.metrics.clock_skewed.inc();
+            origin.event_time = trusted;
         }
         let started = Instant::now();
         self.matches.clear();
@@ -159,6 +156,18 @@ impl Triage {
             .get_or_create(&ReasonLabel { reason })
             .inc();
     }
+}
+
+/// The time to use instead of an event's own when its host's clock is plainly wrong:
+/// further than the tolerance from the broker's append time (when the topic records
+/// one), or ahead of our own clock by more than that. None: the event's time stands.
+fn trusted_time(event: Timestamp, broker: Option<Timestamp>) -> Option<Timestamp> {
+    let tolerance = CLOCK_TOLERANCE_SECS * 1_000_000_000;
+    if let Some(b) = broker {
+        return (event.unix_nanos().abs_diff(b.unix_nanos()) > tolerance).then_some(b);
+    }
+    let now = Timestamp::now();
+    (event.unix_nanos() > now.unix_nanos().saturating_add(tolerance)).then_some(now)
 }
 
 /// Text fit to name a host or a label: bounded, and without control characters (a NUL
@@ -344,6 +353,11 @@ mod tests {
             hits[0].labels.keys().collect::<Vec<_>>(),
             ["idc", "project"]
         );
+        // A date far in the future is caught without a broker time too.
+        hits.clear();
+        let future = ev.replace("2026-11-30T10:00:05", "2099-01-01T00:00:00");
+        t.message(Some(future.as_bytes()), None, at(3), &mut hits);
+        assert!(hits[0].event_time.unix_nanos() <= Timestamp::now().unix_nanos());
         // Within the tolerance the event's own time stands.
         hits.clear();
         let near = Timestamp(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_000_000));

@@ -32,6 +32,8 @@ const MIGRATIONS: &[&[&str]] = &[&[
     "CREATE INDEX alerts_by_last_seen ON alerts (last_seen_us)",
     "CREATE INDEX alerts_by_rule ON alerts (rule_id, last_seen_us)",
     "CREATE INDEX alerts_by_host ON alerts (host_id, last_seen_us)",
+    // Retention deletes by the server's clock.
+    "CREATE INDEX alerts_by_updated ON alerts (updated_at_us)",
     // One row per label, for grouping and filtering by any label on both dialects.
     "CREATE TABLE alert_labels (
         alert_id TEXT NOT NULL,
