@@ -143,7 +143,7 @@ def measure(tmp, broker, topic, host, kind, n, spacing, variant):
         commands = attack_commands(kind, f"{name.replace('-', 'f')}r{int(time.time()) % 100000}", n, tmp)
         run_attacks(commands, spacing)
         markers = {m for m, _ in commands}
-        query = f"/api/v1/alerts?host_id={host}&rule_id={RULES[kind]}&limit=10000"
+        query = f"/api/v1/alerts?host_id={host}&rule_id={RULES[kind]}&limit=1000"
 
         def found():
             by = {}

@@ -52,7 +52,7 @@ fn events(hour: u32) -> Vec<(String, Vec<u8>)> {
 }
 
 fn counts(server: &Server) -> BTreeMap<(String, String), u64> {
-    let alerts = server.get("/api/v1/alerts?min_level=critical&limit=10000");
+    let alerts = server.get("/api/v1/alerts?min_level=critical&limit=1000");
     let mut by = BTreeMap::new();
     for a in alerts.as_array().unwrap() {
         let key = (
