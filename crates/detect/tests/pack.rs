@@ -9,7 +9,8 @@ use hids_detect::mix::{exec_event, Command, Origin, ATTACKS, BENIGN, DISCOVERY};
 use hids_detect::{Detector, FrequencyLimits, Hit, Level, RuleKind, RuleSet, RuleStatus};
 use serde_json::Value;
 
-const SIGMA_LINUX: &str = "/work/shared/data/sigma/rules/linux";
+/// The SigmaHQ rules beside the checkout (`../shared/data/sigma`).
+const SIGMA_LINUX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/sigma/rules/linux");
 
 fn sigma_dir(sub: &str) -> Option<PathBuf> {
     // An operator's copy elsewhere can be named with HIDS_SIGMA_LINUX.
