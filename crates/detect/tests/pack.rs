@@ -10,7 +10,10 @@ use hids_detect::{Detector, FrequencyLimits, Hit, Level, RuleKind, RuleSet, Rule
 use serde_json::Value;
 
 /// The SigmaHQ rules beside the checkout (`../shared/data/sigma`).
-const SIGMA_LINUX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/sigma/rules/linux");
+const SIGMA_LINUX: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../shared/data/sigma/rules/linux"
+);
 
 fn sigma_dir(sub: &str) -> Option<PathBuf> {
     // An operator's copy elsewhere can be named with HIDS_SIGMA_LINUX.
