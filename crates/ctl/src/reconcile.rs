@@ -10,11 +10,16 @@
 //! (its agent was killed, or lost power) while a later run of the same plugin exists is
 //! reported as ended without a declared end: its tail cannot be proven.
 //!
+//! The account itself (interval sets of sequence numbers, what is missing, declared or
+//! not) is `hids_types::ledger`, which `hids-server` keeps continuously; this module
+//! only reads the topics and reports.
+//!
 //! Declarations are taken only from the `pipeline` stream of the same host: the agent
 //! refuses plugin events that carry them, so a plugin cannot hide loss, and one host
 //! cannot declare another's.
 
 use crate::exit::Exit;
+use hids_types::ledger::RunLedger;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -28,15 +33,9 @@ use serde::Serialize;
 struct Run {
     /// Order of the run's first message in its partition (one host, one partition).
     first_seen: u64,
-    seqs: Vec<u64>,
-    /// Events that arrived after a later one of the same run (one host's events share
-    /// a partition, so this is the per-host order promise).
-    out_of_order: u64,
-    /// From the run's own stats records: events it says it emitted.
-    emitted: u64,
-    declared: Vec<(u64, u64)>,
-    /// The master's declaration that the run ended: how, and its last sequence.
-    ended: Option<(String, u64)>,
+    /// Its sequence numbers, stats claims and declarations (one host's events share a
+    /// partition, so `out_of_order` is the per-host order promise).
+    ledger: RunLedger,
 }
 
 #[derive(Serialize)]
@@ -213,17 +212,10 @@ impl Reading {
                 first_seen: next_order,
                 ..Run::default()
             });
-        if run
-            .seqs
-            .last()
-            .is_some_and(|&last| ids.event.sequence < last)
-        {
-            run.out_of_order += 1;
-        }
-        run.seqs.push(ids.event.sequence);
+        run.ledger.receive(ids.event.sequence);
         if ids.event.action == "stats" {
             if let Some(n) = ids.hids.stats.as_ref().and_then(|s| s.events_emitted) {
-                run.emitted = run.emitted.max(n);
+                run.ledger.claim_emitted(n);
             }
         }
         if ids.hids.plugin == "pipeline" {
@@ -243,7 +235,7 @@ impl Reading {
                 .runs
                 .entry((host, d.plugin.clone(), d.run_id.clone()))
                 .or_default();
-            run.declared.push((d.from_seq, d.to_seq));
+            run.ledger.declare(d.from_seq, d.to_seq);
         }
         // A run may be known only from its end: every event of it lost.
         for (host, e) in std::mem::take(&mut self.ended) {
@@ -251,8 +243,7 @@ impl Reading {
                 .runs
                 .entry((host, e.plugin.clone(), e.run_id.clone()))
                 .or_default();
-            let last = run.ended.as_ref().map_or(0, |(_, l)| *l).max(e.last_seq);
-            run.ended = Some((e.how, last));
+            run.ledger.end(&e.how, e.last_seq);
         }
         // The latest run of each host and plugin, by first appearance: any earlier run
         // has ended, declared or not.
@@ -292,38 +283,23 @@ impl Reading {
 
 /// One run's account: what it produced, what arrived, and what is missing, declared
 /// or not. `superseded`: a later run of the same plugin exists.
-fn run_report((host_id, plugin, run_id): RunKey, mut run: Run, superseded: bool) -> RunReport {
-    run.seqs.sort_unstable();
-    let received_total = run.seqs.len() as u64;
-    run.seqs.dedup();
-    let duplicates = received_total - run.seqs.len() as u64;
-    let max_declared = run.declared.iter().map(|d| d.1).max().unwrap_or(0);
-    let produced = run
-        .seqs
-        .last()
-        .copied()
-        .unwrap_or(0)
-        .max(run.emitted)
-        .max(max_declared)
-        .max(run.ended.as_ref().map_or(0, |(_, last)| *last));
-    let missing = gaps(&run.seqs, produced);
-    let undeclared = subtract(&missing, &run.declared);
-    let lost = count(&missing);
-    let undeclared_loss = count(&undeclared);
+fn run_report((host_id, plugin, run_id): RunKey, run: Run, superseded: bool) -> RunReport {
+    // Events count from 1.
+    let account = run.ledger.account(1);
     RunReport {
         host_id,
         plugin,
         run_id,
-        produced,
-        received: run.seqs.len() as u64,
-        duplicates,
-        out_of_order: run.out_of_order,
-        missing,
-        declared_drops: lost - undeclared_loss,
-        undeclared_loss,
-        undeclared,
-        end_unknown: run.ended.is_none() && superseded,
-        ended: run.ended.map(|(how, _)| how),
+        produced: account.produced,
+        received: account.received,
+        duplicates: account.duplicates,
+        out_of_order: account.out_of_order,
+        missing: account.missing,
+        declared_drops: account.declared_drops,
+        undeclared_loss: account.undeclared_loss,
+        undeclared: account.undeclared,
+        end_unknown: run.ledger.ended.is_none() && superseded,
+        ended: run.ledger.ended.map(|(how, _)| how),
     }
 }
 
@@ -413,84 +389,4 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Events in the ranges, without overflow (a lying peer can send `u64::MAX`).
-fn count(ranges: &[(u64, u64)]) -> u64 {
-    ranges
-        .iter()
-        .map(|&(a, b)| b.saturating_sub(a).saturating_add(1))
-        .fold(0, u64::saturating_add)
-}
-
-/// The runs of 1..=produced missing from the sorted, deduplicated `seqs`.
-fn gaps(seqs: &[u64], produced: u64) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    // `None` once u64::MAX was seen: nothing can be missing after it.
-    let mut next = Some(1u64);
-    for &s in seqs {
-        let Some(n) = next else { break };
-        if s > n {
-            out.push((n, s - 1));
-        }
-        if s >= n {
-            next = s.checked_add(1);
-        }
-    }
-    if let Some(n) = next.filter(|&n| n <= produced) {
-        out.push((n, produced));
-    }
-    out
-}
-
-/// `missing` minus the `declared` ranges.
-fn subtract(missing: &[(u64, u64)], declared: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut d = declared.to_vec();
-    d.sort_unstable();
-    let mut out = Vec::new();
-    for &(a, b) in missing {
-        // `None` once the declarations cover the rest of this range.
-        let mut start = Some(a);
-        for &(da, db) in &d {
-            let Some(st) = start else { break };
-            if db < st || da > b {
-                continue;
-            }
-            if da > st {
-                out.push((st, da - 1));
-            }
-            start = db.checked_add(1).filter(|&n| n <= b);
-        }
-        if let Some(st) = start {
-            out.push((st, b));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn no_overflow_at_the_top_of_the_range() {
-        assert_eq!(gaps(&[1, u64::MAX], u64::MAX), vec![(2, u64::MAX - 1)]);
-        assert_eq!(gaps(&[u64::MAX], u64::MAX), vec![(1, u64::MAX - 1)]);
-        assert_eq!(count(&[(0, u64::MAX), (1, 1)]), u64::MAX);
-        assert_eq!(subtract(&[(1, u64::MAX)], &[(5, u64::MAX)]), vec![(1, 4)]);
-    }
-
-    #[test]
-    fn gaps_and_declared_cover() {
-        assert_eq!(gaps(&[1, 2, 5, 6, 9], 10), vec![(3, 4), (7, 8), (10, 10)]);
-        assert_eq!(gaps(&[], 3), vec![(1, 3)]);
-        assert_eq!(gaps(&[1, 2, 3], 3), vec![]);
-        let missing = vec![(3, 10), (20, 20)];
-        assert_eq!(
-            subtract(&missing, &[(4, 5), (8, 12)]),
-            vec![(3, 3), (6, 7), (20, 20)]
-        );
-        assert_eq!(subtract(&missing, &[(1, 30)]), vec![]);
-        assert_eq!(subtract(&missing, &[]), missing);
-    }
 }

@@ -9,7 +9,9 @@
 pub mod alert;
 pub mod desired;
 pub mod event;
+pub mod fleet;
 pub mod guard;
+pub mod ledger;
 pub mod stagger;
 pub mod status;
 pub mod text;

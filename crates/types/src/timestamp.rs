@@ -23,6 +23,18 @@ impl Timestamp {
             .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
             .unwrap_or(0)
     }
+
+    /// Whole seconds since the Unix epoch (0 before it).
+    pub fn unix_secs(&self) -> i64 {
+        i64::try_from(self.unix_nanos() / 1_000_000_000).unwrap_or(i64::MAX)
+    }
+
+    /// The UTC day, `YYYY-MM-DD`.
+    pub fn utc_day(&self) -> String {
+        let mut text = humantime::format_rfc3339_seconds(self.0).to_string();
+        text.truncate(10);
+        text
+    }
 }
 
 impl Serialize for Timestamp {
