@@ -14,6 +14,7 @@ mod hex;
 pub mod hub;
 pub mod keys;
 pub mod publish;
+pub mod read;
 pub mod select;
 pub mod session;
 pub mod sign;

@@ -10,10 +10,6 @@ use hids_control::writer::HistoryRecord;
 use hids_control::Keys;
 use hids_types::status::AgentStatus;
 
-/// Values per page when reading a whole directory (gRPC messages are limited to 4 MiB;
-/// a status document is about 1 KB).
-const PAGE: i64 = 2000;
-
 /// Reads every key under `prefix`, a page at a time.
 pub async fn get_all(
     client: &mut Client,
@@ -29,33 +25,15 @@ pub async fn get_all_with(
     prefix: &str,
     keys_only: bool,
 ) -> anyhow::Result<(Vec<(Vec<u8>, Vec<u8>, i64)>, i64)> {
-    let end = hids_control::keys::prefix_end(prefix);
-    let mut from = prefix.as_bytes().to_vec();
     let mut out = Vec::new();
-    let mut revision = 0;
-    loop {
-        let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
-        if keys_only {
-            opts = opts.with_keys_only();
-        }
-        if revision > 0 {
-            opts = opts.with_revision(revision);
-        }
-        let resp = client.get(from.clone(), Some(opts)).await?;
-        if revision == 0 {
-            revision = resp.header().map_or(0, |h| h.revision());
-        }
-        for kv in resp.kvs() {
-            out.push((kv.key().to_vec(), kv.value().to_vec(), kv.mod_revision()));
-        }
-        match resp.kvs().last() {
-            Some(last) if resp.more() => {
-                from = last.key().to_vec();
-                from.push(0);
-            }
-            _ => return Ok((out, revision)),
-        }
-    }
+    let revision = hids_control::read::for_each_page(client, prefix, keys_only, |kvs| {
+        out.extend(
+            kvs.iter()
+                .map(|kv| (kv.key().to_vec(), kv.value().to_vec(), kv.mod_revision())),
+        )
+    })
+    .await?;
+    Ok((out, revision))
 }
 
 /// Every online agent's status (or the part of it in `T`), by host id. Values that do

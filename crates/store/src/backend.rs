@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 
 use hids_types::alert::{Alert, GroupBy, Level, SummaryRow, Suppression};
+use hids_types::fleet::{TopFigure, TopHost};
 use hids_types::Timestamp;
 
+use crate::league;
 use crate::sql::{cell, Backend, Conn, Param, Row, SqlBuilder};
 use crate::{
     alert_id, schema, AlertQuery, Hit, Recorded, Store, StoreError, MAX_EVIDENCE_BYTES,
@@ -552,6 +554,38 @@ impl<B: Backend> Store for SqlStore<B> {
                 )?;
             }
             Ok(pruned)
+        })
+    }
+
+    fn put_top(
+        &mut self,
+        day: &str,
+        figure: TopFigure,
+        rows: &[TopHost],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.backend
+            .write(&mut |c: &mut dyn Conn| league::put(c, day, figure, rows, now))
+    }
+
+    fn top(
+        &mut self,
+        day: &str,
+        figure: TopFigure,
+        limit: usize,
+    ) -> Result<Vec<TopHost>, StoreError> {
+        let rows = self
+            .backend
+            .read(&mut |c: &mut dyn Conn| league::query(c, day, figure, limit))?;
+        Ok(self.parse_rows(&rows, league::from_row))
+    }
+
+    fn prune_top(&mut self, before_day: &str) -> Result<u64, StoreError> {
+        self.backend.write(&mut |c: &mut dyn Conn| {
+            c.execute(
+                "DELETE FROM fleet_top WHERE day < $1",
+                &[Param::Text(before_day)],
+            )
         })
     }
 

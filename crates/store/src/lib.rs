@@ -24,6 +24,8 @@
 //! SQLite's JSON1 and PostgreSQL's `jsonb` differ in syntax and in how they index.
 
 mod backend;
+mod league;
+pub use league::MAX_TOP;
 mod postgres;
 mod schema;
 mod sql;
@@ -32,13 +34,14 @@ mod sqlite;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use hids_types::fleet::{TopFigure, TopHost};
 use sha2::{Digest, Sha256};
 
 pub use hids_types::alert::{Alert, GroupBy, Level, SummaryRow, Suppression};
 pub use hids_types::Timestamp;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// [`AlertQuery::limit`] when it is 0.
 pub const DEFAULT_LIMIT: usize = 100;
 /// The most rows one query returns, whatever it asks for.
@@ -216,6 +219,24 @@ pub trait Store: Send {
     /// Deletes alerts last counted (`updated_at`, the server's clock, so a host's wrong
     /// clock cannot age its alerts out early) before the cutoff; returns how many.
     fn prune(&mut self, updated_before: Timestamp) -> Result<u64, StoreError>;
+    /// Writes (or overwrites) the league rows of `day` for `figure`: the leaders among
+    /// this instance's hosts. Rows of other hosts are left as they are.
+    fn put_top(
+        &mut self,
+        day: &str,
+        figure: TopFigure,
+        rows: &[TopHost],
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// The `limit` hosts of `day` with the highest `figure`, highest first.
+    fn top(
+        &mut self,
+        day: &str,
+        figure: TopFigure,
+        limit: usize,
+    ) -> Result<Vec<TopHost>, StoreError>;
+    /// Deletes league days before `day` (`YYYY-MM-DD`); returns the rows deleted.
+    fn prune_top(&mut self, before_day: &str) -> Result<u64, StoreError>;
     /// Stored rows skipped by this handle because they no longer parse.
     fn unreadable_rows(&self) -> u64 {
         0

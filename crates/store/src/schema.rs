@@ -10,8 +10,9 @@ use crate::{StoreError, SCHEMA_VERSION};
 
 /// `MIGRATIONS[n]` brings schema version n to n + 1. `{identity}` is the dialect's
 /// database-assigned primary key.
-const MIGRATIONS: &[&[&str]] = &[&[
-    "CREATE TABLE alerts (
+const MIGRATIONS: &[&[&str]] = &[
+    &[
+        "CREATE TABLE alerts (
         id TEXT PRIMARY KEY,
         rule_id TEXT NOT NULL,
         title TEXT NOT NULL,
@@ -29,27 +30,27 @@ const MIGRATIONS: &[&[&str]] = &[&[
         event TEXT NOT NULL,
         -- The transaction that inserted the row (see backend.rs, fold_into_alert).
         creator TEXT NOT NULL)",
-    "CREATE INDEX alerts_by_last_seen ON alerts (last_seen_us)",
-    "CREATE INDEX alerts_by_rule ON alerts (rule_id, last_seen_us)",
-    "CREATE INDEX alerts_by_host ON alerts (host_id, last_seen_us)",
-    // Retention deletes by the server's clock.
-    "CREATE INDEX alerts_by_updated ON alerts (updated_at_us)",
-    // One row per label, for grouping and filtering by any label on both dialects.
-    "CREATE TABLE alert_labels (
+        "CREATE INDEX alerts_by_last_seen ON alerts (last_seen_us)",
+        "CREATE INDEX alerts_by_rule ON alerts (rule_id, last_seen_us)",
+        "CREATE INDEX alerts_by_host ON alerts (host_id, last_seen_us)",
+        // Retention deletes by the server's clock.
+        "CREATE INDEX alerts_by_updated ON alerts (updated_at_us)",
+        // One row per label, for grouping and filtering by any label on both dialects.
+        "CREATE TABLE alert_labels (
         alert_id TEXT NOT NULL,
         name TEXT NOT NULL,
         value TEXT NOT NULL,
         PRIMARY KEY (alert_id, name))",
-    "CREATE INDEX alert_labels_by_value ON alert_labels (name, value)",
-    // The highest offset counted into each alert per partition: what makes recording
-    // idempotent under redelivery.
-    "CREATE TABLE alert_positions (
+        "CREATE INDEX alert_labels_by_value ON alert_labels (name, value)",
+        // The highest offset counted into each alert per partition: what makes recording
+        // idempotent under redelivery.
+        "CREATE TABLE alert_positions (
         alert_id TEXT NOT NULL,
         topic TEXT NOT NULL,
         kafka_partition BIGINT NOT NULL,
         kafka_offset BIGINT NOT NULL,
         PRIMARY KEY (alert_id, topic, kafka_partition))",
-    "CREATE TABLE suppressions (
+        "CREATE TABLE suppressions (
         id {identity},
         rule_id TEXT NOT NULL,
         host_id TEXT,
@@ -57,7 +58,22 @@ const MIGRATIONS: &[&[&str]] = &[&[
         command_line TEXT,
         comment TEXT NOT NULL,
         created_at_us BIGINT NOT NULL)",
-]];
+    ],
+    &[
+        // The daily resource league: each instance writes the leaders among its own
+        // hosts; a query takes the best of all of them. Values in thousandths (no floats in
+        // the store).
+        "CREATE TABLE fleet_top (
+        day TEXT NOT NULL,
+        figure TEXT NOT NULL,
+        host_id TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        value_milli BIGINT NOT NULL,
+        updated_at_us BIGINT NOT NULL,
+        PRIMARY KEY (day, figure, host_id))",
+        "CREATE INDEX fleet_top_by_value ON fleet_top (day, figure, value_milli)",
+    ],
+];
 
 /// Creates the schema or migrates it to [`SCHEMA_VERSION`], in one transaction; refuses a
 /// newer one. Safe when several servers start at once.
@@ -119,5 +135,6 @@ mod tests {
     fn one_migration_per_version() {
         assert_eq!(MIGRATIONS.len() as i64, SCHEMA_VERSION);
         assert!(!ddl(Dialect::Postgres, MIGRATIONS[0][7]).contains('{'));
+        assert!(MIGRATIONS[1][0].contains("fleet_top"));
     }
 }
