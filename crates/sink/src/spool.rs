@@ -173,6 +173,11 @@ impl Spool {
         self.segments.iter().map(|s| s.bytes).sum()
     }
 
+    /// The most the spool holds before it drops its oldest segment.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
     pub fn records(&self) -> u64 {
         self.segments.iter().map(|s| s.records).sum()
     }

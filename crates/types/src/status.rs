@@ -162,6 +162,10 @@ pub struct PipelineStatus {
     pub spool_bytes: u64,
     #[serde(default)]
     pub spool_records: u64,
+    /// The most the spool holds (0: no spool): with `spool_bytes`, how near it is to
+    /// dropping.
+    #[serde(default)]
+    pub spool_max_bytes: u64,
     /// True while Kafka is behind and events go to the spool.
     #[serde(default)]
     pub backlog: bool,

@@ -15,6 +15,7 @@ pub struct PipelineCounters {
     replayed: AtomicU64,
     spool_bytes: AtomicU64,
     spool_records: AtomicU64,
+    spool_max_bytes: AtomicU64,
     backlog: AtomicBool,
     dropped: Mutex<BTreeMap<String, u64>>,
 }
@@ -34,6 +35,7 @@ impl PipelineCounters {
             replayed: get(&self.replayed),
             spool_bytes: get(&self.spool_bytes),
             spool_records: get(&self.spool_records),
+            spool_max_bytes: get(&self.spool_max_bytes),
             backlog: self.backlog.load(Ordering::Relaxed),
         }
     }
@@ -66,8 +68,9 @@ impl PipelineCounters {
         self.spooled.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// What waits in the spool.
-    pub fn spool_size(&self, bytes: u64, records: u64) {
+    /// What waits in the spool, and the most it holds.
+    pub fn spool_size(&self, bytes: u64, records: u64, max_bytes: u64) {
+        self.spool_max_bytes.store(max_bytes, Ordering::Relaxed);
         self.spool_bytes.store(bytes, Ordering::Relaxed);
         self.spool_records.store(records, Ordering::Relaxed);
     }

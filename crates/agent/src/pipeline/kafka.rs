@@ -154,7 +154,9 @@ impl Kafka {
         self.replay_or_go_live(books.reborrow());
         self.sync_spool_if_due(false, books.reborrow());
         if let Some(s) = &self.spool {
-            books.counters.spool_size(s.bytes(), s.records());
+            books
+                .counters
+                .spool_size(s.bytes(), s.records(), s.max_bytes());
         }
         books.counters.backlog(!self.state.is_live());
     }
