@@ -38,6 +38,173 @@ pub struct ServerConfig {
     /// Where new alerts are POSTed as JSON (an IM, SMS or paging gateway).
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
+    /// The control plane, for presence (which agents are registered) and their labels
+    /// and status. Without it the fleet is known only from its events: no silence or
+    /// status alerts, no agents-online figures.
+    #[serde(default)]
+    pub etcd: Option<EtcdSection>,
+    #[serde(default)]
+    pub fleet: FleetConfig,
+}
+
+/// How to reach etcd: the same keys as the agent's `[control]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSection {
+    pub endpoints: Vec<String>,
+    /// The control plane's key prefix.
+    #[serde(default = "default_etcd_prefix")]
+    pub prefix: String,
+    /// A file (mode 0600) with a `[control]` table holding `user` and `password`.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// CA certificate (PEM) to verify etcd's certificate: TLS is on when given.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+impl EtcdSection {
+    pub fn settings(&self) -> hids_control::EtcdSettings {
+        hids_control::EtcdSettings {
+            endpoints: self.endpoints.clone(),
+            credentials_file: self.credentials_file.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        }
+    }
+}
+
+/// The fleet's health: program alerts, silence, reconciliation, event volume, the daily
+/// resource league.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// A registered agent (its status key in etcd) that sends no event for this long is
+    /// an alert (`hids-agent-silent`). Agents send their stats every minute.
+    #[serde(default = "default_silence_secs")]
+    pub silence_secs: u64,
+    /// The topic the agents' own events (`event.category` host: stats, guard) go to;
+    /// the instance holding a host's partition of it answers for the host's presence.
+    /// Default: the first of `kafka.topics`.
+    #[serde(default)]
+    pub agent_topic: Option<String>,
+    /// A gap in a run's sequence numbers still open after this long is loss: late
+    /// events (a spool replaying) fill it before.
+    #[serde(default = "default_loss_grace_secs")]
+    pub loss_grace_secs: u64,
+    /// The agent's Kafka backlog (its status says so) this long is an alert.
+    #[serde(default = "default_backlog_secs")]
+    pub backlog_secs: u64,
+    /// The agent's spool this full (percent of its limit) is an alert.
+    #[serde(default = "default_spool_percent")]
+    pub spool_percent: f64,
+    /// Event volume is counted in buckets of this length (server clock) ...
+    #[serde(default = "default_volume_bucket_secs")]
+    pub volume_bucket_secs: u64,
+    /// ... and each bucket compared with the same bucket of this many previous days ...
+    #[serde(default = "default_volume_history_days")]
+    pub volume_history_days: u32,
+    /// ... once at least this many of them are known (no alert before: a new host or
+    /// a restarted server learns first).
+    #[serde(default = "default_volume_min_history_days")]
+    pub volume_min_history_days: u32,
+    /// A bucket this many times above its history's median (or below it by the same
+    /// factor), and outside four median deviations, is a flood (a silence).
+    #[serde(default = "default_volume_ratio")]
+    pub volume_ratio: f64,
+    /// ... and only when it differs from the median by at least this many events or
+    /// bytes: small hosts do not flap.
+    #[serde(default = "default_volume_min_events")]
+    pub volume_min_events: u64,
+    #[serde(default = "default_volume_min_bytes")]
+    pub volume_min_bytes: u64,
+    /// Hosts this instance keeps books for; past it new hosts are counted, not kept.
+    #[serde(default = "default_max_hosts")]
+    pub max_hosts: usize,
+    /// Hosts per figure each instance writes to the daily league (the API's limit).
+    #[serde(default = "default_top_size")]
+    pub top_size: usize,
+    /// How often the day's league is rewritten in the store.
+    #[serde(default = "default_league_secs")]
+    pub league_secs: u64,
+    /// Distinct values of each label (`idc`, `version`, ...) in `/metrics`; the rest are
+    /// `_other`, so a lying agent cannot blow up the series count.
+    #[serde(default = "default_max_label_values")]
+    pub max_label_values: usize,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            silence_secs: default_silence_secs(),
+            agent_topic: None,
+            loss_grace_secs: default_loss_grace_secs(),
+            backlog_secs: default_backlog_secs(),
+            spool_percent: default_spool_percent(),
+            volume_bucket_secs: default_volume_bucket_secs(),
+            volume_history_days: default_volume_history_days(),
+            volume_min_history_days: default_volume_min_history_days(),
+            volume_ratio: default_volume_ratio(),
+            volume_min_events: default_volume_min_events(),
+            volume_min_bytes: default_volume_min_bytes(),
+            max_hosts: default_max_hosts(),
+            top_size: default_top_size(),
+            league_secs: default_league_secs(),
+            max_label_values: default_max_label_values(),
+        }
+    }
+}
+
+impl FleetConfig {
+    fn problems(&self, p: &mut Vec<String>) {
+        if self.silence_secs == 0 || self.loss_grace_secs == 0 || self.backlog_secs == 0 {
+            p.push(
+                "fleet: silence_secs, loss_grace_secs and backlog_secs must be at least 1".into(),
+            );
+        }
+        if !(self.spool_percent > 0.0 && self.spool_percent <= 100.0) {
+            p.push("fleet.spool_percent: above 0, at most 100".into());
+        }
+        if self.volume_bucket_secs < 60 || 86_400 % self.volume_bucket_secs != 0 {
+            p.push("fleet.volume_bucket_secs: at least 60 and a divisor of a day (300, 900, 3600, ...)".into());
+        }
+        if !(1..=28).contains(&self.volume_history_days)
+            || self.volume_min_history_days == 0
+            || self.volume_min_history_days > self.volume_history_days
+        {
+            p.push(
+                "fleet.volume_history_days: 1 to 28, and volume_min_history_days between 1 and it"
+                    .into(),
+            );
+        }
+        if !(self.volume_ratio > 1.0 && self.volume_ratio.is_finite()) {
+            p.push("fleet.volume_ratio: above 1".into());
+        }
+        if self.max_hosts == 0
+            || self.top_size == 0
+            || self.max_label_values == 0
+            || self.league_secs == 0
+        {
+            p.push(
+                "fleet: max_hosts, top_size, max_label_values and league_secs must be at least 1"
+                    .into(),
+            );
+        }
+        if self.top_size > hids_store::MAX_TOP {
+            p.push(format!("fleet.top_size: at most {}", hids_store::MAX_TOP));
+        }
+    }
 }
 
 /// The event topics, read as one consumer group: every instance with the same `group`
@@ -173,6 +340,51 @@ pub struct WebhookConfig {
     pub queue_limit: usize,
 }
 
+fn default_etcd_prefix() -> String {
+    hids_control::keys::DEFAULT_PREFIX.into()
+}
+fn default_silence_secs() -> u64 {
+    300
+}
+fn default_loss_grace_secs() -> u64 {
+    300
+}
+fn default_backlog_secs() -> u64 {
+    120
+}
+fn default_spool_percent() -> f64 {
+    80.0
+}
+fn default_volume_bucket_secs() -> u64 {
+    3_600
+}
+fn default_volume_history_days() -> u32 {
+    7
+}
+fn default_volume_min_history_days() -> u32 {
+    3
+}
+fn default_volume_ratio() -> f64 {
+    4.0
+}
+fn default_volume_min_events() -> u64 {
+    1_000
+}
+fn default_volume_min_bytes() -> u64 {
+    1_000_000
+}
+fn default_max_hosts() -> usize {
+    2_000_000
+}
+fn default_top_size() -> usize {
+    100
+}
+fn default_league_secs() -> u64 {
+    300
+}
+fn default_max_label_values() -> usize {
+    500
+}
 fn default_log_level() -> String {
     "info".into()
 }
@@ -292,6 +504,27 @@ impl ServerConfig {
             if w.attempts == 0 || w.timeout_secs == 0 || w.queue_limit == 0 {
                 problems.push(format!(
                     "webhooks[{i}]: attempts, timeout_secs and queue_limit must be at least 1"
+                ));
+            }
+        }
+        if let Some(etcd) = &self.etcd {
+            if etcd.endpoints.is_empty()
+                || etcd
+                    .endpoints
+                    .iter()
+                    .any(|e| !e.starts_with("http://") && !e.starts_with("https://"))
+            {
+                problems.push(
+                    "etcd.endpoints: list etcd's client URLs (http://host:2379 or https://...)"
+                        .to_string(),
+                );
+            }
+        }
+        self.fleet.problems(&mut problems);
+        if let Some(t) = &self.fleet.agent_topic {
+            if !k.topics.contains(t) {
+                problems.push(format!(
+                    "fleet.agent_topic: {t:?} is not one of kafka.topics"
                 ));
             }
         }

@@ -18,6 +18,9 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::config::{KafkaConfig, ServerConfig};
+use crate::fleet::presence::Presence;
+use crate::fleet::Ownership;
+use crate::fleet_metrics::RuleLabel;
 use crate::metrics::{level_label, Metrics};
 use crate::outputs::Outputs;
 use crate::triage::Triage;
@@ -26,6 +29,11 @@ use crate::triage::Triage;
 /// any instance applies on all within this.
 const SUPPRESSIONS_EVERY: Duration = Duration::from_secs(5);
 const PRUNE_EVERY: Duration = Duration::from_secs(3_600);
+/// The fleet's pass (silence, loss past its grace, quiet buckets): a tenth of the
+/// smallest delay it judges (a minute).
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// The topics' partition counts are looked up again this often.
+const METADATA_EVERY: Duration = Duration::from_secs(60);
 
 /// librdkafka's view of this member: rebalances logged, lag from its statistics.
 struct Member {
@@ -126,6 +134,8 @@ struct Taken {
 }
 
 pub struct Consume {
+    /// Registered agents from etcd (None without `[etcd]`).
+    pub presence: Option<Arc<std::sync::Mutex<Presence>>>,
     pub config: ServerConfig,
     pub triage: Triage,
     pub store: Box<dyn Store>,
@@ -142,7 +152,30 @@ impl Consume {
         let mut hits = Vec::new();
         let mut suppressions_at: Option<Instant> = None;
         let mut pruned_at: Option<Instant> = None;
+        let mut swept_at = Instant::now();
+        let mut league_at = Instant::now();
+        let mut owner = Owner::default();
         while !self.shutdown.load(Ordering::Relaxed) {
+            if swept_at.elapsed() >= SWEEP_EVERY {
+                swept_at = Instant::now();
+                owner.refresh(&consumer, &self.config);
+                if owner.moved {
+                    if let Some(f) = self.triage.fleet_mut() {
+                        f.partitions_moved();
+                    }
+                }
+                hits.clear();
+                let presence = self.presence.clone();
+                self.triage
+                    .sweep(&owner.ownership, presence.as_deref(), &mut hits);
+                if !self.store_all(&hits) {
+                    break;
+                }
+            }
+            if league_at.elapsed() >= Duration::from_secs(self.config.fleet.league_secs) {
+                league_at = Instant::now();
+                self.write_league();
+            }
             if suppressions_at.is_none_or(|t| t.elapsed() >= SUPPRESSIONS_EVERY) {
                 self.reload_suppressions();
                 suppressions_at = Some(Instant::now());
@@ -175,6 +208,7 @@ impl Consume {
             self.commit(&consumer, &batch);
             batch.clear();
         }
+        self.write_league();
         // Leaving the group now hands our partitions over at once instead of after the
         // session timeout.
         consumer.unsubscribe();
@@ -294,6 +328,13 @@ impl Consume {
                     .alerts
                     .get_or_create(&level_label(hit.level))
                     .inc();
+                self.metrics
+                    .fleet
+                    .alerts_by_rule
+                    .get_or_create(&RuleLabel {
+                        rule_id: hit.rule_id.clone(),
+                    })
+                    .inc();
                 self.outputs.send(&alert_of(hit, &r.alert_id, now));
             }
         }
@@ -331,6 +372,23 @@ impl Consume {
         }
     }
 
+    /// Writes the daily league's leaders among this instance's hosts. A failure is
+    /// logged: the next write (minutes later) carries the same figures, newer.
+    fn write_league(&mut self) {
+        let Some(fleet) = self.triage.fleet_mut() else {
+            return;
+        };
+        let now = Timestamp::now();
+        for (day, figure, rows) in fleet.league() {
+            if rows.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.store.put_top(&day, figure, &rows, now) {
+                tracing::warn!("cannot write the {day} {} league: {e}", figure.as_str());
+            }
+        }
+    }
+
     fn reload_suppressions(&mut self) {
         match self.store.suppressions() {
             Ok(s) => {
@@ -355,6 +413,9 @@ impl Consume {
             Ok(0) => {}
             Ok(n) => tracing::info!("retention: deleted {n} alerts last seen before {before:?}"),
             Err(e) => tracing::warn!("retention: {e}"),
+        }
+        if let Err(e) = self.store.prune_top(&before.utc_day()) {
+            tracing::warn!("retention of the daily league: {e}");
         }
     }
 
@@ -411,4 +472,96 @@ pub fn alert_of(hit: &Hit, id: &str, now: Timestamp) -> Alert {
         updated_at: now,
         event: serde_json::from_str(&hit.event).unwrap_or(serde_json::Value::Null),
     }
+}
+
+/// This instance's share of the hosts: which partitions of the agents' topic it holds
+/// and since when, refreshed every sweep (partition counts every minute).
+#[derive(Default)]
+struct Owner {
+    ownership: Ownership,
+    /// Partitions of every topic, in all, and when they were counted.
+    total_partitions: usize,
+    counted_at: Option<Instant>,
+    /// When this instance's clock started, to date assignments in fleet seconds.
+    started: Option<Instant>,
+    /// The assignment changed since the previous refresh.
+    moved: bool,
+}
+
+impl Owner {
+    fn refresh(&mut self, consumer: &BaseConsumer<Member>, config: &ServerConfig) {
+        let started = *self.started.get_or_insert_with(Instant::now);
+        let agent_topic = config
+            .fleet
+            .agent_topic
+            .clone()
+            .or_else(|| config.kafka.topics.first().cloned())
+            .unwrap_or_default();
+        if self
+            .counted_at
+            .is_none_or(|t| t.elapsed() >= METADATA_EVERY)
+        {
+            if let Some((agents, total)) =
+                partition_counts(consumer, &config.kafka.topics, &agent_topic)
+            {
+                self.ownership.partitions = agents;
+                self.total_partitions = total;
+                self.counted_at = Some(Instant::now());
+            }
+        }
+        let held = consumer.assignment().unwrap_or_default();
+        let now = u32::try_from(started.elapsed().as_secs()).unwrap_or(u32::MAX);
+        let mine: Vec<i32> = held
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == agent_topic)
+            .map(|e| e.partition())
+            .collect();
+        let before = self.ownership.held.len();
+        self.ownership.held.retain(|p, _| mine.contains(p));
+        let mut moved = self.ownership.held.len() != before;
+        for p in mine {
+            self.ownership.held.entry(p).or_insert_with(|| {
+                moved = true;
+                now
+            });
+        }
+        self.moved = moved;
+        self.ownership.assigned = held
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                let topic = config.kafka.topics.iter().position(|t| t == e.topic())?;
+                Some((u8::try_from(topic).unwrap_or(u8::MAX), e.partition()))
+            })
+            .collect();
+        self.ownership.holds_everything =
+            self.total_partitions > 0 && held.count() >= self.total_partitions;
+    }
+}
+
+/// The partitions of the agents' topic, and of all topics together; None when the
+/// broker does not answer (the previous counts stay).
+fn partition_counts(
+    consumer: &BaseConsumer<Member>,
+    topics: &[String],
+    agent_topic: &str,
+) -> Option<(u32, usize)> {
+    let mut agents = 0u32;
+    let mut total = 0usize;
+    for topic in topics {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .ok()?;
+        let n = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map_or(0, |t| t.partitions().len());
+        total += n;
+        if topic == agent_topic {
+            agents = u32::try_from(n).unwrap_or(0);
+        }
+    }
+    Some((agents, total))
 }

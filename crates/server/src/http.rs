@@ -15,10 +15,12 @@ use axum::{Json, Router};
 use hids_detect::RuleSet;
 use hids_store::{AlertQuery, Store};
 use hids_types::alert::{GroupBy, Level, Suppression};
+use hids_types::fleet::{is_day_name, TopFigure};
 use hids_types::Timestamp;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
+use crate::fleet::presence::Presence;
 use crate::metrics::Metrics;
 
 pub struct Api {
@@ -27,6 +29,8 @@ pub struct Api {
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
     pub started: SystemTime,
+    /// Registered agents from etcd (None without `[etcd]`).
+    pub presence: Option<Arc<Mutex<Presence>>>,
 }
 
 pub fn router(api: Arc<Api>) -> Router {
@@ -40,6 +44,8 @@ pub fn router(api: Arc<Api>) -> Router {
             get(suppressions).post(add_suppression),
         )
         .route("/api/v1/suppressions/{id}", delete(remove_suppression))
+        .route("/api/v1/fleet/top", get(fleet_top))
+        .route("/api/v1/fleet/summary", get(fleet_summary))
         .route("/api/v1/health", get(health))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -254,6 +260,67 @@ async fn remove_suppression(
             format!("no suppression {id}"),
         ))
     }
+}
+
+/// `?by=cpu|memory&day=YYYY-MM-DD&limit=N`: the day's hosts where the agent used the
+/// most (mean CPU, peak memory), highest first. Day: today (UTC) by default.
+async fn fleet_top(State(api): State<Arc<Api>>, pairs: Params) -> Result<Response, ApiError> {
+    let mut by = None;
+    let mut day = Timestamp::now().utc_day();
+    let mut limit = 10usize;
+    for (key, value) in params(pairs)? {
+        match key.as_str() {
+            "by" => by = Some(value.parse::<TopFigure>().map_err(bad_request)?),
+            "day" if is_day_name(&value) => day = value,
+            "day" => return Err(bad_request(format!("day: {value:?}; write YYYY-MM-DD"))),
+            "limit" => {
+                limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=hids_store::MAX_TOP).contains(n))
+                    .ok_or_else(|| {
+                        bad_request(format!(
+                            "limit: {value:?}; between 1 and {}",
+                            hids_store::MAX_TOP
+                        ))
+                    })?
+            }
+            other => return Err(bad_request(format!(
+                "unknown parameter {other:?}: use by (cpu or memory), day (YYYY-MM-DD) and limit"
+            ))),
+        }
+    }
+    let by = by.ok_or_else(|| bad_request("by: say cpu or memory"))?;
+    let rows = with_store(&api, move |s| s.top(&day, by, limit)).await?;
+    Ok(Json(rows).into_response())
+}
+
+/// `?by=idc|project|product|version|<label>`: registered agents (etcd) counted by the
+/// label, beside this instance's own figures.
+async fn fleet_summary(State(api): State<Arc<Api>>, pairs: Params) -> Result<Response, ApiError> {
+    let mut by = "idc".to_owned();
+    for (key, value) in params(pairs)? {
+        match key.as_str() {
+            "by" => by = value,
+            other => return Err(bad_request(format!("unknown parameter {other:?}: use by"))),
+        }
+    }
+    let f = &api.metrics.fleet;
+    let registered = api.presence.as_ref().map(|p| {
+        let p = p.lock().unwrap_or_else(|e| e.into_inner());
+        json!({"agents": p.hosts.len(), "by": p.counts_by(&by)})
+    });
+    Ok(Json(json!({
+        "etcd_connected": f.etcd_connected.get() == 1,
+        "registered": registered,
+        "this_instance": {
+            "hosts_tracked": f.hosts_tracked.get(),
+            "hosts_sending": f.hosts_sending.get(),
+            "agents_silent": f.agents_silent.get(),
+            "runs_tracked": f.runs_tracked.get(),
+        },
+    }))
+    .into_response())
 }
 
 async fn health(State(api): State<Arc<Api>>) -> Response {

@@ -6,6 +6,8 @@
 
 pub mod config;
 pub mod consume;
+pub mod fleet;
+pub mod fleet_metrics;
 pub mod http;
 pub mod metrics;
 pub mod outputs;

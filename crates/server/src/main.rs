@@ -12,6 +12,8 @@ use clap::{Parser, Subcommand};
 use hids_detect::{RuleSet, RuleStatus};
 use hids_server::config::ServerConfig;
 use hids_server::consume::Consume;
+use hids_server::fleet::presence::Presence;
+use hids_server::fleet::Fleet;
 use hids_server::http::{self, Api};
 use hids_server::metrics::Metrics;
 use hids_server::outputs::Outputs;
@@ -198,7 +200,9 @@ fn run(config: ServerConfig, rules: Arc<RuleSet>) -> anyhow::Result<()> {
         .build()?;
     let shutdown = Arc::new(AtomicBool::new(false));
     let outputs = runtime.block_on(async { Outputs::start(&config, metrics.clone()) })?;
+    let presence = start_presence(&config, &runtime, &metrics, &shutdown)?;
     let api = Arc::new(Api {
+        presence: presence.clone(),
         store: Mutex::new(reader),
         rules: rules.clone(),
         registry: metrics.registry(),
@@ -230,8 +234,17 @@ fn run(config: ServerConfig, rules: Arc<RuleSet>) -> anyhow::Result<()> {
         config.alerts.window_secs,
         config.kafka.max_event_bytes,
         metrics.clone(),
+    )
+    .with_fleet(
+        Fleet::new(
+            config.fleet.clone(),
+            config.alerts.window_secs,
+            metrics.clone(),
+        ),
+        config.kafka.topics.clone(),
     );
     let consume = Consume {
+        presence,
         config,
         triage,
         store: writer,
@@ -254,6 +267,35 @@ fn run(config: ServerConfig, rules: Arc<RuleSet>) -> anyhow::Result<()> {
     runtime.shutdown_timeout(Duration::from_secs(5));
     tracing::info!("stopped");
     result
+}
+
+/// Follows the agents' presence in etcd on the runtime, when `[etcd]` is configured.
+fn start_presence(
+    config: &ServerConfig,
+    runtime: &tokio::runtime::Runtime,
+    metrics: &Arc<Metrics>,
+    shutdown: &Arc<AtomicBool>,
+) -> anyhow::Result<Option<Arc<Mutex<Presence>>>> {
+    let Some(etcd) = &config.etcd else {
+        tracing::info!("no [etcd]: presence, silence and status alerts are off");
+        return Ok(None);
+    };
+    let connect = etcd
+        .settings()
+        .config()
+        .context("etcd: the credentials file")?;
+    let presence = Arc::new(Mutex::new(Presence::new(
+        config.fleet.max_label_values,
+        metrics.clone(),
+    )));
+    runtime.spawn(hids_server::fleet::presence::follow(
+        connect,
+        hids_control::Keys::new(&etcd.prefix),
+        presence.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    Ok(Some(presence))
 }
 
 async fn stop_on_signal(shutdown: Arc<AtomicBool>) {

@@ -78,6 +78,8 @@ pub struct Metrics {
     pub delivery_given_up: Family<OutputLabel, Counter>,
     /// Alerts dropped because an output's queue was full.
     pub delivery_dropped: Family<OutputLabel, Counter>,
+    /// The fleet's health figures.
+    pub fleet: crate::fleet_metrics::FleetMetrics,
     /// For `/api/v1/health`: events per second over the last sampling period.
     rate: Mutex<RateSample>,
 }
@@ -140,6 +142,7 @@ impl Metrics {
             self.suppressions.clone(),
         );
         self.register_outcomes(&mut r);
+        self.fleet.register(&mut r);
         r
     }
 

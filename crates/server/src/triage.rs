@@ -12,6 +12,9 @@ use hids_types::alert::Suppression;
 use hids_types::Timestamp;
 use serde_json::Value;
 
+use crate::fleet::book::Seen;
+use crate::fleet::presence::Presence;
+use crate::fleet::{Fleet, Ownership};
 use crate::metrics::{level_label, Malformed, Metrics, ReasonLabel};
 
 /// Labels kept per event, and their length: the agent sends a handful; more is a lie.
@@ -29,6 +32,10 @@ pub struct Triage {
     suppressions: Vec<Suppression>,
     metrics: Arc<Metrics>,
     matches: Vec<hids_detect::Hit>,
+    /// The fleet's books, fed every event that names a host (None: detection only).
+    fleet: Option<Fleet>,
+    /// The event topics, in configuration order: a run's topics are a bit each.
+    topics: Vec<String>,
 }
 
 /// The parts of an event an alert carries besides the rule.
@@ -59,6 +66,54 @@ impl Triage {
             suppressions: Vec::new(),
             metrics,
             matches: Vec::new(),
+            fleet: None,
+            topics: Vec::new(),
+        }
+    }
+
+    /// Keeps the fleet's books too: program alerts, reconciliation, volume, league.
+    pub fn with_fleet(mut self, fleet: Fleet, topics: Vec<String>) -> Triage {
+        self.fleet = Some(fleet);
+        self.topics = topics;
+        self
+    }
+
+    pub fn fleet_mut(&mut self) -> Option<&mut Fleet> {
+        self.fleet.as_mut()
+    }
+
+    /// The fleet's periodic pass; its alerts, past the suppressions, go to `hits`.
+    pub fn sweep(
+        &mut self,
+        ownership: &Ownership,
+        presence: Option<&std::sync::Mutex<Presence>>,
+        hits: &mut Vec<Hit>,
+    ) {
+        let Some(fleet) = &mut self.fleet else {
+            return;
+        };
+        let from = hits.len();
+        fleet.sweep(ownership, presence, hits);
+        self.keep_unsuppressed(hits, from, None);
+    }
+
+    /// Drops the hits from `from` on that an operator's suppression covers; counts
+    /// those kept.
+    fn keep_unsuppressed(&self, hits: &mut Vec<Hit>, from: usize, command_line: Option<&str>) {
+        let mut i = from;
+        while i < hits.len() {
+            let h = &hits[i];
+            if self
+                .suppressions
+                .iter()
+                .any(|s| s.covers(&h.rule_id, &h.host_id, &h.labels, command_line))
+            {
+                self.metrics.suppressed.inc();
+                hits.swap_remove(i);
+            } else {
+                self.metrics.hits.get_or_create(&level_label(h.level)).inc();
+                i += 1;
+            }
         }
     }
 
@@ -98,6 +153,25 @@ impl Triage {
         if let Some(trusted) = trusted_time(origin.event_time, kafka_time) {
             self.metrics.clock_skewed.inc();
             origin.event_time = trusted;
+        }
+        if let Some(fleet) = &mut self.fleet {
+            let from = hits.len();
+            let topic_index = self
+                .topics
+                .iter()
+                .position(|t| *t == position.topic)
+                .unwrap_or(0);
+            let seen = Seen {
+                host_id: &origin.host_id,
+                hostname: &origin.hostname,
+                labels: &origin.labels,
+                bytes: payload.len(),
+                position: &position,
+                topic_index: u8::try_from(topic_index).unwrap_or(u8::MAX),
+                payload,
+            };
+            fleet.observe(&event, &seen, hits);
+            self.keep_unsuppressed(hits, from, None);
         }
         let started = Instant::now();
         self.matches.clear();
@@ -218,7 +292,7 @@ fn origin(event: &Value) -> Option<Origin> {
 
 /// The start (unix seconds) of the fixed window `time` falls in.
 pub fn window_start(time: Timestamp, window_secs: i64) -> i64 {
-    let secs = i64::try_from(time.unix_nanos() / 1_000_000_000).unwrap_or(i64::MAX);
+    let secs = time.unix_secs();
     secs - secs.rem_euclid(window_secs)
 }
 
