@@ -285,9 +285,11 @@ async fn fleet_top(State(api): State<Arc<Api>>, pairs: Params) -> Result<Respons
                         ))
                     })?
             }
-            other => return Err(bad_request(format!(
+            other => {
+                return Err(bad_request(format!(
                 "unknown parameter {other:?}: use by (cpu or memory), day (YYYY-MM-DD) and limit"
-            ))),
+            )))
+            }
         }
     }
     let by = by.ok_or_else(|| bad_request("by: say cpu or memory"))?;

@@ -246,11 +246,6 @@ struct Significant<'a> {
     started_at: crate::Timestamp,
     plugins: Vec<SignificantPlugin<'a>>,
     guard: Option<SignificantGuard<'a>>,
-    /// Kafka out of reach (events going to the spool): the server alerts on it.
-    backlog: bool,
-    /// The spool's fill in tenths: at most ten writes while it fills, so the server
-    /// sees it near full without waiting for a refresh.
-    spool_tenths: u64,
 }
 
 #[derive(Hash)]
@@ -317,13 +312,6 @@ impl AgentStatus {
                 reason: g.reason.as_deref(),
                 since: g.since,
             }),
-            backlog: self.pipeline.backlog,
-            spool_tenths: self
-                .pipeline
-                .spool_bytes
-                .saturating_mul(10)
-                .checked_div(self.pipeline.spool_max_bytes)
-                .unwrap_or(0),
         }
     }
 

@@ -195,7 +195,10 @@ impl Presence {
         reg.labels = labels;
         reg.idc = idc;
         reg.version = version;
-        reg.backlog_since = match (view.pipeline.backlog, reg.backlog_since) {
+        // Events waiting in the spool, or new ones going there: the agent's own
+        // `backlog` flag flickers while a last segment is retried, its spool does not.
+        let held_back = view.pipeline.backlog || view.pipeline.spool_bytes > 0;
+        reg.backlog_since = match (held_back, reg.backlog_since) {
             (true, Some(t)) => Some(t),
             (true, None) => Some(now),
             (false, _) => None,
