@@ -28,8 +28,9 @@ need_root() {
 BUILD_PACKAGES="protobuf-compiler libprotobuf-dev cmake libcurl4-openssl-dev libssl-dev zlib1g-dev pkg-config clang libelf-dev make"
 # And testing: etcd and etcdctl for the control-plane tests, openssl for their TLS
 # certificates, postgresql for hids-store's shared backend (its tests start a throwaway
-# cluster of their own).
-TEST_PACKAGES="$BUILD_PACKAGES etcd-server etcd-client openssl postgresql"
+# cluster of their own), prometheus (with promtool) for the test that runs every query
+# of the Grafana dashboard against a real Prometheus scraping the server and etcd.
+TEST_PACKAGES="$BUILD_PACKAGES etcd-server etcd-client openssl postgresql prometheus"
 
 # tansu, the Kafka-API broker of the pipeline tests (crates.io). It must be built with
 # storage features, or it silently discards data; the build takes 20-25 minutes on two

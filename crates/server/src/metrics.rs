@@ -2,6 +2,7 @@
 //! `/api/v1/health` derives from them. Nothing per host is a series: a million hosts
 //! would be a million series.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -46,8 +47,9 @@ pub struct OutputLabel {
 pub struct Metrics {
     pub events: Counter,
     pub malformed: Family<ReasonLabel, Counter>,
-    /// Time spent in the rules (prefilter and evaluation), in nanoseconds.
-    pub detect_nanos: Counter,
+    /// Time spent in the rules (prefilter and evaluation), in seconds (Prometheus's base
+    /// unit; `promtool check metrics` refuses any other).
+    pub detect_seconds: Counter<f64, AtomicU64>,
     /// Events whose time was too far from Kafka's: Kafka's was used.
     pub clock_skewed: Counter,
     /// Hits the store refused alone while the rest of their batch was stored.
@@ -122,9 +124,9 @@ impl Metrics {
             self.malformed.clone(),
         );
         r.register(
-            "detect_nanoseconds",
+            "detect_seconds",
             "Time spent in the rules (prefilter and evaluation)",
-            self.detect_nanos.clone(),
+            self.detect_seconds.clone(),
         );
         r.register(
             "events_clock_skewed",
@@ -248,6 +250,6 @@ impl Metrics {
 
     /// Mean time in the rules per event since the start.
     pub fn detect_micros_per_event(&self) -> f64 {
-        self.detect_nanos.get() as f64 / 1_000.0 / self.events.get().max(1) as f64
+        self.detect_seconds.get() * 1e6 / self.events.get().max(1) as f64
     }
 }

@@ -177,9 +177,7 @@ impl Triage {
         self.matches.clear();
         self.detector.detect(&event, &mut self.matches);
         let spent = started.elapsed();
-        self.metrics
-            .detect_nanos
-            .inc_by(u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX));
+        self.metrics.detect_seconds.inc_by(spent.as_secs_f64());
         if self.matches.is_empty() {
             return;
         }

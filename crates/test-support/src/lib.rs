@@ -1,6 +1,7 @@
 //! The one harness every integration test uses: the real binaries (`hids-agent`,
 //! `hidsctl`, `hids-sim`) run against a real etcd and a real Kafka-protocol broker
-//! (tansu), each on free loopback ports and in its own temporary directory.
+//! (tansu), each on free loopback ports and in its own temporary directory; a real
+//! Prometheus scrapes them when a test checks what they export.
 //!
 //! Dev-only: no product crate depends on it. A failure in here is a failed test, so it
 //! unwraps freely.
@@ -12,6 +13,7 @@ mod broker;
 mod etcd;
 mod postgres;
 mod procs;
+mod prometheus;
 mod server;
 mod sim;
 mod skip;
@@ -26,6 +28,7 @@ pub use broker::Broker;
 pub use etcd::{etcd_available, Certs, Etcd, KeyPair};
 pub use postgres::{postgres_available, Postgres};
 pub use procs::{alive, group_members, tag};
+pub use prometheus::{prometheus_available, promtool_check_metrics, Prometheus};
 pub use server::Server;
 pub use sim::Sim;
 pub use skip::{is_root, skip};
