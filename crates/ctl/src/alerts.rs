@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use hids_types::alert::{Alert, Level, SummaryRow, Suppression};
+use hids_types::fleet::{TopFigure, TopHost};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -295,5 +296,53 @@ pub async fn rules(api: &Api, refused_only: bool, json: bool) -> anyhow::Result<
         "{}",
         hids_types::text::table(&["LEVEL", "ID", "STATUS", "SOURCE"], &rows)
     );
+    Ok(Exit::Success)
+}
+
+/// `hidsctl top`: the day's hosts where the agent used the most CPU (mean) or memory
+/// (peak), from the server's daily league.
+pub async fn top(
+    api: &Api,
+    by: TopFigure,
+    day: Option<&str>,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<Exit> {
+    let mut q = vec![
+        ("by".to_owned(), by.as_str().to_owned()),
+        ("limit".to_owned(), limit.to_string()),
+    ];
+    if let Some(day) = day {
+        q.push(("day".into(), day.to_owned()));
+    }
+    let rows: Vec<TopHost> = api.get("/api/v1/fleet/top", &q).await?.unwrap_or_default();
+    if json {
+        return print_json(&rows);
+    }
+    let labels = |l: &std::collections::BTreeMap<String, String>| {
+        l.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            vec![
+                (i + 1).to_string(),
+                r.host_id.clone(),
+                format!("{:.2}", r.value),
+                labels(&r.labels),
+            ]
+        })
+        .collect();
+    out_raw!(
+        "{}",
+        hids_types::text::table(&["#", "HOST", &by.unit().to_uppercase(), "LABELS"], &table)
+    );
+    if rows.is_empty() {
+        out!("no figures for that day yet (the league is written every fleet.league_secs)");
+    }
     Ok(Exit::Success)
 }

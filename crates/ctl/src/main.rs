@@ -186,6 +186,24 @@ enum Command {
         #[command(subcommand)]
         command: AlertsCommand,
     },
+    /// The day's hosts where the agent used the most CPU (the day's mean, % of a core)
+    /// or memory (the day's peak RSS, MB), with their labels: from hids-server's daily
+    /// league, to see the reach of a problem before it grows.
+    Top {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// cpu or memory.
+        #[arg(long, default_value = "cpu")]
+        by: hids_types::fleet::TopFigure,
+        /// The day, YYYY-MM-DD (UTC); today by default.
+        #[arg(long)]
+        day: Option<String>,
+        /// How many hosts (at most 1000).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// The detection rules hids-server loaded, and those it refused with the reason.
     Rules {
         #[command(flatten)]
@@ -482,6 +500,16 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
             refused,
             json,
         } => alerts::rules(&alerts::Api::new(&server.server)?, refused, json).await,
+        Command::Top {
+            server,
+            by,
+            day,
+            limit,
+            json,
+        } => {
+            let api = alerts::Api::new(&server.server)?;
+            alerts::top(&api, by, day.as_deref(), limit, json).await
+        }
         Command::Push { file, change } => {
             let request = change.request(push::Change::settings_from(&file)?)?;
             push::run(&mut connect().await?, &keys, request).await

@@ -201,6 +201,27 @@ fn gaps_nobody_declared_are_loss_declared_drops_are_not_and_restarts_and_bad_sta
     assert_eq!(mem[0]["value"], 30.0);
     let (status, err) = server.get_status("/api/v1/fleet/top?by=disk");
     assert_eq!(status, 400, "{err}");
+    // hidsctl lists the same, as a table and as JSON.
+    let hidsctl = |args: &[&str]| {
+        let out = std::process::Command::new(hids_test_support::bin("hidsctl"))
+            .args(["top", "--server", &server.url("")])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listed: Value = serde_json::from_str(&hidsctl(&["--by", "memory", "--json"])).unwrap();
+    assert_eq!(listed[0]["value"], 30.0, "{listed:#}");
+    let table = hidsctl(&["--limit", "3"]);
+    assert!(
+        table.contains("HOST") && table.contains("idc=bj1"),
+        "{table}"
+    );
     // Nothing per host in the metrics.
     let metrics = server.metrics();
     assert!(!metrics.contains("host_id="), "{metrics}");

@@ -34,7 +34,7 @@ mod sqlite;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use hids_types::fleet::{TopFigure, TopHost};
+pub use hids_types::fleet::{TopFigure, TopHost};
 use sha2::{Digest, Sha256};
 
 pub use hids_types::alert::{Alert, GroupBy, Level, SummaryRow, Suppression};

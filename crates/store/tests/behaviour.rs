@@ -483,6 +483,46 @@ fn prune_drops_old_alerts(cfg: &StoreConfig) {
     assert!(again[0].created && again[0].counted);
 }
 
+fn league_ranks_every_instance_rows(cfg: &StoreConfig) {
+    use hids_store::{TopFigure, TopHost};
+    let mut a = open(cfg).unwrap();
+    let mut b = open(cfg).unwrap();
+    let row = |host: &str, value: f64| TopHost {
+        host_id: host.into(),
+        labels: labels(&[("idc", "bj1")]),
+        value,
+    };
+    // Two instances, each with its own hosts; one host rewritten lower later.
+    a.put_top(
+        "2026-11-29",
+        TopFigure::Cpu,
+        &[row("a1", 3.5), row("a2", 0.25)],
+        at(10),
+    )
+    .unwrap();
+    b.put_top("2026-11-29", TopFigure::Cpu, &[row("b1", 7.125)], at(10))
+        .unwrap();
+    a.put_top("2026-11-29", TopFigure::Cpu, &[row("a1", 1.0)], at(20))
+        .unwrap();
+    a.put_top("2026-11-29", TopFigure::Memory, &[row("a2", 99.0)], at(20))
+        .unwrap();
+    a.put_top("2026-11-30", TopFigure::Cpu, &[row("a1", 50.0)], at(20))
+        .unwrap();
+    let top = a.top("2026-11-29", TopFigure::Cpu, 2).unwrap();
+    assert_eq!(
+        top.iter()
+            .map(|r| (r.host_id.as_str(), r.value))
+            .collect::<Vec<_>>(),
+        vec![("b1", 7.125), ("a1", 1.0)]
+    );
+    assert_eq!(top[0].labels.get("idc").map(String::as_str), Some("bj1"));
+    assert_eq!(a.top("2026-11-29", TopFigure::Memory, 10).unwrap().len(), 1);
+    // Retention by day.
+    assert_eq!(a.prune_top("2026-11-30").unwrap(), 4);
+    assert!(a.top("2026-11-29", TopFigure::Cpu, 10).unwrap().is_empty());
+    assert_eq!(a.top("2026-11-30", TopFigure::Cpu, 10).unwrap().len(), 1);
+}
+
 fn reopen_keeps_data(cfg: &StoreConfig) {
     let mut store = open(cfg).unwrap();
     store.record(&[hit("r", "h", 1)], at(1)).unwrap();
@@ -504,6 +544,21 @@ fn reopen_keeps_data(cfg: &StoreConfig) {
     assert!(!store.record(&[hit("r", "h", 1)], at(2)).unwrap()[0].counted);
 }
 
+fn older_schema_is_migrated_keeping_alerts(cfg: &StoreConfig) {
+    let mut store = open(cfg).unwrap();
+    store.record(&[hit("shell", "h1", 1)], at(1000)).unwrap();
+    drop(store);
+    // What a version-1 database looked like: no league table.
+    raw_execute(cfg, "DROP TABLE fleet_top");
+    raw_execute(cfg, "UPDATE schema_version SET version = 1");
+    let mut store = open(cfg).unwrap();
+    assert_eq!(store.alerts(&AlertQuery::default()).unwrap().len(), 1);
+    assert!(store
+        .top("2026-11-30", hids_store::TopFigure::Cpu, 1)
+        .unwrap()
+        .is_empty());
+}
+
 fn newer_schema_refused(cfg: &StoreConfig) {
     drop(open(cfg).unwrap());
     raw_execute(cfg, "UPDATE schema_version SET version = 99");
@@ -513,7 +568,7 @@ fn newer_schema_refused(cfg: &StoreConfig) {
             err,
             StoreError::SchemaTooNew {
                 found: 99,
-                known: 1
+                known: hids_store::SCHEMA_VERSION
             }
         ),
         "{err}"
@@ -611,8 +666,10 @@ suite!(
     summary_groups,
     suppressions_crud,
     prune_drops_old_alerts,
+    league_ranks_every_instance_rows,
     reopen_keeps_data,
     newer_schema_refused,
+    older_schema_is_migrated_keeping_alerts,
     unreadable_rows_are_skipped,
     bad_evidence_is_replaced,
 );
