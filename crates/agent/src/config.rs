@@ -726,6 +726,12 @@ mod tests {
         let bad = Config::parse("[[sinks]]\nkind = \"kafka\"\nbrokers = \"a:1\"\ntopic = \"t\"\nacks = \"most\"\n[spool]\ndir = \"/x\"\n").unwrap();
         let err = bad.validate(Path::new("/nowhere")).unwrap_err().to_string();
         assert!(err.contains("acks = \"most\""), "{err}");
+        let partitioned = Config::parse("[[sinks]]\nkind = \"kafka\"\nbrokers = \"a:1\"\ntopic = \"t\"\n[sinks.librdkafka]\npartitioner = \"murmur2\"\n").unwrap();
+        let err = partitioned
+            .validate(Path::new("/nowhere"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("librdkafka.partitioner"), "{err}");
         let orphan = Config::parse("[spool]\ndir = \"/x\"\n").unwrap();
         let err = orphan
             .validate(Path::new("/nowhere"))

@@ -3,14 +3,19 @@
 
 use etcd_client::{Client, GetOptions, KeyValue};
 
-/// Values per page (gRPC messages are limited to 4 MiB; a status document is about
-/// 1 KB, at most 16 KB).
+/// Values per page for listings (gRPC messages are limited to 4 MiB; a status document
+/// is about 1 KB).
 pub const PAGE: i64 = 2000;
+
+/// Values per page that fit whatever they hold: 250 status documents of the most they
+/// may be (16 KB) are 4 MB. For a reader that must never fail on a fleet of large ones.
+pub const SAFE_PAGE: i64 = 250;
 
 /// Hands every key under `prefix` to `visit`, a page at a time, all read at the
 /// revision of the first page (returned), so the pages form one consistent view. Only
 /// one page is held at a time: a million status keys never sit in memory at once.
 /// `keys_only`: empty values (who is there, not what they say: a tenth of the bytes).
+/// `page`: values per request ([`PAGE`], or [`SAFE_PAGE`]).
 ///
 /// # Errors
 /// What etcd answered, for any page (including a revision compacted between pages).
@@ -18,13 +23,16 @@ pub async fn for_each_page(
     client: &mut Client,
     prefix: &str,
     keys_only: bool,
+    page: i64,
     mut visit: impl FnMut(&[KeyValue]),
 ) -> Result<i64, etcd_client::Error> {
     let end = crate::keys::prefix_end(prefix);
     let mut from = prefix.as_bytes().to_vec();
     let mut revision = 0;
     loop {
-        let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        let mut opts = GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(page.max(1));
         if keys_only {
             opts = opts.with_keys_only();
         }

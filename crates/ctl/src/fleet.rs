@@ -26,12 +26,18 @@ pub async fn get_all_with(
     keys_only: bool,
 ) -> anyhow::Result<(Vec<(Vec<u8>, Vec<u8>, i64)>, i64)> {
     let mut out = Vec::new();
-    let revision = hids_control::read::for_each_page(client, prefix, keys_only, |kvs| {
-        out.extend(
-            kvs.iter()
-                .map(|kv| (kv.key().to_vec(), kv.value().to_vec(), kv.mod_revision())),
-        )
-    })
+    let revision = hids_control::read::for_each_page(
+        client,
+        prefix,
+        keys_only,
+        hids_control::read::PAGE,
+        |kvs| {
+            out.extend(
+                kvs.iter()
+                    .map(|kv| (kv.key().to_vec(), kv.value().to_vec(), kv.mod_revision())),
+            )
+        },
+    )
     .await?;
     Ok((out, revision))
 }

@@ -176,6 +176,17 @@ impl FleetConfig {
         if !(self.spool_percent > 0.0 && self.spool_percent <= 100.0) {
             p.push("fleet.spool_percent: above 0, at most 100".into());
         }
+        let slots =
+            (86_400 / self.volume_bucket_secs.max(1)) * (u64::from(self.volume_history_days) + 1);
+        if slots > 2_048 {
+            p.push(format!(
+                "fleet: volume_bucket_secs and volume_history_days make {slots} buckets per host \
+                 (2 bytes each, per host): at most 2048 (hourly buckets for 28 days, 15 minutes for 20)"
+            ));
+        }
+        if self.max_label_values > 10_000 {
+            p.push("fleet.max_label_values: at most 10000 (each is a series)".into());
+        }
         if self.volume_bucket_secs < 60 || 86_400 % self.volume_bucket_secs != 0 {
             p.push("fleet.volume_bucket_secs: at least 60 and a divisor of a day (300, 900, 3600, ...)".into());
         }

@@ -32,12 +32,16 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3_600);
 /// The fleet's pass (silence, loss past its grace, quiet buckets): a tenth of the
 /// smallest delay it judges (a minute).
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
+const SWEEP_AT_MOST: Duration = Duration::from_secs(60);
 /// The topics' partition counts are looked up again this often.
 const METADATA_EVERY: Duration = Duration::from_secs(60);
 
 /// librdkafka's view of this member: rebalances logged, lag from its statistics.
 struct Member {
     metrics: Arc<Metrics>,
+    /// Partitions rebalances took from us since the consumer last looked: the fleet
+    /// books of their hosts go with them.
+    revoked: std::sync::Mutex<Vec<(String, i32)>>,
 }
 
 impl ClientContext for Member {
@@ -76,7 +80,15 @@ impl ConsumerContext for Member {
         }
         match rebalance {
             Rebalance::Assign(tpl) => tracing::info!("partitions assigned: {}", describe(tpl)),
-            Rebalance::Revoke(tpl) => tracing::info!("partitions revoked: {}", describe(tpl)),
+            Rebalance::Revoke(tpl) => {
+                tracing::info!("partitions revoked: {}", describe(tpl));
+                let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+                revoked.extend(
+                    tpl.elements()
+                        .iter()
+                        .map(|e| (e.topic().to_owned(), e.partition())),
+                );
+            }
             Rebalance::Error(e) => tracing::warn!("rebalance failed: {e}"),
         }
     }
@@ -118,7 +130,10 @@ fn consumer(cfg: &KafkaConfig, metrics: Arc<Metrics>) -> anyhow::Result<BaseCons
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "3000")
         .set("statistics.interval.ms", "5000")
-        .create_with_context(Member { metrics })?;
+        .create_with_context(Member {
+            metrics,
+            revoked: std::sync::Mutex::default(),
+        })?;
     let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     Ok(consumer)
@@ -153,21 +168,20 @@ impl Consume {
         let mut suppressions_at: Option<Instant> = None;
         let mut pruned_at: Option<Instant> = None;
         let mut swept_at = Instant::now();
+        let mut sweep_every = SWEEP_EVERY;
         let mut league_at = Instant::now();
         let mut owner = Owner::default();
         while !self.shutdown.load(Ordering::Relaxed) {
-            if swept_at.elapsed() >= SWEEP_EVERY {
+            if swept_at.elapsed() >= sweep_every {
                 swept_at = Instant::now();
-                owner.refresh(&consumer, &self.config);
-                if owner.moved {
-                    if let Some(f) = self.triage.fleet_mut() {
-                        f.partitions_moved();
-                    }
-                }
+                self.follow_assignment(&consumer, &mut owner);
                 hits.clear();
                 let presence = self.presence.clone();
                 self.triage
                     .sweep(&owner.ownership, presence.as_deref(), &mut hits);
+                // At a million hosts a pass takes a second or two: it may take at most
+                // a twentieth of the thread, and still comes every minute.
+                sweep_every = (swept_at.elapsed() * 20).clamp(SWEEP_EVERY, SWEEP_AT_MOST);
                 if !self.store_all(&hits) {
                     break;
                 }
@@ -372,6 +386,32 @@ impl Consume {
         }
     }
 
+    /// Brings the fleet's view of our partitions up to date: books of revoked
+    /// partitions dropped, ownership of the agents' topic refreshed.
+    fn follow_assignment(&mut self, consumer: &BaseConsumer<Member>, owner: &mut Owner) {
+        let Some(fleet) = self.triage.fleet_mut() else {
+            return;
+        };
+        let revoked = std::mem::take(
+            &mut *consumer
+                .context()
+                .revoked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let gone: std::collections::HashSet<(u8, i32)> = revoked
+            .iter()
+            .filter_map(|(topic, p)| Some((topic_index(&self.config, topic)?, *p)))
+            .collect();
+        if !gone.is_empty() {
+            fleet.forget(&gone);
+        }
+        owner.refresh(consumer, &self.config, fleet.now_secs());
+        if owner.moved {
+            fleet.partitions_moved();
+        }
+    }
+
     /// Writes the daily league's leaders among this instance's hosts. A failure is
     /// logged: the next write (minutes later) carries the same figures, newer.
     fn write_league(&mut self) {
@@ -479,18 +519,14 @@ pub fn alert_of(hit: &Hit, id: &str, now: Timestamp) -> Alert {
 #[derive(Default)]
 struct Owner {
     ownership: Ownership,
-    /// Partitions of every topic, in all, and when they were counted.
-    total_partitions: usize,
     counted_at: Option<Instant>,
-    /// When this instance's clock started, to date assignments in fleet seconds.
-    started: Option<Instant>,
     /// The assignment changed since the previous refresh.
     moved: bool,
 }
 
 impl Owner {
-    fn refresh(&mut self, consumer: &BaseConsumer<Member>, config: &ServerConfig) {
-        let started = *self.started.get_or_insert_with(Instant::now);
+    /// `now`: the fleet's clock, which assignments are dated by.
+    fn refresh(&mut self, consumer: &BaseConsumer<Member>, config: &ServerConfig, now: u32) {
         let agent_topic = config
             .fleet
             .agent_topic
@@ -501,16 +537,16 @@ impl Owner {
             .counted_at
             .is_none_or(|t| t.elapsed() >= METADATA_EVERY)
         {
-            if let Some((agents, total)) =
-                partition_counts(consumer, &config.kafka.topics, &agent_topic)
-            {
+            if let Some(agents) = partition_count(consumer, &agent_topic) {
                 self.ownership.partitions = agents;
-                self.total_partitions = total;
                 self.counted_at = Some(Instant::now());
             }
         }
-        let held = consumer.assignment().unwrap_or_default();
-        let now = u32::try_from(started.elapsed().as_secs()).unwrap_or(u32::MAX);
+        // Unknown for a moment (the client busy): the previous view stands.
+        let Ok(held) = consumer.assignment() else {
+            self.moved = false;
+            return;
+        };
         let mine: Vec<i32> = held
             .elements()
             .iter()
@@ -530,38 +566,27 @@ impl Owner {
         self.ownership.assigned = held
             .elements()
             .iter()
-            .filter_map(|e| {
-                let topic = config.kafka.topics.iter().position(|t| t == e.topic())?;
-                Some((u8::try_from(topic).unwrap_or(u8::MAX), e.partition()))
-            })
+            .filter_map(|e| Some((topic_index(config, e.topic())?, e.partition())))
             .collect();
-        self.ownership.holds_everything =
-            self.total_partitions > 0 && held.count() >= self.total_partitions;
     }
 }
 
-/// The partitions of the agents' topic, and of all topics together; None when the
-/// broker does not answer (the previous counts stay).
-fn partition_counts(
-    consumer: &BaseConsumer<Member>,
-    topics: &[String],
-    agent_topic: &str,
-) -> Option<(u32, usize)> {
-    let mut agents = 0u32;
-    let mut total = 0usize;
-    for topic in topics {
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(5))
-            .ok()?;
-        let n = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .map_or(0, |t| t.partitions().len());
-        total += n;
-        if topic == agent_topic {
-            agents = u32::try_from(n).unwrap_or(0);
-        }
-    }
-    Some((agents, total))
+/// A topic's place in `kafka.topics` (what the fleet's books record).
+fn topic_index(config: &ServerConfig, topic: &str) -> Option<u8> {
+    let i = config.kafka.topics.iter().position(|t| t == topic)?;
+    u8::try_from(i).ok()
+}
+
+/// The partitions of the agents' topic; None when the broker does not answer (the
+/// previous count stays).
+fn partition_count(consumer: &BaseConsumer<Member>, topic: &str) -> Option<u32> {
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .ok()?;
+    let n = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len());
+    u32::try_from(n).ok().filter(|&n| n > 0)
 }

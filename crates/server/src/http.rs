@@ -297,8 +297,12 @@ async fn fleet_top(State(api): State<Arc<Api>>, pairs: Params) -> Result<Respons
     Ok(Json(rows).into_response())
 }
 
+/// Groups in a fleet summary at most (the largest): a label unique per host would
+/// otherwise list the whole fleet.
+const SUMMARY_GROUPS: usize = 1_000;
+
 /// `?by=idc|project|product|version|<label>`: registered agents (etcd) counted by the
-/// label, beside this instance's own figures.
+/// label (the 1,000 largest groups), beside this instance's own figures.
 async fn fleet_summary(State(api): State<Arc<Api>>, pairs: Params) -> Result<Response, ApiError> {
     let mut by = "idc".to_owned();
     for (key, value) in params(pairs)? {
@@ -308,10 +312,16 @@ async fn fleet_summary(State(api): State<Arc<Api>>, pairs: Params) -> Result<Res
         }
     }
     let f = &api.metrics.fleet;
-    let registered = api.presence.as_ref().map(|p| {
-        let p = p.lock().unwrap_or_else(|e| e.into_inner());
-        json!({"agents": p.hosts.len(), "by": p.counts_by(&by)})
-    });
+    let presence = api.presence.clone();
+    let registered = tokio::task::spawn_blocking(move || {
+        presence.map(|p| {
+            let p = p.lock().unwrap_or_else(|e| e.into_inner());
+            let (groups, others) = p.counts_by(&by, SUMMARY_GROUPS);
+            json!({"agents": p.hosts.len(), "by": groups, "other_groups": others})
+        })
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(Json(json!({
         "etcd_connected": f.etcd_connected.get() == 1,
         "registered": registered,
@@ -347,18 +357,32 @@ async fn health(State(api): State<Arc<Api>>) -> Response {
     .into_response()
 }
 
-async fn metrics(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
+/// OpenMetrics for a scraper that asks for it (Prometheus does), the classic text
+/// format otherwise (`curl`, `promtool check metrics`).
+async fn metrics(
+    State(api): State<Arc<Api>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &api.registry)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
+    let wants_openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let (content_type, body) = if wants_openmetrics {
+        (
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response())
+            text,
+        )
+    } else {
+        (
+            "text/plain; version=0.0.4; charset=utf-8",
+            crate::metrics::classic_text(&text),
+        )
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
 #[cfg(test)]

@@ -201,6 +201,14 @@ fn run(config: ServerConfig, rules: Arc<RuleSet>) -> anyhow::Result<()> {
     let shutdown = Arc::new(AtomicBool::new(false));
     let outputs = runtime.block_on(async { Outputs::start(&config, metrics.clone()) })?;
     let presence = start_presence(&config, &runtime, &metrics, &shutdown)?;
+    if config.kafka.topics.len() > 1 {
+        tracing::warn!(
+            "{} event topics: continuous reconciliation is off (a run's events and its stats can \
+             travel on different topics, read by different instances); run `hidsctl reconcile` \
+             over all of them instead",
+            config.kafka.topics.len()
+        );
+    }
     let api = Arc::new(Api {
         presence: presence.clone(),
         store: Mutex::new(reader),
@@ -239,6 +247,8 @@ fn run(config: ServerConfig, rules: Arc<RuleSet>) -> anyhow::Result<()> {
         Fleet::new(
             config.fleet.clone(),
             config.alerts.window_secs,
+            config.kafka.topics.len(),
+            config.etcd.is_some(),
             metrics.clone(),
         ),
         config.kafka.topics.clone(),

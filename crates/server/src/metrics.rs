@@ -253,3 +253,47 @@ impl Metrics {
         self.detect_seconds.get() * 1e6 / self.events.get().max(1) as f64
     }
 }
+
+/// An OpenMetrics exposition (what `prometheus-client` writes) in Prometheus's classic
+/// text format (0.0.4), for clients that do not ask for OpenMetrics (`curl`, `promtool
+/// check metrics`, older scrapers): a counter family's HELP and TYPE take its samples'
+/// `_total` name, and `# UNIT` and `# EOF`, which 0.0.4 lacks, go. Samples are untouched.
+pub fn classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let (name, rest) = line.strip_prefix(prefix)?.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {rest}"))
+        });
+        text.push_str(renamed.as_deref().unwrap_or(line));
+        text.push('\n');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::classic_text;
+
+    #[test]
+    fn an_openmetrics_counter_reads_as_a_classic_counter() {
+        let om = "# HELP x_events Events.\n# TYPE x_events counter\n# UNIT x_events events\n\
+                  x_events_total{category=\"process\"} 3\n\
+                  # HELP x_lag Lag.\n# TYPE x_lag gauge\nx_lag 0\n# EOF\n";
+        assert_eq!(
+            classic_text(om),
+            "# HELP x_events_total Events.\n# TYPE x_events_total counter\n\
+             x_events_total{category=\"process\"} 3\n\
+             # HELP x_lag Lag.\n# TYPE x_lag gauge\nx_lag 0\n"
+        );
+    }
+}

@@ -119,6 +119,50 @@ fn gaps_nobody_declared_are_loss_declared_drops_are_not_and_restarts_and_bad_sta
         &liar,
         stream_event(&liar, "process", "x1", u64::MAX, "exec", json!({})),
     );
+    // `joined`: the server meets a run midway (started late, or the partition moved):
+    // owed from its first number seen, not from 1.
+    let joined = format!("joined-{}", tag());
+    for seq in 500..=505 {
+        send(
+            &joined,
+            stream_event(&joined, "process", "j1", seq, "exec", json!({})),
+        );
+    }
+    // Its pipeline declares the end of a run before any event of it arrives, then its
+    // last events come: nothing before them is owed.
+    send(
+        &joined,
+        stream_event(
+            &joined,
+            "pipeline",
+            "jp",
+            77,
+            "run_end",
+            json!({"ended": [{"plugin": "agent", "run_id": "ja", "last_seq": 600, "how": "stopped"}]}),
+        ),
+    );
+    for seq in 598..=600 {
+        send(
+            &joined,
+            stream_event(&joined, "agent", "ja", seq, "stats", guard_stats(1.0, 10.0)),
+        );
+    }
+    // `kern`: kernel loss counted before the server joined the run is a starting point;
+    // what grows after it is an alert, counted.
+    let kern = format!("kern-{}", tag());
+    for (seq, lost) in [(10, 50), (11, 55)] {
+        send(
+            &kern,
+            stream_event(
+                &kern,
+                "process",
+                "k1",
+                seq,
+                "stats",
+                json!({"stats": {"events_emitted": seq - 1, "capture": "ebpf", "dropped": {"kernel_lost": lost, "ring_buffer_full": 0}}}),
+            ),
+        );
+    }
     // The league: three hosts' agent stats.
     for (i, cpu) in [(1, 0.5), (2, 4.5), (3, 2.0)] {
         let h = format!("league-{i}-{}", tag());
@@ -153,6 +197,8 @@ fn gaps_nobody_declared_are_loss_declared_drops_are_not_and_restarts_and_bad_sta
                 && with_rule(a, "hids-data-loss-declared", &lossy).is_some()
         },
     );
+    let kernel = with_rule(&alerts, "hids-agent-kernel-loss", &kern).expect("kernel loss alert");
+    assert_eq!(kernel["count"], 5, "{kernel:#}");
     let undeclared = with_rule(&alerts, "hids-data-loss-undeclared", &lossy).unwrap();
     assert_eq!(undeclared["count"], 2, "{undeclared:#}");
     assert_eq!(undeclared["level"], "high");
@@ -165,7 +211,7 @@ fn gaps_nobody_declared_are_loss_declared_drops_are_not_and_restarts_and_bad_sta
     std::thread::sleep(Duration::from_secs(4));
     let alerts: Vec<Value> =
         serde_json::from_value(server.get("/api/v1/alerts?limit=1000")).unwrap();
-    for host in [&restarts, &liar] {
+    for host in [&restarts, &liar, &joined] {
         assert!(
             alerts.iter().all(|a| a["host_id"] != host.as_str()),
             "no alert for {host}: {alerts:#?}"

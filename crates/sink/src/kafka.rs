@@ -95,6 +95,15 @@ impl KafkaConfig {
         if !["all", "-1", "1", "0"].contains(&self.acks.as_str()) {
             p.push(format!("sinks: acks = {:?}: use all, 1 or 0", self.acks));
         }
+        // hids-server finds the instance that answers for a host by this partitioner
+        // (CRC-32 of the host id): another would make hosts look silent.
+        for key in ["partitioner", "partitioner_cb"] {
+            if self.properties.contains_key(key) {
+                p.push(format!(
+                    "sinks: librdkafka.{key} cannot be set: hids-server expects librdkafka's default (consistent_random: CRC-32 of the host id)"
+                ));
+            }
+        }
         if self.brokers.joined().trim().is_empty() || self.topic.is_empty() {
             p.push("sinks: a kafka sink needs brokers and topic".into());
         }

@@ -29,21 +29,10 @@ pub fn prometheus_available() -> bool {
     false
 }
 
-/// Lints an exposition (`/metrics` text) with `promtool check metrics`: `Err` carries
-/// what promtool said (a counter without `_total`, a missing HELP, a unit that is not a
-/// base unit, a bad line).
-///
-/// promtool reads only the classic text format (0.0.4), and `prometheus-client` writes
-/// OpenMetrics, where a counter's HELP and TYPE name the family (`x`) and its samples
-/// `x_total`: read as 0.0.4, every counter would lack its HELP. So an OpenMetrics text
-/// is first mapped the way Prometheus maps it on a scrape (see [`openmetrics_to_text`]);
-/// everything promtool lints is left as it was.
+/// Runs `promtool check metrics` on an exposition as a scrape of `/metrics` returns it
+/// (the classic text format: promtool reads no other). Err holds what promtool said.
 pub fn promtool_check_metrics(text: &str) -> Result<(), String> {
-    let text = if text.trim_end().ends_with("# EOF") {
-        openmetrics_to_text(text)
-    } else {
-        text.to_owned()
-    };
+    let text = text.to_owned();
     let mut child = Command::new(PROMTOOL)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -68,31 +57,6 @@ pub fn promtool_check_metrics(text: &str) -> Result<(), String> {
         return Err(format!("promtool check metrics ({}): {said}", out.status));
     }
     written.map_err(|e| format!("writing to promtool: {e}; it said: {said}"))
-}
-
-/// An OpenMetrics exposition in the classic text format: a counter family's HELP and
-/// TYPE take its samples' `_total` name, and `# UNIT` and `# EOF`, which 0.0.4 lacks,
-/// go. Samples are untouched.
-fn openmetrics_to_text(openmetrics: &str) -> String {
-    let counters: std::collections::HashSet<&str> = openmetrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
-        .collect();
-    let mut text = String::with_capacity(openmetrics.len());
-    for line in openmetrics.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
-            let (name, rest) = line.strip_prefix(prefix)?.split_once(' ')?;
-            counters
-                .contains(name)
-                .then(|| format!("{prefix}{name}_total {rest}"))
-        });
-        text.push_str(renamed.as_deref().unwrap_or(line));
-        text.push('\n');
-    }
-    text
 }
 
 /// A Prometheus scraping `targets` every second; killed (and its TSDB removed) on drop.
@@ -268,22 +232,4 @@ fn config_text(targets: &[(&str, String)]) -> String {
         ));
     }
     yml
-}
-
-#[cfg(test)]
-mod tests {
-    use super::openmetrics_to_text;
-
-    #[test]
-    fn an_openmetrics_counter_reads_as_a_classic_counter() {
-        let om = "# HELP x_events Events.\n# TYPE x_events counter\n# UNIT x_events events\n\
-                  x_events_total{category=\"process\"} 3\n\
-                  # HELP x_lag Lag.\n# TYPE x_lag gauge\nx_lag 0\n# EOF\n";
-        assert_eq!(
-            openmetrics_to_text(om),
-            "# HELP x_events_total Events.\n# TYPE x_events_total counter\n\
-             x_events_total{category=\"process\"} 3\n\
-             # HELP x_lag Lag.\n# TYPE x_lag gauge\nx_lag 0\n"
-        );
-    }
 }

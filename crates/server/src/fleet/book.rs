@@ -51,11 +51,11 @@ pub struct RunBook {
     pub run_id: Box<str>,
     pub ledger: RunLedger,
     /// The first sequence this instance accounts for: 1, or where it joined a run it
-    /// did not see start (a server restart, an offset past the run's beginning).
+    /// did not see start (a server restart, an offset past the run's beginning); 0
+    /// while unknown (a run named by a declaration before any of its events).
     pub baseline: u64,
-    /// Missing ranges already raised as alerts.
-    pub reported: hids_types::ledger::SeqSet,
-    /// Missing ranges not yet raised, with when each was first noticed.
+    /// Missing ranges not yet raised, with when each was first noticed (sorted). Once
+    /// raised, a range is counted into the ledger as accounted for: memory stays flat.
     pub pending: Vec<((u64, u64), Secs)>,
     pub last_seen: Secs,
     /// A later run of the same plugin exists.
@@ -63,8 +63,9 @@ pub struct RunBook {
     /// Event topics the run arrived on (bit per topic index): a run split over topics
     /// read by different instances cannot be reconciled by one of them.
     pub topics: u8,
-    /// Kernel and ring-buffer loss last reported by the run's stats.
-    pub kernel_lost: u64,
+    /// Kernel and ring-buffer loss last reported by the run's stats (None before the
+    /// first stats record this instance read).
+    pub kernel_lost: Option<u64>,
     pub capture_raised: bool,
     /// Why the agent said it dropped (the last reason declared).
     pub drop_reason: Option<Box<str>>,
@@ -141,7 +142,7 @@ impl Fleet {
             let bucket = self.volume_rules.bucket_of(Timestamp::now().unix_secs());
             self.hosts.insert(
                 seen.host_id.into(),
-                HostBook {
+                Box::new(HostBook {
                     hostname: seen.hostname.into(),
                     labels,
                     last_event: now,
@@ -151,7 +152,7 @@ impl Fleet {
                     day: DayFigures::default(),
                     known_plugins: Vec::new(),
                     spool_raised: false,
-                },
+                }),
             );
         }
         let labels_changed = self
@@ -165,7 +166,7 @@ impl Fleet {
                 b.hostname = seen.hostname.into();
             }
         }
-        self.hosts.get_mut(seen.host_id)
+        self.hosts.get_mut(seen.host_id).map(|b| &mut **b)
     }
 
     /// Counts the sequence number into its run's ledger. False when the number is
@@ -183,10 +184,12 @@ impl Fleet {
             return false;
         };
         let run = run_of(book, &plugin, run_id, Some(seq), now);
-        let highest = run.ledger.received.max().unwrap_or(run.baseline);
-        if seq > highest.saturating_add(MAX_SEQUENCE_JUMP) {
+        if seq > highest(run).saturating_add(MAX_SEQUENCE_JUMP) {
             self.metrics.fleet.refuse_stats(StatsRefusal::sequence_jump);
             return false;
+        }
+        if run.baseline == 0 {
+            run.baseline = seq.max(1);
         }
         run.ledger.receive(seq);
         run.last_seen = now;
@@ -211,6 +214,10 @@ impl Fleet {
             };
             let plugin = intern_in(&mut self.plugins, &plugin);
             let run = run_of(book, &plugin, &run_id, None, now);
+            if from > to || to > highest(run).saturating_add(MAX_SEQUENCE_JUMP) {
+                self.metrics.fleet.refuse_stats(StatsRefusal::sequence_jump);
+                continue;
+            }
             run.ledger.declare(from, to);
             run.drop_reason = text(d, "reason").map(|r| r.chars().take(64).collect());
         }
@@ -223,20 +230,24 @@ impl Fleet {
                 continue;
             };
             let plugin = intern_in(&mut self.plugins, &plugin);
-            let how = text(e, "how").unwrap_or_default();
-            run_of(book, &plugin, &run_id, None, now)
-                .ledger
-                .end(&how, last);
+            let how: String = text(e, "how")
+                .unwrap_or_default()
+                .chars()
+                .take(32)
+                .collect();
+            let run = run_of(book, &plugin, &run_id, None, now);
+            if last > highest(run).saturating_add(MAX_SEQUENCE_JUMP) {
+                self.metrics.fleet.refuse_stats(StatsRefusal::sequence_jump);
+                continue;
+            }
+            run.ledger.end(&how, last);
         }
     }
 
     /// The agent's periodic figures: the day's league.
     fn agent_stats(&mut self, event: &Value, host_id: &str) {
-        let figure = |k: &str| {
-            event
-                .pointer(&format!("/hids/guard/{k}"))
-                .and_then(Value::as_f64)
-        };
+        let guard = event.pointer("/hids/guard");
+        let figure = |k: &str| guard.and_then(|g| g.get(k)).and_then(Value::as_f64);
         let (cpu, rss) = (figure("cpu_percent"), figure("rss_mb"));
         let sane =
             |v: Option<f64>, max: f64| v.filter(|v| v.is_finite() && (0.0..=max).contains(v));
@@ -263,6 +274,10 @@ impl Fleet {
         ) else {
             return;
         };
+        // With etcd, the status says it (once per episode, by the host's owner).
+        if self.presence_on {
+            return;
+        }
         let full = spool_full(used, max, self.config.spool_percent);
         let Some(book) = self.hosts.get_mut(seen.host_id) else {
             return;
@@ -315,8 +330,15 @@ impl Fleet {
         if let Some(e) = emitted {
             run.ledger.claim_emitted(e);
         }
-        let new_loss = lost.saturating_sub(run.kernel_lost);
-        run.kernel_lost = run.kernel_lost.max(lost);
+        // The first record this instance reads of a run it joined midway carries loss
+        // counted before (and perhaps alerted by another instance): a starting point.
+        let since = match run.kernel_lost {
+            Some(before) => before,
+            None if run.baseline == 1 => 0,
+            None => lost,
+        };
+        let new_loss = lost.saturating_sub(since);
+        run.kernel_lost = Some(since.max(lost));
         let raise_capture = degraded && !run.capture_raised;
         run.capture_raised |= degraded;
         if new_loss > 0 {
@@ -407,6 +429,10 @@ fn run_of<'b>(
     first_seq: Option<u64>,
     now: Secs,
 ) -> &'b mut RunBook {
+    let run_id = match run_id.char_indices().nth(MAX_RUN_ID_CHARS) {
+        Some((cut, _)) => &run_id[..cut],
+        None => run_id,
+    };
     if let Some(i) = book
         .runs
         .iter()
@@ -417,44 +443,66 @@ fn run_of<'b>(
     // Watched from its start when we were there before it (we knew the plugin), or
     // when its first event is its first.
     let known = book.known_plugins.contains(plugin);
+    // Owed from 1 when we were there before it started; from its first event when we
+    // join it midway; unknown until an event comes when a declaration names it first.
     let baseline = match first_seq {
-        Some(s) if !known => s.max(1),
-        _ => 1,
+        _ if known => 1,
+        Some(s) => s.max(1),
+        None => 0,
     };
-    for r in book.runs.iter_mut().filter(|r| r.plugin == *plugin) {
-        r.superseded = true;
-    }
-    if !known && book.known_plugins.len() < MAX_RUNS_PER_HOST {
-        book.known_plugins.push(plugin.clone());
+    if first_seq.is_some() {
+        for r in book.runs.iter_mut().filter(|r| r.plugin == *plugin) {
+            r.superseded = true;
+        }
+        if !known && book.known_plugins.len() < MAX_RUNS_PER_HOST {
+            // Exactly: a vector doubling to 4 for 3 runs is 240 MB at a million hosts.
+            book.known_plugins.reserve_exact(1);
+            book.known_plugins.push(plugin.clone());
+        }
     }
     if book.runs.len() >= MAX_RUNS_PER_HOST {
+        // Superseded runs go first, then the longest idle.
         if let Some(oldest) = book
             .runs
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.superseded)
-            .min_by_key(|(_, r)| r.last_seen)
+            .min_by_key(|(_, r)| (!r.superseded, r.last_seen))
             .map(|(i, _)| i)
         {
             book.runs.swap_remove(oldest);
         }
     }
+    book.runs.reserve_exact(1);
     book.runs.push(RunBook {
         plugin: plugin.clone(),
         run_id: run_id.into(),
         ledger: RunLedger::default(),
         baseline,
-        reported: Default::default(),
         pending: Vec::new(),
         last_seen: now,
         superseded: false,
         topics: 0,
-        kernel_lost: 0,
+        kernel_lost: None,
         capture_raised: false,
         drop_reason: None,
     });
     let last = book.runs.len() - 1;
     &mut book.runs[last]
+}
+
+/// Characters of a run id kept (ours are 16 hex digits): a longer one is cut.
+const MAX_RUN_ID_CHARS: usize = 64;
+
+/// The highest sequence the run is known to have reached: a number far past it is a
+/// lie or corruption.
+fn highest(run: &RunBook) -> u64 {
+    run.ledger
+        .received
+        .max()
+        .unwrap_or(0)
+        .max(run.baseline)
+        .max(run.ledger.declared.max().unwrap_or(0))
+        .max(run.ledger.ended.as_ref().map_or(0, |(_, last)| *last))
 }
 
 /// The per-host runs' memory, for the figures: ranges held beyond one per ledger.
@@ -466,4 +514,6 @@ pub fn extra_ranges(runs: &[RunBook]) -> usize {
         .sum()
 }
 
-pub(super) type Hosts = HashMap<Box<str>, HostBook>;
+/// Books boxed: the table's buckets hold a pointer, not a 160-byte book (at a million
+/// hosts the table has two million buckets).
+pub(super) type Hosts = HashMap<Box<str>, Box<HostBook>>;

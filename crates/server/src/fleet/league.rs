@@ -14,7 +14,7 @@ use super::book::Hosts;
 struct Day {
     day: u32,
     cpu_sum: f32,
-    samples: u16,
+    samples: u32,
     rss_max: f32,
 }
 

@@ -38,13 +38,25 @@ pub struct Fleet {
     label_sets: HashSet<Arc<BTreeMap<String, String>>>,
     clock: Instant,
     metrics: Arc<Metrics>,
+    /// Sequence gaps are judged (one event topic: every run is read whole by one
+    /// instance).
+    reconcile: bool,
+    /// Presence comes from etcd: status-based alerts come from there, not from events.
+    presence_on: bool,
     /// The day whose league was last written, and the hosts written for it.
     league_day: u32,
     league_written: HashSet<Arc<str>>,
 }
 
 impl Fleet {
-    pub fn new(config: FleetConfig, window_secs: u64, metrics: Arc<Metrics>) -> Fleet {
+    /// `topics`: the event topics read; `presence_on`: etcd is followed.
+    pub fn new(
+        config: FleetConfig,
+        window_secs: u64,
+        topics: usize,
+        presence_on: bool,
+        metrics: Arc<Metrics>,
+    ) -> Fleet {
         let volume_rules = VolumeRules {
             bucket_secs: config.volume_bucket_secs,
             history_days: config.volume_history_days,
@@ -63,6 +75,8 @@ impl Fleet {
             label_sets: HashSet::new(),
             clock: Instant::now(),
             metrics,
+            reconcile: topics <= 1,
+            presence_on,
             league_day: today(),
             league_written: HashSet::new(),
         }
@@ -70,6 +84,12 @@ impl Fleet {
 
     pub fn config(&self) -> &FleetConfig {
         &self.config
+    }
+
+    /// Seconds on the fleet's clock (since it was made): what [`Ownership`] dates
+    /// assignments with.
+    pub fn now_secs(&self) -> Secs {
+        self.now()
     }
 
     fn now(&self) -> Secs {
@@ -91,6 +111,9 @@ impl Fleet {
 
     /// Volume verdicts of one host as alerts.
     fn volume_hits(&self, host_id: &str, verdicts: &[Verdict], hits: &mut Vec<Hit>) {
+        if verdicts.is_empty() {
+            return;
+        }
         let Some(book) = self.hosts.get(host_id) else {
             return;
         };
@@ -166,6 +189,9 @@ impl Fleet {
     }
 
     fn dimension_hits(&self, label: usize, value: &str, verdicts: &[Verdict], hits: &mut Vec<Hit>) {
+        if verdicts.is_empty() {
+            return;
+        }
         let name = VOLUME_LABELS.get(label).copied().unwrap_or("label");
         let subject = format!("{name}={value}");
         let labels = BTreeMap::from([(name.to_owned(), value.to_owned())]);

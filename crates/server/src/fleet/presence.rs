@@ -20,6 +20,9 @@ use crate::metrics::Metrics;
 /// Label values longer than this (or with control characters) are shown as `_invalid`
 /// in the metrics.
 const MAX_VALUE_LEN: usize = 64;
+/// (idc, version) pairs exported: the product of two capped label sets could still be
+/// large, so the pairs are capped too (the rest are counted under `_other`).
+const MAX_ONLINE_PAIRS: usize = 2_000;
 /// Plugin crashes in a row that make a crash loop (the agent quarantines later).
 pub const CRASH_LOOP: u32 = 3;
 
@@ -153,10 +156,15 @@ impl Presence {
             self.metrics.fleet.status_unreadable.inc();
             StatusView::default()
         });
-        let idc = self
+        let mut idc = self
             .idcs
             .get(view.labels.get("idc").map_or("", String::as_str));
-        let version = self.versions.get(&view.version);
+        let mut version = self.versions.get(&view.version);
+        if !self.counts.contains_key(&(idc.clone(), version.clone()))
+            && self.counts.len() >= MAX_ONLINE_PAIRS
+        {
+            (idc, version) = ("_other".into(), "_other".into());
+        }
         let labels = match self.label_sets.get(&view.labels) {
             Some(l) => l.clone(),
             None => {
@@ -258,18 +266,24 @@ impl Presence {
             .set(i64::try_from(self.hosts.len()).unwrap_or(i64::MAX));
     }
 
-    /// Registered agents by a label (`idc`, `project`, `product`, ...) or by `version`.
-    pub fn counts_by(&self, by: &str) -> BTreeMap<String, u64> {
-        let mut out = BTreeMap::new();
+    /// Registered agents by a label (`idc`, `project`, `product`, ...) or by `version`:
+    /// the `limit` largest groups, and how many other groups there were.
+    pub fn counts_by(&self, by: &str, limit: usize) -> (BTreeMap<String, u64>, usize) {
+        let mut all: HashMap<&str, u64> = HashMap::new();
         for r in self.hosts.values() {
             let key = if by == "version" {
-                r.version.to_string()
+                &*r.version
             } else {
-                r.labels.get(by).cloned().unwrap_or_default()
+                r.labels.get(by).map_or("", String::as_str)
             };
-            *out.entry(key).or_default() += 1;
+            *all.entry(key).or_default() += 1;
         }
-        out
+        let mut groups: Vec<(&str, u64)> = all.into_iter().collect();
+        groups.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let rest = groups.len().saturating_sub(limit);
+        groups.truncate(limit);
+        let top = groups.into_iter().map(|(k, n)| (k.to_owned(), n)).collect();
+        (top, rest)
     }
 }
 
@@ -322,7 +336,8 @@ async fn follow_once(
     let mut client = etcd.connect().await?;
     let dir = keys.agents();
     lock(presence).begin_read();
-    let revision = hids_control::read::for_each_page(&mut client, &dir, false, |kvs| {
+    let page = hids_control::read::SAFE_PAGE;
+    let revision = hids_control::read::for_each_page(&mut client, &dir, false, page, |kvs| {
         let mut p = lock(presence);
         for kv in kvs {
             if let Some(host) = keys.host_of(&dir, kv.key()) {

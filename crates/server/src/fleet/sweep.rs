@@ -12,7 +12,7 @@ use hids_types::Timestamp;
 use serde_json::json;
 
 use super::book::{extra_ranges, spool_full, RunBook, Secs};
-use super::presence::{Presence, Raised};
+use super::presence::{Presence, Raised, Registered};
 use super::rules::{self, FleetRule, Subject};
 use super::Fleet;
 
@@ -25,9 +25,6 @@ pub struct Ownership {
     pub partitions: u32,
     /// The ones held, with when each was assigned (fleet seconds).
     pub held: HashMap<i32, Secs>,
-    /// This instance holds every partition of every topic: it sees every event, so even a
-    /// run split over several topics can be reconciled.
-    pub holds_everything: bool,
     /// Every partition held, by topic index (configuration order).
     pub assigned: std::collections::HashSet<(u8, i32)>,
 }
@@ -71,8 +68,9 @@ impl Fleet {
         for (id, book) in self.hosts.iter_mut() {
             let mut loss = Loss::default();
             for run in book.runs.iter_mut() {
-                let splittable = run.topics.count_ones() <= 1 || ownership.holds_everything;
-                if splittable {
+                // A run's stats travel on the agents' topic and its events on theirs:
+                // with several topics no instance is sure to see a whole run.
+                if self.reconcile {
                     settle(run, now, grace, &mut loss);
                 }
             }
@@ -84,7 +82,7 @@ impl Fleet {
             runs += book.runs.len();
             ranges += extra_ranges(&book.runs);
             sending += usize::from(now.saturating_sub(book.last_event) < silence);
-            if loss.undeclared + loss.declared > 0 {
+            if loss.undeclared.saturating_add(loss.declared) > 0 {
                 losses.push((id.clone(), loss));
             }
             // Idle past the history, or its partition went to another instance.
@@ -138,18 +136,24 @@ impl Fleet {
     }
 
     /// The partitions moved: what this instance counts per label is no longer the same
-    /// share of the fleet, so the bucket in progress is not judged nor kept.
+    /// share of the fleet, and history learned on the old share would judge the new one
+    /// a flood or a drop. The labels' volumes start learning again.
     pub fn partitions_moved(&mut self) {
         for rings in self.dims.iter_mut() {
-            for ring in rings.values_mut() {
-                ring.taint();
-            }
+            rings.clear();
         }
+    }
+
+    /// Forgets the hosts last read from these partitions (topic index, partition): a
+    /// rebalance gave them to another instance, which now keeps their books; should
+    /// they come back, what was read meanwhile is not ours to account for.
+    pub fn forget(&mut self, partitions: &std::collections::HashSet<(u8, i32)>) {
+        self.hosts.retain(|_, b| !partitions.contains(&b.read_from));
     }
 
     fn loss_hits(&mut self, losses: Vec<(Box<str>, Loss)>, hits: &mut Vec<Hit>) {
         for (id, loss) in losses {
-            if loss.undeclared + loss.declared == 0 {
+            if loss.undeclared.saturating_add(loss.declared) == 0 {
                 continue;
             }
             let Some(book) = self.hosts.get(&id) else {
@@ -188,6 +192,8 @@ impl Fleet {
     }
 
     /// Alerts from the status and presence of the registered hosts this instance owns.
+    /// Only the states are judged under the presence lock (the etcd watcher waits for
+    /// it); evidence is written for the few states newly raised.
     fn presence_alerts(
         &mut self,
         ownership: &Ownership,
@@ -195,94 +201,122 @@ impl Fleet {
         now: Secs,
         hits: &mut Vec<Hit>,
     ) {
-        let mut p = presence.lock().unwrap_or_else(|e| e.into_inner());
-        let mut silent = 0i64;
+        // Without etcd the list is stale (agents that left are still on it), and past
+        // max_hosts some hosts have no book: silence cannot be told then.
+        let judge_silence = self.metrics.fleet.etcd_connected.get() == 1
+            && self.hosts.len() < self.config.max_hosts;
         let silence = Secs::try_from(self.config.silence_secs).unwrap_or(Secs::MAX);
-        let backlog = Duration::from_secs(self.config.backlog_secs);
-        for (id, reg) in p.hosts.iter_mut() {
-            let Some(assigned) = ownership.owns(reg.hash) else {
-                continue;
-            };
-            let last = self.hosts.get(&**id).map(|b| b.last_event);
-            let quiet_from = self.secs_of(reg.since).max(assigned).max(last.unwrap_or(0));
-            let quiet = now.saturating_sub(quiet_from);
-            let is_silent = quiet >= silence;
-            silent += i64::from(is_silent);
-            let ago = |s: Secs| wall_time(now.saturating_sub(s));
-            let states = [
-                (
-                    Raised::SILENT,
-                    FleetRule::Silent,
-                    is_silent,
-                    json!({
-                        "silent_secs": quiet,
-                        "last_event": last.map(ago),
-                        "registered_since": ago(self.secs_of(reg.since)),
-                        "kafka_backlog": reg.backlog_since.is_some(),
-                    }),
-                ),
-                (
-                    Raised::BACKLOG,
-                    FleetRule::KafkaUnreachable,
-                    reg.backlog_since.is_some_and(|t| t.elapsed() >= backlog),
-                    json!({"backlog_secs": reg.backlog_since.map(|t| t.elapsed().as_secs()), "spool_bytes": reg.spool_bytes}),
-                ),
-                (
-                    Raised::QUARANTINED,
-                    FleetRule::PluginQuarantined,
-                    reg.quarantined.is_some(),
-                    json!({"plugins": reg.quarantined.as_deref()}),
-                ),
-                (
-                    Raised::CRASH_LOOP,
-                    FleetRule::PluginCrashLoop,
-                    reg.crash_loop.is_some(),
-                    json!({"plugins": reg.crash_loop.as_deref()}),
-                ),
-                (
-                    Raised::DESIRED,
-                    FleetRule::DesiredRefused,
-                    reg.desired_error.is_some(),
-                    json!({"desired_error": reg.desired_error.as_deref()}),
-                ),
-                (
-                    Raised::SPOOL,
-                    FleetRule::SpoolFilling,
-                    spool_full(
-                        reg.spool_bytes,
-                        reg.spool_max_bytes,
-                        self.config.spool_percent,
-                    ),
-                    json!({"spool_bytes": reg.spool_bytes, "spool_max_bytes": reg.spool_max_bytes}),
-                ),
-            ];
-            for (bit, rule, on, found) in states {
-                if !on {
-                    reg.raised &= !bit;
+        let backlog = Secs::try_from(self.config.backlog_secs).unwrap_or(Secs::MAX);
+        let mut raised = Vec::new();
+        let mut silent = 0i64;
+        {
+            let mut p = presence.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, reg) in p.hosts.iter_mut() {
+                let Some(assigned) = ownership.owns(reg.hash) else {
                     continue;
-                }
-                if reg.raised & bit != 0 {
-                    continue;
-                }
-                reg.raised |= bit;
-                let subject = Subject {
-                    host_id: id,
-                    hostname: &reg.hostname,
-                    labels: &reg.labels,
                 };
-                hits.push(rules::hit(
-                    rule,
-                    &subject,
-                    rules::evidence(id, found),
-                    1,
-                    None,
-                    self.window_secs,
-                    Timestamp::now(),
-                ));
+                let last = self.hosts.get(&**id).map(|b| b.last_event);
+                let since = self.secs_of(reg.since);
+                let quiet = now.saturating_sub(since.max(assigned).max(last.unwrap_or(0)));
+                let is_silent = judge_silence && quiet >= silence;
+                silent += i64::from(is_silent);
+                // Held back since `held`, and no event from it since: Kafka is out of its
+                // reach (events flowing again clear it, whatever the status still says).
+                let held = reg.backlog_since.map(|t| self.secs_of(t));
+                let unreachable = held.is_some_and(|h| {
+                    now.saturating_sub(h) >= backlog && last.is_none_or(|l| l <= h)
+                });
+                let states = [
+                    (Raised::SILENT, is_silent),
+                    (Raised::BACKLOG, unreachable),
+                    (Raised::QUARANTINED, reg.quarantined.is_some()),
+                    (Raised::CRASH_LOOP, reg.crash_loop.is_some()),
+                    (Raised::DESIRED, reg.desired_error.is_some()),
+                    (
+                        Raised::SPOOL,
+                        spool_full(
+                            reg.spool_bytes,
+                            reg.spool_max_bytes,
+                            self.config.spool_percent,
+                        ),
+                    ),
+                ];
+                for (bit, on) in states {
+                    if !on {
+                        reg.raised &= !bit;
+                    } else if reg.raised & bit == 0 {
+                        reg.raised |= bit;
+                        raised.push((id.clone(), evidence_of(reg, bit, quiet, last, now)));
+                    }
+                }
             }
         }
         self.metrics.fleet.agents_silent.set(silent);
+        for (id, (rule, (hostname, labels), found)) in raised {
+            let subject = Subject {
+                host_id: &id,
+                hostname: &hostname,
+                labels: &labels,
+            };
+            hits.push(rules::hit(
+                rule,
+                &subject,
+                rules::evidence(&id, found),
+                1,
+                None,
+                self.window_secs,
+                Timestamp::now(),
+            ));
+        }
     }
+}
+
+type SubjectParts = (
+    Box<str>,
+    std::sync::Arc<std::collections::BTreeMap<String, String>>,
+);
+
+/// The rule, who it is about and what was found, for a state newly raised.
+fn evidence_of(
+    reg: &Registered,
+    bit: u8,
+    quiet: Secs,
+    last: Option<Secs>,
+    now: Secs,
+) -> (FleetRule, SubjectParts, serde_json::Value) {
+    let ago = |s: Secs| wall_time(now.saturating_sub(s));
+    let (rule, found) = match bit {
+        Raised::SILENT => (
+            FleetRule::Silent,
+            json!({
+                "silent_secs": quiet,
+                "last_event": last.map(ago),
+                "kafka_backlog": reg.backlog_since.is_some(),
+            }),
+        ),
+        Raised::BACKLOG => (
+            FleetRule::KafkaUnreachable,
+            json!({"held_back_secs": reg.backlog_since.map(|t| t.elapsed().as_secs()),
+                   "spool_bytes": reg.spool_bytes, "last_event": last.map(ago)}),
+        ),
+        Raised::QUARANTINED => (
+            FleetRule::PluginQuarantined,
+            json!({"plugins": reg.quarantined.as_deref()}),
+        ),
+        Raised::CRASH_LOOP => (
+            FleetRule::PluginCrashLoop,
+            json!({"plugins": reg.crash_loop.as_deref()}),
+        ),
+        Raised::DESIRED => (
+            FleetRule::DesiredRefused,
+            json!({"desired_error": reg.desired_error.as_deref()}),
+        ),
+        _ => (
+            FleetRule::SpoolFilling,
+            json!({"spool_bytes": reg.spool_bytes, "spool_max_bytes": reg.spool_max_bytes}),
+        ),
+    };
+    (rule, (reg.hostname.clone(), reg.labels.clone()), found)
 }
 
 /// The wall-clock time `ago` seconds before now.
@@ -297,10 +331,18 @@ fn wall_time(ago: Secs) -> Timestamp {
 /// Most ranges named in an alert's evidence per run.
 const EVIDENCE_RANGES: usize = 10;
 
-/// Moves the run's gaps towards loss: each missing range not yet reported is noticed
-/// when first seen; once it has been missing for `grace`, it is reported (into
-/// `loss`, declared and undeclared apart) and never again.
+/// Ranges missing from one run at most before they are reported at once, whatever
+/// their grace: an agent losing every other event cannot grow the books without bound.
+const MAX_PENDING: usize = 1_024;
+
+/// Moves the run's gaps towards loss: each missing range is noticed when first seen;
+/// once it has been missing for `grace` (or the run has too many), it is reported (into
+/// `loss`, declared and undeclared apart) and counted into the ledger as accounted
+/// for, so it is never reported again and the ledger is one range again.
 fn settle(run: &mut RunBook, now: Secs, grace: Secs, loss: &mut Loss) {
+    if run.baseline == 0 {
+        return;
+    }
     let produced = run.ledger.produced();
     let whole = run.ledger.received.ranges().len() == 1
         && run.ledger.received.min().is_some_and(|m| m <= run.baseline)
@@ -308,19 +350,24 @@ fn settle(run: &mut RunBook, now: Secs, grace: Secs, loss: &mut Loss) {
     if whole && run.pending.is_empty() {
         return;
     }
-    let account = run.ledger.account(run.baseline);
-    let open = subtract(&account.missing, &run.reported);
-    let mut pending = Vec::with_capacity(open.len());
+    let open = run.ledger.received.missing(run.baseline, produced);
+    let overflow = open.len() > MAX_PENDING;
+    // Both lists are sorted: one walk dates every open range by the earliest pending
+    // range it overlaps.
+    let mut pending = Vec::with_capacity(open.len().min(MAX_PENDING));
     let mut due = Vec::new();
+    let mut k = 0;
     for range in open {
-        let noticed = run
-            .pending
-            .iter()
-            .filter(|((a, b), _)| *a <= range.1 && *b >= range.0)
-            .map(|(_, t)| *t)
-            .min()
-            .unwrap_or(now);
-        if now.saturating_sub(noticed) >= grace {
+        while k < run.pending.len() && run.pending[k].0 .1 < range.0 {
+            k += 1;
+        }
+        let mut noticed = now;
+        let mut j = k;
+        while j < run.pending.len() && run.pending[j].0 .0 <= range.1 {
+            noticed = noticed.min(run.pending[j].1);
+            j += 1;
+        }
+        if overflow || now.saturating_sub(noticed) >= grace {
             due.push(range);
         } else {
             pending.push((range, noticed));
@@ -333,10 +380,10 @@ fn settle(run: &mut RunBook, now: Secs, grace: Secs, loss: &mut Loss) {
     let undeclared = subtract(&due, &run.ledger.declared);
     let (all, lost) = (count(&due), count(&undeclared));
     for &(a, b) in &due {
-        run.reported.insert_range(a, b);
+        run.ledger.received.insert_range(a, b);
     }
     loss.undeclared = loss.undeclared.saturating_add(lost);
-    loss.declared = loss.declared.saturating_add(all - lost);
+    loss.declared = loss.declared.saturating_add(all.saturating_sub(lost));
     if loss.runs.len() < EVIDENCE_RANGES {
         loss.runs.push(json!({
             "plugin": &*run.plugin,
