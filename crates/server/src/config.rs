@@ -178,10 +178,10 @@ impl FleetConfig {
         }
         let slots =
             (86_400 / self.volume_bucket_secs.max(1)) * (u64::from(self.volume_history_days) + 1);
-        if slots > 2_048 {
+        if slots > 1_024 {
             p.push(format!(
                 "fleet: volume_bucket_secs and volume_history_days make {slots} buckets per host \
-                 (2 bytes each, per host): at most 2048 (hourly buckets for 28 days, 15 minutes for 20)"
+                 (2 bytes each): at most 1024 (with hourly buckets, 28 days of history at most)"
             ));
         }
         if self.max_label_values > 10_000 {

@@ -32,7 +32,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3_600);
 /// The fleet's pass (silence, loss past its grace, quiet buckets): a tenth of the
 /// smallest delay it judges (a minute).
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
-const SWEEP_AT_MOST: Duration = Duration::from_secs(60);
+const SWEEP_AT_MOST: Duration = Duration::from_secs(30);
 /// The topics' partition counts are looked up again this often.
 const METADATA_EVERY: Duration = Duration::from_secs(60);
 
@@ -177,11 +177,12 @@ impl Consume {
                 self.follow_assignment(&consumer, &mut owner);
                 hits.clear();
                 let presence = self.presence.clone();
+                let pass = Instant::now();
                 self.triage
                     .sweep(&owner.ownership, presence.as_deref(), &mut hits);
                 // At a million hosts a pass takes a second or two: it may take at most
-                // a twentieth of the thread, and still comes every minute.
-                sweep_every = (swept_at.elapsed() * 20).clamp(SWEEP_EVERY, SWEEP_AT_MOST);
+                // a twentieth of the thread, and still comes every half minute.
+                sweep_every = (pass.elapsed() * 20).clamp(SWEEP_EVERY, SWEEP_AT_MOST);
                 if !self.store_all(&hits) {
                     break;
                 }
@@ -405,6 +406,14 @@ impl Consume {
             .collect();
         if !gone.is_empty() {
             fleet.forget(&gone);
+            // Revoked and perhaps given back since: dated again from now, so hosts whose
+            // books just went are not judged silent on the old date.
+            let agents = agent_topic(&self.config);
+            for (topic, p) in &revoked {
+                if *topic == agents {
+                    owner.ownership.held.remove(p);
+                }
+            }
         }
         owner.refresh(consumer, &self.config, fleet.now_secs());
         if owner.moved {
@@ -527,12 +536,7 @@ struct Owner {
 impl Owner {
     /// `now`: the fleet's clock, which assignments are dated by.
     fn refresh(&mut self, consumer: &BaseConsumer<Member>, config: &ServerConfig, now: u32) {
-        let agent_topic = config
-            .fleet
-            .agent_topic
-            .clone()
-            .or_else(|| config.kafka.topics.first().cloned())
-            .unwrap_or_default();
+        let agent_topic = agent_topic(config);
         if self
             .counted_at
             .is_none_or(|t| t.elapsed() >= METADATA_EVERY)
@@ -569,6 +573,16 @@ impl Owner {
             .filter_map(|e| Some((topic_index(config, e.topic())?, e.partition())))
             .collect();
     }
+}
+
+/// The topic of the agents' own stream: `fleet.agent_topic`, else the first topic.
+fn agent_topic(config: &ServerConfig) -> String {
+    config
+        .fleet
+        .agent_topic
+        .clone()
+        .or_else(|| config.kafka.topics.first().cloned())
+        .unwrap_or_default()
 }
 
 /// A topic's place in `kafka.topics` (what the fleet's books record).

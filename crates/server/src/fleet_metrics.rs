@@ -183,7 +183,7 @@ impl FleetMetrics {
         let sizes = self.event_bytes.get_or_create(&label).clone();
         events.inc();
         sizes.inc_by(bytes as u64);
-        if label.category == category && cache.len() <= MAX_CATEGORIES {
+        if cache.len() < 2 * MAX_CATEGORIES {
             cache.insert(label.category, (events, sizes));
         }
     }

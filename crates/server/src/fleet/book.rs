@@ -60,9 +60,6 @@ pub struct RunBook {
     pub last_seen: Secs,
     /// A later run of the same plugin exists.
     pub superseded: bool,
-    /// Event topics the run arrived on (bit per topic index): a run split over topics
-    /// read by different instances cannot be reconciled by one of them.
-    pub topics: u8,
     /// Kernel and ring-buffer loss last reported by the run's stats (None before the
     /// first stats record this instance read).
     pub kernel_lost: Option<u64>,
@@ -183,17 +180,26 @@ impl Fleet {
         let Some(book) = self.hosts.get_mut(seen.host_id) else {
             return false;
         };
-        let run = run_of(book, &plugin, run_id, Some(seq), now);
-        if seq > highest(run).saturating_add(MAX_SEQUENCE_JUMP) {
+        let reconcile = self.reconcile;
+        let i = run_index(book, &plugin, run_id, now);
+        let run = &mut book.runs[i];
+        // Measured from what arrived only: a declaration cannot move the limit.
+        if run
+            .ledger
+            .received
+            .max()
+            .is_some_and(|top| seq > top.saturating_add(MAX_SEQUENCE_JUMP))
+        {
             self.metrics.fleet.refuse_stats(StatsRefusal::sequence_jump);
             return false;
         }
-        if run.baseline == 0 {
-            run.baseline = seq.max(1);
-        }
-        run.ledger.receive(seq);
         run.last_seen = now;
-        run.topics |= 1u8 << seen.topic_index.min(7);
+        if run.baseline == 0 {
+            start(book, i, seq);
+        }
+        if reconcile {
+            book.runs[i].ledger.receive(seq);
+        }
         true
     }
 
@@ -212,12 +218,16 @@ impl Fleet {
             ) else {
                 continue;
             };
+            if !self.reconcile {
+                continue;
+            }
             let plugin = intern_in(&mut self.plugins, &plugin);
-            let run = run_of(book, &plugin, &run_id, None, now);
-            if from > to || to > highest(run).saturating_add(MAX_SEQUENCE_JUMP) {
+            if from > to || to > reach(book, &plugin, &run_id) {
                 self.metrics.fleet.refuse_stats(StatsRefusal::sequence_jump);
                 continue;
             }
+            let i = run_index(book, &plugin, &run_id, now);
+            let run = &mut book.runs[i];
             run.ledger.declare(from, to);
             run.drop_reason = text(d, "reason").map(|r| r.chars().take(64).collect());
         }
@@ -235,12 +245,15 @@ impl Fleet {
                 .chars()
                 .take(32)
                 .collect();
-            let run = run_of(book, &plugin, &run_id, None, now);
-            if last > highest(run).saturating_add(MAX_SEQUENCE_JUMP) {
+            if !self.reconcile {
+                continue;
+            }
+            if last > reach(book, &plugin, &run_id) {
                 self.metrics.fleet.refuse_stats(StatsRefusal::sequence_jump);
                 continue;
             }
-            run.ledger.end(&how, last);
+            let i = run_index(book, &plugin, &run_id, now);
+            book.runs[i].ledger.end(&how, last);
         }
     }
 
@@ -275,7 +288,7 @@ impl Fleet {
             return;
         };
         // With etcd, the status says it (once per episode, by the host's owner).
-        if self.presence_on {
+        if self.presence_on && self.metrics.fleet.etcd_connected.get() == 1 {
             return;
         }
         let full = spool_full(used, max, self.config.spool_percent);
@@ -326,7 +339,8 @@ impl Fleet {
         let Some(book) = self.hosts.get_mut(seen.host_id) else {
             return;
         };
-        let run = run_of(book, &plugin, run_id, None, now);
+        let i = run_index(book, &plugin, run_id, now);
+        let run = &mut book.runs[i];
         if let Some(e) = emitted {
             run.ledger.claim_emitted(e);
         }
@@ -420,48 +434,28 @@ pub fn spool_full(used: u64, max: u64, percent: f64) -> bool {
 /// its book without bound (the oldest settled run goes first).
 const MAX_RUNS_PER_HOST: usize = 32;
 
-/// The run's book, made when first named. `first_seq`: the sequence that names it, when
-/// an event does (a declaration names a run without being one of its events).
-fn run_of<'b>(
-    book: &'b mut HostBook,
-    plugin: &Arc<str>,
-    run_id: &str,
-    first_seq: Option<u64>,
-    now: Secs,
-) -> &'b mut RunBook {
-    let run_id = match run_id.char_indices().nth(MAX_RUN_ID_CHARS) {
+fn cut_run_id(run_id: &str) -> &str {
+    match run_id.char_indices().nth(MAX_RUN_ID_CHARS) {
         Some((cut, _)) => &run_id[..cut],
         None => run_id,
-    };
+    }
+}
+
+/// Where the run's book is, made when first named (by an event or a declaration) with
+/// its baseline unknown until its first event ([`start`]).
+fn run_index(book: &mut HostBook, plugin: &Arc<str>, run_id: &str, now: Secs) -> usize {
+    let run_id = cut_run_id(run_id);
     if let Some(i) = book
         .runs
         .iter()
         .position(|r| r.plugin == *plugin && &*r.run_id == run_id)
     {
-        return &mut book.runs[i];
-    }
-    // Watched from its start when we were there before it (we knew the plugin), or
-    // when its first event is its first.
-    let known = book.known_plugins.contains(plugin);
-    // Owed from 1 when we were there before it started; from its first event when we
-    // join it midway; unknown until an event comes when a declaration names it first.
-    let baseline = match first_seq {
-        _ if known => 1,
-        Some(s) => s.max(1),
-        None => 0,
-    };
-    if first_seq.is_some() {
-        for r in book.runs.iter_mut().filter(|r| r.plugin == *plugin) {
-            r.superseded = true;
-        }
-        if !known && book.known_plugins.len() < MAX_RUNS_PER_HOST {
-            // Exactly: a vector doubling to 4 for 3 runs is 240 MB at a million hosts.
-            book.known_plugins.reserve_exact(1);
-            book.known_plugins.push(plugin.clone());
-        }
+        return i;
     }
     if book.runs.len() >= MAX_RUNS_PER_HOST {
-        // Superseded runs go first, then the longest idle.
+        // Superseded runs go first, then the longest idle; the plugin of a live run
+        // evicted is forgotten too, so its return is owed from its first event seen,
+        // not from 1.
         if let Some(oldest) = book
             .runs
             .iter()
@@ -469,40 +463,60 @@ fn run_of<'b>(
             .min_by_key(|(_, r)| (!r.superseded, r.last_seen))
             .map(|(i, _)| i)
         {
-            book.runs.swap_remove(oldest);
+            let gone = book.runs.swap_remove(oldest);
+            if !gone.superseded {
+                book.known_plugins.retain(|p| *p != gone.plugin);
+            }
         }
     }
+    // Exactly: a vector doubling to 4 for 3 runs is 240 MB at a million hosts.
     book.runs.reserve_exact(1);
     book.runs.push(RunBook {
         plugin: plugin.clone(),
         run_id: run_id.into(),
         ledger: RunLedger::default(),
-        baseline,
+        baseline: 0,
         pending: Vec::new(),
         last_seen: now,
         superseded: false,
-        topics: 0,
         kernel_lost: None,
         capture_raised: false,
         drop_reason: None,
     });
-    let last = book.runs.len() - 1;
-    &mut book.runs[last]
+    book.runs.len() - 1
+}
+
+/// The first event of run `i` arrived, numbered `seq`: the run is owed from 1 when we
+/// were there before it started (we knew an earlier run of its plugin), else from
+/// `seq`; earlier runs of its plugin are over.
+fn start(book: &mut HostBook, i: usize, seq: u64) {
+    let plugin = book.runs[i].plugin.clone();
+    let known = book.known_plugins.contains(&plugin);
+    book.runs[i].baseline = if known { 1 } else { seq.max(1) };
+    for (j, r) in book.runs.iter_mut().enumerate() {
+        if j != i && r.plugin == plugin {
+            r.superseded = true;
+        }
+    }
+    if !known && book.known_plugins.len() < MAX_RUNS_PER_HOST {
+        book.known_plugins.reserve_exact(1);
+        book.known_plugins.push(plugin);
+    }
 }
 
 /// Characters of a run id kept (ours are 16 hex digits): a longer one is cut.
 const MAX_RUN_ID_CHARS: usize = 64;
 
-/// The highest sequence the run is known to have reached: a number far past it is a
-/// lie or corruption.
-fn highest(run: &RunBook) -> u64 {
-    run.ledger
-        .received
-        .max()
+/// The highest sequence a declaration about a run may name: a number far past what
+/// arrived of it is a lie or corruption (measured from what arrived only, so
+/// declarations cannot raise it).
+fn reach(book: &HostBook, plugin: &Arc<str>, run_id: &str) -> u64 {
+    book.runs
+        .iter()
+        .find(|r| r.plugin == *plugin && &*r.run_id == cut_run_id(run_id))
+        .and_then(|r| r.ledger.received.max())
         .unwrap_or(0)
-        .max(run.baseline)
-        .max(run.ledger.declared.max().unwrap_or(0))
-        .max(run.ledger.ended.as_ref().map_or(0, |(_, last)| *last))
+        .saturating_add(MAX_SEQUENCE_JUMP)
 }
 
 /// The per-host runs' memory, for the figures: ranges held beyond one per ledger.

@@ -256,7 +256,12 @@ impl Presence {
             .entry((idc.clone(), version.clone()))
             .or_default();
         *n += delta;
-        self.metrics.fleet.set_online(idc, version, *n);
+        let n = *n;
+        self.metrics.fleet.set_online(idc, version, n);
+        if n <= 0 {
+            // A pair no agent has any more frees its place under the cap.
+            self.counts.remove(&(idc.clone(), version.clone()));
+        }
     }
 
     fn note_registered(&self) {

@@ -218,8 +218,8 @@ impl Fleet {
                 let last = self.hosts.get(&**id).map(|b| b.last_event);
                 let since = self.secs_of(reg.since);
                 let quiet = now.saturating_sub(since.max(assigned).max(last.unwrap_or(0)));
-                let is_silent = judge_silence && quiet >= silence;
-                silent += i64::from(is_silent);
+                let is_silent = quiet >= silence;
+                silent += i64::from(judge_silence && is_silent);
                 // Held back since `held`, and no event from it since: Kafka is out of its
                 // reach (events flowing again clear it, whatever the status still says).
                 let held = reg.backlog_since.map(|t| self.secs_of(t));
@@ -242,11 +242,16 @@ impl Fleet {
                     ),
                 ];
                 for (bit, on) in states {
+                    // Unjudged, silence keeps its episode: no second alert when etcd
+                    // comes back.
+                    if bit == Raised::SILENT && !judge_silence {
+                        continue;
+                    }
                     if !on {
                         reg.raised &= !bit;
                     } else if reg.raised & bit == 0 {
                         reg.raised |= bit;
-                        raised.push((id.clone(), evidence_of(reg, bit, quiet, last, now)));
+                        raised.push((id.clone(), evidence_of(reg, bit, quiet, last, since, now)));
                     }
                 }
             }
@@ -282,6 +287,7 @@ fn evidence_of(
     bit: u8,
     quiet: Secs,
     last: Option<Secs>,
+    since: Secs,
     now: Secs,
 ) -> (FleetRule, SubjectParts, serde_json::Value) {
     let ago = |s: Secs| wall_time(now.saturating_sub(s));
@@ -291,6 +297,7 @@ fn evidence_of(
             json!({
                 "silent_secs": quiet,
                 "last_event": last.map(ago),
+                "registered_since": ago(since),
                 "kafka_backlog": reg.backlog_since.is_some(),
             }),
         ),
@@ -331,8 +338,9 @@ fn wall_time(ago: Secs) -> Timestamp {
 /// Most ranges named in an alert's evidence per run.
 const EVIDENCE_RANGES: usize = 10;
 
-/// Ranges missing from one run at most before they are reported at once, whatever
-/// their grace: an agent losing every other event cannot grow the books without bound.
+/// Pending entries per run at most: past it, neighbouring ranges are dated together
+/// (each span by its earliest), so an agent losing every other event costs a bounded
+/// list and each range still gets its grace.
 const MAX_PENDING: usize = 1_024;
 
 /// Moves the run's gaps towards loss: each missing range is noticed when first seen;
@@ -351,7 +359,6 @@ fn settle(run: &mut RunBook, now: Secs, grace: Secs, loss: &mut Loss) {
         return;
     }
     let open = run.ledger.received.missing(run.baseline, produced);
-    let overflow = open.len() > MAX_PENDING;
     // Both lists are sorted: one walk dates every open range by the earliest pending
     // range it overlaps.
     let mut pending = Vec::with_capacity(open.len().min(MAX_PENDING));
@@ -367,13 +374,13 @@ fn settle(run: &mut RunBook, now: Secs, grace: Secs, loss: &mut Loss) {
             noticed = noticed.min(run.pending[j].1);
             j += 1;
         }
-        if overflow || now.saturating_sub(noticed) >= grace {
+        if now.saturating_sub(noticed) >= grace {
             due.push(range);
         } else {
             pending.push((range, noticed));
         }
     }
-    run.pending = pending;
+    run.pending = coarsen(pending);
     if due.is_empty() {
         return;
     }
@@ -382,6 +389,7 @@ fn settle(run: &mut RunBook, now: Secs, grace: Secs, loss: &mut Loss) {
     for &(a, b) in &due {
         run.ledger.received.insert_range(a, b);
     }
+    forget_settled_declarations(run);
     loss.undeclared = loss.undeclared.saturating_add(lost);
     loss.declared = loss.declared.saturating_add(all.saturating_sub(lost));
     if loss.runs.len() < EVIDENCE_RANGES {
@@ -393,5 +401,201 @@ fn settle(run: &mut RunBook, now: Secs, grace: Secs, loss: &mut Loss) {
             "declared_reason": run.drop_reason.as_deref(),
             "produced": produced,
         }));
+    }
+}
+
+/// At most [`MAX_PENDING`] entries: neighbours merged into spans dated by the earliest.
+fn coarsen(pending: Vec<((u64, u64), Secs)>) -> Vec<((u64, u64), Secs)> {
+    if pending.len() <= MAX_PENDING {
+        return pending;
+    }
+    let per = pending.len().div_ceil(MAX_PENDING);
+    pending
+        .chunks(per)
+        .filter_map(|c| {
+            let first = c.first()?;
+            let last = c.last()?;
+            let noticed = c.iter().map(|(_, t)| *t).min()?;
+            Some(((first.0 .0, last.0 .1), noticed))
+        })
+        .collect()
+}
+
+/// Declared ranges wholly accounted for are done with: a host declaring many small
+/// drops does not grow its ledger without bound.
+fn forget_settled_declarations(run: &mut RunBook) {
+    if run.ledger.declared.is_empty() {
+        return;
+    }
+    let mut kept = hids_types::ledger::SeqSet::new();
+    for &(a, b) in run.ledger.declared.ranges() {
+        if !run.ledger.received.missing(a, b).is_empty() {
+            kept.insert_range(a, b);
+        }
+    }
+    run.ledger.declared = kept;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FleetConfig;
+    use crate::fleet::book::Seen;
+    use crate::metrics::Metrics;
+    use hids_store::Position;
+    use serde_json::Value;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    fn fleet(grace: u64) -> Fleet {
+        let config = FleetConfig {
+            loss_grace_secs: grace,
+            ..FleetConfig::default()
+        };
+        Fleet::new(config, 3_600, 1, false, Arc::new(Metrics::default()))
+    }
+
+    fn ours() -> Ownership {
+        Ownership {
+            assigned: [(0u8, 0i32)].into_iter().collect(),
+            ..Ownership::default()
+        }
+    }
+
+    /// Feeds one event of `plugin`/`run` numbered `seq` (with `hids` extras).
+    fn feed(
+        f: &mut Fleet,
+        plugin: &str,
+        run: &str,
+        seq: u64,
+        action: &str,
+        hids: Value,
+    ) -> Vec<Hit> {
+        let mut h = json!({"plugin": plugin, "run_id": run});
+        if let (Some(h), Some(extra)) = (h.as_object_mut(), hids.as_object()) {
+            h.extend(extra.clone());
+        }
+        let event = json!({"event": {"category": ["host"], "action": action, "sequence": seq},
+                           "host": {"id": "h1"}, "hids": h});
+        let payload = event.to_string();
+        let labels = BTreeMap::new();
+        let position = Position {
+            topic: "t".into(),
+            partition: 0,
+            offset: 1,
+        };
+        let seen = Seen {
+            host_id: "h1",
+            hostname: "h1",
+            labels: &labels,
+            bytes: payload.len(),
+            position: &position,
+            topic_index: 0,
+            payload: payload.as_bytes(),
+        };
+        let mut hits = Vec::new();
+        f.observe(&event, &seen, &mut hits);
+        hits
+    }
+
+    fn sweep(f: &mut Fleet) -> Vec<Hit> {
+        let mut hits = Vec::new();
+        f.sweep(&ours(), None, &mut hits);
+        hits
+    }
+
+    fn counts(hits: &[Hit]) -> Vec<(String, u64)> {
+        hits.iter().map(|h| (h.rule_id.clone(), h.count)).collect()
+    }
+
+    #[test]
+    fn a_gap_is_reported_once_split_by_declaration_and_the_ledger_is_one_range_again() {
+        let mut f = fleet(0);
+        for seq in [1, 2, 3, 7, 8] {
+            feed(&mut f, "process", "r1", seq, "exec", json!({}));
+        }
+        feed(
+            &mut f,
+            "pipeline",
+            "p1",
+            1,
+            "dropped",
+            json!({"dropped": [{"plugin": "process", "run_id": "r1", "from_seq": 5, "to_seq": 5, "reason": "queue_full"}]}),
+        );
+        let hits = sweep(&mut f);
+        assert_eq!(
+            counts(&hits),
+            vec![
+                ("hids-data-loss-undeclared".into(), 2),
+                ("hids-data-loss-declared".into(), 1)
+            ]
+        );
+        assert!(sweep(&mut f).is_empty(), "reported once");
+        let run = &f.hosts["h1"].runs[0];
+        assert_eq!(run.ledger.received.ranges(), &[(1, 8)]);
+        assert!(run.ledger.declared.is_empty());
+    }
+
+    #[test]
+    fn a_run_declared_before_its_events_is_owed_from_its_first_event() {
+        let mut f = fleet(0);
+        feed(
+            &mut f,
+            "pipeline",
+            "p1",
+            40,
+            "run_end",
+            json!({"ended": [{"plugin": "agent", "run_id": "a1", "last_seq": 600, "how": "stopped"}]}),
+        );
+        for seq in 598..=600 {
+            feed(&mut f, "agent", "a1", seq, "exec", json!({}));
+        }
+        assert!(sweep(&mut f).is_empty());
+    }
+
+    #[test]
+    fn lies_cannot_declare_billions_lost() {
+        let mut f = fleet(0);
+        feed(&mut f, "process", "r1", 1, "exec", json!({}));
+        for _ in 0..3 {
+            feed(
+                &mut f,
+                "pipeline",
+                "p1",
+                1,
+                "dropped",
+                json!({"dropped": [{"plugin": "process", "run_id": "r1", "from_seq": 2, "to_seq": u64::MAX, "reason": "x"}]}),
+            );
+        }
+        feed(
+            &mut f,
+            "pipeline",
+            "p1",
+            2,
+            "run_end",
+            json!({"ended": [{"plugin": "process", "run_id": "r1", "last_seq": u64::MAX, "how": "stopped"}]}),
+        );
+        feed(&mut f, "process", "r1", u64::MAX, "exec", json!({}));
+        assert!(sweep(&mut f).is_empty());
+    }
+
+    #[test]
+    fn many_gaps_keep_a_bounded_pending_list_and_each_keeps_its_grace() {
+        let mut f = fleet(3_600);
+        for seq in (1..=10_000u64).step_by(2) {
+            feed(&mut f, "process", "r1", seq, "exec", json!({}));
+        }
+        assert!(sweep(&mut f).is_empty(), "within their grace");
+        let run = &f.hosts["h1"].runs[0];
+        assert!(run.pending.len() <= MAX_PENDING, "{}", run.pending.len());
+        // The same gaps in a fleet with no grace: all of them reported at once.
+        let mut g = fleet(0);
+        for seq in (1..=10_000u64).step_by(2) {
+            feed(&mut g, "process", "r1", seq, "exec", json!({}));
+        }
+        assert_eq!(
+            counts(&sweep(&mut g)),
+            vec![("hids-data-loss-undeclared".into(), 4_999)]
+        );
     }
 }
