@@ -43,6 +43,8 @@ pub struct Fleet {
     reconcile: bool,
     /// Presence comes from etcd: status-based alerts come from there, not from events.
     presence_on: bool,
+    /// The volume bucket the last sweep closed up to.
+    swept_bucket: volume::Bucket,
     /// The day whose league was last written, and the hosts written for it.
     league_day: u32,
     league_written: HashSet<Arc<str>>,
@@ -76,6 +78,7 @@ impl Fleet {
             clock: Instant::now(),
             metrics,
             reconcile: topics <= 1,
+            swept_bucket: 0,
             presence_on,
             league_day: today(),
             league_written: HashSet::new(),

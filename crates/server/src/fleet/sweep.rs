@@ -96,7 +96,12 @@ impl Fleet {
             self.hosts.remove(&id);
         }
         self.loss_hits(losses, hits);
-        self.close_quiet_buckets(bucket, hits);
+        // Buckets close once a bucket (an hour by default): only then a pass over the
+        // rings of every host.
+        if bucket != self.swept_bucket {
+            self.close_quiet_buckets(bucket, hits);
+            self.swept_bucket = bucket;
+        }
         if let Some(presence) = presence {
             self.presence_alerts(ownership, presence, now, hits);
         }
