@@ -378,3 +378,54 @@ fn an_agent_whose_guard_trips_raises_an_alert() {
     assert_eq!(a["event"]["event"]["action"], "guard_tripped");
     assert!(server.metric("hids_server_fleet_guard_trips_total") >= 1.0);
 }
+
+/// Presence alerts come from the instance holding `crc32(host_id) % partitions` of the
+/// agents' topic: true only if librdkafka's default partitioner (what the agent uses; it
+/// refuses another) puts a keyed message exactly there.
+#[test]
+fn the_owner_of_a_host_is_the_partition_librdkafka_puts_its_events_in() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let topic = format!("owners-{}", tag());
+    let broker = Broker::start();
+    broker.create_topic_with(&topic, 4);
+    let hosts: Vec<String> = (0..64).map(|i| format!("host-{i}-{}", tag())).collect();
+    let batch: Vec<(String, Vec<u8>)> = hosts.iter().map(|h| (h.clone(), b"{}".to_vec())).collect();
+    broker.produce(&topic, &batch);
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .set("group.id", format!("owners-{}", tag()))
+        .set("enable.partition.eof", "false")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition_offset(&topic, p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut seen = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while seen < hosts.len() && std::time::Instant::now() < deadline {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let key = std::str::from_utf8(m.key().unwrap()).unwrap();
+        let hash = crc32fast::hash(key.as_bytes());
+        assert_eq!(m.partition() as u32, hash % 4, "{key}");
+        for p in 0..4 {
+            let ownership = hids_server::fleet::Ownership {
+                partitions: 4,
+                held: [(p, 0)].into_iter().collect(),
+                ..Default::default()
+            };
+            assert_eq!(
+                ownership.owns(hash).is_some(),
+                p == m.partition(),
+                "{key} {p}"
+            );
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, hosts.len());
+}
