@@ -117,7 +117,7 @@ impl FleetMetrics {
         );
         r.register(
             "fleet_runs_tracked",
-            "Plugin runs reconciled on this instance",
+            "Plugin runs with books on this instance",
             self.runs_tracked.clone(),
         );
         r.register(

@@ -60,6 +60,9 @@ pub struct RunBook {
     pub last_seen: Secs,
     /// A later run of the same plugin exists.
     pub superseded: bool,
+    /// The highest sequence number that arrived (0: none yet): what the limits on
+    /// numbers and declarations are measured from, never moved by a declaration.
+    pub top_received: u64,
     /// Kernel and ring-buffer loss last reported by the run's stats (None before the
     /// first stats record this instance read).
     pub kernel_lost: Option<u64>,
@@ -181,19 +184,15 @@ impl Fleet {
             return false;
         };
         let reconcile = self.reconcile;
-        let i = run_index(book, &plugin, run_id, now);
-        let run = &mut book.runs[i];
-        // Measured from what arrived only: a declaration cannot move the limit.
-        if run
-            .ledger
-            .received
-            .max()
-            .is_some_and(|top| seq > top.saturating_add(MAX_SEQUENCE_JUMP))
-        {
+        // Checked before anything is made or superseded for it.
+        if seq > event_limit(book, &plugin, run_id) {
             self.metrics.fleet.refuse_stats(StatsRefusal::sequence_jump);
             return false;
         }
+        let i = run_index(book, &plugin, run_id, now);
+        let run = &mut book.runs[i];
         run.last_seen = now;
+        run.top_received = run.top_received.max(seq);
         if run.baseline == 0 {
             start(book, i, seq);
         }
@@ -289,6 +288,9 @@ impl Fleet {
         };
         // With etcd, the status says it (once per episode, by the host's owner).
         if self.presence_on && self.metrics.fleet.etcd_connected.get() == 1 {
+            if let Some(book) = self.hosts.get_mut(seen.host_id) {
+                book.spool_raised = false;
+            }
             return;
         }
         let full = spool_full(used, max, self.config.spool_percent);
@@ -464,7 +466,8 @@ fn run_index(book: &mut HostBook, plugin: &Arc<str>, run_id: &str, now: Secs) ->
             .map(|(i, _)| i)
         {
             let gone = book.runs.swap_remove(oldest);
-            if !gone.superseded {
+            // A run named only by declarations never started here: its plugin stays known.
+            if !gone.superseded && gone.baseline != 0 {
                 book.known_plugins.retain(|p| *p != gone.plugin);
             }
         }
@@ -479,6 +482,7 @@ fn run_index(book: &mut HostBook, plugin: &Arc<str>, run_id: &str, now: Secs) ->
         pending: Vec::new(),
         last_seen: now,
         superseded: false,
+        top_received: 0,
         kernel_lost: None,
         capture_raised: false,
         drop_reason: None,
@@ -514,9 +518,23 @@ fn reach(book: &HostBook, plugin: &Arc<str>, run_id: &str) -> u64 {
     book.runs
         .iter()
         .find(|r| r.plugin == *plugin && &*r.run_id == cut_run_id(run_id))
-        .and_then(|r| r.ledger.received.max())
-        .unwrap_or(0)
+        .map_or(0, |r| r.top_received)
         .saturating_add(MAX_SEQUENCE_JUMP)
+}
+
+/// The highest sequence an event of the run may carry: far past what arrived of it, or
+/// (a new run of a plugin we watched start, owed from 1) far past 1, is a lie or
+/// corruption; the first number of a run we join midway can be anything.
+fn event_limit(book: &HostBook, plugin: &Arc<str>, run_id: &str) -> u64 {
+    let run = book
+        .runs
+        .iter()
+        .find(|r| r.plugin == *plugin && &*r.run_id == cut_run_id(run_id));
+    match run {
+        Some(r) if r.top_received > 0 => r.top_received.saturating_add(MAX_SEQUENCE_JUMP),
+        _ if book.known_plugins.contains(plugin) => 1 + MAX_SEQUENCE_JUMP,
+        _ => u64::MAX,
+    }
 }
 
 /// The per-host runs' memory, for the figures: ranges held beyond one per ledger.

@@ -74,8 +74,9 @@ impl Fleet {
                     settle(run, now, grace, &mut loss);
                 }
             }
+            // Over, or only ever named by a declaration, and settled: forgotten.
             book.runs.retain(|r| {
-                !(r.superseded
+                !((r.superseded || r.baseline == 0)
                     && r.pending.is_empty()
                     && now.saturating_sub(r.last_seen) > grace.saturating_mul(2))
             });
@@ -249,7 +250,7 @@ impl Fleet {
                 for (bit, on) in states {
                     // Unjudged, silence keeps its episode: no second alert when etcd
                     // comes back.
-                    if bit == Raised::SILENT && !judge_silence {
+                    if bit == Raised::SILENT && !judge_silence && on {
                         continue;
                     }
                     if !on {
@@ -344,8 +345,8 @@ fn wall_time(ago: Secs) -> Timestamp {
 const EVIDENCE_RANGES: usize = 10;
 
 /// Pending entries per run at most: past it, neighbouring ranges are dated together
-/// (each span by its earliest), so an agent losing every other event costs a bounded
-/// list and each range still gets its grace.
+/// (each span by its latest), so an agent losing every other event costs a bounded
+/// list and no range is reported before its grace (some later).
 const MAX_PENDING: usize = 1_024;
 
 /// Moves the run's gaps towards loss: each missing range is noticed when first seen;
@@ -409,7 +410,7 @@ fn settle(run: &mut RunBook, now: Secs, grace: Secs, loss: &mut Loss) {
     }
 }
 
-/// At most [`MAX_PENDING`] entries: neighbours merged into spans dated by the earliest.
+/// At most [`MAX_PENDING`] entries: neighbours merged into spans dated by the latest.
 fn coarsen(pending: Vec<((u64, u64), Secs)>) -> Vec<((u64, u64), Secs)> {
     if pending.len() <= MAX_PENDING {
         return pending;
@@ -420,7 +421,8 @@ fn coarsen(pending: Vec<((u64, u64), Secs)>) -> Vec<((u64, u64), Secs)> {
         .filter_map(|c| {
             let first = c.first()?;
             let last = c.last()?;
-            let noticed = c.iter().map(|(_, t)| *t).min()?;
+            // The latest: no gap of the span is reported before its own grace.
+            let noticed = c.iter().map(|(_, t)| *t).max()?;
             Some(((first.0 .0, last.0 .1), noticed))
         })
         .collect()
@@ -582,6 +584,11 @@ mod tests {
         );
         feed(&mut f, "process", "r1", u64::MAX, "exec", json!({}));
         assert!(sweep(&mut f).is_empty());
+        // A new run of a plugin we watched start, its first number absurd: refused, and
+        // the live run is not superseded by it.
+        feed(&mut f, "process", "x", u64::MAX, "exec", json!({}));
+        assert!(sweep(&mut f).is_empty());
+        assert!(f.hosts["h1"].runs.iter().all(|r| !r.superseded));
     }
 
     #[test]
