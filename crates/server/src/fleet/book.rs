@@ -86,14 +86,14 @@ impl Fleet {
     /// One event. Fleet alerts it raises (a guard trip, kernel loss, a capture
     /// fallback, a volume verdict) go to `hits`.
     pub fn observe(&mut self, event: &Value, seen: &Seen<'_>, hits: &mut Vec<Hit>) {
-        let now = self.now();
+        let now = self.now_secs();
         let category = event
             .pointer("/event/category/0")
             .and_then(Value::as_str)
             .unwrap_or("");
         self.metrics.fleet.count_event(category, seen.bytes);
         let bucket = self.volume_rules.bucket_of(Timestamp::now().unix_secs());
-        let rules = self.volume_rules.clone();
+        let rules = self.volume_rules;
         let Some(book) = self.book(seen, now) else {
             return;
         };
@@ -269,7 +269,7 @@ impl Fleet {
                 .refuse_stats(StatsRefusal::absurd_figures);
             return;
         };
-        let day = self.today();
+        let day = super::today();
         if let Some(book) = self.hosts.get_mut(host_id) {
             book.day.add(day, cpu, rss);
         }
@@ -337,7 +337,7 @@ impl Fleet {
         let degraded = stats.get("capture").and_then(Value::as_str) == Some("cn_proc")
             && stats.get("capture_fallback").is_some_and(|f| !f.is_null());
         let plugin = self.intern_plugin(plugin);
-        let now = self.now();
+        let now = self.now_secs();
         let Some(book) = self.hosts.get_mut(seen.host_id) else {
             return;
         };
@@ -391,19 +391,27 @@ impl Fleet {
         &mut self,
         labels: &BTreeMap<String, String>,
     ) -> Arc<BTreeMap<String, String>> {
-        if let Some(l) = self.label_sets.get(labels) {
-            return l.clone();
-        }
-        let l = Arc::new(labels.clone());
-        if self.label_sets.len() < MAX_LABEL_SETS {
-            self.label_sets.insert(l.clone());
-        }
-        l
+        intern_labels(&mut self.label_sets, labels)
     }
 }
 
 /// Distinct label sets shared; past it, hosts keep their own copy.
 const MAX_LABEL_SETS: usize = 100_000;
+
+/// One shared copy of a label set (hosts of one image have the same), from `sets`.
+pub fn intern_labels(
+    sets: &mut HashSet<Arc<BTreeMap<String, String>>>,
+    labels: &BTreeMap<String, String>,
+) -> Arc<BTreeMap<String, String>> {
+    if let Some(l) = sets.get(labels) {
+        return l.clone();
+    }
+    let l = Arc::new(labels.clone());
+    if sets.len() < MAX_LABEL_SETS {
+        sets.insert(l.clone());
+    }
+    l
+}
 
 /// Distinct plugin names kept; a lying host cannot grow the table past it.
 const MAX_PLUGIN_NAMES: usize = 256;

@@ -92,19 +92,11 @@ impl Fleet {
     /// Seconds on the fleet's clock (since it was made): what [`Ownership`] dates
     /// assignments with.
     pub fn now_secs(&self) -> Secs {
-        self.now()
-    }
-
-    fn now(&self) -> Secs {
         Secs::try_from(self.clock.elapsed().as_secs()).unwrap_or(Secs::MAX)
     }
 
     fn secs_of(&self, at: Instant) -> Secs {
         Secs::try_from(at.saturating_duration_since(self.clock).as_secs()).unwrap_or(Secs::MAX)
-    }
-
-    fn today(&self) -> u32 {
-        today()
     }
 
     /// Hosts with books on this instance.
@@ -207,7 +199,7 @@ impl Fleet {
     /// written earlier today, brought up to date) and, once, yesterday's final ones
     /// after the day turned. Returns (day, figure, rows).
     pub fn league(&mut self) -> Vec<(String, TopFigure, Vec<TopHost>)> {
-        let today = self.today();
+        let today = today();
         let mut out = Vec::new();
         if today != self.league_day {
             let last = self.league_day;
@@ -242,6 +234,6 @@ impl Fleet {
 }
 
 /// Days since the epoch, by the server's clock.
-fn today() -> u32 {
+pub(crate) fn today() -> u32 {
     u32::try_from(Timestamp::now().unix_secs() / 86_400).unwrap_or(0)
 }

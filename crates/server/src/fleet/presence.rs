@@ -165,16 +165,7 @@ impl Presence {
         {
             (idc, version) = ("_other".into(), "_other".into());
         }
-        let labels = match self.label_sets.get(&view.labels) {
-            Some(l) => l.clone(),
-            None => {
-                let l = Arc::new(view.labels.clone());
-                if self.label_sets.len() < 100_000 {
-                    self.label_sets.insert(l.clone());
-                }
-                l
-            }
-        };
+        let labels = super::book::intern_labels(&mut self.label_sets, &view.labels);
         let now = Instant::now();
         let generation = self.generation;
         let old = self.hosts.remove(host_id);

@@ -56,7 +56,7 @@ impl Fleet {
         presence: Option<&Mutex<Presence>>,
         hits: &mut Vec<Hit>,
     ) {
-        let now = self.now();
+        let now = self.now_secs();
         let bucket = self.volume_rules.bucket_of(Timestamp::now().unix_secs());
         let grace = Secs::try_from(self.config.loss_grace_secs).unwrap_or(Secs::MAX);
         let keep_idle = Secs::try_from(u64::from(self.config.volume_history_days + 1) * 86_400)

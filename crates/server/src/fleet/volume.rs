@@ -11,7 +11,7 @@
 pub type Bucket = u64;
 
 /// The judging settings (from `[fleet]`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct VolumeRules {
     pub bucket_secs: u64,
     pub history_days: u32,
