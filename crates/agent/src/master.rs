@@ -287,6 +287,15 @@ impl Master {
                     tracing::warn!("restart_plugin: no plugin {name:?} on this host");
                 }
             }
+            for s in actions.snapshot {
+                let request = hids_wire::Control::Snapshot {
+                    id: s.command_id.clone(),
+                };
+                if let Err(why) = self.manager.request(&s.plugin, request) {
+                    let (id, plugin) = (s.command_id, s.plugin);
+                    tracing::warn!("command {id}: no snapshot from plugin {plugin:?}: {why}");
+                }
+            }
             let state_dir = &self.config.state_dir;
             if let Err(e) = self.control.save(state_dir) {
                 tracing::warn!(

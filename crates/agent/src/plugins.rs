@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hids_types::desired::DesiredBody;
-use hids_types::status::PluginStatus;
-use tokio::sync::watch;
+use hids_types::status::{PluginState, PluginStatus};
+use hids_wire::Control;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::PluginSpec;
@@ -17,6 +18,7 @@ struct Managed {
     name: String,
     status: SharedStatus,
     wanted: watch::Sender<Wanted>,
+    requests: mpsc::Sender<Control>,
     task: JoinHandle<()>,
 }
 
@@ -69,16 +71,19 @@ impl PluginManager {
                         run,
                         generation,
                     });
+                    let (requests, requests_rx) = mpsc::channel(supervisor::REQUEST_QUEUE);
                     let task = tokio::spawn(supervisor::supervise(
                         self.ctx.clone(),
                         status.clone(),
                         rx,
+                        requests_rx,
                         self.shutdown.clone(),
                     ));
                     self.plugins.push(Managed {
                         name: spec.name.clone(),
                         status,
                         wanted: tx,
+                        requests,
                         task,
                     });
                 }
@@ -101,6 +106,28 @@ impl PluginManager {
         self.next_generation += 1;
         m.wanted.send_modify(|w| w.generation = generation);
         true
+    }
+
+    /// Passes a control request (a snapshot command) on to a running plugin. Never
+    /// waits: a request that cannot go now is not kept for later.
+    ///
+    /// # Errors
+    /// Why it was not passed on (no such plugin, not running, requests already
+    /// waiting), for the caller's log.
+    pub fn request(&self, name: &str, request: Control) -> Result<(), String> {
+        let Some(m) = self.plugins.iter().find(|m| m.name == name) else {
+            return Err("there is no such plugin on this host".into());
+        };
+        let state = m.status.lock().unwrap_or_else(|p| p.into_inner()).state;
+        if state != PluginState::Running {
+            return Err(format!("the plugin is {}, not running", state.as_str()));
+        }
+        m.requests.try_send(request).map_err(|_| {
+            format!(
+                "{} requests are already waiting for it",
+                supervisor::REQUEST_QUEUE
+            )
+        })
     }
 
     pub fn statuses(&self) -> Vec<PluginStatus> {

@@ -18,7 +18,7 @@ use hids_wire::{
 use rustix::process::{Pid, Signal};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::cgroups::{Cgroups, PluginCgroup};
 use crate::config::{PluginSpec, SupervisorConfig};
@@ -77,11 +77,17 @@ pub struct Wanted {
     pub generation: u64,
 }
 
-/// Runs one plugin as `wanted` says, until the agent shuts down.
+/// Control requests waiting for one plugin (an operator's snapshot command): each is
+/// written to the plugin's stdin at once, so a few are plenty.
+pub const REQUEST_QUEUE: usize = 4;
+
+/// Runs one plugin as `wanted` says, until the agent shuts down. `requests` are passed
+/// on to the run of the plugin that is up when they arrive.
 pub async fn supervise(
     ctx: Arc<Context>,
     status: SharedStatus,
     mut wanted: watch::Receiver<Wanted>,
+    mut requests: mpsc::Receiver<Control>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut started_before = false;
@@ -116,6 +122,7 @@ pub async fn supervise(
             &status,
             first_start,
             &mut wanted,
+            &mut requests,
             &mut shutdown,
         )
         .await
@@ -138,6 +145,7 @@ async fn run_with_restarts(
     status: &SharedStatus,
     first_start: bool,
     wanted: &mut watch::Receiver<Wanted>,
+    requests: &mut mpsc::Receiver<Control>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
     let sup = &ctx.supervisor;
@@ -149,7 +157,7 @@ async fn run_with_restarts(
         first = false;
         let run_id = hids_wire::new_run_id();
         let started = Instant::now();
-        let outcome = match run_once(spec, ctx, status, &run_id, wanted, shutdown).await {
+        let outcome = match run_once(spec, ctx, status, &run_id, wanted, requests, shutdown).await {
             Ok(outcome) => outcome,
             Err(e) => Outcome::Exited(Err(e)),
         };
@@ -225,8 +233,10 @@ async fn run_once(
     status: &SharedStatus,
     run_id: &str,
     wanted: &mut watch::Receiver<Wanted>,
+    requests: &mut mpsc::Receiver<Control>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> io::Result<Outcome> {
+    while requests.try_recv().is_ok() {} // meant for a run that is gone
     let cgroup = plugin_cgroup(spec, ctx);
     let oom_before = cgroup.as_ref().map_or(0, |c| c.oom_kills());
     let procs = cgroup
@@ -255,17 +265,21 @@ async fn run_once(
     let mut pump_done = false;
 
     let outcome = loop {
-        tokio::select! {
+        // Passed on after the select, whose output holds a watch guard (not Send).
+        let request = tokio::select! {
             st = child.wait() => break Outcome::Exited(st),
             _ = shutdown.wait_for(|stop| *stop) => break Outcome::Stopped,
             _ = wanted.changed() => break Outcome::Stopped,
+            Some(request) = requests.recv() => request,
             end = &mut pump, if !pump_done => {
                 pump_done = true;
                 if let Err(why) = end {
                     break Outcome::Violation(why);
                 }
+                continue;
             }
-        }
+        };
+        pass_on(stdin.as_mut(), status, &spec.name, &request).await;
     };
     match &outcome {
         Outcome::Exited(_) => {
@@ -411,6 +425,40 @@ fn spawn(spec: &PluginSpec, cgroup_procs: Vec<std::os::fd::OwnedFd>) -> io::Resu
         });
     }
     cmd.spawn()
+}
+
+/// Writes a control request to a running plugin's stdin, as [`stop_child`] writes the
+/// shutdown frame. Never waits long: a plugin that does not read its stdin must not hold
+/// up its own supervision.
+async fn pass_on(
+    stdin: Option<&mut ChildStdin>,
+    status: &SharedStatus,
+    plugin: &str,
+    request: &Control,
+) {
+    let unframed = update(status, |s| s.framed == Some(false));
+    let Some(stdin) = stdin.filter(|_| !unframed) else {
+        tracing::warn!(%plugin, "not passing {request:?} on: the plugin speaks no frames");
+        return;
+    };
+    let mut frame = Vec::new();
+    if let Ok(body) = serde_json::to_vec(request) {
+        let _ = hids_wire::encode_frame(Kind::Control, &body, &mut frame);
+    }
+    // Up to PIPE_BUF bytes, a pipe write is all or nothing: a timeout can never leave
+    // half a frame behind to break the stream.
+    if frame.is_empty() || frame.len() > 4096 {
+        tracing::warn!(%plugin, "not passing {request:?} on: its frame is over 4096 bytes");
+        return;
+    }
+    match tokio::time::timeout(Duration::from_millis(100), stdin.write_all(&frame)).await {
+        Ok(Ok(())) => tracing::info!(%plugin, "passed {request:?} on"),
+        Ok(Err(e)) => tracing::warn!(%plugin, "cannot pass {request:?} on: {e}"),
+        Err(_) => tracing::warn!(
+            %plugin,
+            "not passing {request:?} on: the plugin has not read its stdin (full for 100 ms)"
+        ),
+    }
 }
 
 fn kill_group(pid: u32, sig: Signal) {

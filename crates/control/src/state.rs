@@ -65,7 +65,18 @@ pub enum CacheRefusal {
 /// What a desired state asks the agent to do beyond its settings.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Actions {
+    /// Plugins to restart.
     pub restart: Vec<String>,
+    /// Plugins to ask for a full snapshot now.
+    pub snapshot: Vec<SnapshotRequest>,
+}
+
+/// A `snapshot` command for one plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRequest {
+    pub plugin: String,
+    /// The command's id: the plugin's answer carries it, so the operator can find it.
+    pub command_id: String,
 }
 
 impl ControlState {
@@ -158,7 +169,7 @@ impl ControlState {
             .filter_map(|c| match c.kind {
                 CommandKind::StopAll => Some(true),
                 CommandKind::Resume => Some(false),
-                CommandKind::RestartPlugin => None,
+                CommandKind::RestartPlugin | CommandKind::Snapshot => None,
             })
             .next();
         if let Some(signed) = signed_stop.filter(|s| *s != cached.stopped) {
@@ -244,6 +255,16 @@ impl ControlState {
                         tracing::warn!("command {}: restart_plugin without a plugin name", cmd.id)
                     }
                 },
+                CommandKind::Snapshot => match &cmd.plugin {
+                    Some(p) => {
+                        tracing::info!("command {}: snapshot of plugin {p}", cmd.id);
+                        actions.snapshot.push(SnapshotRequest {
+                            plugin: p.clone(),
+                            command_id: cmd.id.clone(),
+                        });
+                    }
+                    None => tracing::warn!("command {}: snapshot without a plugin name", cmd.id),
+                },
             }
             self.executed.push_back(cmd.id.clone());
             while self.executed.len() > MAX_EXECUTED {
@@ -320,6 +341,53 @@ mod tests {
         );
         assert_eq!(a.restart, vec!["process"]);
         assert_eq!(c.applied_generation, 4);
+    }
+
+    #[test]
+    fn a_snapshot_command_is_handed_on_once_with_its_id() {
+        let mut c = ControlState::default();
+        let mut nameless = cmd("s0", CommandKind::Snapshot, 60);
+        nameless.plugin = None;
+        let docs = [
+            state(1, vec![cmd("s1", CommandKind::Snapshot, 60), nameless]),
+            state(2, vec![cmd("s1", CommandKind::Snapshot, 60)]),
+            state(3, vec![cmd("s3", CommandKind::Snapshot, -5)]),
+        ];
+        let actions: Vec<Actions> = docs
+            .iter()
+            .map(|d| c.accept(d, DesiredBody::default(), b"{}"))
+            .collect();
+        assert_eq!(
+            actions[0].snapshot,
+            vec![SnapshotRequest {
+                plugin: "process".into(),
+                command_id: "s1".into(),
+            }],
+            "the nameless one is logged and skipped"
+        );
+        assert!(actions[0].restart.is_empty());
+        assert!(actions[1].snapshot.is_empty(), "already run");
+        assert!(actions[2].snapshot.is_empty(), "expired");
+        assert!(!c.stopped);
+        assert_eq!(c.executed, ["s1", "s0"]);
+    }
+
+    #[test]
+    fn a_cache_with_a_snapshot_command_loads_and_does_not_run_it_again() {
+        let key = key();
+        let docs = [state(
+            2,
+            vec![
+                cmd("g2", CommandKind::StopAll, 60),
+                cmd("g2s", CommandKind::Snapshot, 60),
+            ],
+        )];
+        let c = cache(&key, &docs, None);
+        let mut loaded = reload(&key, &c).unwrap_or_else(|e| panic!("{e}"));
+        assert!(loaded.stopped, "a snapshot says nothing about stop_all");
+        assert_eq!(loaded.executed, ["g2", "g2s"]);
+        let again = loaded.accept(&docs[0], DesiredBody::default(), b"{}");
+        assert_eq!(again, Actions::default());
     }
 
     /// A cache as the agent writes it: `docs` accepted in order, then saved.

@@ -127,6 +127,20 @@ enum Command {
         #[command(flatten)]
         change: ChangeArgs,
     },
+    /// Ask one plugin on the targets for a full snapshot now (the network plugin reports
+    /// every listener and connection with its owner).
+    ///
+    /// Besides the plugin's periodic snapshots. Its answer carries the command id,
+    /// `g<generation>` (the generation is printed). Where the plugin is not running, the
+    /// agent only logs that. An agent older than this command refuses every document
+    /// that carries it, i.e. for the command's hour: target only upgraded agents.
+    Snapshot {
+        /// The plugin to ask, e.g. `network`.
+        #[arg(long)]
+        plugin: String,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
     /// Show who changed what, when, for which targets.
     History {
         /// Most recent records to show.
@@ -524,6 +538,10 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
         }
         Command::RestartPlugin { plugin, change } => {
             let c = push::Change::Command(CommandKind::RestartPlugin, Some(plugin));
+            push::run(&mut connect().await?, &keys, change.request(c)?).await
+        }
+        Command::Snapshot { plugin, change } => {
+            let c = push::Change::Command(CommandKind::Snapshot, Some(plugin));
             push::run(&mut connect().await?, &keys, change.request(c)?).await
         }
     }

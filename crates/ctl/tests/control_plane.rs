@@ -313,6 +313,87 @@ fn stop_resume_and_restart_plugin() {
     });
 }
 
+/// Issue 16: an operator's snapshot command goes through the signed desired state to
+/// the running plugin (the synthetic one answers with one event carrying the command
+/// id); a plugin the host does not have is only logged, and the document still applies.
+#[test]
+fn snapshot_command_reaches_the_running_plugin() {
+    let etcd = Etcd::start();
+    let key = KeyPair::make(&etcd);
+    let synthetic = format!(
+        "\n[[plugins]]\nname = \"synthetic\"\npath = {:?}\nargs = [\"--count\", \"10\"]\n",
+        hids_test_support::bin("hids-plugin-synthetic")
+    );
+    let a = Agent::managed(&etcd, "snap-1", &[], &key.public(), &synthetic);
+    // Its ten events and its stats record: from then on it waits for requests.
+    a.wait_events("the synthetic run", Duration::from_secs(10), |evs| {
+        evs.iter()
+            .any(|e| e["hids"]["plugin"] == "synthetic" && e["event"]["action"] == "stats")
+    });
+    let snapshot = |plugin: &str| {
+        let out = etcd.hidsctl(&[
+            "snapshot",
+            "--plugin",
+            plugin,
+            "--hosts",
+            "snap-1",
+            "--key",
+            &key.secret(),
+            "--wait",
+            "20s",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let result = json(&out);
+        assert_eq!(result["acked"], 1, "{result:#}");
+        assert_eq!(result["action"], format!("snapshot {plugin}"));
+        format!("g{}", result["generation"].as_u64().unwrap())
+    };
+    let id = snapshot("synthetic");
+    let answered = |evs: &[serde_json::Value]| {
+        evs.iter()
+            .filter(|e| e["event"]["action"] == "snapshot_requested")
+            .map(|e| e["hids"]["command_id"].as_str().unwrap_or("").to_owned())
+            .collect::<Vec<_>>()
+    };
+    a.wait_events("the plugin's answer", Duration::from_secs(10), |evs| {
+        !answered(evs).is_empty()
+    });
+
+    let ghost = snapshot("ghost");
+    assert!(
+        a.stderr_contains_soon(
+            &format!("command {ghost}: no snapshot from plugin \"ghost\""),
+            Duration::from_secs(10)
+        ),
+        "{}",
+        a.stderr()
+    );
+    // The ghost's document carries the first command again: it is not run twice.
+    assert_eq!(answered(&a.events()), vec![id]);
+
+    let out = etcd.hidsctl(&["stop", "--all", "--key", &key.secret(), "--wait", "20s"]);
+    assert!(out.status.success());
+    wait_until("plugins stopped", Duration::from_secs(10), || {
+        plugin_state(&etcd.agents(&[])["snap-1"], "synthetic") == "stopped"
+    });
+    let held = snapshot("synthetic");
+    assert!(
+        a.stderr_contains_soon(
+            &format!(
+                "command {held}: no snapshot from plugin \"synthetic\": the plugin is stopped"
+            ),
+            Duration::from_secs(10)
+        ),
+        "{}",
+        a.stderr()
+    );
+}
+
 #[test]
 fn large_settings_go_through_a_blob() {
     let etcd = Etcd::start();

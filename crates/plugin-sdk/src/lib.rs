@@ -9,9 +9,10 @@
 //! Deliberately absent: anything about etcd or Kafka. Plugins know only their master.
 
 use std::fs::File;
-use std::io::{self, BufWriter, IsTerminal, Write};
+use std::io::{self, BufWriter, IsTerminal, Read, Write};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
@@ -41,6 +42,19 @@ pub enum Mode {
     Standalone,
 }
 
+/// Requests held for the plugin to take. An operator's command, not a data path: a
+/// plugin busy for a whole snapshot still finds the next few waiting; beyond that they
+/// are dropped and counted.
+const REQUEST_QUEUE: usize = 16;
+
+/// What the master asks of a running plugin, besides stopping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Take a full snapshot now. `id` is the operator's command id: put it on what the
+    /// snapshot reports, so the operator can find the answer.
+    Snapshot { id: String },
+}
+
 /// A connected plugin.
 pub struct Session {
     pub mode: Mode,
@@ -48,6 +62,8 @@ pub struct Session {
     pub hello: MasterHello,
     output: Output,
     shutdown: Arc<AtomicBool>,
+    requests: Option<Receiver<Request>>,
+    requests_dropped: Arc<AtomicU64>,
 }
 
 impl Session {
@@ -74,20 +90,7 @@ impl Session {
         let stdin = io::stdin();
         let stdout = File::from(io::stdout().as_fd().try_clone_to_owned()?);
         if stdin.is_terminal() {
-            let hello = MasterHello {
-                protocol: PROTOCOL_VERSION,
-                plugin: name.to_owned(),
-                host_id: hids_procfs::host::machine_id().unwrap_or_else(|_| "unknown".into()),
-                hostname: hids_procfs::host::hostname(),
-                run_id: hids_wire::new_run_id(),
-                labels: Default::default(),
-            };
-            return Ok(Session {
-                mode: Mode::Standalone,
-                hello,
-                output: Output::new(stdout, Mode::Standalone),
-                shutdown,
-            });
+            return Self::standalone(name, shutdown);
         }
         let mut input = File::from(stdin.as_fd().try_clone_to_owned()?);
         let mut payload = Vec::new();
@@ -115,15 +118,49 @@ impl Session {
             &serde_json::to_vec(&answer).unwrap_or_default(),
         )?;
         output.flush()?;
+        let (tx, requests) = std::sync::mpsc::sync_channel(REQUEST_QUEUE);
+        let requests_dropped = Arc::new(AtomicU64::new(0));
+        let pass_on = PassOn {
+            tx,
+            dropped: requests_dropped.clone(),
+        };
         let flag = shutdown.clone();
         thread::Builder::new()
             .name("control".into())
-            .spawn(move || read_control(input, flag))?;
+            .spawn(move || read_control(input, flag, &pass_on))?;
         Ok(Session {
             mode: Mode::Supervised,
             hello,
             output,
             shutdown,
+            requests: Some(requests),
+            requests_dropped,
+        })
+    }
+
+    /// Standalone whatever stdin is: JSON lines on stdout, host identity read locally.
+    /// For one-shot modes (`--once`) that scripts and benchmarks run with stdin
+    /// redirected.
+    ///
+    /// # Errors
+    /// When stdout cannot be used.
+    pub fn standalone(name: &str, shutdown: Arc<AtomicBool>) -> Result<Session, SdkError> {
+        let stdout = File::from(io::stdout().as_fd().try_clone_to_owned()?);
+        let hello = MasterHello {
+            protocol: PROTOCOL_VERSION,
+            plugin: name.to_owned(),
+            host_id: hids_procfs::host::machine_id().unwrap_or_else(|_| "unknown".into()),
+            hostname: hids_procfs::host::hostname(),
+            run_id: hids_wire::new_run_id(),
+            labels: Default::default(),
+        };
+        Ok(Session {
+            mode: Mode::Standalone,
+            hello,
+            output: Output::new(stdout, Mode::Standalone),
+            shutdown,
+            requests: None,
+            requests_dropped: Arc::default(),
         })
     }
 
@@ -150,15 +187,50 @@ impl Session {
     pub fn shutdown_flag(&self) -> Arc<AtomicBool> {
         self.shutdown.clone()
     }
+
+    /// The master's requests ([`Request`]), to be received by the plugin. Taken once:
+    /// `None` on a second call, and in standalone mode, where nobody sends any. While
+    /// nobody takes them, up to 16 wait; more are dropped and counted.
+    pub fn requests(&mut self) -> Option<Receiver<Request>> {
+        self.requests.take()
+    }
+
+    /// How many requests were dropped because the plugin left 16 waiting (or dropped
+    /// its receiver): a figure for the plugin's stats.
+    pub fn requests_dropped(&self) -> Arc<AtomicU64> {
+        self.requests_dropped.clone()
+    }
 }
 
-fn read_control(mut input: File, shutdown: Arc<AtomicBool>) {
+/// Hands requests to the plugin without ever blocking the control reader: a plugin that
+/// does not take them must not keep it from seeing a shutdown.
+struct PassOn {
+    tx: SyncSender<Request>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl PassOn {
+    fn send(&self, request: Request) {
+        if let Err(TrySendError::Full(r) | TrySendError::Disconnected(r)) =
+            self.tx.try_send(request)
+        {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(
+                "dropping the master's request {r:?}: {REQUEST_QUEUE} are already waiting \
+                 or the plugin takes none ({dropped} dropped so far)"
+            );
+        }
+    }
+}
+
+fn read_control(mut input: impl Read, shutdown: Arc<AtomicBool>, requests: &PassOn) {
     let mut payload = Vec::new();
     loop {
         match hids_wire::read_frame(&mut input, DEFAULT_MAX_PAYLOAD, &mut payload) {
             Ok(Some(h)) if h.kind == Kind::Control => {
                 match hids_wire::decode::<Control>("control", &payload) {
                     Ok(Control::Shutdown) => break,
+                    Ok(Control::Snapshot { id }) => requests.send(Request::Snapshot { id }),
                     Err(e) => tracing::warn!("ignoring control frame: {e}"),
                 }
             }
@@ -244,4 +316,62 @@ pub fn init_logging(level: &str) {
         .with_target(false)
         .with_ansi(false)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn control_frames(commands: &[Control]) -> Vec<u8> {
+        let mut stream = Vec::new();
+        for c in commands {
+            let body = serde_json::to_vec(c).unwrap_or_default();
+            hids_wire::encode_frame(Kind::Control, &body, &mut stream)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        stream
+    }
+
+    #[test]
+    fn snapshot_requests_are_passed_on_bounded_and_shutdown_still_stops() {
+        let mut commands: Vec<Control> = (0..20)
+            .map(|i| Control::Snapshot {
+                id: format!("c{i}"),
+            })
+            .collect();
+        commands.push(Control::Shutdown);
+        commands.push(Control::Snapshot { id: "late".into() });
+        let (tx, rx) = std::sync::mpsc::sync_channel(REQUEST_QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let pass_on = PassOn {
+            tx,
+            dropped: dropped.clone(),
+        };
+        read_control(&control_frames(&commands)[..], shutdown.clone(), &pass_on);
+        assert!(shutdown.load(Ordering::SeqCst));
+        let got: Vec<Request> = rx.try_iter().collect();
+        assert_eq!(got.len(), REQUEST_QUEUE);
+        assert_eq!(got[0], Request::Snapshot { id: "c0".into() });
+        assert_eq!(dropped.load(Ordering::Relaxed), 4, "20 sent, 16 held");
+    }
+
+    #[test]
+    fn requests_nobody_takes_are_counted_and_stdin_closed_still_stops() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(REQUEST_QUEUE);
+        drop(rx);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let pass_on = PassOn {
+            tx,
+            dropped: dropped.clone(),
+        };
+        let stream = control_frames(&[Control::Snapshot { id: "a".into() }]);
+        read_control(&stream[..], shutdown.clone(), &pass_on);
+        assert!(
+            shutdown.load(Ordering::SeqCst),
+            "end of stream: the master is gone"
+        );
+        assert_eq!(dropped.load(Ordering::Relaxed), 1);
+    }
 }

@@ -71,7 +71,7 @@ pub struct Command {
     /// Unique per command; an agent runs each id at most once.
     pub id: String,
     pub kind: CommandKind,
-    /// For `restart_plugin`.
+    /// The plugin a `restart_plugin` or `snapshot` command is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin: Option<String>,
     /// Not run after this time (a host that was offline for a day does not act on a
@@ -86,7 +86,13 @@ pub enum CommandKind {
     StopAll,
     /// Undo `stop_all`.
     Resume,
+    /// Restart the plugin named by [`Command::plugin`] (also out of quarantine).
     RestartPlugin,
+    /// Ask the running plugin named by [`Command::plugin`] for a full snapshot now (the
+    /// network plugin: every listener and connection with its owner), besides its
+    /// periodic ones. An agent older than this refuses the whole document (unknown
+    /// command kind), so push it only to agents that know it.
+    Snapshot,
 }
 
 /// The signed envelope stored in etcd.

@@ -211,12 +211,17 @@ pub struct PluginHello {
     pub version: String,
 }
 
-/// Commands from the master to a plugin.
+/// Commands from the master to a plugin. A plugin built before a command existed logs
+/// "ignoring control frame" for it and carries on, so new commands need no new protocol
+/// version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Control {
     /// Finish what is queued and exit.
     Shutdown,
+    /// Take a full snapshot now (an operator's `snapshot` command); `id` is the
+    /// command's id, for the plugin to put on what it reports.
+    Snapshot { id: String },
 }
 
 /// A fresh run id: 16 hex digits from the kernel's random source. The master gives one

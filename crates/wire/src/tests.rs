@@ -46,6 +46,38 @@ fn golden_hello_frame() {
 fn control_frame_is_tagged_json() {
     let body = serde_json::to_vec(&Control::Shutdown).unwrap();
     assert_eq!(body, br#"{"command":"shutdown"}"#);
+    let snapshot = Control::Snapshot { id: "c-17".into() };
+    let body = serde_json::to_vec(&snapshot).unwrap();
+    assert_eq!(body, br#"{"command":"snapshot","id":"c-17"}"#);
+    assert_eq!(decode::<Control>("control", &body).unwrap(), snapshot);
+}
+
+/// What a plugin built before `snapshot` existed makes of it: a payload error, which its
+/// control reader logs ("ignoring control frame") before reading on.
+#[test]
+fn an_older_plugin_refuses_a_newer_command_without_losing_the_stream() {
+    #[derive(Debug, Deserialize)]
+    #[serde(tag = "command", rename_all = "snake_case")]
+    enum OldControl {
+        Shutdown,
+    }
+    let mut stream = Vec::new();
+    for c in [Control::Snapshot { id: "c".into() }, Control::Shutdown] {
+        encode_frame(Kind::Control, &serde_json::to_vec(&c).unwrap(), &mut stream).unwrap();
+    }
+    let mut cursor = &stream[..];
+    let mut payload = Vec::new();
+    read_frame(&mut cursor, DEFAULT_MAX_PAYLOAD, &mut payload).unwrap();
+    let err = decode::<OldControl>("control", &payload).unwrap_err();
+    assert!(
+        err.to_string().contains("unknown variant `snapshot`"),
+        "{err}"
+    );
+    read_frame(&mut cursor, DEFAULT_MAX_PAYLOAD, &mut payload).unwrap();
+    assert!(matches!(
+        decode::<OldControl>("control", &payload).unwrap(),
+        OldControl::Shutdown
+    ));
 }
 
 #[test]

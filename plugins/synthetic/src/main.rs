@@ -1,11 +1,15 @@
 //! `hids-plugin-synthetic`: emits synthetic events through the normal plugin protocol,
 //! at a set rate and size, with the same accounting fields as real plugins. For pipeline
 //! tests and benchmarks: it measures the path from plugin to sink, not any capture.
+//! Once done, it answers each of the master's requests (an operator's `snapshot`
+//! command) with one `snapshot_requested` event, so tests can see a request arrive.
 
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use hids_plugin_sdk::Session;
+use hids_plugin_sdk::{Output, Request, Session};
+use hids_types::event::Producer;
 use hids_types::Timestamp;
 
 /// Synthetic event generator (a test and benchmark plugin).
@@ -26,7 +30,8 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     hids_plugin_sdk::init_logging("info");
-    let session = Session::connect("synthetic", env!("CARGO_PKG_VERSION"))?;
+    let mut session = Session::connect("synthetic", env!("CARGO_PKG_VERSION"))?;
+    let requests = session.requests();
     let out = session.output();
     let stop = session.shutdown_flag();
     let producer = session.producer();
@@ -69,8 +74,45 @@ fn main() -> anyhow::Result<()> {
     out.event(&serde_json::to_vec(&ev)?)?;
     out.flush()?;
     out.health(&serde_json::to_vec(&stats)?)?;
+    let mut seq = emitted + 1;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
+        match requests
+            .as_ref()
+            .map(|r| r.recv_timeout(Duration::from_millis(100)))
+        {
+            Some(Ok(request)) => {
+                seq += 1;
+                answer(&out, &producer, seq, request)?;
+            }
+            Some(Err(RecvTimeoutError::Timeout)) => {}
+            // Standalone, or the master is gone (the shutdown flag follows).
+            None | Some(Err(RecvTimeoutError::Disconnected)) => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
     }
     Ok(())
+}
+
+/// One event per request: `event.action` "snapshot_requested", with the operator's
+/// command id as `hids.command_id`.
+fn answer(out: &Output, producer: &Producer, seq: u64, request: Request) -> anyhow::Result<()> {
+    let Request::Snapshot { id } = request;
+    let ev = producer.event(
+        Timestamp::now(),
+        seq,
+        "event",
+        "host",
+        "info",
+        "snapshot_requested",
+    );
+    let mut ev = serde_json::to_value(ev)?;
+    if let Some(hids) = ev
+        .get_mut("hids")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        hids.insert("command_id".into(), id.into());
+    }
+    out.event(&serde_json::to_vec(&ev)?)?;
+    Ok(out.flush()?)
 }

@@ -37,6 +37,9 @@ impl Change {
                 (CommandKind::RestartPlugin, p) => {
                     format!("restart-plugin {}", p.as_deref().unwrap_or("?"))
                 }
+                (CommandKind::Snapshot, p) => {
+                    format!("snapshot {}", p.as_deref().unwrap_or("?"))
+                }
             },
         }
     }
