@@ -7,11 +7,19 @@
 //!
 //! [`usage::Sampler`] samples the CPU and memory of a set of process trees.
 //!
+//! [`fds::socket_owners`] maps socket inodes to the processes holding them in one
+//! bounded walk of `/proc/*/fd`; [`fds::net_namespaces`] lists the network namespaces
+//! in use, one live process each.
+//!
 //! Deliberately absent: caching and interpretation (process tables, user names).
 
 mod parse;
 mod reader;
 
+pub use fds::{
+    holds_socket, net_namespaces, socket_owners, socket_owners_of, FdOwner, Owners, SocketOwners,
+    WalkOptions, WalkStats,
+};
 pub use parse::*;
 pub use reader::{list_pids, ProcDir, ReadOutcome};
 
@@ -19,5 +27,6 @@ pub use reader::{list_pids, ProcDir, ReadOutcome};
 /// ABI on every architecture we run on, whatever `CONFIG_HZ` is.
 pub const TICKS_PER_SEC: u64 = 100;
 
+pub mod fds;
 pub mod host;
 pub mod usage;

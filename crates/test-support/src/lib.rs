@@ -17,6 +17,7 @@ mod prometheus;
 mod server;
 mod sim;
 mod skip;
+pub mod sockets;
 
 use std::path::Path;
 use std::process::Output;
