@@ -24,6 +24,16 @@ pub struct Event {
     /// without asking anyone. Absent when the host has none.
     #[serde(default, skip_serializing_if = "no_labels")]
     pub labels: Labels,
+    /// ECS `network.*`: transport, IP version and direction of a connection or listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    /// ECS `source.*`. For network events, this host's end of the socket (what `ss`
+    /// prints as Local); `network.direction` says which side initiated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Endpoint>,
+    /// ECS `destination.*`: the socket's peer (unspecified for a listener).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Endpoint>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<Process>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -148,6 +158,63 @@ pub struct Group {
     pub name: Option<String>,
 }
 
+/// `network.*`, with ECS's allowed values.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Network {
+    /// `tcp` or `udp`.
+    pub transport: String,
+    /// `ipv4` or `ipv6`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// From the host's point of view: `ingress` (a peer connected to us), `egress` (we
+    /// connected out); absent for listeners and when it cannot be told.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<String>,
+}
+
+/// `source.*` / `destination.*`: one end of a socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub ip: std::net::IpAddr,
+    pub port: u16,
+}
+
+/// `hids.socket`: what the kernel says of a socket beyond ECS.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Socket {
+    /// TCP state as `ss` names it in lower case (`established`, `listen`, `time_wait`,
+    /// ...); UDP sockets are `unconnected` or `established`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// The socket's inode (`socket:[N]` in `/proc/<pid>/fd`); absent for live events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inode: Option<u64>,
+    /// The file descriptor `process.pid` holds it under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fd: Option<i32>,
+    /// The network namespace's inode: tells a container's sockets apart from the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
+    /// Every process holding it, when more than one does (forked workers sharing a
+    /// listener); `process.pid` is the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owners: Option<Vec<SocketOwner>>,
+    /// Holders beyond the bound on `owners`, counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owners_omitted: Option<u64>,
+    /// For `connect`/`accept`: how many more connections of the same process, direction
+    /// and peer the kernel folded into this event since that key was last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folded: Option<u64>,
+}
+
+/// A process holding a socket, and under which descriptor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketOwner {
+    pub pid: u32,
+    pub fd: i32,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Container {
     pub id: String,
@@ -179,6 +246,12 @@ pub struct Hids {
     /// Set when the argument list was cut at the configured bound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args_truncated: Option<bool>,
+    /// The operator's command this event answers (`hidsctl snapshot`'s id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<String>,
+    /// For the network plugin's events: the socket's state, inode and holders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<Socket>,
     /// For `exit`: the signal that ended the process, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_signal: Option<i32>,
@@ -322,6 +395,9 @@ impl Producer {
             },
             host: self.host.clone(),
             labels: self.labels.clone(),
+            network: None,
+            source: None,
+            destination: None,
             process: None,
             user: None,
             group: None,
@@ -342,6 +418,8 @@ impl Hids {
             tty: None,
             pid_ns: None,
             args_truncated: None,
+            command_id: None,
+            socket: None,
             exit_signal: None,
             stats: None,
             guard: None,
@@ -418,6 +496,9 @@ mod tests {
                 hostname: "web-1".into(),
             },
             labels: Arc::new(BTreeMap::from([("idc".into(), "bj1".into())])),
+            network: None,
+            source: None,
+            destination: None,
             process: Some(Process {
                 pid: 42,
                 args: Some(vec!["/bin/true".into(), "x".into()]),
