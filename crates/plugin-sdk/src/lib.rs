@@ -262,6 +262,11 @@ impl Output {
         }
     }
 
+    /// JSON lines into `file`, as standalone mode writes them: for a plugin's tests.
+    pub fn lines(file: File) -> Self {
+        Output::new(file, Mode::Standalone)
+    }
+
     /// Writes one event (a JSON object). Call [`Output::flush`] when the burst is over.
     ///
     /// # Errors

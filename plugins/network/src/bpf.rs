@@ -43,18 +43,59 @@ pub struct BpfOptions {
     pub live: bool,
 }
 
-/// Which programs a set loads.
+/// Which programs a set loads: an iterator (the direct one, or the compat one for
+/// kernels before 5.11), and the live probes or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Set {
-    IterLive,
-    IterOnly,
-    LiveOnly,
+struct Set {
+    iter: Option<IterProg>,
+    /// The iter/task listener walker (bpf_loop and bpf_rdonly_cast: Linux 6.2+).
+    listeners: bool,
+    live: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IterProg {
+    Direct,
+    Compat,
+}
+
+impl Set {
+    /// From the most capable down. Without live probes wanted, only iterators.
+    fn ladder(live: bool) -> Vec<Set> {
+        let iters = [
+            (Some(IterProg::Direct), true),
+            (Some(IterProg::Direct), false),
+            (Some(IterProg::Compat), false),
+        ];
+        let with = |live| {
+            iters.iter().map(move |&(iter, listeners)| Set {
+                iter,
+                listeners,
+                live,
+            })
+        };
+        let mut sets = Vec::new();
+        if live {
+            sets.extend(with(true));
+        }
+        sets.extend(with(false));
+        if live {
+            sets.push(Set {
+                iter: None,
+                listeners: false,
+                live: true,
+            });
+        }
+        sets
+    }
 }
 
 /// The loaded programs.
 pub struct Kernel {
     skel: NetworkSkel<'static>,
     iter: Option<Link>,
+    /// The listener walker, where the kernel takes it.
+    listeners: Option<Link>,
     _live: Vec<Link>,
     /// Why the iterator or the live probes are missing, if they are.
     pub missing: Vec<String>,
@@ -86,13 +127,8 @@ impl Kernel {
     /// When neither the iterator nor the live probes can be used: why, for the log.
     pub fn load(opts: &BpfOptions) -> Result<Kernel, String> {
         quiet_libbpf();
-        let sets: &[Set] = if opts.live {
-            &[Set::IterLive, Set::IterOnly, Set::LiveOnly]
-        } else {
-            &[Set::IterOnly]
-        };
         let mut errors = Vec::new();
-        for &set in sets {
+        for set in Set::ladder(opts.live) {
             // Each attempt needs its own object storage, which the loaded skeleton
             // borrows for as long as the plugin runs: a few hundred bytes, once.
             let object: &'static mut MaybeUninit<OpenObject> =
@@ -121,6 +157,10 @@ impl Kernel {
     /// # Errors
     /// When the iterator cannot be created or read (not `EAGAIN`, which is retried and
     /// counted).
+    ///
+    /// When only listeners are asked for and the kernel took the listener walker, that
+    /// one runs: it reads each process's descriptor table itself instead of visiting
+    /// every descriptor through the task_file iterator.
     pub fn walk(
         &mut self,
         tcp_states: u32,
@@ -128,10 +168,13 @@ impl Kernel {
         max_rows: usize,
         rows: &mut Vec<SocketRow>,
     ) -> io::Result<WalkStats> {
-        let link = self
-            .iter
-            .as_ref()
-            .ok_or_else(|| io::Error::other("the socket iterator is not loaded"))?;
+        let listeners_only = tcp_states == 1 << crate::model::TCP_LISTEN
+            && udp_states == 1 << crate::model::TCP_CLOSE;
+        let link = match (&self.listeners, &self.iter) {
+            (Some(fast), _) if listeners_only => fast,
+            (_, Some(iter)) => iter,
+            _ => return Err(io::Error::other("the socket iterator is not loaded")),
+        };
         if let Some(data) = self.skel.maps.data_data.as_deref_mut() {
             data.tcp_states = tcp_states;
             data.udp_states = udp_states;
@@ -254,12 +297,14 @@ fn open_and_load(
     if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
         ro.fold_ns = u64::try_from(opts.fold_window.as_nanos()).unwrap_or(u64::MAX);
     }
-    let (iter, live) = match set {
-        Set::IterLive => (true, true),
-        Set::IterOnly => (true, false),
-        Set::LiveOnly => (false, true),
-    };
-    open.progs.dump_sockets.set_autoload(iter);
+    let live = set.live;
+    open.progs
+        .dump_sockets
+        .set_autoload(set.iter == Some(IterProg::Direct));
+    open.progs
+        .dump_sockets_compat
+        .set_autoload(set.iter == Some(IterProg::Compat));
+    open.progs.dump_listeners.set_autoload(set.listeners);
     open.progs.on_connect_enter.set_autoload(live);
     open.progs.on_connect_exit.set_autoload(live);
     open.progs.on_accept_exit.set_autoload(live);
@@ -274,20 +319,24 @@ fn attach(
 ) -> Result<Kernel, libbpf_rs::Error> {
     let mut kernel = Kernel {
         iter: None,
+        listeners: None,
         _live: Vec::new(),
         missing: Vec::new(),
         live: false,
         skel,
     };
     let progs = &kernel.skel.progs;
-    if set == Set::LiveOnly {
-        kernel.missing.push(
+    match set.iter {
+        None => kernel.missing.push(
             "the kernel has no task_file iterator: snapshots read sock_diag and /proc".into(),
-        );
-    } else {
-        kernel.iter = Some(progs.dump_sockets.attach()?);
+        ),
+        Some(IterProg::Direct) => kernel.iter = Some(progs.dump_sockets.attach()?),
+        Some(IterProg::Compat) => kernel.iter = Some(progs.dump_sockets_compat.attach()?),
     }
-    if set == Set::IterOnly {
+    if set.listeners {
+        kernel.listeners = Some(progs.dump_listeners.attach()?);
+    }
+    if !set.live {
         if wanted_live {
             kernel
                 .missing

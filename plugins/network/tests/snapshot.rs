@@ -137,4 +137,38 @@ fn once_names_the_holder_of_every_farm_socket() {
             assert_eq!(snapshot_method(&stats), Some(want), "stats: {stats}");
         }
     }
+
+    // Listeners only: the iter/task walker (or the task_file iterator, or sock_diag)
+    // names each farm listener's holder without a line for any connection.
+    let listeners: Vec<_> = farm
+        .sockets()
+        .iter()
+        .filter(|s| s.is_listener())
+        .cloned()
+        .collect();
+    for flags in [
+        &["--listeners-only"][..],
+        &["--listeners-only", "--snapshot-method", "sock_diag"],
+    ] {
+        let (out, took) = timed(Command::new(PLUGIN).arg("--once").args(flags));
+        assert!(out.status.success(), "--once {flags:?}: {out:?}");
+        let check = check_snapshot(&listeners, &out.stdout);
+        eprintln!(
+            "hids-plugin-network --once {flags:?}: {took:.3?}, {} lines, {:.3}% of the \
+             farm's {} listeners with the right owner",
+            check.lines,
+            check.agreement_percent(),
+            listeners.len()
+        );
+        assert!(
+            check.passed(),
+            "{}",
+            explain(&format!("{flags:?}"), &check, &out)
+        );
+        let connections = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(r#""action":"connection""#))
+            .count();
+        assert_eq!(connections, 0, "--listeners-only printed connections");
+    }
 }
