@@ -169,7 +169,7 @@ impl ControlState {
             .filter_map(|c| match c.kind {
                 CommandKind::StopAll => Some(true),
                 CommandKind::Resume => Some(false),
-                CommandKind::RestartPlugin | CommandKind::Snapshot => None,
+                CommandKind::RestartPlugin | CommandKind::Snapshot | CommandKind::Unknown => None,
             })
             .next();
         if let Some(signed) = signed_stop.filter(|s| *s != cached.stopped) {
@@ -255,6 +255,11 @@ impl ControlState {
                         tracing::warn!("command {}: restart_plugin without a plugin name", cmd.id)
                     }
                 },
+                CommandKind::Unknown => tracing::warn!(
+                    "command {}: a kind this agent does not know (the control plane is newer); \
+                     not run",
+                    cmd.id
+                ),
                 CommandKind::Snapshot => match &cmd.plugin {
                     Some(p) => {
                         tracing::info!("command {}: snapshot of plugin {p}", cmd.id);
@@ -341,6 +346,23 @@ mod tests {
         );
         assert_eq!(a.restart, vec!["process"]);
         assert_eq!(c.applied_generation, 4);
+    }
+
+    #[test]
+    fn a_command_kind_from_a_newer_control_plane_is_skipped_and_the_rest_applies() {
+        let doc = r#"{"id":"n1","kind":"reboot_the_world","expires_at":"2999-01-01T00:00:00Z"}"#;
+        let unknown: Command = serde_json::from_str(doc).unwrap();
+        assert_eq!(unknown.kind, CommandKind::Unknown);
+        let mut st = ControlState::default();
+        let actions = st.accept(
+            &state(5, vec![unknown, cmd("s", CommandKind::StopAll, 60)]),
+            DesiredBody::default(),
+            b"{}",
+        );
+        assert_eq!(actions, Actions::default());
+        assert!(st.stopped, "the stop in the same document still ran");
+        assert_eq!(st.applied_generation, 5);
+        assert!(st.executed.contains(&"n1".to_owned()), "and is not retried");
     }
 
     #[test]

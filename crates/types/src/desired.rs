@@ -93,6 +93,11 @@ pub enum CommandKind {
     /// periodic ones. An agent older than this refuses the whole document (unknown
     /// command kind), so push it only to agents that know it.
     Snapshot,
+    /// A kind this agent does not know (a newer control plane): logged and not run, so
+    /// that the rest of the document (a stop, new settings) still applies. Agents from
+    /// before this variant refuse such a document instead.
+    #[serde(other)]
+    Unknown,
 }
 
 /// The signed envelope stored in etcd.

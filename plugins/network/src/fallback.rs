@@ -41,6 +41,10 @@ pub struct FallbackStats {
     pub processes_walked: u64,
     #[serde(skip_serializing_if = "is_zero")]
     pub processes_vanished: u64,
+    /// Processes whose descriptors could not be read (a hardened `/proc`): their
+    /// sockets have no owner.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub processes_unreadable: u64,
     #[serde(skip_serializing_if = "is_zero")]
     pub processes_capped: u64,
     #[serde(skip_serializing_if = "is_zero")]
@@ -80,6 +84,7 @@ pub fn scan(
     let (owners, walk) = fds::socket_owners(proc_root, &walk_limits, Some(&wanted))?;
     stats.processes_walked = walk.processes_walked;
     stats.processes_vanished = walk.processes_vanished;
+    stats.processes_unreadable = walk.processes_unreadable;
     stats.processes_capped = walk.processes_capped;
     stats.fds_read = walk.fds_read;
     stats.fds_skipped = walk.fds_skipped;

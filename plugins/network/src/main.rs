@@ -457,6 +457,8 @@ impl<'s> Plugin<'s> {
         );
         match scanned {
             Ok(mut scan) => {
+                // A pid named in an earlier scan may be another process now.
+                self.reporter.forget_names();
                 self.listeners.update(&mut scan, &mut self.reporter)?;
                 self.last_listener_scan = Some(scan.stats);
             }

@@ -74,16 +74,18 @@ impl SocketRow {
 
 /// Sorts rows by socket, then holder, and calls `each` once per socket with all its
 /// holders (the first being the lowest pid). Rows of a socket without holder come as an
-/// empty slice.
+/// empty slice. A socket is its inode *and* its ends: the kernel's inode counter is
+/// 32-bit, so two sockets of a busy host can share a number, and must not be merged.
 pub fn group_by_socket(rows: &mut [SocketRow], mut each: impl FnMut(&SocketRow, &[Holder])) {
-    rows.sort_unstable_by_key(|r| (r.inode, r.holder));
+    let socket = |r: &SocketRow| (r.inode, r.netns, r.transport, r.local, r.remote);
+    rows.sort_unstable_by_key(|r| (socket(r), r.holder));
     let mut holders = Vec::new();
     let mut start = 0;
     while start < rows.len() {
-        let inode = rows[start].inode;
+        let key = socket(&rows[start]);
         let end = rows[start..]
             .iter()
-            .position(|r| r.inode != inode)
+            .position(|r| socket(r) != key)
             .map_or(rows.len(), |n| start + n);
         holders.clear();
         holders.extend(rows[start..end].iter().filter_map(|r| r.holder));
@@ -122,6 +124,19 @@ mod tests {
             seen.push((r.inode, h.iter().map(|h| h.pid).collect::<Vec<_>>()))
         });
         assert_eq!(seen, vec![(1, vec![5]), (2, vec![4, 9]), (3, vec![])]);
+    }
+
+    #[test]
+    fn sockets_sharing_an_inode_number_stay_apart() {
+        let mut other = row(1, Some(9));
+        other.remote = "127.0.0.1:3000".parse().unwrap();
+        let mut rows = vec![row(1, Some(5)), other];
+        let mut seen = 0;
+        group_by_socket(&mut rows, |_, h| {
+            seen += 1;
+            assert_eq!(h.len(), 1);
+        });
+        assert_eq!(seen, 2);
     }
 
     #[test]

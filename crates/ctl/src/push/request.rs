@@ -40,6 +40,7 @@ impl Change {
                 (CommandKind::Snapshot, p) => {
                     format!("snapshot {}", p.as_deref().unwrap_or("?"))
                 }
+                (CommandKind::Unknown, _) => "unknown command".into(),
             },
         }
     }
