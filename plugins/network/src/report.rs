@@ -42,6 +42,45 @@ pub struct Reporter {
     stamp: (u64, String),
 }
 
+/// A line being written: text appended as is, numbers through `itoa` (what serde_json
+/// itself uses), addresses without the formatting machinery.
+struct LineWriter<'a> {
+    b: &'a mut Vec<u8>,
+    num: itoa::Buffer,
+}
+
+impl LineWriter<'_> {
+    fn put(&mut self, text: &str) {
+        self.b.extend_from_slice(text.as_bytes());
+    }
+
+    fn num(&mut self, n: impl itoa::Integer) {
+        self.b.extend_from_slice(self.num.format(n).as_bytes());
+    }
+
+    /// `{"ip":"...","port":N}`. IPv4 octet by octet; IPv6 (rarer, and with its `::`
+    /// rules) through its `Display`.
+    fn endpoint(&mut self, addr: std::net::SocketAddr) {
+        self.put(r#"{"ip":""#);
+        match addr.ip() {
+            std::net::IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.b.push(b'.');
+                    }
+                    self.num(octet);
+                }
+            }
+            std::net::IpAddr::V6(v6) => {
+                let _ = write!(self.b, "{v6}");
+            }
+        }
+        self.put(r#"","port":"#);
+        self.num(addr.port());
+        self.b.push(b'}');
+    }
+}
+
 /// What every socket line repeats, as JSON, escaped once.
 struct Envelope {
     /// `"host":{...}` and, when the host has labels, `,"labels":{...}`.
@@ -127,75 +166,88 @@ impl Reporter {
         if self.stamp.0 != at.unix_nanos() || self.stamp.1.is_empty() {
             self.stamp = (at.unix_nanos(), json(&at));
         }
-        let b = &mut self.buf;
-        b.clear();
-        write!(
-            b,
-            r#"{{"@timestamp":{},"event":{{"kind":"{kind}","category":["network"],"type":["{type_}"],"action":"{action}","sequence":{},"module":"hids","dataset":"hids.network"}},{}"#,
-            self.stamp.1, self.seq, self.envelope.host_and_labels
-        )?;
-        write!(
-            b,
-            r#","network":{{"transport":"{}","type":"{}""#,
-            row.transport.name(),
-            if row.local.is_ipv4() { "ipv4" } else { "ipv6" }
-        )?;
+        let mut w = LineWriter {
+            b: &mut self.buf,
+            num: itoa::Buffer::new(),
+        };
+        w.b.clear();
+        w.put(r#"{"@timestamp":"#);
+        w.put(&self.stamp.1);
+        w.put(r#","event":{"kind":""#);
+        w.put(kind);
+        w.put(r#"","category":["network"],"type":[""#);
+        w.put(type_);
+        w.put(r#""],"action":""#);
+        w.put(action);
+        w.put(r#"","sequence":"#);
+        w.num(self.seq);
+        w.put(r#","module":"hids","dataset":"hids.network"},"#);
+        w.put(&self.envelope.host_and_labels);
+        w.put(r#","network":{"transport":""#);
+        w.put(row.transport.name());
+        w.put(if row.local.is_ipv4() {
+            r#"","type":"ipv4""#
+        } else {
+            r#"","type":"ipv6""#
+        });
         if let Some(d) = direction {
-            write!(b, r#","direction":"{d}""#)?;
+            w.put(r#","direction":""#);
+            w.put(d);
+            w.put("\"");
         }
-        write!(
-            b,
-            r#"}},"source":{{"ip":"{}","port":{}}}"#,
-            row.local.ip(),
-            row.local.port()
-        )?;
+        w.put(r#"},"source":"#);
+        w.endpoint(row.local);
         if !listener {
-            write!(
-                b,
-                r#","destination":{{"ip":"{}","port":{}}}"#,
-                row.remote.ip(),
-                row.remote.port()
-            )?;
+            w.put(r#","destination":"#);
+            w.endpoint(row.remote);
         }
         if let Some(first) = holders.first() {
-            write!(b, r#","process":{{"pid":{}"#, first.pid)?;
+            w.put(r#","process":{"pid":"#);
+            w.num(first.pid);
             if let Some(name) = &name {
-                b.extend_from_slice(br#","name":"#);
-                serde_json::to_writer(&mut *b, &**name).map_err(io::Error::other)?;
+                w.put(r#","name":"#);
+                serde_json::to_writer(&mut *w.b, &**name).map_err(io::Error::other)?;
             }
-            b.push(b'}');
+            w.put("}");
         }
-        write!(b, r#","hids":{{{}"#, self.envelope.plugin_and_run)?;
+        w.put(r#","hids":{"#);
+        w.put(&self.envelope.plugin_and_run);
         if line == Line::Snapshot {
-            b.extend_from_slice(br#","snapshot":true"#);
+            w.put(r#","snapshot":true"#);
         }
-        write!(b, r#","capture":"{capture}""#)?;
+        w.put(r#","capture":""#);
+        w.put(capture);
+        w.put("\"");
         if let Some(id) = &self.command_id {
-            b.extend_from_slice(br#","command_id":"#);
-            serde_json::to_writer(&mut *b, id).map_err(io::Error::other)?;
+            w.put(r#","command_id":"#);
+            serde_json::to_writer(&mut *w.b, id).map_err(io::Error::other)?;
         }
-        write!(
-            b,
-            r#","socket":{{"state":"{}","inode":{}"#,
-            row.state_name(),
-            row.inode
-        )?;
+        w.put(r#","socket":{"state":""#);
+        w.put(row.state_name());
+        w.put(r#"","inode":"#);
+        w.num(row.inode);
         if let Some(first) = holders.first() {
-            write!(b, r#","fd":{}"#, first.fd)?;
+            w.put(r#","fd":"#);
+            w.num(first.fd);
         }
-        write!(b, r#","netns":{}"#, row.netns)?;
+        w.put(r#","netns":"#);
+        w.num(row.netns);
         if holders.len() > 1 {
-            b.extend_from_slice(br#","owners":["#);
+            w.put(r#","owners":["#);
             for (i, h) in holders.iter().take(MAX_OWNERS).enumerate() {
-                let comma = if i == 0 { "" } else { "," };
-                write!(b, r#"{comma}{{"pid":{},"fd":{}}}"#, h.pid, h.fd)?;
+                w.put(if i == 0 { r#"{"pid":"# } else { r#",{"pid":"# });
+                w.num(h.pid);
+                w.put(r#","fd":"#);
+                w.num(h.fd);
+                w.put("}");
             }
-            b.push(b']');
+            w.put("]");
         }
         if holders.len() > MAX_OWNERS {
-            write!(b, r#","owners_omitted":{}"#, holders.len() - MAX_OWNERS)?;
+            w.put(r#","owners_omitted":"#);
+            w.num(holders.len() - MAX_OWNERS);
         }
-        b.extend_from_slice(b"}}}");
+        w.put("}}}");
         self.out.event(&self.buf)
     }
 
