@@ -229,6 +229,32 @@ fn accept_and_accept4_are_both_reported() {
     }
 }
 
+/// A connection the client resets while it waits in the listen queue is still accepted,
+/// but the kernel has already given back its local port number (`inet_num` is 0 by
+/// then): the accept must still name the port it came in on.
+#[test]
+fn an_accept_of_a_connection_reset_in_the_queue_names_the_listening_port() {
+    require_root!();
+    skip_unless!(btf(), NO_BTF);
+    let agent = network_agent(&[
+        "--listen-interval-secs",
+        "3600",
+        "--snapshot-interval-secs",
+        "0",
+    ]);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    rustix::net::sockopt::set_socket_linger(&client, Some(Duration::ZERO)).unwrap();
+    drop(client);
+    std::thread::sleep(Duration::from_millis(200));
+    let _server = listener.accept().unwrap();
+    let events = wait_for(&agent, "accept", port);
+    let a = only_one(&events, "accept", port);
+    assert_eq!(a["source"]["port"], port, "{a:#}");
+    assert_eq!(a["process"]["pid"], std::process::id(), "{a:#}");
+}
+
 /// Five connections in a burst, then one after the fold window: the second report of
 /// each key carries the four folded into it.
 #[test]

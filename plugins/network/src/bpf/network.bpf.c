@@ -420,6 +420,11 @@ static __always_inline void report(struct sock *sk, u8 direction)
 		return;
 	if (!read_ends(sk, &family, &lport, &rport, laddr, raddr))
 		return;
+	/* A connection reset while it waited in the listen queue has given its port
+	 * number back (inet_num is 0) by the time it is accepted; the port it came in on
+	 * is still in inet_sport. */
+	if (!lport)
+		lport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 	key.tgid = bpf_get_current_pid_tgid() >> 32;
 	key.direction = direction;
 	key.family = family;

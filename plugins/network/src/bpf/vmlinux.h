@@ -128,6 +128,11 @@ struct sock {
 	u16 sk_protocol;
 };
 
+struct inet_sock {
+	struct sock sk;
+	__be16 inet_sport;
+};
+
 struct socket {
 	struct sock *sk;
 	struct file *file;
