@@ -25,6 +25,7 @@ mod counter {
     pub const EMITTED: u32 = 0;
     pub const FOLDED: u32 = 1;
     pub const RING_FULL: u32 = 2;
+    pub const CONNECT_TABLE_FULL: u32 = 3;
 }
 
 /// Connect/accept events taken from the ring in one poll at most; the rest wait in the
@@ -108,6 +109,8 @@ pub struct KernelCounters {
     pub emitted: u64,
     pub folded: u64,
     pub ring_buffer_full: u64,
+    /// connect(2) calls in flight that found the per-thread table full: not reported.
+    pub connect_table_full: u64,
 }
 
 /// Counts of one iterator walk.
@@ -116,6 +119,9 @@ pub struct WalkStats {
     pub records: u64,
     /// Records beyond the row bound: read (the walk goes on to its end) but not kept.
     pub over_limit: u64,
+    /// Listener walks that overflowed the kernel's per-process output (over 511
+    /// listeners in one process) and were done again by the task_file iterator.
+    pub listener_walker_overflow: u64,
     pub malformed: u64,
     pub eagain: u64,
 }
@@ -170,43 +176,34 @@ impl Kernel {
     ) -> io::Result<WalkStats> {
         let listeners_only = tcp_states == 1 << crate::model::TCP_LISTEN
             && udp_states == 1 << crate::model::TCP_CLOSE;
-        let link = match (&self.listeners, &self.iter) {
-            (Some(fast), _) if listeners_only => fast,
-            (_, Some(iter)) => iter,
-            _ => return Err(io::Error::other("the socket iterator is not loaded")),
-        };
         if let Some(data) = self.skel.maps.data_data.as_deref_mut() {
             data.tcp_states = tcp_states;
             data.udp_states = udp_states;
         }
-        let mut iter = Iter::new(link).map_err(io::Error::other)?;
         let mut stats = WalkStats::default();
-        // Records never straddle reads: the kernel copies whole records, so a buffer
-        // that is a multiple of the record size is filled with whole ones.
-        let mut buf = vec![0u8; record::sock::LEN * 4096];
-        loop {
-            let n = match iter.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::AGAIN.raw_os_error()) => {
-                    stats.eagain += 1;
-                    if stats.eagain > 1000 {
-                        return Err(e);
-                    }
-                    continue;
+        if let (Some(fast), true) = (&self.listeners, listeners_only) {
+            let before = rows.len();
+            match read_records(fast, max_rows, rows, &mut stats) {
+                Ok(()) => return Ok(stats),
+                // The listener walker writes one task's records in one go, and the
+                // kernel gives one object 32 KiB: a process with more than 511
+                // listeners (a media server's UDP ports) does not fit. The task_file
+                // iterator writes one record per descriptor and always fits.
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::TOOBIG.raw_os_error()) => {
+                    rows.truncate(before);
+                    stats = WalkStats {
+                        listener_walker_overflow: 1,
+                        ..WalkStats::default()
+                    };
                 }
                 Err(e) => return Err(e),
-            };
-            for chunk in buf[..n].chunks(record::sock::LEN) {
-                stats.records += 1;
-                match record::parse_sock(chunk) {
-                    Some(_) if rows.len() >= max_rows => stats.over_limit += 1,
-                    Some(row) => rows.push(row),
-                    None => stats.malformed += 1,
-                }
             }
         }
+        let link = self
+            .iter
+            .as_ref()
+            .ok_or_else(|| io::Error::other("the socket iterator is not loaded"))?;
+        read_records(link, max_rows, rows, &mut stats)?;
         Ok(stats)
     }
 
@@ -266,6 +263,43 @@ impl Kernel {
             emitted: read(counter::EMITTED),
             folded: read(counter::FOLDED),
             ring_buffer_full: read(counter::RING_FULL),
+            connect_table_full: read(counter::CONNECT_TABLE_FULL),
+        }
+    }
+}
+
+/// Reads one walk of an iterator link to its end.
+fn read_records(
+    link: &Link,
+    max_rows: usize,
+    rows: &mut Vec<SocketRow>,
+    stats: &mut WalkStats,
+) -> io::Result<()> {
+    let mut iter = Iter::new(link).map_err(io::Error::other)?;
+    // Records never straddle reads: the kernel copies whole records, so a buffer that
+    // is a multiple of the record size is filled with whole ones.
+    let mut buf = vec![0u8; record::sock::LEN * 4096];
+    loop {
+        let n = match iter.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::AGAIN.raw_os_error()) => {
+                stats.eagain += 1;
+                if stats.eagain > 1000 {
+                    return Err(e);
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        for chunk in buf[..n].chunks(record::sock::LEN) {
+            stats.records += 1;
+            match record::parse_sock(chunk) {
+                Some(_) if rows.len() >= max_rows => stats.over_limit += 1,
+                Some(row) => rows.push(row),
+                None => stats.malformed += 1,
+            }
         }
     }
 }

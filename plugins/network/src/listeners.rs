@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -24,8 +25,16 @@ pub struct ListenerStats {
     pub scans: u64,
 }
 
+/// A listener as last seen: its socket, holders, and the first holder's name (a
+/// closed listener's holder has often exited by the time it is reported).
+struct Known {
+    row: SocketRow,
+    holders: Vec<Holder>,
+    name: Option<Arc<str>>,
+}
+
 pub struct Listeners {
-    known: HashMap<u64, (SocketRow, Vec<Holder>)>,
+    known: HashMap<u64, Known>,
     max: usize,
     pub stats: ListenerStats,
 }
@@ -41,7 +50,49 @@ impl Listeners {
 
     /// The holders the last scan found for listener `inode`.
     pub fn holders(&self, inode: u64) -> Option<&[Holder]> {
-        self.known.get(&inode).map(|(_, h)| h.as_slice())
+        self.known.get(&inode).map(|k| k.holders.as_slice())
+    }
+
+    /// Every remembered listener with its holders.
+    pub fn remembered(&self) -> impl Iterator<Item = (u64, &[Holder])> {
+        self.known.iter().map(|(i, k)| (*i, k.holders.as_slice()))
+    }
+
+    /// The listeners of a scan, by inode; past `max` counted and left out.
+    fn listeners_of(&mut self, scan: &mut Scan, reporter: &mut Reporter) -> HashMap<u64, Known> {
+        let mut now: HashMap<u64, Known> = HashMap::new();
+        let mut over = 0u64;
+        group_by_socket(&mut scan.rows, |row, holders| {
+            if !row.is_listener() {
+                return;
+            }
+            if now.len() >= self.max {
+                over += 1;
+                return;
+            }
+            let name = match self.known.get(&row.inode) {
+                Some(k) => k.name.clone(),
+                None => holders.first().and_then(|h| reporter.name_of(h.pid)),
+            };
+            now.insert(
+                row.inode,
+                Known {
+                    row: row.clone(),
+                    holders: holders.to_vec(),
+                    name,
+                },
+            );
+        });
+        self.stats.over_limit = over;
+        now
+    }
+
+    /// Takes a scan without reporting anything: the baseline later scans are compared
+    /// with and confirmed against.
+    pub fn remember(&mut self, scan: &mut Scan, reporter: &mut Reporter) {
+        self.stats.scans += 1;
+        self.known = self.listeners_of(scan, reporter);
+        self.stats.known = self.known.len();
     }
 
     /// Takes a listener scan and reports it: everything the first time, changes after.
@@ -52,41 +103,32 @@ impl Listeners {
         let first = self.stats.scans == 0;
         self.stats.scans += 1;
         let capture = scan.stats.method.map_or("unknown", |m| m.name());
-        let mut now: HashMap<u64, (SocketRow, Vec<Holder>)> = HashMap::new();
-        let mut over = 0u64;
-        group_by_socket(&mut scan.rows, |row, holders| {
-            if !row.is_listener() {
-                return;
-            }
-            if now.len() >= self.max {
-                over += 1;
-                return;
-            }
-            now.insert(row.inode, (row.clone(), holders.to_vec()));
-        });
-        self.stats.over_limit = over;
+        let now = self.listeners_of(scan, reporter);
         scan.stats.sockets = now.len() as u64;
         let mut result = Ok(());
-        let mut emit = |row: &SocketRow, holders: &[Holder], line: Line| {
+        let mut emit = |k: &Known, line: Line| {
             if result.is_ok() {
-                result = reporter.socket(scan.at, row, holders, line, None, capture);
+                if let (Some(first), Some(name)) = (k.holders.first(), &k.name) {
+                    reporter.set_name(first.pid, name.clone());
+                }
+                result = reporter.socket(scan.at, &k.row, &k.holders, line, None, capture);
             }
         };
         if first {
-            for (row, holders) in now.values() {
-                emit(row, holders, Line::Snapshot);
+            for k in now.values() {
+                emit(k, Line::Snapshot);
             }
         } else {
-            for (inode, (row, holders)) in &now {
+            for (inode, k) in &now {
                 if !self.known.contains_key(inode) {
                     self.stats.opened += 1;
-                    emit(row, holders, Line::Opened);
+                    emit(k, Line::Opened);
                 }
             }
-            for (inode, (row, holders)) in &self.known {
+            for (inode, k) in &self.known {
                 if !now.contains_key(inode) {
                     self.stats.closed += 1;
-                    emit(row, holders, Line::Closed);
+                    emit(k, Line::Closed);
                 }
             }
         }

@@ -19,7 +19,7 @@ mod scan;
 mod skel;
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io;
 use std::process::ExitCode;
 use std::rc::Rc;
@@ -35,7 +35,7 @@ use serde::Serialize;
 use crate::bpf::{BpfOptions, Kernel, KernelCounters};
 use crate::fallback::FallbackLimits;
 use crate::listeners::{ListenerStats, Listeners};
-use crate::model::{group_by_socket, Holder, Transport};
+use crate::model::{group_by_socket, Transport};
 use crate::record::ConnEvent;
 use crate::report::{Line, Reporter};
 use crate::scan::{MethodChoice, Scan, ScanStats, Scanner, Scope};
@@ -196,24 +196,19 @@ fn once(
     } else {
         Scope::All
     };
+    let none = Listeners::new(1);
     let mut scan = match scope {
-        Scope::Listeners => scanner.scan_listeners(kernel.as_mut(), |_| None, true)?,
+        Scope::Listeners => scanner.scan_listeners(kernel.as_mut(), &none, true)?,
         Scope::All => scanner.scan(kernel.as_mut(), scope)?,
     };
-    let mut known: HashMap<u64, Vec<Holder>> = HashMap::new();
-    if args.warm_scans > 0 {
-        group_by_socket(&mut scan.rows, |row, holders| {
-            known.insert(row.inode, holders.to_vec());
-        });
-    }
     let mut warm = Vec::new();
-    for _ in 0..args.warm_scans {
-        let again = scanner.scan_listeners(
-            kernel.as_mut(),
-            |inode| known.get(&inode).map(Vec::as_slice),
-            false,
-        )?;
-        warm.push(again.stats);
+    if args.warm_scans > 0 {
+        let mut known = Listeners::new(args.max_listeners);
+        known.remember(&mut scan, reporter);
+        for _ in 0..args.warm_scans {
+            let again = scanner.scan_listeners(kernel.as_mut(), &known, false)?;
+            warm.push(again.stats);
+        }
     }
     report_snapshot(&mut scan, reporter)?;
     let stats = serde_json::json!({
@@ -289,6 +284,7 @@ struct LiveStats {
     reported: u64,
     folded: u64,
     ring_buffer_full: u64,
+    connect_table_full: u64,
     malformed: u64,
 }
 
@@ -449,12 +445,9 @@ impl<'s> Plugin<'s> {
         // REFRESH_EVERY scans every descriptor is walked again (new workers sharing a
         // listener, a holder that moved).
         let refresh = self.listeners.stats.scans.is_multiple_of(REFRESH_EVERY);
-        let listeners = &self.listeners;
-        let scanned = self.scanner.scan_listeners(
-            self.kernel.as_mut(),
-            |inode| listeners.holders(inode),
-            refresh,
-        );
+        let scanned = self
+            .scanner
+            .scan_listeners(self.kernel.as_mut(), &self.listeners, refresh);
         match scanned {
             Ok(mut scan) => {
                 // A pid named in an earlier scan may be another process now.
@@ -499,6 +492,7 @@ impl<'s> Plugin<'s> {
         live.reported = counters.emitted;
         live.folded = counters.folded;
         live.ring_buffer_full = counters.ring_buffer_full;
+        live.connect_table_full = counters.connect_table_full;
         let missing: &[String] = self.kernel.as_ref().map_or(&[], |k| &k.missing);
         let stats = Stats {
             events_emitted: self.reporter.emitted(),

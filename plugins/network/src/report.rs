@@ -83,6 +83,8 @@ impl LineWriter<'_> {
 
 /// What every socket line repeats, as JSON, escaped once.
 struct Envelope {
+    /// `"hids.<plugin>"`, quoted.
+    dataset: String,
     /// `"host":{...}` and, when the host has labels, `,"labels":{...}`.
     host_and_labels: String,
     /// `"plugin":"network","run_id":"..."`.
@@ -96,6 +98,7 @@ impl Envelope {
             host_and_labels.push_str(&format!(r#","labels":{}"#, json(&*producer.labels)));
         }
         Envelope {
+            dataset: json(&format!("hids.{}", producer.plugin)),
             host_and_labels,
             plugin_and_run: format!(
                 r#""plugin":{},"run_id":{}"#,
@@ -181,7 +184,9 @@ impl Reporter {
         w.put(action);
         w.put(r#"","sequence":"#);
         w.num(self.seq);
-        w.put(r#","module":"hids","dataset":"hids.network"},"#);
+        w.put(r#","module":"hids","dataset":"#);
+        w.put(&self.envelope.dataset);
+        w.put("},");
         w.put(&self.envelope.host_and_labels);
         w.put(r#","network":{"transport":""#);
         w.put(row.transport.name());
@@ -378,6 +383,17 @@ impl Reporter {
         self.out.event(&self.buf)
     }
 
+    /// The process's command name, as the next line about `pid` will carry it.
+    pub fn name_of(&mut self, pid: u32) -> Option<Arc<str>> {
+        self.name(pid)
+    }
+
+    /// Names `pid` for the next lines: a closed listener carries the name its holder
+    /// had, not whatever holds the pid now.
+    pub fn set_name(&mut self, pid: u32, name: Arc<str>) {
+        self.names.insert(pid, Some(name));
+    }
+
     /// The process's command name (`/proc/<pid>/comm`), remembered for the snapshot.
     fn name(&mut self, pid: u32) -> Option<Arc<str>> {
         if self.names.len() >= MAX_NAMES {
@@ -417,7 +433,7 @@ mod tests {
                 hostname: "web-1".into(),
             },
             labels: Arc::new(BTreeMap::from([("idc".into(), "bj\n1".into())])),
-            plugin: "network".into(),
+            plugin: "net\"work".into(),
             run_id: "r1".into(),
         };
         // No /proc here: names come from the cache the test fills.

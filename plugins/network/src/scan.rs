@@ -12,7 +12,8 @@ use serde::Serialize;
 
 use crate::bpf::Kernel;
 use crate::fallback::{self, FallbackLimits};
-use crate::model::{Holder, SocketRow, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN};
+use crate::listeners::Listeners;
+use crate::model::{SocketRow, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN};
 use hids_procfs::fds::{self, FdOwner};
 
 /// How snapshots are taken, as `--snapshot-method` names it.
@@ -80,6 +81,10 @@ pub struct ScanStats {
     pub records: u64,
     pub malformed: u64,
     pub eagain: u64,
+    /// Listener walks redone by the task_file iterator (a process with over 511
+    /// listeners overflows the faster walker's output).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub listener_walker_overflow: u64,
     /// Listener scans: listeners whose remembered holder was confirmed with one
     /// readlink instead of a walk over every descriptor.
     #[serde(skip_serializing_if = "is_zero")]
@@ -130,6 +135,7 @@ impl Scanner {
                     Ok(walk) => {
                         stats.method = Some(Method::BpfIter);
                         stats.over_limit = walk.over_limit;
+                        stats.listener_walker_overflow = walk.listener_walker_overflow;
                         stats.records = walk.records;
                         stats.malformed = walk.malformed;
                         stats.eagain = walk.eagain;
@@ -171,10 +177,10 @@ impl Scanner {
     ///
     /// # Errors
     /// As [`Scanner::scan`].
-    pub fn scan_listeners<'k>(
+    pub fn scan_listeners(
         &self,
         mut kernel: Option<&mut Kernel>,
-        known: impl Fn(u64) -> Option<&'k [Holder]>,
+        known: &Listeners,
         refresh: bool,
     ) -> io::Result<Scan> {
         let started = Instant::now();
@@ -196,7 +202,7 @@ impl Scanner {
                 break;
             }
             let row = fallback::row(*netns, socket);
-            match known(socket.inode) {
+            match known.holders(socket.inode) {
                 None => walk_because = Some("a new listener"),
                 // A socket no process holds (the kernel's own): nothing to confirm.
                 Some([]) => rows.push(row),
@@ -216,6 +222,9 @@ impl Scanner {
                     }));
                 }
             }
+        }
+        if walk_because.is_none() {
+            walk_because = self.missing_but_held(&sockets, known);
         }
         if let Some(why) = walk_because {
             let mut scan = self.scan(kernel.take(), Scope::Listeners)?;
@@ -237,6 +246,31 @@ impl Scanner {
             ..ScanStats::default()
         };
         Ok(Scan { at, rows, stats })
+    }
+
+    /// A remembered listener sock_diag did not list although its holder still holds it:
+    /// it lives in a network namespace no process is in (kept by a bind mount), which
+    /// only a walk sees. Without this it would be reported closed, then open again at
+    /// the next refresh.
+    fn missing_but_held(
+        &self,
+        dumped: &[(u64, hids_netlink::sock_diag::InetSocket)],
+        known: &Listeners,
+    ) -> Option<&'static str> {
+        let listed: HashSet<u64> = dumped.iter().map(|(_, s)| s.inode).collect();
+        known
+            .remembered()
+            .filter(|(inode, _)| !listed.contains(inode))
+            .any(|(inode, holders)| {
+                holders.first().is_some_and(|h| {
+                    let owner = FdOwner {
+                        pid: h.pid,
+                        fd: u32::try_from(h.fd).unwrap_or(u32::MAX),
+                    };
+                    fds::holds_socket(&self.proc_root, owner, inode)
+                })
+            })
+            .then_some("a listener sock_diag did not list is still held")
     }
 
     fn fallback(

@@ -172,3 +172,43 @@ fn once_names_the_holder_of_every_farm_socket() {
         assert_eq!(connections, 0, "--listeners-only printed connections");
     }
 }
+
+/// A process with more listeners than the listener walker can write in one go (511:
+/// the kernel gives one task 32 KiB of output) still has every one reported, by the
+/// task_file iterator, and the stats say the walker overflowed.
+#[test]
+fn a_process_with_hundreds_of_listeners_has_every_one_reported() {
+    hids_test_support::skip_unless!(
+        hids_test_support::is_root(),
+        "needs root for the BPF iterator and other processes' fds"
+    );
+    let sockets: Vec<std::net::UdpSocket> = (0..700)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let ports: std::collections::HashSet<u16> = sockets
+        .iter()
+        .map(|s| s.local_addr().unwrap().port())
+        .collect();
+    let (out, _) = timed(Command::new(PLUGIN).args(["--once", "--listeners-only"]));
+    assert!(out.status.success(), "{out:?}");
+    let me = std::process::id();
+    let mut seen = std::collections::HashSet::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v["event"]["action"] == "listening" && v["process"]["pid"] == me {
+            seen.insert(v["source"]["port"].as_u64().unwrap() as u16);
+        }
+    }
+    let missing: Vec<_> = ports.difference(&seen).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of 700 missing: {missing:?}",
+        missing.len()
+    );
+    let stats = last_line(&out);
+    let snapshot = &stats["hids"]["stats"]["snapshot"];
+    if std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        assert_eq!(snapshot["method"], "bpf_iter", "{stats}");
+        assert_eq!(snapshot["listener_walker_overflow"], 1, "{stats}");
+    }
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use etcd_client::Client;
 use hids_control::writer::{on_all_cores, Settings, Writer};
 use hids_control::{Keys, Refusal, TrustedKeys, Verified};
-use hids_types::desired::{Command, DesiredState};
+use hids_types::desired::{Command, CommandKind, DesiredState};
 use hids_types::Timestamp;
 
 use super::request::{Change, Request};
@@ -91,6 +91,9 @@ impl<'a> Documents<'a> {
                 p.commands
                     .iter()
                     .filter(|c| c.expires_at.0 > self.at)
+                    // A kind this hidsctl does not know (a newer one wrote it) cannot be
+                    // written back as it was: dropped, not rewritten as `unknown`.
+                    .filter(|c| c.kind != CommandKind::Unknown)
                     .cloned()
                     .collect()
             })

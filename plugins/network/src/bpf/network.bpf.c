@@ -41,7 +41,8 @@ char LICENSE[] SEC("license") = "GPL";
 #define C_EMITTED 0
 #define C_FOLDED 1
 #define C_RING_FULL 2
-#define C_COUNT 3
+#define C_CONNECT_TABLE_FULL 3
+#define C_COUNT 4
 
 /* One socket held by one process, as the iterator writes it. */
 struct sock_record {
@@ -348,9 +349,9 @@ static long listener_chunk(u32 index, struct listener_walk *walk)
 	n = walk->max_fds - base;
 	if (n > FD_CHUNK)
 		n = FD_CHUNK;
-	/* Always a whole chunk: the kernel sizes every descriptor table in multiples of
-	 * 64 entries (BITS_PER_LONG for the embedded one, multiples of 128 beyond), so
-	 * the copy never runs past the array; `n` still bounds what is looked at. */
+	/* Always a whole chunk: on 64-bit kernels every descriptor table has a multiple
+	 * of 64 entries (BITS_PER_LONG: the embedded table, and alloc_fdtable rounds up
+	 * to it), so the copy never runs past the array; `n` bounds what is looked at. */
 	if (bpf_probe_read_kernel(chunk->files, sizeof(chunk->files), &walk->fds[base]))
 		return 0;
 	for (i = 0; i < FD_CHUNK; i++) {
@@ -495,10 +496,11 @@ static __always_inline struct sock *socket_of_fd(s64 fd)
 	return sk;
 }
 
-/* connect(2)'s descriptor, from its entry to its exit, per thread. LRU: a thread
- * killed inside connect never reaches the exit, and its entry must not stay forever. */
+/* connect(2)'s descriptor, from its entry to its exit, per thread (the exit runs on
+ * every return, a fatal signal's included). A plain hash: an LRU could evict an entry
+ * of a connect still in flight without a word; a full table is counted instead. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 8192);
 	__type(key, u32);
 	__type(value, s64);
@@ -512,7 +514,8 @@ int on_connect_enter(struct syscall_enter *ctx)
 	 * ignored there, so it must be here too (or a caller could hide behind it). */
 	s64 fd = (int)ctx->args[0];
 
-	bpf_map_update_elem(&connecting, &tid, &fd, BPF_ANY);
+	if (bpf_map_update_elem(&connecting, &tid, &fd, BPF_ANY))
+		count(C_CONNECT_TABLE_FULL, 1);
 	return 0;
 }
 
