@@ -58,6 +58,36 @@ impl LineWriter<'_> {
         self.b.extend_from_slice(self.num.format(n).as_bytes());
     }
 
+    /// `,"socket":{...}` without its closing brace: state, inode, the first holder's
+    /// descriptor, namespace, and every holder when there are several.
+    fn socket_facts(&mut self, row: &SocketRow, holders: &[Holder]) {
+        self.put(r#","socket":{"state":""#);
+        self.put(row.state_name());
+        self.put(r#"","inode":"#);
+        self.num(row.inode);
+        if let Some(first) = holders.first() {
+            self.put(r#","fd":"#);
+            self.num(first.fd);
+        }
+        self.put(r#","netns":"#);
+        self.num(row.netns);
+        if holders.len() > 1 {
+            self.put(r#","owners":["#);
+            for (i, h) in holders.iter().take(MAX_OWNERS).enumerate() {
+                self.put(if i == 0 { r#"{"pid":"# } else { r#",{"pid":"# });
+                self.num(h.pid);
+                self.put(r#","fd":"#);
+                self.num(h.fd);
+                self.put("}");
+            }
+            self.put("]");
+        }
+        if holders.len() > MAX_OWNERS {
+            self.put(r#","owners_omitted":"#);
+            self.num(holders.len() - MAX_OWNERS);
+        }
+    }
+
     /// `{"ip":"...","port":N}`. IPv4 octet by octet; IPv6 (rarer, and with its `::`
     /// rules) through its `Display`.
     fn endpoint(&mut self, addr: std::net::SocketAddr) {
@@ -227,31 +257,7 @@ impl Reporter {
             w.put(r#","command_id":"#);
             serde_json::to_writer(&mut *w.b, id).map_err(io::Error::other)?;
         }
-        w.put(r#","socket":{"state":""#);
-        w.put(row.state_name());
-        w.put(r#"","inode":"#);
-        w.num(row.inode);
-        if let Some(first) = holders.first() {
-            w.put(r#","fd":"#);
-            w.num(first.fd);
-        }
-        w.put(r#","netns":"#);
-        w.num(row.netns);
-        if holders.len() > 1 {
-            w.put(r#","owners":["#);
-            for (i, h) in holders.iter().take(MAX_OWNERS).enumerate() {
-                w.put(if i == 0 { r#"{"pid":"# } else { r#",{"pid":"# });
-                w.num(h.pid);
-                w.put(r#","fd":"#);
-                w.num(h.fd);
-                w.put("}");
-            }
-            w.put("]");
-        }
-        if holders.len() > MAX_OWNERS {
-            w.put(r#","owners_omitted":"#);
-            w.num(holders.len() - MAX_OWNERS);
-        }
+        w.socket_facts(row, holders);
         w.put("}}}");
         self.out.event(&self.buf)
     }
