@@ -28,6 +28,18 @@ pub enum Line {
     Closed,
 }
 
+impl Line {
+    /// ECS `event.kind`, `event.type` and our `event.action` for a socket line.
+    fn kind_type_action(self, listener: bool) -> (&'static str, &'static str, &'static str) {
+        match (self, listener) {
+            (Line::Snapshot, true) => ("state", "info", "listening"),
+            (Line::Snapshot, false) => ("state", "connection", "connection"),
+            (Line::Opened, _) => ("event", "start", "listening"),
+            (Line::Closed, _) => ("event", "end", "listener_closed"),
+        }
+    }
+}
+
 pub struct Reporter {
     producer: Producer,
     out: Output,
@@ -189,12 +201,7 @@ impl Reporter {
     ) -> io::Result<()> {
         self.seq += 1;
         let listener = row.is_listener();
-        let (kind, type_, action) = match (line, listener) {
-            (Line::Snapshot, true) => ("state", "info", "listening"),
-            (Line::Snapshot, false) => ("state", "connection", "connection"),
-            (Line::Opened, _) => ("event", "start", "listening"),
-            (Line::Closed, _) => ("event", "end", "listener_closed"),
-        };
+        let (kind, type_, action) = line.kind_type_action(listener);
         let name = holders.first().and_then(|h| self.name(h.pid));
         if self.stamp.0 != at.unix_nanos() || self.stamp.1.is_empty() {
             self.stamp = (at.unix_nanos(), json(&at));
@@ -316,12 +323,7 @@ impl Reporter {
         capture: &'static str,
     ) -> Event {
         let listener = row.is_listener();
-        let (kind, type_, action) = match (line, listener) {
-            (Line::Snapshot, true) => ("state", "info", "listening"),
-            (Line::Snapshot, false) => ("state", "connection", "connection"),
-            (Line::Opened, _) => ("event", "start", "listening"),
-            (Line::Closed, _) => ("event", "end", "listener_closed"),
-        };
+        let (kind, type_, action) = line.kind_type_action(listener);
         let mut ev = self.producer.event(at, 0, kind, "network", type_, action);
         ev.network = Some(network(row.transport, row.local.is_ipv4(), direction));
         ev.source = Some(Endpoint {
