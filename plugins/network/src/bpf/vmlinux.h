@@ -133,9 +133,25 @@ struct inet_sock {
 	__be16 inet_sport;
 };
 
+typedef enum {
+	SS_FREE = 0,
+	SS_UNCONNECTED = 1,
+	SS_CONNECTING = 2,
+	SS_CONNECTED = 3,
+	SS_DISCONNECTING = 4,
+} socket_state;
+
 struct socket {
+	socket_state state;
 	struct sock *sk;
 	struct file *file;
+};
+
+/* A socket and its inode are one allocation (net/socket.c): the inode's address says
+ * where the socket is without reading memory. */
+struct socket_alloc {
+	struct socket socket;
+	struct inode vfs_inode;
 };
 
 #pragma clang attribute pop
