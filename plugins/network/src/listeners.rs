@@ -25,12 +25,12 @@ pub struct ListenerStats {
     pub scans: u64,
 }
 
-/// A listener as last seen: its socket, holders, and the first holder's name (a
-/// closed listener's holder has often exited by the time it is reported).
+/// A listener as last seen: its socket, holders, and the first holder's pid and name
+/// (a closed listener's holder has often exited by the time it is reported).
 struct Known {
     row: SocketRow,
     holders: Vec<Holder>,
-    name: Option<Arc<str>>,
+    name: Option<(u32, Arc<str>)>,
 }
 
 pub struct Listeners {
@@ -70,10 +70,14 @@ impl Listeners {
                 over += 1;
                 return;
             }
-            let name = match self.known.get(&row.inode) {
-                Some(k) => k.name.clone(),
-                None => holders.first().and_then(|h| reporter.name_of(h.pid)),
-            };
+            // The name learnt when this holder was first seen, while it is the same pid.
+            let name = holders.first().and_then(|h| {
+                let kept = self.known.get(&row.inode).and_then(|k| k.name.clone());
+                match kept {
+                    Some((pid, name)) if pid == h.pid => Some((pid, name)),
+                    _ => reporter.name_of(h.pid).map(|n| (h.pid, n)),
+                }
+            });
             now.insert(
                 row.inode,
                 Known {
@@ -108,8 +112,8 @@ impl Listeners {
         let mut result = Ok(());
         let mut emit = |k: &Known, line: Line| {
             if result.is_ok() {
-                if let (Some(first), Some(name)) = (k.holders.first(), &k.name) {
-                    reporter.set_name(first.pid, name.clone());
+                if let Some((pid, name)) = &k.name {
+                    reporter.set_name(*pid, name.clone());
                 }
                 result = reporter.socket(scan.at, &k.row, &k.holders, line, None, capture);
             }

@@ -212,3 +212,32 @@ fn a_process_with_hundreds_of_listeners_has_every_one_reported() {
         assert_eq!(snapshot["listener_walker_overflow"], 1, "{stats}");
     }
 }
+
+/// A raw socket opened with IPPROTO_UDP (what packet tools use) has UDP's protocol
+/// number but is not a UDP socket: it is not reported as a listener on "port 17".
+#[test]
+fn raw_sockets_are_not_taken_for_udp_listeners() {
+    hids_test_support::skip_unless!(
+        hids_test_support::is_root(),
+        "needs root for raw sockets and the BPF iterator"
+    );
+    use rustix::net::{ipproto, AddressFamily, SocketType};
+    let _raw =
+        rustix::net::socket(AddressFamily::INET, SocketType::RAW, Some(ipproto::UDP)).unwrap();
+    let me = std::process::id();
+    for flags in [&["--once", "--listeners-only"][..], &["--once"][..]] {
+        let (out, _) = timed(Command::new(PLUGIN).args(flags));
+        assert!(out.status.success(), "{out:?}");
+        let mine: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            // The kernel numbers a raw socket's "port" with its protocol: 17. Other tests
+            // of this binary hold sockets of their own in this process.
+            .filter(|v| v["process"]["pid"] == me && v["source"]["port"] == 17)
+            .collect();
+        assert!(
+            mine.is_empty(),
+            "{flags:?}: the raw socket was reported: {mine:#?}"
+        );
+    }
+}

@@ -31,6 +31,8 @@ char LICENSE[] SEC("license") = "GPL";
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
 #define EINPROGRESS 115
+#define SOCK_STREAM 1
+#define SOCK_DGRAM 2
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
 
@@ -133,6 +135,14 @@ static __always_inline void count(u32 which, u64 n)
 		*c += n;
 }
 
+/* A TCP or UDP socket proper: a raw socket opened with IPPROTO_TCP or IPPROTO_UDP (what
+ * scanners and packet tools use) has that protocol too, and must not pass for one. */
+static __always_inline bool tcp_or_udp(u16 protocol, short type)
+{
+	return (protocol == IPPROTO_TCP && type == SOCK_STREAM) ||
+	       (protocol == IPPROTO_UDP && type == SOCK_DGRAM);
+}
+
 /* Local and remote ends of an inet socket; false for any other family. */
 static __always_inline bool read_ends(struct sock *sk, u8 *family, u16 *lport, u16 *rport,
 				      u8 *laddr, u8 *raddr)
@@ -178,6 +188,8 @@ int dump_sockets(struct bpf_iter__task_file *ctx)
 	if (!sk)
 		return 0;
 	protocol = sk->sk_protocol;
+	if (!tcp_or_udp(protocol, sock->type))
+		return 0;
 	if (protocol == IPPROTO_TCP)
 		mask = tcp_states;
 	else if (protocol == IPPROTO_UDP)
@@ -238,7 +250,7 @@ int dump_sockets_compat(struct bpf_iter__task_file *ctx)
 		return 0;
 	/* u16: MPTCP (262) must not pass for TCP once cut to a byte. */
 	u16 protocol = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol);
-	if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
+	if (!tcp_or_udp(protocol, BPF_CORE_READ(sock, type)))
 		return 0;
 	rec.protocol = protocol;
 	rec.state = BPF_CORE_READ(sk, __sk_common.skc_state);
@@ -303,17 +315,20 @@ static __always_inline bool listener_record(struct file *f, u32 fd, u32 tgid,
 	 * A socket file's inode sits inside the socket's own allocation, right after the
 	 * struct socket its private data points at: comparing addresses tells a socket
 	 * without touching the inode. Then the socket's own state (same cache line as its
-	 * sk pointer) rules out every connected socket before its sock is read. */
+	 * sk pointer) rules out every connected TCP socket before its sock is read (UDP
+	 * keeps SS_UNCONNECTED when connected: its sock's state decides). */
 	inode = (u64)file->f_inode;
 	if (!inode || (u64)file->private_data !=
 			      inode - bpf_core_field_offset(struct socket_alloc, vfs_inode))
 		return false;
 	sock = bpf_core_cast(file->private_data, struct socket);
-	if (sock->state != SS_UNCONNECTED)
+	if (sock->state != SS_UNCONNECTED || sock->file != f)
 		return false;
 	sk = bpf_core_cast(sock->sk, struct sock);
 	rec->state = sk->__sk_common.skc_state;
 	protocol = sk->sk_protocol;
+	if (!tcp_or_udp(protocol, sock->type))
+		return false;
 	if (protocol == IPPROTO_TCP) {
 		if (!(tcp_states & (1U << (rec->state & 31))))
 			return false;
@@ -499,7 +514,8 @@ static __always_inline struct sock *socket_of_fd(s64 fd)
 	if (!sock || BPF_CORE_READ(sock, file) != file)
 		return NULL;
 	sk = BPF_CORE_READ(sock, sk);
-	if (!sk || BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol) != IPPROTO_TCP)
+	if (!sk || BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol) != IPPROTO_TCP ||
+	    BPF_CORE_READ(sock, type) != SOCK_STREAM)
 		return NULL;
 	return sk;
 }

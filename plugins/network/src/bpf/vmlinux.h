@@ -143,6 +143,7 @@ typedef enum {
 
 struct socket {
 	socket_state state;
+	short type;
 	struct sock *sk;
 	struct file *file;
 };
