@@ -17,6 +17,7 @@ mod record;
 mod report;
 mod scan;
 mod skel;
+mod tracefs;
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -158,6 +159,16 @@ fn load_kernel(args: &Args) -> io::Result<Option<Kernel>> {
     let wants_live = args.connections && !args.once;
     if args.snapshot_method == MethodChoice::SockDiag && !wants_live {
         return Ok(None);
+    }
+    if wants_live {
+        match tracefs::ensure() {
+            tracefs::Tracefs::Present => {}
+            tracefs::Tracefs::Mounted => tracing::info!(
+                "mounted tracefs at /sys/kernel/tracing: the connect/accept tracepoints are \
+                 found there"
+            ),
+            tracefs::Tracefs::Unavailable(why) => tracing::warn!("{why}"),
+        }
     }
     let opts = BpfOptions {
         ring_buffer_bytes: args.ring_buffer_bytes,
