@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 /// Plugins shipped with the agent, found next to its binary as `hids-plugin-<name>`.
-pub const BUILTIN_PLUGINS: &[&str] = &["process", "network"];
+pub const BUILTIN_PLUGINS: &[&str] = &["process", "network", "inventory"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

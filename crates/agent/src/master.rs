@@ -113,6 +113,7 @@ impl Master {
             events,
             cgroups: cgroups.clone(),
             cgroup_warned: std::sync::atomic::AtomicBool::new(false),
+            plugin_state: config.state_dir.join("plugins"),
         };
         let manager = PluginManager::new(Arc::new(ctx), shutdown_rx.clone());
         // The control plane, when configured: the cached last good state first, so the

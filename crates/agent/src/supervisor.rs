@@ -39,6 +39,9 @@ pub struct Context {
     pub cgroups: Cgroups,
     /// Cgroup problems are logged once, not at every plugin start.
     pub cgroup_warned: std::sync::atomic::AtomicBool,
+    /// `<state_dir>/plugins`: each plugin gets `<name>/` in it (0700), named by
+    /// `HIDS_PLUGIN_STATE_DIR`, for what it must remember across restarts.
+    pub plugin_state: std::path::PathBuf,
 }
 
 pub type SharedStatus = Arc<Mutex<PluginStatus>>;
@@ -242,7 +245,8 @@ async fn run_once(
     let procs = cgroup
         .as_ref()
         .map_or(Ok(Vec::new()), PluginCgroup::open_procs)?;
-    let mut child = spawn(spec, procs)?;
+    let state_dir = plugin_state_dir(&ctx.plugin_state, &spec.name);
+    let mut child = spawn(spec, procs, state_dir.as_deref())?;
     let pid = child.id().unwrap_or(0);
     let (Some(mut stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
@@ -394,9 +398,38 @@ async fn say_hello(
     Ok(())
 }
 
-fn spawn(spec: &PluginSpec, cgroup_procs: Vec<std::os::fd::OwnedFd>) -> io::Result<Child> {
+/// The plugin's own state directory, made if missing (0700: it may hold what the
+/// plugin saw of the host). None, logged, when it cannot be made: the plugin then runs
+/// without memory across restarts rather than not at all.
+fn plugin_state_dir(root: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let dir = root.join(name);
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+    {
+        Ok(()) => Some(dir),
+        Err(e) => {
+            tracing::warn!(
+                "plugin {name}: cannot make its state directory {}: {e}",
+                dir.display()
+            );
+            None
+        }
+    }
+}
+
+fn spawn(
+    spec: &PluginSpec,
+    cgroup_procs: Vec<std::os::fd::OwnedFd>,
+    state_dir: Option<&std::path::Path>,
+) -> io::Result<Child> {
     let master_pid = rustix::process::getpid();
     let mut cmd = Command::new(&spec.path);
+    if let Some(dir) = state_dir {
+        cmd.env(hids_wire::PLUGIN_STATE_DIR_ENV, dir);
+    }
     cmd.args(&spec.args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

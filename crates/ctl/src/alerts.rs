@@ -93,6 +93,7 @@ impl Api {
         // A 404 for one alert or suppression means "no such id" (the caller says so); for
         // a listing it means a wrong --server.
         let one_item = path.starts_with("/api/v1/suppressions/")
+            || path.starts_with("/api/v1/inventory/hosts/")
             || (path.starts_with("/api/v1/alerts/") && path != "/api/v1/alerts/summary");
         if !status.is_success() && (status != StatusCode::NOT_FOUND || !one_item) {
             let why = serde_json::from_slice::<Value>(&bytes)
@@ -104,7 +105,7 @@ impl Api {
         Ok((status, bytes))
     }
 
-    async fn get<T: serde::de::DeserializeOwned>(
+    pub(crate) async fn get<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         query: &[(String, String)],

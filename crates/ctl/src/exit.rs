@@ -18,16 +18,19 @@ pub enum Exit {
     /// A change with `--wait`: written, but not every target applied it in time (some
     /// refused it, were offline, or had not answered).
     NotAllApplied,
+    /// `vulns hosts`, `packages hosts`/`show`: the query matched nothing.
+    NothingFound,
 }
 
 impl Exit {
     /// Every code, in the order `--help` lists them.
-    const ALL: [Exit; 5] = [
+    const ALL: [Exit; 6] = [
         Exit::Success,
         Exit::Error,
         Exit::Usage,
         Exit::UndeclaredLoss,
         Exit::NotAllApplied,
+        Exit::NothingFound,
     ];
 
     /// The process exit status. Values are a contract with scripts: never renumber.
@@ -38,6 +41,7 @@ impl Exit {
             Exit::Usage => 2,
             Exit::UndeclaredLoss => 3,
             Exit::NotAllApplied => 4,
+            Exit::NothingFound => 5,
         }
     }
 
@@ -48,6 +52,7 @@ impl Exit {
             Exit::Usage => "the command line was not understood",
             Exit::UndeclaredLoss => "reconcile: events lost without a declaration",
             Exit::NotAllApplied => "a change with --wait: not every target applied it in time",
+            Exit::NothingFound => "vulns/packages: no host matched the query",
         }
     }
 

@@ -31,6 +31,7 @@ mod fleet;
 mod progress;
 mod push;
 mod reconcile;
+mod vulns;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -217,6 +218,24 @@ enum Command {
         limit: usize,
         #[arg(long)]
         json: bool,
+    },
+    /// Vulnerabilities in the fleet, from hids-server's inventory index and the
+    /// operator's feeds (Debian security tracker, OSV): which hosts a CVE affects, and
+    /// the fleet's most widespread ones.
+    Vulns {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(subcommand)]
+        command: vulns::VulnsCommand,
+    },
+    /// Installed software across the fleet: hosts with a package in a version range,
+    /// one host's inventory. (`hidsctl snapshot --plugin inventory <targets>` makes hosts
+    /// re-inventory now.)
+    Packages {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(subcommand)]
+        command: vulns::PackagesCommand,
     },
     /// The detection rules hids-server loaded, and those it refused with the reason.
     Rules {
@@ -508,6 +527,12 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
         }
         Command::Alerts { server, command } => {
             alerts_command(&alerts::Api::new(&server.server)?, command).await
+        }
+        Command::Vulns { server, command } => {
+            vulns::vulns(&alerts::Api::new(&server.server)?, command).await
+        }
+        Command::Packages { server, command } => {
+            vulns::packages(&alerts::Api::new(&server.server)?, command).await
         }
         Command::Rules {
             server,

@@ -45,6 +45,42 @@ pub struct ServerConfig {
     pub etcd: Option<EtcdSection>,
     #[serde(default)]
     pub fleet: FleetConfig,
+    #[serde(default)]
+    pub vulns: VulnsConfig,
+}
+
+/// Vulnerability feeds the operator downloads (the Debian security tracker's JSON, OSV
+/// files, directories or zips), matched against the fleet's inventories.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VulnsConfig {
+    /// Feed files or directories. Re-read when one changes (checked every
+    /// `reload_secs`); a file that fails to load keeps its last good contents.
+    #[serde(default)]
+    pub feeds: Vec<PathBuf>,
+    #[serde(default = "default_feed_reload_secs")]
+    pub reload_secs: u64,
+    /// A feed file larger than this is refused (the tracker's is ~70 MB).
+    #[serde(default = "default_max_feed_bytes")]
+    pub max_feed_bytes: u64,
+}
+
+impl Default for VulnsConfig {
+    fn default() -> Self {
+        VulnsConfig {
+            feeds: Vec::new(),
+            reload_secs: default_feed_reload_secs(),
+            max_feed_bytes: default_max_feed_bytes(),
+        }
+    }
+}
+
+fn default_feed_reload_secs() -> u64 {
+    60
+}
+
+fn default_max_feed_bytes() -> u64 {
+    1 << 30
 }
 
 /// How to reach etcd: the same keys as the agent's `[control]` table.

@@ -157,6 +157,8 @@ pub struct Consume {
     pub outputs: Outputs,
     pub metrics: Arc<Metrics>,
     pub shutdown: Arc<AtomicBool>,
+    /// The inventory index, told when the batch stored inventories.
+    pub inventory: Option<Arc<crate::inventory::Inventory>>,
 }
 
 impl Consume {
@@ -217,7 +219,7 @@ impl Consume {
                 );
             }
             self.note_detector();
-            if !self.store_all(&hits) {
+            if !self.store_all(&hits) || !self.store_inventories() {
                 break;
             }
             self.commit(&consumer, &batch);
@@ -293,6 +295,60 @@ impl Consume {
                     }
                 }
             }
+        }
+    }
+
+    /// Stores the batch's inventory reports, retrying like [`Consume::store_all`]: the
+    /// offsets wait for it. False when asked to stop first.
+    fn store_inventories(&mut self) -> bool {
+        let reports = self.triage.take_inventories();
+        if reports.is_empty() {
+            return true;
+        }
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            match self.store.record_inventories(&reports, Timestamp::now()) {
+                Ok(outcomes) => {
+                    self.count_inventory_outcomes(&reports, &outcomes);
+                    if let Some(inventory) = &self.inventory {
+                        inventory.poke();
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    self.metrics.store_failures.inc();
+                    let wait = backoff.failed();
+                    tracing::error!(
+                        "store: inventories: {e}; retrying in {wait:?} (offsets stay uncommitted until it succeeds)"
+                    );
+                    if self.sleep_unless_stopped(wait) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    fn count_inventory_outcomes(
+        &self,
+        reports: &[hids_store::InventoryReport],
+        outcomes: &[hids_store::InventoryOutcome],
+    ) {
+        use hids_store::InventoryOutcome as O;
+        for (report, outcome) in reports.iter().zip(outcomes) {
+            let label = match outcome {
+                O::Published { .. } => "published",
+                O::Pending => "pending",
+                O::UnknownHash => "unknown_hash",
+                O::Refused(why) => {
+                    tracing::warn!("inventory of host {} refused: {why}", report.host_id);
+                    "refused"
+                }
+            };
+            self.metrics
+                .inventory_reports
+                .get_or_create(&crate::metrics::OutcomeLabel { outcome: label })
+                .inc();
         }
     }
 

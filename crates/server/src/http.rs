@@ -31,6 +31,8 @@ pub struct Api {
     pub started: SystemTime,
     /// Registered agents from etcd (None without `[etcd]`).
     pub presence: Option<Arc<Mutex<Presence>>>,
+    /// The fleet inventory index and vulnerability feeds.
+    pub inventory: Option<Arc<crate::inventory::Inventory>>,
 }
 
 pub fn router(api: Arc<Api>) -> Router {
@@ -49,6 +51,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/health", get(health))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
+        .merge(crate::inventory::http::routes())
         .with_state(api)
 }
 
@@ -56,13 +59,19 @@ pub fn router(api: Arc<Api>) -> Router {
 #[derive(Debug)]
 pub struct ApiError(StatusCode, String);
 
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError(status, message.into())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.0, Json(json!({ "error": self.1 }))).into_response()
     }
 }
 
-fn bad_request(message: impl Into<String>) -> ApiError {
+pub fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, message.into())
 }
 
@@ -94,9 +103,9 @@ async fn with_store<T: Send + 'static>(
 pub const MAX_LISTED: usize = 1_000;
 
 /// Query parameters, refused as JSON like every other error.
-type Params = Result<Query<Vec<(String, String)>>, QueryRejection>;
+pub type Params = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
-fn params(p: Params) -> Result<Vec<(String, String)>, ApiError> {
+pub fn params(p: Params) -> Result<Vec<(String, String)>, ApiError> {
     p.map(|Query(v)| v)
         .map_err(|e| bad_request(format!("query: {e}")))
 }

@@ -9,6 +9,7 @@ pub mod consume;
 pub mod fleet;
 pub mod fleet_metrics;
 pub mod http;
+pub mod inventory;
 pub mod metrics;
 pub mod outputs;
 pub mod triage;

@@ -209,7 +209,19 @@ fn run(config: ServerConfig, rules: Arc<RuleSet>) -> anyhow::Result<()> {
             config.kafka.topics.len()
         );
     }
+    let inventory = hids_server::inventory::Inventory::new(
+        hids_store::open(&store_cfg).context("opening the store for the inventory index")?,
+        config.vulns.clone(),
+    );
+    {
+        let inventory = inventory.clone();
+        let stop = shutdown.clone();
+        std::thread::Builder::new()
+            .name("inventory".into())
+            .spawn(move || inventory.run(stop))?;
+    }
     let api = Arc::new(Api {
+        inventory: Some(inventory.clone()),
         presence: presence.clone(),
         store: Mutex::new(reader),
         rules: rules.clone(),
@@ -252,7 +264,8 @@ fn run(config: ServerConfig, rules: Arc<RuleSet>) -> anyhow::Result<()> {
             metrics.clone(),
         ),
         config.kafka.topics.clone(),
-    );
+    )
+    .with_inventory(inventory.clone());
     let consume = Consume {
         presence,
         config,
@@ -261,6 +274,7 @@ fn run(config: ServerConfig, rules: Arc<RuleSet>) -> anyhow::Result<()> {
         outputs,
         metrics,
         shutdown: shutdown.clone(),
+        inventory: Some(inventory),
     };
     // The consumer is CPU-bound and synchronous: its own thread, off the runtime.
     let enter = runtime.handle().clone();

@@ -25,6 +25,8 @@ pub enum Malformed {
     too_large,
     /// An empty Kafka message.
     empty,
+    /// An `inventory` event whose `hids.inventory` does not parse.
+    bad_inventory,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,6 +43,11 @@ pub struct LevelLabel {
 pub struct OutputLabel {
     /// `webhook` or `kafka`.
     pub output: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
 }
 
 #[derive(Default)]
@@ -80,6 +87,9 @@ pub struct Metrics {
     pub delivery_given_up: Family<OutputLabel, Counter>,
     /// Alerts dropped because an output's queue was full.
     pub delivery_dropped: Family<OutputLabel, Counter>,
+    /// Inventory reports stored, by what became of them (`published`, `pending`,
+    /// `unknown_hash`, `refused`).
+    pub inventory_reports: Family<OutcomeLabel, Counter>,
     /// The fleet's health figures.
     pub fleet: crate::fleet_metrics::FleetMetrics,
     /// For `/api/v1/health`: events per second over the last sampling period.
@@ -144,6 +154,11 @@ impl Metrics {
             self.suppressions.clone(),
         );
         self.register_outcomes(&mut r);
+        r.register(
+            "inventory_reports",
+            "Inventory reports (parts or hashes of hosts' package lists) stored, by outcome",
+            self.inventory_reports.clone(),
+        );
         self.fleet.register(&mut r);
         r
     }

@@ -9,7 +9,9 @@ use std::time::Instant;
 use hids_detect::{Detector, FrequencyLimits, RuleSet};
 use hids_store::{Hit, Position};
 use hids_types::alert::Suppression;
+use hids_types::package::{InventoryPart, INVENTORY_ACTION};
 use hids_types::Timestamp;
+use serde::Deserialize as _;
 use serde_json::Value;
 
 use crate::fleet::book::Seen;
@@ -36,6 +38,11 @@ pub struct Triage {
     fleet: Option<Fleet>,
     /// The event topics, in configuration order: a run's topics are a bit each.
     topics: Vec<String>,
+    /// Inventory reports read since the last [`Triage::take_inventories`].
+    inventories: Vec<hids_store::InventoryReport>,
+    /// The index, to tell which inventories the server holds already (their package
+    /// lists are then not parsed).
+    inventories_known: Option<Arc<crate::inventory::Inventory>>,
 }
 
 /// The parts of an event an alert carries besides the rule.
@@ -68,7 +75,15 @@ impl Triage {
             matches: Vec::new(),
             fleet: None,
             topics: Vec::new(),
+            inventories: Vec::new(),
+            inventories_known: None,
         }
+    }
+
+    /// Skips parsing the package lists of inventories the index holds.
+    pub fn with_inventory(mut self, inventory: Arc<crate::inventory::Inventory>) -> Triage {
+        self.inventories_known = Some(inventory);
+        self
     }
 
     /// Keeps the fleet's books too: program alerts, reconciliation, volume, league.
@@ -143,9 +158,13 @@ impl Triage {
             }
             Some(p) => p,
         };
-        let event: Value = match serde_json::from_slice(payload) {
-            Ok(v @ Value::Object(_)) => v,
-            _ => return self.malformed(Malformed::not_json),
+        // An inventory's package list is not built as JSON values (see decode.rs).
+        let (event, inventory) = match crate::inventory::decode::decode(payload) {
+            Some(mut decoded) => (std::mem::take(&mut decoded.envelope), Some(decoded)),
+            None => match serde_json::from_slice(payload) {
+                Ok(v @ Value::Object(_)) => (v, None),
+                _ => return self.malformed(Malformed::not_json),
+            },
         };
         let Some(mut origin) = origin(&event) else {
             return self.malformed(Malformed::no_host);
@@ -172,6 +191,19 @@ impl Triage {
             };
             fleet.observe(&event, &seen, hits);
             self.keep_unsuppressed(hits, from, None);
+        }
+        if let Some(decoded) = inventory {
+            let known = self
+                .inventories_known
+                .as_ref()
+                .is_some_and(|i| i.holds(decoded.hash()));
+            return match decoded.into_part(known) {
+                Ok(part) => self.keep_inventory(part, origin),
+                Err(_) => self.malformed(Malformed::bad_inventory),
+            };
+        }
+        if event.pointer("/event/action").and_then(Value::as_str) == Some(INVENTORY_ACTION) {
+            return self.inventory(&event, origin);
         }
         let started = Instant::now();
         self.matches.clear();
@@ -214,6 +246,36 @@ impl Triage {
                 position: position.clone(),
             });
         }
+    }
+
+    /// An inventory report (a part of a host's package list, or its hash): kept for the
+    /// consumer to store with the batch; no rule looks at it.
+    fn inventory(&mut self, event: &Value, origin: Origin) {
+        let part = event
+            .pointer("/hids/inventory")
+            .and_then(|v| InventoryPart::deserialize(v).ok());
+        let Some(part) = part else {
+            return self.malformed(Malformed::bad_inventory);
+        };
+        self.keep_inventory(part, origin);
+    }
+
+    fn keep_inventory(&mut self, part: InventoryPart, origin: Origin) {
+        if part.hash.len() != 64 || !part.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return self.malformed(Malformed::bad_inventory);
+        }
+        self.inventories.push(hids_store::InventoryReport {
+            host_id: origin.host_id,
+            hostname: origin.hostname,
+            labels: origin.labels,
+            reported_at: origin.event_time,
+            part,
+        });
+    }
+
+    /// The inventory reports read since the last call, for the consumer to store.
+    pub fn take_inventories(&mut self) -> Vec<hids_store::InventoryReport> {
+        std::mem::take(&mut self.inventories)
     }
 
     /// A message over `max_event_bytes`, left unread by the consumer.

@@ -589,6 +589,60 @@ impl<B: Backend> Store for SqlStore<B> {
         })
     }
 
+    fn record_inventories(
+        &mut self,
+        reports: &[crate::InventoryReport],
+        now: Timestamp,
+    ) -> Result<Vec<crate::InventoryOutcome>, StoreError> {
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.backend.write(&mut |c: &mut dyn Conn| {
+            reports
+                .iter()
+                .map(|r| crate::inventory::record(c, r, now))
+                .collect()
+        })
+    }
+
+    fn inventory_hosts(
+        &mut self,
+        since: Timestamp,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::HostInventory>, StoreError> {
+        let rows = self
+            .backend
+            .read(&mut |c: &mut dyn Conn| crate::inventory::hosts(c, since, after, limit))?;
+        Ok(self.parse_rows(&rows, crate::inventory::host_from_row))
+    }
+
+    fn inventory(&mut self, hash: &str) -> Result<Option<crate::StoredInventory>, StoreError> {
+        let rows = self
+            .backend
+            .read(&mut |c: &mut dyn Conn| crate::inventory::inventory(c, hash))?;
+        Ok(self
+            .parse_rows(&rows, crate::inventory::inventory_from_row)
+            .into_iter()
+            .next())
+    }
+
+    fn prune_inventories(&mut self, parts_before: Timestamp) -> Result<u64, StoreError> {
+        let cutoff = i64::try_from(parts_before.unix_nanos() / 1_000).unwrap_or(i64::MAX);
+        self.backend.write(&mut |c: &mut dyn Conn| {
+            let parts = c.execute(
+                "DELETE FROM inventory_parts WHERE received_at_us < $1",
+                &[Param::Int(cutoff)],
+            )?;
+            let lists = c.execute(
+                "DELETE FROM inventories WHERE NOT EXISTS
+                 (SELECT 1 FROM host_inventories h WHERE h.hash = inventories.hash)",
+                &[],
+            )?;
+            Ok(parts + lists)
+        })
+    }
+
     fn unreadable_rows(&self) -> u64 {
         self.unreadable_rows
     }

@@ -24,6 +24,11 @@
 //! SQLite's JSON1 and PostgreSQL's `jsonb` differ in syntax and in how they index.
 
 mod backend;
+mod inventory;
+pub use inventory::{
+    HostInventory, InventoryOutcome, InventoryReport, StoredInventory, MAX_HOST_PAGE,
+    MAX_INVENTORY_PACKAGES, MAX_INVENTORY_PARTS,
+};
 mod league;
 pub use league::MAX_TOP;
 mod postgres;
@@ -41,7 +46,7 @@ pub use hids_types::alert::{Alert, GroupBy, Level, SummaryRow, Suppression};
 pub use hids_types::Timestamp;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 /// [`AlertQuery::limit`] when it is 0.
 pub const DEFAULT_LIMIT: usize = 100;
 /// The most rows one query returns, whatever it asks for.
@@ -237,6 +242,28 @@ pub trait Store: Send {
     ) -> Result<Vec<TopHost>, StoreError>;
     /// Deletes league days before `day` (`YYYY-MM-DD`); returns the rows deleted.
     fn prune_top(&mut self, before_day: &str) -> Result<u64, StoreError>;
+    /// Records inventory reports in ONE transaction (the server commits Kafka offsets
+    /// only after it): whole lists checked against their hash and stored once, host rows
+    /// pointed at them, parts kept until their list is whole. Idempotent: a redelivered
+    /// report changes nothing.
+    fn record_inventories(
+        &mut self,
+        reports: &[InventoryReport],
+        now: Timestamp,
+    ) -> Result<Vec<InventoryOutcome>, StoreError>;
+    /// Host rows changed at or after `since`, by host id after `after`, at most `limit`
+    /// ([`MAX_HOST_PAGE`]): a page of the index's load or refresh.
+    fn inventory_hosts(
+        &mut self,
+        since: Timestamp,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<HostInventory>, StoreError>;
+    /// One stored inventory by its hash.
+    fn inventory(&mut self, hash: &str) -> Result<Option<StoredInventory>, StoreError>;
+    /// Deletes parts received before `parts_before` (lists that never came whole) and
+    /// inventories no host points at any more; returns the rows deleted.
+    fn prune_inventories(&mut self, parts_before: Timestamp) -> Result<u64, StoreError>;
     /// Stored rows skipped by this handle because they no longer parse.
     fn unreadable_rows(&self) -> u64 {
         0

@@ -73,6 +73,34 @@ const MIGRATIONS: &[&[&str]] = &[
         PRIMARY KEY (day, figure, host_id))",
         "CREATE INDEX fleet_top_by_value ON fleet_top (day, figure, value_milli)",
     ],
+    &[
+        // Software inventories, content-addressed (see inventory.rs): one row per
+        // distinct list, one per host pointing at it, and the parts of lists not yet whole.
+        "CREATE TABLE inventories (
+        hash TEXT PRIMARY KEY,
+        os TEXT NOT NULL,
+        kernel TEXT NOT NULL,
+        package_count BIGINT NOT NULL,
+        packages TEXT NOT NULL,
+        created_at_us BIGINT NOT NULL)",
+        "CREATE TABLE host_inventories (
+        host_id TEXT PRIMARY KEY,
+        hash TEXT NOT NULL,
+        hostname TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        reported_at_us BIGINT NOT NULL,
+        updated_at_us BIGINT NOT NULL)",
+        "CREATE INDEX host_inventories_by_update ON host_inventories (updated_at_us)",
+        "CREATE INDEX host_inventories_by_hash ON host_inventories (hash)",
+        "CREATE TABLE inventory_parts (
+        host_id TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        part BIGINT NOT NULL,
+        parts BIGINT NOT NULL,
+        items TEXT NOT NULL,
+        received_at_us BIGINT NOT NULL,
+        PRIMARY KEY (host_id, hash, part))",
+    ],
 ];
 
 /// Creates the schema or migrates it to [`SCHEMA_VERSION`], in one transaction; refuses a
@@ -136,5 +164,6 @@ mod tests {
         assert_eq!(MIGRATIONS.len() as i64, SCHEMA_VERSION);
         assert!(!ddl(Dialect::Postgres, MIGRATIONS[0][7]).contains('{'));
         assert!(MIGRATIONS[1][0].contains("fleet_top"));
+        assert!(MIGRATIONS[2][0].contains("inventories"));
     }
 }

@@ -42,6 +42,9 @@ pub struct Event {
     pub group: Option<Group>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<Container>,
+    /// ECS `package.*`: for the inventory plugin's package lines and changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<crate::package::EcsPackage>,
     pub hids: Hids,
 }
 
@@ -258,6 +261,16 @@ pub struct Hids {
     /// For `event.kind = metric`: the producer's counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<serde_json::Value>,
+    /// For package lines: the source package it was built from (what security feeds
+    /// name), when the package's database says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package_source: Option<crate::package::PackageSource>,
+    /// For `package_upgraded`: the version that was installed before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_version: Option<String>,
+    /// For `inventory` events: one part of the host's whole package list, or its hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<crate::package::InventoryPart>,
     /// For the agent's guard events: the guard's state and the numbers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<crate::guard::GuardStatus>,
@@ -402,6 +415,7 @@ impl Producer {
             user: None,
             group: None,
             container: None,
+            package: None,
             hids: Hids::new(self.plugin.clone(), self.run_id.clone()),
         }
     }
@@ -420,6 +434,9 @@ impl Hids {
             args_truncated: None,
             command_id: None,
             socket: None,
+            package_source: None,
+            previous_version: None,
+            inventory: None,
             exit_signal: None,
             stats: None,
             guard: None,
@@ -515,6 +532,7 @@ mod tests {
             }),
             group: None,
             container: None,
+            package: None,
             hids: Hids::new("process".into(), "r1".into()),
         };
         let v: serde_json::Value = serde_json::to_value(&event).unwrap();

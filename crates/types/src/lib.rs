@@ -12,6 +12,7 @@ pub mod event;
 pub mod fleet;
 pub mod guard;
 pub mod ledger;
+pub mod package;
 pub mod stagger;
 pub mod status;
 pub mod text;

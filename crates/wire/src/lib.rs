@@ -27,6 +27,9 @@ pub const HEADER_LEN: usize = 8;
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Default bound on one payload: an exec event with a 128 KiB argv fits with room to spare.
 pub const DEFAULT_MAX_PAYLOAD: u32 = 1 << 20;
+/// The environment variable naming a supervised plugin's own state directory
+/// (`<state_dir>/plugins/<name>`, 0700), for what it must remember across restarts.
+pub const PLUGIN_STATE_DIR_ENV: &str = "HIDS_PLUGIN_STATE_DIR";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -1,0 +1,313 @@
+//! `hidsctl vulns` and `hidsctl packages`: the fleet inventory index of hids-server.
+
+use serde_json::Value;
+
+use crate::alerts::Api;
+use crate::exit::Exit;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum VulnsCommand {
+    /// Hosts a vulnerability affects, with the package, the installed version and the
+    /// fixed one ("-": no fix yet).
+    Hosts {
+        /// CVE-2024-1234, or an OSV id or alias.
+        id: String,
+        /// Count hosts per value of this label instead (idc, project, product, ...).
+        #[arg(long)]
+        by: Option<String>,
+        /// Rows at most (the total is printed below the table).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The fleet's vulnerabilities, most severe and most widespread first.
+    Top {
+        /// unknown, negligible, low, medium, high or critical.
+        #[arg(long, default_value = "unknown")]
+        min_severity: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What the server loaded from each feed file: format, records, skipped, errors.
+    Feeds {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum PackagesCommand {
+    /// Hosts with a package in a version range, judged by the package type's own
+    /// ordering (dpkg's for deb, rpm's for rpm).
+    Hosts {
+        /// The package name (with --source: the source package).
+        name: String,
+        /// deb, rpm, python, npm, jar or kernel.
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// Match the source package and its version (what distribution advisories name).
+        #[arg(long)]
+        source: bool,
+        /// Versions at or above this.
+        #[arg(long)]
+        from: Option<String>,
+        /// Versions strictly below this.
+        #[arg(long)]
+        below: Option<String>,
+        /// Exactly this version.
+        #[arg(long)]
+        version: Option<String>,
+        /// Count hosts per value of this label instead.
+        #[arg(long)]
+        by: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One host's inventory: OS, kernel, every package.
+    Show {
+        host_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<Exit> {
+    out!("{}", serde_json::to_string_pretty(v)?);
+    Ok(Exit::Success)
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn labels(v: &Value) -> String {
+    v.as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", text(v)))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+/// Rows of `values` as a table of `columns` (header, JSON field).
+fn print_table(rows: &[Value], columns: &[(&str, &str)]) {
+    let header: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            columns
+                .iter()
+                .map(|(_, field)| match *field {
+                    "labels" => labels(&r[*field]),
+                    "binaries" => r[*field]
+                        .as_array()
+                        .map(|a| a.iter().map(text).collect::<Vec<_>>().join(","))
+                        .unwrap_or_default(),
+                    "source" => format!(
+                        "{} {}",
+                        text(&r["source"]["name"]),
+                        text(&r["source"]["version"])
+                    ),
+                    _ => text(&r[*field]),
+                })
+                .collect()
+        })
+        .collect();
+    out_raw!("{}", hids_types::text::table(&header, &table));
+}
+
+async fn listing(api: &Api, path: &str, q: &[(String, String)]) -> anyhow::Result<Vec<Value>> {
+    Ok(api.get::<Vec<Value>>(path, q).await?.unwrap_or_default())
+}
+
+pub async fn vulns(api: &Api, command: VulnsCommand) -> anyhow::Result<Exit> {
+    match command {
+        VulnsCommand::Hosts {
+            id,
+            by,
+            limit,
+            json,
+        } => {
+            let mut q = vec![
+                ("id".to_owned(), id.clone()),
+                ("limit".to_owned(), limit.to_string()),
+            ];
+            if let Some(by) = &by {
+                q.push(("by".into(), by.clone()));
+            }
+            let rows = listing(api, "/api/v1/vulns/hosts", &q).await?;
+            if json {
+                return print_json(&rows);
+            }
+            if by.is_some() {
+                print_table(&rows, &[("VALUE", "key"), ("HOSTS", "hosts")]);
+            } else {
+                print_table(
+                    &rows,
+                    &[
+                        ("HOST", "host_id"),
+                        ("HOSTNAME", "hostname"),
+                        ("PACKAGE", "package"),
+                        ("INSTALLED", "version"),
+                        ("FIXED", "fixed_version"),
+                        ("SEVERITY", "severity"),
+                        ("LABELS", "labels"),
+                    ],
+                );
+            }
+            if rows.is_empty() {
+                out!("no host in the index is affected by {id} (see `hidsctl vulns feeds` for what the feeds hold)");
+                return Ok(Exit::NothingFound);
+            }
+            Ok(Exit::Success)
+        }
+        VulnsCommand::Top {
+            min_severity,
+            limit,
+            json,
+        } => {
+            let q = vec![
+                ("min_severity".to_owned(), min_severity),
+                ("limit".to_owned(), limit.to_string()),
+            ];
+            let rows = listing(api, "/api/v1/vulns/top", &q).await?;
+            if json {
+                return print_json(&rows);
+            }
+            print_table(
+                &rows,
+                &[
+                    ("ID", "id"),
+                    ("SEVERITY", "severity"),
+                    ("HOSTS", "hosts"),
+                    ("FIXABLE", "fixable"),
+                    ("PACKAGES", "packages"),
+                ],
+            );
+            Ok(Exit::Success)
+        }
+        VulnsCommand::Feeds { json } => {
+            let report = api
+                .get::<Value>("/api/v1/vulns/feeds", &[])
+                .await?
+                .unwrap_or_default();
+            if json {
+                return print_json(&report);
+            }
+            let files = report["files"].as_array().cloned().unwrap_or_default();
+            print_table(
+                &files,
+                &[
+                    ("PATH", "path"),
+                    ("FORMAT", "format"),
+                    ("RECORDS", "advisories"),
+                    ("ERROR", "error"),
+                ],
+            );
+            Ok(if files.iter().any(|f| !f["error"].is_null()) {
+                Exit::Error
+            } else {
+                Exit::Success
+            })
+        }
+    }
+}
+
+pub async fn packages(api: &Api, command: PackagesCommand) -> anyhow::Result<Exit> {
+    match command {
+        PackagesCommand::Hosts {
+            name,
+            kind,
+            source,
+            from,
+            below,
+            version,
+            by,
+            limit,
+            json,
+        } => {
+            let mut q = vec![
+                ("name".to_owned(), name.clone()),
+                ("limit".to_owned(), limit.to_string()),
+            ];
+            let mut put = |k: &str, v: Option<String>| {
+                if let Some(v) = v {
+                    q.push((k.to_owned(), v));
+                }
+            };
+            put("type", kind);
+            put("source", source.then(|| "true".to_owned()));
+            put("from", from);
+            put("below", below);
+            put("version", version);
+            put("by", by.clone());
+            let rows = listing(api, "/api/v1/packages/hosts", &q).await?;
+            if json {
+                return print_json(&rows);
+            }
+            if by.is_some() {
+                print_table(&rows, &[("VALUE", "key"), ("HOSTS", "hosts")]);
+            } else {
+                print_table(
+                    &rows,
+                    &[
+                        ("HOST", "host_id"),
+                        ("HOSTNAME", "hostname"),
+                        ("TYPE", "type"),
+                        ("PACKAGE", "package"),
+                        ("VERSION", "version"),
+                        ("SOURCE", "source"),
+                        ("LABELS", "labels"),
+                    ],
+                );
+            }
+            Ok(if rows.is_empty() {
+                Exit::NothingFound
+            } else {
+                Exit::Success
+            })
+        }
+        PackagesCommand::Show { host_id, json } => {
+            let path = format!("/api/v1/inventory/hosts/{host_id}");
+            let Some(host) = api.get::<Value>(&path, &[]).await? else {
+                out!("no inventory from host {host_id} in the index");
+                return Ok(Exit::NothingFound);
+            };
+            if json {
+                return print_json(&host);
+            }
+            out!(
+                "host {} ({}), {} {}, kernel {}, inventory {}",
+                text(&host["host_id"]),
+                text(&host["hostname"]),
+                text(&host["os"]["id"]),
+                text(&host["os"]["version_id"]),
+                text(&host["kernel"]),
+                text(&host["hash"])
+            );
+            let packages = host["packages"].as_array().cloned().unwrap_or_default();
+            print_table(
+                &packages,
+                &[
+                    ("TYPE", "type"),
+                    ("NAME", "name"),
+                    ("VERSION", "version"),
+                    ("ARCH", "architecture"),
+                    ("PATH", "path"),
+                ],
+            );
+            Ok(Exit::Success)
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! One inventory of the host: every source read, merged, sorted and hashed.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use hids_types::package::{inventory_hash, OsRelease, Package, PackageType};
+use serde::Serialize;
+
+use crate::dpkg::{self, DpkgLimits};
+use crate::python::{Found, Limits};
+
+/// Where and how much to read.
+#[derive(Debug, Clone)]
+pub struct Collector {
+    /// The file system root (`/`; a directory in tests).
+    pub root: PathBuf,
+    pub proc_root: PathBuf,
+    pub dpkg: DpkgLimits,
+    pub rpm: crate::rpm::RpmLimits,
+    /// Python, npm and jar bounds.
+    pub languages: Limits,
+}
+
+/// What one source gave.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceReport {
+    pub source: &'static str,
+    pub packages: usize,
+    /// Entries that could not be read, counted (a header that does not parse, a
+    /// malformed stanza, a jar that is not a zip).
+    pub skipped: u64,
+    /// The database read, and its format (`sqlite /var/lib/rpm/rpmdb.sqlite`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// Why the source could not be read at all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// A few of the files that could not be read, with the reason.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// One inventory.
+#[derive(Debug)]
+pub struct Inventory {
+    pub os: OsRelease,
+    pub kernel: String,
+    /// Sorted, without duplicates.
+    pub packages: Vec<Package>,
+    pub hash: String,
+    pub sources: Vec<SourceReport>,
+    /// False when a package database could not be read: the list would show its
+    /// packages as removed, so it is not sent (the last one sent stands).
+    pub complete: bool,
+    pub took: Duration,
+}
+
+impl Collector {
+    pub fn collect(&self) -> Inventory {
+        let started = Instant::now();
+        let mut packages = Vec::new();
+        let mut sources = Vec::new();
+        let mut complete = true;
+        let dpkg = self.dpkg_source(&mut packages);
+        complete &= dpkg.error.is_none();
+        sources.push(dpkg);
+        let rpm = self.rpm_source(&mut packages);
+        complete &= rpm.error.is_none();
+        sources.push(rpm);
+        for (name, found) in [
+            ("python", crate::python::python(&self.root, &self.languages)),
+            ("npm", crate::npm::npm(&self.root, &self.languages)),
+            ("jar", crate::jar::jars(&self.proc_root, &self.languages)),
+        ] {
+            sources.push(SourceReport::found(name, &found));
+            packages.extend(found.packages);
+        }
+        let kernel = crate::os::kernel_release(&self.proc_root);
+        if !kernel.is_empty() {
+            packages.push(Package {
+                kind: PackageType::Kernel,
+                name: "linux".into(),
+                version: kernel.clone(),
+                architecture: std::env::consts::ARCH.into(),
+                source: String::new(),
+                source_version: String::new(),
+                path: String::new(),
+            });
+        }
+        packages.sort();
+        packages.dedup();
+        let os = crate::os::os_release(&self.root);
+        let hash = inventory_hash(&os, &kernel, &packages);
+        Inventory {
+            os,
+            kernel,
+            packages,
+            hash,
+            sources,
+            complete,
+            took: started.elapsed(),
+        }
+    }
+
+    fn dpkg_source(&self, packages: &mut Vec<Package>) -> SourceReport {
+        let mut report = SourceReport::named("deb");
+        match dpkg::read_installed(&self.root, &self.dpkg) {
+            Ok(Some(found)) => {
+                report.packages = found.packages.len();
+                report.skipped = found.malformed;
+                packages.extend(found.packages);
+            }
+            Ok(None) => {}
+            Err(e) => report.error = Some(e.to_string()),
+        }
+        report
+    }
+}
+
+/// Problems listed per source in the stats record; the rest are counted.
+const PROBLEMS_LISTED: usize = 10;
+
+impl Collector {
+    fn rpm_source(&self, packages: &mut Vec<Package>) -> SourceReport {
+        let mut report = SourceReport::named("rpm");
+        match crate::rpm::read_installed(&self.root, &self.rpm) {
+            Ok(Some(found)) => {
+                report.packages = found.packages.len();
+                report.skipped = found.skipped;
+                report.database = Some(format!("{} {}", found.format, found.path.display()));
+                packages.extend(found.packages);
+            }
+            Ok(None) => {}
+            Err(e) => report.error = Some(e.to_string()),
+        }
+        report
+    }
+}
+
+impl SourceReport {
+    /// A language source's findings: per-file problems do not make the inventory
+    /// incomplete (the file is left out and counted).
+    fn found(source: &'static str, found: &Found) -> SourceReport {
+        SourceReport {
+            source,
+            packages: found.packages.len(),
+            skipped: found.skipped + found.problems_total,
+            database: None,
+            error: None,
+            problems: found
+                .problems
+                .iter()
+                .take(PROBLEMS_LISTED)
+                .map(|(path, why)| format!("{}: {why}", path.display()))
+                .collect(),
+        }
+    }
+
+    fn named(source: &'static str) -> SourceReport {
+        SourceReport {
+            source,
+            packages: 0,
+            skipped: 0,
+            database: None,
+            error: None,
+            problems: Vec::new(),
+        }
+    }
+}
