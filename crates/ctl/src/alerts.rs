@@ -60,6 +60,8 @@ impl Filter {
 pub struct Api {
     base: String,
     http: reqwest::Client,
+    /// `X-Total-Count` of the last answer: rows in all, of which a listing returned a page.
+    last_total: std::sync::Mutex<Option<u64>>,
 }
 
 impl Api {
@@ -69,6 +71,7 @@ impl Api {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()?,
+            last_total: std::sync::Mutex::new(None),
         })
     }
 
@@ -89,6 +92,11 @@ impl Api {
             anyhow::anyhow!("{url}: {e}; is hids-server running there? (--server, HIDSCTL_SERVER)")
         })?;
         let status = resp.status();
+        let total = resp
+            .headers()
+            .get("x-total-count")
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        *self.last_total.lock().unwrap_or_else(|p| p.into_inner()) = total;
         let bytes = resp.bytes().await?.to_vec();
         // A 404 for one alert or suppression means "no such id" (the caller says so); for
         // a listing it means a wrong --server.
@@ -103,6 +111,11 @@ impl Api {
             anyhow::bail!("{url}: {status}: {why}");
         }
         Ok((status, bytes))
+    }
+
+    /// Rows in all of the last listing (`X-Total-Count`), when the server said.
+    pub fn last_total(&self) -> Option<u64> {
+        *self.last_total.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) async fn get<T: serde::de::DeserializeOwned>(

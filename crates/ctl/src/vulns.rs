@@ -18,6 +18,9 @@ pub enum VulnsCommand {
         /// Rows at most (the total is printed below the table).
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Rows to skip (for the next page).
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
         #[arg(long)]
         json: bool,
     },
@@ -63,8 +66,12 @@ pub enum PackagesCommand {
         /// Count hosts per value of this label instead.
         #[arg(long)]
         by: Option<String>,
+        /// Rows at most (the total is printed below the table).
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Rows to skip (for the next page).
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
         #[arg(long)]
         json: bool,
     },
@@ -127,6 +134,43 @@ fn print_table(rows: &[Value], columns: &[(&str, &str)]) {
     out_raw!("{}", hids_types::text::table(&header, &table));
 }
 
+/// Exit 5 (nothing found) for an empty listing, in tables and in JSON alike.
+fn found(rows: &[Value]) -> Exit {
+    if rows.is_empty() {
+        Exit::NothingFound
+    } else {
+        Exit::Success
+    }
+}
+
+/// "rows 1-100 of 50,000 (--offset 100 for the next)" under a table that is a page.
+fn print_total(api: &Api, shown: usize, offset: usize) {
+    if let Some(total) = api.last_total() {
+        let end = offset + shown;
+        if (end as u64) < total {
+            out!(
+                "rows {}-{end} of {total} (--offset {end} for the next)",
+                offset + 1
+            );
+        } else {
+            out!("{total} in all");
+        }
+    }
+}
+
+/// A host id as one URL path segment: everything but unreserved characters escaped.
+fn path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 async fn listing(api: &Api, path: &str, q: &[(String, String)]) -> anyhow::Result<Vec<Value>> {
     Ok(api.get::<Vec<Value>>(path, q).await?.unwrap_or_default())
 }
@@ -137,18 +181,21 @@ pub async fn vulns(api: &Api, command: VulnsCommand) -> anyhow::Result<Exit> {
             id,
             by,
             limit,
+            offset,
             json,
         } => {
             let mut q = vec![
                 ("id".to_owned(), id.clone()),
                 ("limit".to_owned(), limit.to_string()),
+                ("offset".to_owned(), offset.to_string()),
             ];
             if let Some(by) = &by {
                 q.push(("by".into(), by.clone()));
             }
             let rows = listing(api, "/api/v1/vulns/hosts", &q).await?;
             if json {
-                return print_json(&rows);
+                print_json(&rows)?;
+                return Ok(found(&rows));
             }
             if by.is_some() {
                 print_table(&rows, &[("VALUE", "key"), ("HOSTS", "hosts")]);
@@ -167,9 +214,10 @@ pub async fn vulns(api: &Api, command: VulnsCommand) -> anyhow::Result<Exit> {
                 );
             }
             if rows.is_empty() {
-                out!("no host in the index is affected by {id} (see `hidsctl vulns feeds` for what the feeds hold)");
+                out!("no host in the index is affected by {id}");
                 return Ok(Exit::NothingFound);
             }
+            print_total(api, rows.len(), offset);
             Ok(Exit::Success)
         }
         VulnsCommand::Top {
@@ -235,11 +283,13 @@ pub async fn packages(api: &Api, command: PackagesCommand) -> anyhow::Result<Exi
             version,
             by,
             limit,
+            offset,
             json,
         } => {
             let mut q = vec![
                 ("name".to_owned(), name.clone()),
                 ("limit".to_owned(), limit.to_string()),
+                ("offset".to_owned(), offset.to_string()),
             ];
             let mut put = |k: &str, v: Option<String>| {
                 if let Some(v) = v {
@@ -254,7 +304,8 @@ pub async fn packages(api: &Api, command: PackagesCommand) -> anyhow::Result<Exi
             put("by", by.clone());
             let rows = listing(api, "/api/v1/packages/hosts", &q).await?;
             if json {
-                return print_json(&rows);
+                print_json(&rows)?;
+                return Ok(found(&rows));
             }
             if by.is_some() {
                 print_table(&rows, &[("VALUE", "key"), ("HOSTS", "hosts")]);
@@ -272,14 +323,13 @@ pub async fn packages(api: &Api, command: PackagesCommand) -> anyhow::Result<Exi
                     ],
                 );
             }
-            Ok(if rows.is_empty() {
-                Exit::NothingFound
-            } else {
-                Exit::Success
-            })
+            if !rows.is_empty() && by.is_none() {
+                print_total(api, rows.len(), offset);
+            }
+            Ok(found(&rows))
         }
         PackagesCommand::Show { host_id, json } => {
-            let path = format!("/api/v1/inventory/hosts/{host_id}");
+            let path = format!("/api/v1/inventory/hosts/{}", path_segment(&host_id));
             let Some(host) = api.get::<Value>(&path, &[]).await? else {
                 out!("no inventory from host {host_id} in the index");
                 return Ok(Exit::NothingFound);

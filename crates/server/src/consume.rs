@@ -317,6 +317,9 @@ impl Consume {
                 }
                 Err(e) => {
                     self.metrics.store_failures.inc();
+                    if e.refuses_the_data() && self.store_inventories_one_by_one(&reports) {
+                        return true;
+                    }
                     let wait = backoff.failed();
                     tracing::error!(
                         "store: inventories: {e}; retrying in {wait:?} (offsets stay uncommitted until it succeeds)"
@@ -327,6 +330,30 @@ impl Consume {
                 }
             }
         }
+    }
+
+    /// After a batch the database refused for its values: each report alone, so one it
+    /// cannot hold is refused and counted instead of stalling the partition. False when
+    /// the store failed otherwise (the caller retries the batch).
+    fn store_inventories_one_by_one(&mut self, reports: &[hids_store::InventoryReport]) -> bool {
+        let mut outcomes = Vec::with_capacity(reports.len());
+        for report in reports {
+            match self
+                .store
+                .record_inventories(std::slice::from_ref(report), Timestamp::now())
+            {
+                Ok(mut one) => outcomes.append(&mut one),
+                Err(e) if e.refuses_the_data() => outcomes.push(
+                    hids_store::InventoryOutcome::Refused(format!("the store refused it: {e}")),
+                ),
+                Err(_) => return false,
+            }
+        }
+        self.count_inventory_outcomes(reports, &outcomes);
+        if let Some(inventory) = &self.inventory {
+            inventory.poke();
+        }
+        true
     }
 
     fn count_inventory_outcomes(

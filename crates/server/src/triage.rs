@@ -261,7 +261,13 @@ impl Triage {
     }
 
     fn keep_inventory(&mut self, part: InventoryPart, origin: Origin) {
-        if part.hash.len() != 64 || !part.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let os = &part.os;
+        let fields = [&os.id, &os.version_id, &os.codename, &os.name, &part.kernel];
+        let short_and_clean = |t: &String| t.len() <= MAX_INVENTORY_FIELD && clean(t);
+        if part.hash.len() != 64
+            || !part.hash.bytes().all(|b| b.is_ascii_hexdigit())
+            || !fields.into_iter().all(short_and_clean)
+        {
             return self.malformed(Malformed::bad_inventory);
         }
         self.inventories.push(hids_store::InventoryReport {
@@ -349,6 +355,9 @@ fn origin(event: &Value) -> Option<Origin> {
         event_time,
     })
 }
+
+/// The OS fields and kernel release of an inventory are a few words; longer is not one.
+const MAX_INVENTORY_FIELD: usize = 256;
 
 /// The start (unix seconds) of the fixed window `time` falls in.
 pub fn window_start(time: Timestamp, window_secs: i64) -> i64 {

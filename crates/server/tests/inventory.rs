@@ -158,14 +158,32 @@ fn tracker_json(cases: &[(String, String, String, String, Option<String>)]) -> V
     Value::Object(feed)
 }
 
-fn start_agent(broker: &Broker, topic: &str, host: &str) -> Agent {
+fn start_agent(broker: &Broker, topic: &str, host: &str, args: &str) -> Agent {
     Agent::start(&format!(
         "host_id = \"{host}\"\n\
-         [[plugins]]\nname = \"inventory\"\n\
+         [[plugins]]\nname = \"inventory\"\nargs = [{args}]\n\
          [[sinks]]\nkind = \"kafka\"\nbrokers = \"{}\"\ntopic = \"{topic}\"\n\
          [labels]\nidc = \"idc-{host}\"\nproject = \"hids\"\n",
         broker.addr()
     ))
+}
+
+/// A root whose dpkg database holds `n` packages: a list that travels in several parts.
+fn big_root(n: usize) -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    let dpkg = root.path().join("var/lib/dpkg");
+    std::fs::create_dir_all(&dpkg).unwrap();
+    let status: String = (0..n)
+        .map(|i| {
+            format!(
+                "Package: lib-hids-test-{i:05}\nStatus: install ok installed\nArchitecture: amd64\n\
+                 Source: hids-test-src-{} (1.{i}-1)\nVersion: 1.{i}-1+b1\n\n",
+                i % 500
+            )
+        })
+        .collect();
+    std::fs::write(dpkg.join("status"), status).unwrap();
+    root
 }
 
 #[test]
@@ -182,23 +200,45 @@ fn hosts_affected_by_a_tracker_cve_are_exactly_those_dpkg_ordering_says() {
     std::fs::write(&feed, tracker_json(&cases).to_string()).unwrap();
     let (_db, server) = sqlite_server(&broker, &topic, &format!("[vulns]\nfeeds = [{feed:?}]\n"));
     let hosts = [format!("inv-a-{}", tag()), format!("inv-b-{}", tag())];
-    let _agents: Vec<Agent> = hosts
+    let mut agents: Vec<Agent> = hosts
         .iter()
-        .map(|h| start_agent(&broker, &topic, h))
+        .map(|h| start_agent(&broker, &topic, h, ""))
         .collect();
+    // A third host with 5,000 packages: its list comes in parts and is stored whole.
+    let big = big_root(5_000);
+    let big_host = format!("inv-big-{}", tag());
+    let root_arg = format!("\"--root\", {:?}", big.path().display().to_string());
+    let _big_agent = start_agent(&broker, &topic, &big_host, &root_arg);
 
     wait_until(
-        "both hosts in the inventory index",
+        "the three hosts in the index",
         Duration::from_secs(90),
         || {
             let (status, body) = server.get_status("/api/v1/inventory/summary");
-            status == 200 && body["hosts"] == 2
+            status == 200 && body["hosts"] == 3
         },
     );
     let summary = server.get("/api/v1/inventory/summary");
     assert_eq!(
-        summary["inventories"], 1,
-        "one image, stored once: {summary}"
+        summary["inventories"], 2,
+        "the two alike stored once: {summary}"
+    );
+    let listed = server.get(&format!("/api/v1/inventory/hosts/{big_host}"));
+    let debs = listed["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["type"] == "deb")
+        .count();
+    assert_eq!(debs, 5_000);
+    let pending = server.metric("hids_server_inventory_reports_total{outcome=\"pending\"}");
+    assert!(pending >= 2.0, "it came in parts");
+    let rows =
+        server.get("/api/v1/packages/hosts?name=hids-test-src-7&source=true&type=deb&below=1.8-1");
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+    assert_eq!(
+        rows[0]["source"]["version"], "1.7-1",
+        "the binNMU's source version: {rows}"
     );
 
     for (cve, source, case_release, status, fixed) in &cases {
@@ -324,4 +364,21 @@ fn hosts_affected_by_a_tracker_cve_are_exactly_those_dpkg_ordering_says() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let out = hidsctl(&["vulns", "hosts", "CVE-9999-0004", "--json"]);
+    assert_eq!(out.status.code(), Some(5), "--json exits 5 too");
+    let (status, body) = server.get_status("/api/v1/vulns/hosts?id=CVE-0000-0000");
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = server.get_status("/api/v1/packages/hosts?name=bash&type=deb&below=x%20y");
+    assert_eq!(status, 400, "{body}");
+
+    // A restarted agent sends the hash alone: the host's report time moves, its list stays.
+    let path = format!("/api/v1/inventory/hosts/{}", hosts[0]);
+    let before = server.get(&path);
+    agents[0].stop_with(rustix::process::Signal::TERM);
+    agents[0].spawn();
+    wait_until("the hash-only report", Duration::from_secs(60), || {
+        server.get(&path)["reported_at"] != before["reported_at"]
+    });
+    assert_eq!(server.get(&path)["hash"], before["hash"]);
+    assert_eq!(server.get("/api/v1/inventory/summary")["inventories"], 2);
 }

@@ -19,6 +19,9 @@ use crate::StoreError;
 pub const MAX_INVENTORY_PACKAGES: usize = 1_000_000;
 /// Parts one inventory may come in.
 pub const MAX_INVENTORY_PARTS: u32 = 4096;
+/// Bytes of parts one host may have waiting: a list larger than this (some 400,000
+/// packages) is refused rather than held.
+pub const MAX_PENDING_BYTES: i64 = 64 << 20;
 /// Host rows one page of [`crate::Store::inventory_hosts`] returns at most.
 pub const MAX_HOST_PAGE: usize = 100_000;
 
@@ -108,11 +111,34 @@ pub(crate) fn record(
     if part.parts == 1 {
         return whole(c, report, part.items.clone(), now);
     }
+    // A redelivered part of the list the host already points at: nothing to assemble.
+    if host_points_at(c, &report.host_id, &part.hash)? {
+        point_host(c, report, now)?;
+        return Ok(published(report));
+    }
     // Parts of another list of this host are stale: that list will never be finished.
     c.execute(
         "DELETE FROM inventory_parts WHERE host_id = $1 AND hash <> $2",
         &[Param::Text(&report.host_id), Param::Text(&part.hash)],
     )?;
+    let items = encode(&part.items, "packages")?;
+    let pending = c.query(
+        "SELECT COUNT(*), COALESCE(SUM(LENGTH(items)), 0) FROM inventory_parts
+         WHERE host_id = $1 AND hash = $2 AND part <> $3",
+        &[
+            Param::Text(&report.host_id),
+            Param::Text(&part.hash),
+            Param::Int(i64::from(part.part)),
+        ],
+    )?;
+    let (others, bytes) = counts(&pending);
+    if bytes.saturating_add(items.len() as i64) > MAX_PENDING_BYTES {
+        return refuse_parts(
+            c,
+            report,
+            format!("its parts hold more than {MAX_PENDING_BYTES} bytes"),
+        );
+    }
     c.execute(
         "INSERT INTO inventory_parts (host_id, hash, part, parts, items, received_at_us)
          VALUES ($1, $2, $3, $4, $5, $6)
@@ -123,30 +149,46 @@ pub(crate) fn record(
             Param::Text(&part.hash),
             Param::Int(i64::from(part.part)),
             Param::Int(i64::from(part.parts)),
-            Param::Text(&encode(&part.items, "packages")?),
+            Param::Text(&items),
             Param::Int(micros(now)),
         ],
     )?;
+    if others + 1 < i64::from(part.parts) {
+        return Ok(InventoryOutcome::Pending);
+    }
+    assemble(c, report, now)
+}
+
+/// Every part is there: read them in order, check they agree, store the whole.
+fn assemble(
+    c: &mut dyn Conn,
+    report: &InventoryReport,
+    now: Timestamp,
+) -> Result<InventoryOutcome, StoreError> {
+    let part = &report.part;
     let rows = c.query(
         "SELECT part, parts, items FROM inventory_parts WHERE host_id = $1 AND hash = $2 ORDER BY part",
         &[Param::Text(&report.host_id), Param::Text(&part.hash)],
     )?;
-    if rows.len() < part.parts as usize {
-        return Ok(InventoryOutcome::Pending);
-    }
     let mut items = Vec::new();
     for row in &rows {
         let parts = cell(row, 1).and_then(|c| c.int("parts")).unwrap_or(-1);
+        if parts != i64::from(part.parts) {
+            let why = "its parts disagree on how many there are".to_owned();
+            return refuse_parts(c, report, why);
+        }
         let text = cell(row, 2).and_then(|c| c.text("items").map(str::to_owned));
-        match (parts == i64::from(part.parts), text) {
-            (true, Ok(text)) => match serde_json::from_str::<Vec<Package>>(&text) {
-                Ok(more) => items.extend(more),
-                Err(e) => return refuse_parts(c, report, format!("a stored part: {e}")),
-            },
-            _ => {
-                let why = "its parts disagree on how many there are".to_owned();
-                return refuse_parts(c, report, why);
-            }
+        match text.map(|t| serde_json::from_str::<Vec<Package>>(&t)) {
+            Ok(Ok(more)) => items.extend(more),
+            Ok(Err(e)) => return refuse_parts(c, report, format!("a stored part: {e}")),
+            Err(e) => return refuse_parts(c, report, format!("a stored part: {e}")),
+        }
+        if items.len() as u64 > part.packages {
+            let why = format!(
+                "its parts hold more than the {} packages announced",
+                part.packages
+            );
+            return refuse_parts(c, report, why);
         }
     }
     c.execute(
@@ -154,6 +196,26 @@ pub(crate) fn record(
         &[Param::Text(&report.host_id)],
     )?;
     whole(c, report, items, now)
+}
+
+fn counts(rows: &[Row]) -> (i64, i64) {
+    let first = rows.first();
+    let int = |i: usize| {
+        first
+            .and_then(|r| cell(r, i).ok())
+            .and_then(|c| c.int("count").ok())
+            .unwrap_or(0)
+    };
+    (int(0), int(1))
+}
+
+fn host_points_at(c: &mut dyn Conn, host_id: &str, hash: &str) -> Result<bool, StoreError> {
+    Ok(!c
+        .query(
+            "SELECT 1 FROM host_inventories WHERE host_id = $1 AND hash = $2",
+            &[Param::Text(host_id), Param::Text(hash)],
+        )?
+        .is_empty())
 }
 
 fn refuse_parts(
@@ -225,8 +287,10 @@ fn has_inventory(c: &mut dyn Conn, hash: &str) -> Result<bool, StoreError> {
         .is_empty())
 }
 
-/// Points the host at the inventory. `updated_at_us` moves only when something the
-/// index shows changed, so an unchanged daily report costs the index nothing.
+/// Points the host at the inventory and records when it reported. `updated_at_us` moves
+/// with every report, so the index shows when each host last reported (the live check
+/// proves freshness with it); a report older than the one the row holds (redelivered,
+/// or overtaken) changes nothing.
 fn point_host(
     c: &mut dyn Conn,
     report: &InventoryReport,
@@ -238,12 +302,9 @@ fn point_host(
          VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (host_id) DO UPDATE SET
             reported_at_us = excluded.reported_at_us,
-            updated_at_us = CASE
-                WHEN host_inventories.hash = excluded.hash
-                 AND host_inventories.hostname = excluded.hostname
-                 AND host_inventories.labels = excluded.labels
-                THEN host_inventories.updated_at_us ELSE excluded.updated_at_us END,
-            hash = excluded.hash, hostname = excluded.hostname, labels = excluded.labels",
+            updated_at_us = excluded.updated_at_us,
+            hash = excluded.hash, hostname = excluded.hostname, labels = excluded.labels
+         WHERE excluded.reported_at_us >= host_inventories.reported_at_us",
         &[
             Param::Text(&report.host_id),
             Param::Text(&report.part.hash),

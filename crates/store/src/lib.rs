@@ -27,7 +27,7 @@ mod backend;
 mod inventory;
 pub use inventory::{
     HostInventory, InventoryOutcome, InventoryReport, StoredInventory, MAX_HOST_PAGE,
-    MAX_INVENTORY_PACKAGES, MAX_INVENTORY_PARTS,
+    MAX_INVENTORY_PACKAGES, MAX_INVENTORY_PARTS, MAX_PENDING_BYTES,
 };
 mod league;
 pub use league::MAX_TOP;

@@ -9,9 +9,10 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, UNIX_EPOCH};
 
 use hids_store::{
-    alert_id, open, AlertQuery, GroupBy, Hit, Level, Position, StoreConfig, StoreError, SummaryRow,
-    Suppression, Timestamp,
+    alert_id, open, AlertQuery, GroupBy, Hit, InventoryOutcome, InventoryReport, Level, Position,
+    StoreConfig, StoreError, SummaryRow, Suppression, Timestamp,
 };
+use hids_types::package::{inventory_hash, InventoryPart, OsRelease, Package, PackageType};
 
 fn at(secs: u64) -> Timestamp {
     Timestamp(UNIX_EPOCH + Duration::from_secs(secs))
@@ -549,7 +550,14 @@ fn older_schema_is_migrated_keeping_alerts(cfg: &StoreConfig) {
     store.record(&[hit("shell", "h1", 1)], at(1000)).unwrap();
     drop(store);
     // What a version-1 database looked like: no league table.
-    raw_execute(cfg, "DROP TABLE fleet_top");
+    for table in [
+        "fleet_top",
+        "inventories",
+        "host_inventories",
+        "inventory_parts",
+    ] {
+        raw_execute(cfg, &format!("DROP TABLE {table}"));
+    }
     raw_execute(cfg, "UPDATE schema_version SET version = 1");
     let mut store = open(cfg).unwrap();
     assert_eq!(store.alerts(&AlertQuery::default()).unwrap().len(), 1);
@@ -557,6 +565,128 @@ fn older_schema_is_migrated_keeping_alerts(cfg: &StoreConfig) {
         .top("2026-11-30", hids_store::TopFigure::Cpu, 1)
         .unwrap()
         .is_empty());
+}
+
+fn package(name: &str, version: &str) -> Package {
+    Package {
+        kind: PackageType::Deb,
+        name: name.into(),
+        version: version.into(),
+        architecture: "amd64".into(),
+        source: String::new(),
+        source_version: String::new(),
+        path: String::new(),
+    }
+}
+
+/// A report from `host` at `secs`: part `part` of `parts` of the list `all` (its
+/// packages `items`), or the hash alone (`parts` 0).
+fn report(
+    host: &str,
+    secs: u64,
+    all: &[Package],
+    part: u32,
+    parts: u32,
+    items: &[Package],
+) -> InventoryReport {
+    let os = OsRelease::default();
+    InventoryReport {
+        host_id: host.into(),
+        hostname: host.into(),
+        labels: labels(&[("idc", "sh1")]),
+        reported_at: at(secs),
+        part: InventoryPart {
+            hash: inventory_hash(&os, "6.1", all),
+            packages: all.len() as u64,
+            part,
+            parts,
+            os,
+            kernel: "6.1".into(),
+            items: items.to_vec(),
+            command_id: None,
+        },
+    }
+}
+
+fn inventories_are_verified_assembled_and_stored_once(cfg: &StoreConfig) {
+    let mut store = open(cfg).unwrap();
+    let list = vec![
+        package("bash", "5.2.15-2"),
+        package("curl", "7.88.1-10"),
+        package("vim", "2:9.0"),
+    ];
+    let published = |host: &str| InventoryOutcome::Published {
+        host_id: host.into(),
+        hash: inventory_hash(&OsRelease::default(), "6.1", &list),
+    };
+    // Whole from h1; the hash alone from h2 (unknown first, then known).
+    let out = store
+        .record_inventories(
+            &[
+                report("h2", 10, &list, 0, 0, &[]),
+                report("h1", 10, &list, 0, 1, &list),
+            ],
+            at(20),
+        )
+        .unwrap();
+    assert_eq!(out, vec![InventoryOutcome::UnknownHash, published("h1")]);
+    let out = store
+        .record_inventories(&[report("h2", 11, &list, 0, 0, &[])], at(21))
+        .unwrap();
+    assert_eq!(out, vec![published("h2")]);
+    // In parts, out of order, from h3; a redelivered part changes nothing.
+    let (a, b) = list.split_at(2);
+    let out = store
+        .record_inventories(
+            &[
+                report("h3", 10, &list, 1, 2, b),
+                report("h3", 10, &list, 0, 2, a),
+            ],
+            at(22),
+        )
+        .unwrap();
+    assert_eq!(out, vec![InventoryOutcome::Pending, published("h3")]);
+    let out = store
+        .record_inventories(&[report("h3", 10, &list, 1, 2, b)], at(23))
+        .unwrap();
+    assert_eq!(out, vec![published("h3")]);
+    // A lying host: packages that do not hash to the name, or parts that disagree.
+    let mut lie = report("h4", 10, &list, 0, 1, &list);
+    lie.part.items[0].version = "9.9".into();
+    let mut disagree = report("h5", 10, &list, 1, 3, b);
+    disagree.part.parts = 3;
+    let out = store
+        .record_inventories(&[lie, disagree, report("h5", 10, &list, 0, 2, a)], at(24))
+        .unwrap();
+    assert!(
+        matches!(&out[0], InventoryOutcome::Refused(why) if why.contains("hash to")),
+        "{out:?}"
+    );
+    assert_eq!(out[1], InventoryOutcome::Pending);
+    assert!(
+        matches!(&out[2], InventoryOutcome::Refused(why) if why.contains("disagree")),
+        "{out:?}"
+    );
+    // One inventory, three hosts on it; an older report does not move a host back.
+    let hosts = store.inventory_hosts(at(0), "", 100).unwrap();
+    assert_eq!(hosts.len(), 3, "{hosts:?}");
+    assert!(hosts.iter().all(|h| h.hash == hosts[0].hash));
+    let other = vec![package("bash", "5.2.15-1")];
+    store
+        .record_inventories(&[report("h1", 5, &other, 0, 1, &other)], at(25))
+        .unwrap();
+    let h1 = store.inventory_hosts(at(0), "", 1).unwrap();
+    assert_eq!(h1[0].hash, hosts[0].hash, "an older report is ignored");
+    assert_eq!(h1[0].reported_at, at(10));
+    let stored = store.inventory(&hosts[0].hash).unwrap().unwrap();
+    assert_eq!(stored.packages, list);
+    // Pruning: the list h1 never moved to is not referenced.
+    assert_eq!(
+        store.prune_inventories(at(1_000)).unwrap(),
+        1,
+        "the list nobody points at"
+    );
+    assert!(store.inventory(&hosts[0].hash).unwrap().is_some());
 }
 
 fn newer_schema_refused(cfg: &StoreConfig) {
@@ -670,6 +800,7 @@ suite!(
     reopen_keeps_data,
     newer_schema_refused,
     older_schema_is_migrated_keeping_alerts,
+    inventories_are_verified_assembled_and_stored_once,
     unreadable_rows_are_skipped,
     bad_evidence_is_replaced,
 );

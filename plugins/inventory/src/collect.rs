@@ -73,7 +73,7 @@ impl Collector {
             ("jar", crate::jar::jars(&self.proc_root, &self.languages)),
         ] {
             sources.push(SourceReport::found(name, &found));
-            packages.extend(found.packages);
+            packages.extend(found.packages.into_iter().map(stable_jar_path));
         }
         let kernel = crate::os::kernel_release(&self.proc_root);
         if !kernel.is_empty() {
@@ -115,6 +115,25 @@ impl Collector {
         }
         report
     }
+}
+
+/// A jar's path without its directory: servlet containers unpack into directories
+/// named at random per start (`/tmp/jetty-0_0_0_0-8080-app.war-_-any-123/...`), and
+/// a path that changes at every restart would make the host's list, and so its hash,
+/// new each time. Nested jars keep their place in the outer one (`app.jar!/lib/x.jar`).
+fn stable_jar_path(mut package: Package) -> Package {
+    if package.kind == PackageType::Jar {
+        let (outer, nested) = match package.path.split_once("!/") {
+            Some((outer, nested)) => (outer, Some(nested)),
+            None => (package.path.as_str(), None),
+        };
+        let name = outer.rsplit('/').next().unwrap_or(outer);
+        package.path = match nested {
+            Some(nested) => format!("{name}!/{nested}"),
+            None => name.to_owned(),
+        };
+    }
+    package
 }
 
 /// Problems listed per source in the stats record; the rest are counted.
@@ -165,5 +184,34 @@ impl SourceReport {
             error: None,
             problems: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jar_paths_lose_their_random_directories_but_keep_nesting() {
+        let jar = |path: &str| Package {
+            kind: PackageType::Jar,
+            name: "org.example:lib".into(),
+            version: "1.0".into(),
+            architecture: String::new(),
+            source: String::new(),
+            source_version: String::new(),
+            path: path.into(),
+        };
+        assert_eq!(
+            stable_jar_path(jar("/tmp/jetty-8080-x1/webapp/WEB-INF/lib/a.jar")).path,
+            "a.jar"
+        );
+        assert_eq!(
+            stable_jar_path(jar("/srv/app.jar!/BOOT-INF/lib/b.jar")).path,
+            "app.jar!/BOOT-INF/lib/b.jar"
+        );
+        let mut deb = jar("/x/y");
+        deb.kind = PackageType::Deb;
+        assert_eq!(stable_jar_path(deb).path, "/x/y");
     }
 }

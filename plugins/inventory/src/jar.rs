@@ -106,7 +106,7 @@ fn held_jars(scan: &mut Scan, proc_dir: &Path) -> Vec<Held> {
 }
 
 fn read_jar_file(scan: &mut Scan, held: &Held) {
-    let file = match File::open(&held.open) {
+    let file = match crate::python::open_regular(&held.open) {
         Ok(file) => file,
         // The process closed it or exited.
         Err(e) if e.kind() == io::ErrorKind::NotFound => return,

@@ -67,8 +67,9 @@ struct Args {
     /// Most packages one database may hold.
     #[arg(long, default_value_t = 200_000)]
     max_packages: usize,
-    /// Serialized packages per inventory event (bytes), under the agent's frame limit.
-    #[arg(long, default_value_t = 512 << 10)]
+    /// Serialized packages per inventory event (bytes): under the agent's frame limit
+    /// (1 MiB) and hids-server's `kafka.max_event_bytes` (256 KiB by default).
+    #[arg(long, default_value_t = 128 << 10)]
     part_bytes: usize,
     /// Log level on stderr: error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]

@@ -241,12 +241,25 @@ impl<'a> Scan<'a> {
 /// Opens a regular file for reading, capped at `max_bytes`. A FIFO or a device named
 /// like a metadata file would block or never end: refused before it is opened.
 pub(crate) fn open_capped(path: &Path, max_bytes: u64) -> Result<io::Take<File>, String> {
-    let meta = fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
-    let file = File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let file = open_regular(path).map_err(|e| format!("cannot read: {e}"))?;
     Ok(file.take(max_bytes))
+}
+
+/// Opens a file others may control (a user's site directory, a path a process holds)
+/// without ever blocking: non-blocking, so a FIFO put in place of a file cannot hang the
+/// plugin on open, and checked as a regular file on the descriptor itself, so it cannot
+/// be swapped after a check by name.
+pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok(file)
 }
 
 /// Longest name or version kept: anything longer is junk, not a package.

@@ -52,6 +52,20 @@ fn inventory(api: &Api) -> Result<Arc<Inventory>, ApiError> {
     Ok(inventory)
 }
 
+/// The feeds, unless a file failed at the first load: then there is no good load to
+/// fall back on, and an answer would understate exposure.
+fn complete_feeds(inventory: &Inventory) -> Result<Arc<hids_vulns::feed::Feeds>, ApiError> {
+    match inventory.feeds_failure() {
+        Some(why) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "a vulnerability feed could not be loaded and no earlier load stands in: {why}"
+            ),
+        )),
+        None => Ok(inventory.feeds()),
+    }
+}
+
 /// Runs an index query on the blocking pool: at a million hosts one may take a moment.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
@@ -132,8 +146,14 @@ async fn vuln_hosts(State(api): State<Arc<Api>>, pairs: Params) -> Result<Respon
     }
     let id = id.ok_or_else(|| bad_request("id: name a vulnerability (CVE-2024-1234)"))?;
     let inventory = inventory(&api)?;
+    let feeds = complete_feeds(&inventory)?;
+    if feeds.by_id(&id).next().is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{id} is in no loaded feed (GET /api/v1/vulns/feeds lists what they hold)"),
+        ));
+    }
     blocking(move || {
-        let feeds = inventory.feeds();
         let index = inventory.read_index();
         match &paging.by {
             Some(label) => Json(query::vuln_groups(&index, &feeds, &id, label)).into_response(),
@@ -173,6 +193,7 @@ async fn vuln_top(State(api): State<Arc<Api>>, pairs: Params) -> Result<Response
         }
     }
     let inventory = inventory(&api)?;
+    complete_feeds(&inventory)?;
     blocking(move || {
         let top = inventory.top();
         let kept: Vec<&query::VulnSummary> = top.iter().filter(|v| v.severity >= min).collect();
@@ -240,6 +261,24 @@ async fn package_hosts(State(api): State<Arc<Api>>, pairs: Params) -> Result<Res
     if filter.name.is_empty() {
         return Err(bad_request("name: name a package"));
     }
+    if let Some(kind) = filter.kind {
+        let scheme = query::scheme_of(kind);
+        for (name, v) in [
+            ("from", &filter.from),
+            ("below", &filter.below),
+            ("version", &filter.equals),
+        ] {
+            if let Some(v) = v
+                .as_deref()
+                .filter(|v| !hids_vulns::version::is_valid(scheme, v))
+            {
+                return Err(bad_request(format!(
+                    "{name}: {v:?} is not a {} version",
+                    kind.as_str()
+                )));
+            }
+        }
+    }
     let inventory = inventory(&api)?;
     blocking(move || {
         let index = inventory.read_index();
@@ -272,17 +311,20 @@ async fn summary(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
             "this server keeps no inventory index",
         )
     })?;
-    let index = inventory.read_index();
-    Ok(Json(json!({
-        "ready": inventory.is_ready(),
-        "hosts": index.hosts(),
-        "inventories": index.images_in_use(),
-        "distinct_packages": index.distinct_packages(),
-        "hosts_waiting_for_their_inventory": inventory
-            .missing_inventories
-            .load(std::sync::atomic::Ordering::Relaxed),
-    }))
-    .into_response())
+    blocking(move || {
+        let index = inventory.read_index();
+        Json(json!({
+            "ready": inventory.is_ready(),
+            "hosts": index.hosts(),
+            "inventories": index.images_in_use(),
+            "distinct_packages": index.distinct_packages(),
+            "hosts_waiting_for_their_inventory": inventory
+                .missing_inventories
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }))
+        .into_response()
+    })
+    .await
 }
 
 /// One host's inventory: OS, kernel and every package.

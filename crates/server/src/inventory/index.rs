@@ -30,6 +30,8 @@ pub struct Image {
     /// Dropped by a compaction after its last host left: out of the posting lists and
     /// of `image_ids` (a host returning to it reloads it from the store as a new image).
     dead: bool,
+    /// Its last host left: its posting-list entries count as dead weight.
+    idle: bool,
 }
 
 #[derive(Debug)]
@@ -58,8 +60,20 @@ pub struct FleetIndex {
     host_ids: HashMap<Box<str>, HostSlot>,
     /// Label sets shared between hosts that have the same.
     label_sets: HashMap<Arc<BTreeMap<String, String>>, ()>,
-    /// Posting-list entries that point at images no host runs any more.
+    /// Posting-list entries of images no host runs any more, and of images some do.
     dead_entries: usize,
+    live_entries: usize,
+}
+
+/// What [`FleetIndex::set_host`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostUpdate {
+    /// The host's image is not in the index (load it, then set the host again).
+    UnknownImage,
+    /// Nothing the index shows changed but the report time.
+    Unchanged,
+    /// The host is new, moved to another image, or changed name or labels.
+    Changed,
 }
 
 impl FleetIndex {
@@ -77,6 +91,14 @@ impl FleetIndex {
 
     pub fn has_image(&self, hash: &str) -> bool {
         self.image_ids.contains_key(hash)
+    }
+
+    /// Whether some host runs this inventory (so the store surely holds it: lists are
+    /// pruned only when no host points at them).
+    pub fn runs_image(&self, hash: &str) -> bool {
+        self.image_ids
+            .get(hash)
+            .is_some_and(|&i| !self.images[i as usize].hosts.is_empty())
     }
 
     pub fn image(&self, id: ImageId) -> &Image {
@@ -154,6 +176,7 @@ impl FleetIndex {
             packages: packages.into_boxed_slice(),
             hosts: Vec::new(),
             dead: false,
+            idle: false,
         });
         id
     }
@@ -180,23 +203,26 @@ impl FleetIndex {
     }
 
     /// Points a host at an image that is in the index (see [`FleetIndex::has_image`]).
-    /// False when it is not.
-    pub fn set_host(&mut self, row: &HostInventory) -> bool {
+    pub fn set_host(&mut self, row: &HostInventory) -> HostUpdate {
         let Some(&image) = self.image_ids.get(row.hash.as_str()) else {
-            return false;
+            return HostUpdate::UnknownImage;
         };
         let labels = self.labels(&row.labels);
         if let Some(&slot) = self.host_ids.get(row.host_id.as_str()) {
-            let old = self.hosts[slot as usize].image;
-            if old != image {
+            let mut update = HostUpdate::Unchanged;
+            if self.hosts[slot as usize].image != image {
                 self.leave(slot);
                 self.join(slot, image);
+                update = HostUpdate::Changed;
             }
             let host = &mut self.hosts[slot as usize];
-            host.hostname = row.hostname.as_str().into();
-            host.labels = labels;
+            if *host.hostname != *row.hostname || !Arc::ptr_eq(&host.labels, &labels) {
+                host.hostname = row.hostname.as_str().into();
+                host.labels = labels;
+                update = HostUpdate::Changed;
+            }
             host.reported_at = row.reported_at;
-            return true;
+            return update;
         }
         let slot = HostSlot::try_from(self.hosts.len()).unwrap_or(HostSlot::MAX);
         self.hosts.push(Host {
@@ -209,7 +235,7 @@ impl FleetIndex {
         });
         self.host_ids.insert(row.host_id.as_str().into(), slot);
         self.join(slot, image);
-        true
+        HostUpdate::Changed
     }
 
     fn labels(&mut self, labels: &BTreeMap<String, String>) -> Arc<BTreeMap<String, String>> {
@@ -222,9 +248,14 @@ impl FleetIndex {
     }
 
     fn join(&mut self, slot: HostSlot, image: ImageId) {
-        if self.images[image as usize].hosts.is_empty() {
-            let back = self.images[image as usize].packages.len();
-            self.dead_entries = self.dead_entries.saturating_sub(back);
+        let img = &mut self.images[image as usize];
+        if img.hosts.is_empty() {
+            let entries = img.packages.len();
+            self.live_entries += entries;
+            if img.idle {
+                img.idle = false;
+                self.dead_entries = self.dead_entries.saturating_sub(entries);
+            }
         }
         let hosts = &mut self.images[image as usize].hosts;
         let position = u32::try_from(hosts.len()).unwrap_or(u32::MAX);
@@ -244,30 +275,26 @@ impl FleetIndex {
         if let Some(&moved) = hosts.get(position) {
             self.hosts[moved as usize].position = position as u32;
         }
-        if self.images[image].hosts.is_empty() {
-            // Nobody runs it: its posting-list entries are dead weight, dropped once they
-            // outweigh the live ones (so a host flapping between two images costs
-            // nothing).
-            self.dead_entries += self.images[image].packages.len();
-            if self.dead_entries > self.live_entries() {
-                self.compact();
-            }
+        let img = &mut self.images[image];
+        if img.hosts.is_empty() {
+            // Nobody runs it: its posting-list entries are dead weight until the next
+            // compaction (a host flapping between two images costs nothing).
+            img.idle = true;
+            self.live_entries = self.live_entries.saturating_sub(img.packages.len());
+            self.dead_entries += img.packages.len();
         }
     }
 
-    fn live_entries(&self) -> usize {
-        self.images
-            .iter()
-            .filter(|i| !i.hosts.is_empty())
-            .map(|i| i.packages.len())
-            .sum()
-    }
-
-    /// Drops the images nobody runs: out of the posting lists and of the hashes known,
-    /// their package lists freed. A host returning to one reloads it from the store.
-    fn compact(&mut self) {
+    /// Drops the images nobody runs once their entries outweigh the live ones: out of
+    /// the posting lists and of the hashes known, their package lists freed. Called
+    /// between pages of updates, never in the middle of one (an image added for a later
+    /// row of the page has no host yet).
+    pub fn compact_if_worthwhile(&mut self) {
+        if self.dead_entries <= self.live_entries {
+            return;
+        }
         for image in &mut self.images {
-            if image.hosts.is_empty() && !image.dead {
+            if image.idle && !image.dead {
                 image.dead = true;
                 image.packages = Box::default();
                 self.image_ids.remove(&image.hash);
@@ -336,9 +363,13 @@ mod tests {
         ));
         index.add_image(image("b", vec![deb("libssl3", "3.0.13-1", "openssl")]));
         for (id, hash) in [("h1", "a"), ("h2", "a"), ("h3", "b")] {
-            assert!(index.set_host(&host(id, hash)));
+            assert_eq!(index.set_host(&host(id, hash)), HostUpdate::Changed);
         }
-        assert!(!index.set_host(&host("h4", "unknown")));
+        assert_eq!(
+            index.set_host(&host("h4", "unknown")),
+            HostUpdate::UnknownImage
+        );
+        assert_eq!(index.set_host(&host("h3", "b")), HostUpdate::Unchanged);
         let openssl = index.from_source(PackageType::Deb, "openssl").to_vec();
         assert_eq!(openssl.len(), 2);
         let old = openssl[0];
@@ -349,10 +380,15 @@ mod tests {
         assert_eq!(index.images_of(old).count(), 0);
         assert_eq!(index.image(1).hosts.len(), 3);
         assert_eq!(index.images_in_use(), 1);
+        assert!(
+            index.has_image("a") && !index.runs_image("a"),
+            "kept until compacted"
+        );
+        index.compact_if_worthwhile();
         assert!(!index.has_image("a"), "compacted away");
         // A host going back reloads the image.
         index.add_image(image("a", vec![deb("libssl3", "3.0.11-1", "openssl")]));
-        assert!(index.set_host(&host("h3", "a")));
+        assert_eq!(index.set_host(&host("h3", "a")), HostUpdate::Changed);
         assert_eq!(index.images_of(old).count(), 1);
         assert_eq!(index.hosts(), 3);
         assert!(Arc::ptr_eq(&index.host(0).labels, &index.host(2).labels));

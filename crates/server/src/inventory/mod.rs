@@ -7,7 +7,6 @@ pub mod http;
 pub mod index;
 pub mod query;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -17,7 +16,7 @@ use hids_types::Timestamp;
 use hids_vulns::feed::{FeedLimits, FeedLoad, Feeds};
 
 use crate::config::VulnsConfig;
-use index::FleetIndex;
+use index::{FleetIndex, HostUpdate};
 
 /// How often the index follows the store when nobody pokes it: what another instance
 /// (sharing a PostgreSQL store) recorded shows within this.
@@ -28,6 +27,8 @@ const REFRESH_OVERLAP: Duration = Duration::from_secs(10);
 /// Parts of a list that never came whole are dropped after this long.
 const PARTS_TTL: Duration = Duration::from_secs(24 * 3600);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Inventories read from the store before they are added to the index.
+const IMAGES_PER_BATCH: usize = 256;
 
 /// The inventory index, the feeds, and the thread that keeps them current.
 pub struct Inventory {
@@ -35,6 +36,9 @@ pub struct Inventory {
     feeds: RwLock<Arc<Feeds>>,
     feed_load: Mutex<Option<FeedLoad>>,
     feed_stamps: Mutex<Vec<Option<SystemTime>>>,
+    /// Why the feeds in force are incomplete: files failed at the first load, so no
+    /// earlier good load stands in for them.
+    feeds_failure: Mutex<Option<String>>,
     config: VulnsConfig,
     store: Mutex<Box<dyn Store>>,
     /// The newest `updated_at` applied.
@@ -44,7 +48,7 @@ pub struct Inventory {
     /// Bumped at every change of the index or the feeds (caches key on it).
     generation: AtomicU64,
     poke: (Mutex<bool>, Condvar),
-    /// Host rows naming an inventory the store does not hold (counted, retried).
+    /// Host rows of the last page applied naming an inventory the store does not hold.
     pub missing_inventories: AtomicU64,
     top_cache: Mutex<Option<(u64, Arc<Vec<query::VulnSummary>>)>>,
 }
@@ -57,6 +61,7 @@ impl Inventory {
             feeds: RwLock::default(),
             feed_load: Mutex::default(),
             feed_stamps: Mutex::default(),
+            feeds_failure: Mutex::default(),
             config,
             store: Mutex::new(store),
             watermark: Mutex::new(Timestamp::from_unix_nanos(0)),
@@ -123,7 +128,7 @@ impl Inventory {
 
     /// Whether the index holds this inventory (so a host naming it need not send it).
     pub fn holds(&self, hash: &str) -> bool {
-        self.read_index().has_image(hash)
+        self.read_index().runs_image(hash)
     }
 
     pub fn is_ready(&self) -> bool {
@@ -135,7 +140,9 @@ impl Inventory {
     }
 
     /// Applies the host rows changed since the last refresh (all of them the first
-    /// time); returns how many.
+    /// time); returns how many changed what the index shows. The watermark moves only
+    /// when every page was read: pages come by host id, not by time, so a failure half
+    /// way must make the next refresh start where this one did.
     pub fn refresh(&self) -> Result<usize, StoreError> {
         let mark = *self.watermark.lock().unwrap_or_else(|p| p.into_inner());
         let since = Timestamp::from_unix_nanos(
@@ -143,7 +150,8 @@ impl Inventory {
                 .saturating_sub(REFRESH_OVERLAP.as_nanos() as u64),
         );
         let mut after = String::new();
-        let mut applied = 0;
+        let mut changed = 0;
+        let mut newest = mark;
         loop {
             let rows = self
                 .lock_store()
@@ -151,11 +159,15 @@ impl Inventory {
             let Some(last) = rows.last() else { break };
             after = last.host_id.clone();
             let full = rows.len() >= MAX_HOST_PAGE;
-            applied += self.apply(&rows)?;
+            changed += self.apply(&rows)?;
+            for row in &rows {
+                newest = newest.max(row.updated_at);
+            }
             if !full {
                 break;
             }
         }
+        *self.watermark.lock().unwrap_or_else(|p| p.into_inner()) = newest;
         if !self.ready.swap(true, Ordering::Relaxed) {
             let index = self.read_index();
             tracing::info!(
@@ -165,44 +177,54 @@ impl Inventory {
                 index.distinct_packages()
             );
         }
-        if applied > 0 {
+        if changed > 0 {
             self.generation.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(applied)
+        Ok(changed)
     }
 
     /// One page: the inventories it names that the index lacks are read first (without
     /// holding the index), then the hosts are pointed at them under one write lock.
+    /// Returns the rows that changed what the index shows.
     fn apply(&self, rows: &[HostInventory]) -> Result<usize, StoreError> {
-        let mut missing: HashMap<&str, Option<hids_store::StoredInventory>> = HashMap::new();
-        {
+        let mut missing: Vec<&str> = {
             let index = self.read_index();
-            for row in rows {
-                if !index.has_image(&row.hash) {
-                    missing.insert(&row.hash, None);
-                }
+            rows.iter()
+                .map(|r| r.hash.as_str())
+                .filter(|h| !index.has_image(h))
+                .collect()
+        };
+        missing.sort_unstable();
+        missing.dedup();
+        // In bounded batches: a page of a fleet of unique lists must not hold them all.
+        for batch in missing.chunks(IMAGES_PER_BATCH) {
+            let mut loaded = Vec::with_capacity(batch.len());
+            for hash in batch {
+                loaded.extend(self.lock_store().inventory(hash)?);
             }
-        }
-        for (hash, slot) in &mut missing {
-            *slot = self.lock_store().inventory(hash)?;
+            let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+            for stored in loaded {
+                index.add_image(stored);
+            }
         }
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
-        for stored in missing.into_values().flatten() {
-            index.add_image(stored);
-        }
-        let mut mark = self.watermark.lock().unwrap_or_else(|p| p.into_inner());
-        let mut applied = 0;
+        let mut changed = 0;
+        let mut unknown = 0;
         for row in rows {
-            if index.set_host(row) {
-                applied += 1;
-            } else {
-                self.missing_inventories.fetch_add(1, Ordering::Relaxed);
-            }
-            if row.updated_at > *mark {
-                *mark = row.updated_at;
+            match index.set_host(row) {
+                HostUpdate::Changed => changed += 1,
+                HostUpdate::Unchanged => {}
+                HostUpdate::UnknownImage => unknown += 1,
             }
         }
-        Ok(applied)
+        index.compact_if_worthwhile();
+        if unknown > 0 {
+            tracing::warn!(
+                "inventory index: {unknown} hosts name inventories the store does not hold"
+            );
+        }
+        self.missing_inventories.store(unknown, Ordering::Relaxed);
+        Ok(changed)
     }
 
     /// Drops parts that never came whole and inventories nobody runs.
@@ -224,6 +246,14 @@ impl Inventory {
 
     pub fn feeds(&self) -> Arc<Feeds> {
         self.feeds.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Why the feeds in force are incomplete, if they are.
+    pub fn feeds_failure(&self) -> Option<String> {
+        self.feeds_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The last load's report per file, as JSON for the API.
@@ -263,7 +293,10 @@ impl Inventory {
         };
         let started = Instant::now();
         let (feeds, load) = Feeds::load(&self.config.feeds, &limits);
-        let failed = load.has_failures();
+        // A path refused whole fails the load; a broken member of an OSV directory or
+        // archive costs only itself (counted in the report), or one bad record among
+        // a hundred thousand would pin an old load for ever.
+        let failed = load.files.iter().any(|f| f.error.is_some());
         for file in &load.files {
             match &file.error {
                 Some(e) => tracing::error!("vulnerability feed {}: {e}", file.path.display()),
@@ -284,6 +317,13 @@ impl Inventory {
         if !failed || first {
             *self.feeds.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(feeds);
             self.generation.fetch_add(1, Ordering::Relaxed);
+            let why: Vec<String> = load
+                .files
+                .iter()
+                .filter_map(|f| Some(format!("{}: {}", f.path.display(), f.error.as_ref()?)))
+                .collect();
+            *self.feeds_failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                (!why.is_empty()).then(|| why.join("; "));
         } else {
             tracing::error!("vulnerability feeds: keeping the last good load (see above)");
         }
