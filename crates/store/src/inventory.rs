@@ -109,7 +109,7 @@ pub(crate) fn record(
         )));
     }
     if part.parts == 1 {
-        return whole(c, report, part.items.clone(), now);
+        return whole(c, report, std::borrow::Cow::Borrowed(&part.items), now);
     }
     // A redelivered part of the list the host already points at: nothing to assemble.
     if host_points_at(c, &report.host_id, &part.hash)? {
@@ -195,7 +195,7 @@ fn assemble(
         "DELETE FROM inventory_parts WHERE host_id = $1",
         &[Param::Text(&report.host_id)],
     )?;
-    whole(c, report, items, now)
+    whole(c, report, std::borrow::Cow::Owned(items), now)
 }
 
 fn counts(rows: &[Row]) -> (i64, i64) {
@@ -237,14 +237,20 @@ fn published(report: &InventoryReport) -> InventoryOutcome {
     }
 }
 
-/// A whole list: checked against its name, stored once, the host pointed at it.
+/// A whole list: stored once under its hash, checked against it first; the host pointed
+/// at it. A list the store holds already is not checked again: the host could as well
+/// have sent the hash alone, and pointing it at the stored list lies about nobody else.
 fn whole(
     c: &mut dyn Conn,
     report: &InventoryReport,
-    mut packages: Vec<Package>,
+    packages: std::borrow::Cow<'_, [Package]>,
     now: Timestamp,
 ) -> Result<InventoryOutcome, StoreError> {
     let part = &report.part;
+    if has_inventory(c, &part.hash)? {
+        point_host(c, report, now)?;
+        return Ok(published(report));
+    }
     if packages.len() != part.packages as usize || packages.len() > MAX_INVENTORY_PACKAGES {
         return Ok(InventoryOutcome::Refused(format!(
             "{} packages received, {} announced",
@@ -252,7 +258,14 @@ fn whole(
             part.packages
         )));
     }
-    packages.sort();
+    // The plugin sends them sorted; anything else is sorted here before hashing.
+    let packages = if packages.is_sorted() {
+        packages
+    } else {
+        let mut sorted = packages.into_owned();
+        sorted.sort();
+        std::borrow::Cow::Owned(sorted)
+    };
     let hash = inventory_hash(&part.os, &part.kernel, &packages);
     if hash != part.hash {
         return Ok(InventoryOutcome::Refused(format!(
@@ -260,20 +273,18 @@ fn whole(
             part.hash
         )));
     }
-    if !has_inventory(c, &hash)? {
-        c.execute(
-            "INSERT INTO inventories (hash, os, kernel, package_count, packages, created_at_us)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (hash) DO NOTHING",
-            &[
-                Param::Text(&hash),
-                Param::Text(&encode(&part.os, "os")?),
-                Param::Text(&part.kernel),
-                Param::Int(packages.len() as i64),
-                Param::Text(&encode(&packages, "packages")?),
-                Param::Int(micros(now)),
-            ],
-        )?;
-    }
+    c.execute(
+        "INSERT INTO inventories (hash, os, kernel, package_count, packages, created_at_us)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (hash) DO NOTHING",
+        &[
+            Param::Text(&hash),
+            Param::Text(&encode(&part.os, "os")?),
+            Param::Text(&part.kernel),
+            Param::Int(packages.len() as i64),
+            Param::Text(&encode(&packages.as_ref(), "packages")?),
+            Param::Int(micros(now)),
+        ],
+    )?;
     point_host(c, report, now)?;
     Ok(published(report))
 }
@@ -317,8 +328,9 @@ fn point_host(
     Ok(())
 }
 
-/// Host rows changed at or after `since`, ordered by host id after `after`: pages of a
-/// start-up load (since = 0) or of a refresh.
+/// Host rows changed after (`since`, `after`) in (updated_at, host id) order: pages of a
+/// start-up load (since = 0) or of a refresh. Keyed on the index of both, so a refresh
+/// that finds little reads little, at a million hosts too.
 pub(crate) fn hosts(
     c: &mut dyn Conn,
     since: Timestamp,
@@ -327,8 +339,8 @@ pub(crate) fn hosts(
 ) -> Result<Vec<Row>, StoreError> {
     c.query(
         "SELECT host_id, hostname, labels, hash, reported_at_us, updated_at_us
-         FROM host_inventories WHERE updated_at_us >= $1 AND host_id > $2
-         ORDER BY host_id LIMIT $3",
+         FROM host_inventories WHERE (updated_at_us, host_id) > ($1, $2)
+         ORDER BY updated_at_us, host_id LIMIT $3",
         &[
             Param::Int(micros(since)),
             Param::Text(after),

@@ -251,8 +251,9 @@ pub trait Store: Send {
         reports: &[InventoryReport],
         now: Timestamp,
     ) -> Result<Vec<InventoryOutcome>, StoreError>;
-    /// Host rows changed at or after `since`, by host id after `after`, at most `limit`
-    /// ([`MAX_HOST_PAGE`]): a page of the index's load or refresh.
+    /// Host rows whose (updated_at, host id) comes after (`since`, `after`), in that
+    /// order, at most `limit` ([`MAX_HOST_PAGE`]): a page of the index's load or
+    /// refresh; the next page starts after the last row's pair.
     fn inventory_hosts(
         &mut self,
         since: Timestamp,

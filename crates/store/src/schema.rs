@@ -90,7 +90,7 @@ const MIGRATIONS: &[&[&str]] = &[
         labels TEXT NOT NULL,
         reported_at_us BIGINT NOT NULL,
         updated_at_us BIGINT NOT NULL)",
-        "CREATE INDEX host_inventories_by_update ON host_inventories (updated_at_us)",
+        "CREATE INDEX host_inventories_by_update ON host_inventories (updated_at_us, host_id)",
         "CREATE INDEX host_inventories_by_hash ON host_inventories (hash)",
         "CREATE TABLE inventory_parts (
         host_id TEXT NOT NULL,

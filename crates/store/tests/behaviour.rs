@@ -651,7 +651,8 @@ fn inventories_are_verified_assembled_and_stored_once(cfg: &StoreConfig) {
         .unwrap();
     assert_eq!(out, vec![published("h3")]);
     // A lying host: packages that do not hash to the name, or parts that disagree.
-    let mut lie = report("h4", 10, &list, 0, 1, &list);
+    let unknown = vec![package("zsh", "5.9-4")];
+    let mut lie = report("h4", 10, &unknown, 0, 1, &unknown);
     lie.part.items[0].version = "9.9".into();
     let mut disagree = report("h5", 10, &list, 1, 3, b);
     disagree.part.parts = 3;
@@ -667,9 +668,16 @@ fn inventories_are_verified_assembled_and_stored_once(cfg: &StoreConfig) {
         matches!(&out[2], InventoryOutcome::Refused(why) if why.contains("disagree")),
         "{out:?}"
     );
-    // One inventory, three hosts on it; an older report does not move a host back.
+    // Naming a stored list with other packages only points the host at the stored one.
+    let mut own = report("h6", 10, &list, 0, 1, &list);
+    own.part.items.truncate(1);
+    assert_eq!(
+        store.record_inventories(&[own], at(24)).unwrap(),
+        vec![published("h6")]
+    );
+    // One inventory, four hosts on it; an older report does not move a host back.
     let hosts = store.inventory_hosts(at(0), "", 100).unwrap();
-    assert_eq!(hosts.len(), 3, "{hosts:?}");
+    assert_eq!(hosts.len(), 4, "{hosts:?}");
     assert!(hosts.iter().all(|h| h.hash == hosts[0].hash));
     let other = vec![package("bash", "5.2.15-1")];
     store

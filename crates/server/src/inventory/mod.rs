@@ -27,8 +27,14 @@ const REFRESH_OVERLAP: Duration = Duration::from_secs(10);
 /// Parts of a list that never came whole are dropped after this long.
 const PARTS_TTL: Duration = Duration::from_secs(24 * 3600);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// The fleet's vulnerability list is recomputed at most this often.
+const TOP_AT_MOST_EVERY: Duration = Duration::from_secs(60);
 /// Inventories read from the store before they are added to the index.
-const IMAGES_PER_BATCH: usize = 256;
+const IMAGES_PER_BATCH: usize = 16;
+
+/// The fleet's vulnerability list: the index and feeds generation it was made at, when,
+/// and the list.
+type TopList = (u64, Instant, Arc<Vec<query::VulnSummary>>);
 
 /// The inventory index, the feeds, and the thread that keeps them current.
 pub struct Inventory {
@@ -50,7 +56,7 @@ pub struct Inventory {
     poke: (Mutex<bool>, Condvar),
     /// Host rows of the last page applied naming an inventory the store does not hold.
     pub missing_inventories: AtomicU64,
-    top_cache: Mutex<Option<(u64, Arc<Vec<query::VulnSummary>>)>>,
+    top_cache: Mutex<Option<TopList>>,
 }
 
 impl Inventory {
@@ -140,16 +146,15 @@ impl Inventory {
     }
 
     /// Applies the host rows changed since the last refresh (all of them the first
-    /// time); returns how many changed what the index shows. The watermark moves only
-    /// when every page was read: pages come by host id, not by time, so a failure half
-    /// way must make the next refresh start where this one did.
+    /// time), in pages by (updated_at, host id); returns how many changed what the index
+    /// shows. The watermark moves only when every page was read.
     pub fn refresh(&self) -> Result<usize, StoreError> {
         let mark = *self.watermark.lock().unwrap_or_else(|p| p.into_inner());
         let since = Timestamp::from_unix_nanos(
             mark.unix_nanos()
                 .saturating_sub(REFRESH_OVERLAP.as_nanos() as u64),
         );
-        let mut after = String::new();
+        let (mut since, mut after) = (since, String::new());
         let mut changed = 0;
         let mut newest = mark;
         loop {
@@ -157,7 +162,7 @@ impl Inventory {
                 .lock_store()
                 .inventory_hosts(since, &after, MAX_HOST_PAGE)?;
             let Some(last) = rows.last() else { break };
-            after = last.host_id.clone();
+            (since, after) = (last.updated_at, last.host_id.clone());
             let full = rows.len() >= MAX_HOST_PAGE;
             changed += self.apply(&rows)?;
             for row in &rows {
@@ -330,17 +335,20 @@ impl Inventory {
         *self.feed_load.lock().unwrap_or_else(|p| p.into_inner()) = Some(load);
     }
 
-    /// The fleet's vulnerabilities, computed once per change of the index or feeds.
+    /// At a million hosts from thousands of images a pass takes seconds: it is made at
+    /// most once a minute (and again only when the index or feeds changed), and one
+    /// caller makes it while the others wait for it.
     pub fn top(&self) -> Arc<Vec<query::VulnSummary>> {
         let generation = self.generation();
-        if let Some((g, top)) = &*self.top_cache.lock().unwrap_or_else(|p| p.into_inner()) {
-            if *g == generation {
+        let mut cache = self.top_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((g, at, top)) = &*cache {
+            if *g == generation || at.elapsed() < TOP_AT_MOST_EVERY {
                 return top.clone();
             }
         }
         let feeds = self.feeds();
         let top = Arc::new(query::fleet_vulns(&self.read_index(), &feeds));
-        *self.top_cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, top.clone()));
+        *cache = Some((generation, Instant::now(), top.clone()));
         top
     }
 }
