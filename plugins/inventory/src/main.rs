@@ -157,6 +157,9 @@ fn run(args: Args) -> io::Result<()> {
     plugin.run(&mut reporter, session.requests())
 }
 
+/// An inventory that could not be read whole is tried again this soon.
+const RETRY_INCOMPLETE: Duration = Duration::from_secs(15 * 60);
+
 struct Plugin {
     state: StateFile,
     interval: Duration,
@@ -172,8 +175,15 @@ impl Plugin {
     fn run(&self, reporter: &mut Reporter, requests: Option<Receiver<Request>>) -> io::Result<()> {
         let mut command_id = None;
         loop {
-            self.once(reporter, command_id.take())?;
-            let due = SystemTime::now() + self.until_next();
+            let sent = self.once(reporter, command_id.take())?;
+            // A database caught mid-write (dpkg folding its journal, rpm in a
+            // transaction) is read again soon, not a day later.
+            let wait = if sent {
+                self.until_next()
+            } else {
+                self.until_next().min(RETRY_INCOMPLETE)
+            };
+            let due = SystemTime::now() + wait;
             loop {
                 if self.shutdown.load(Ordering::Relaxed) {
                     return Ok(());
@@ -208,14 +218,15 @@ impl Plugin {
         Duration::from_millis(u64::try_from(period - into).unwrap_or(u64::MAX))
     }
 
-    fn once(&self, reporter: &mut Reporter, command_id: Option<String>) -> io::Result<()> {
+    /// One inventory, sent; false when it was incomplete and so not sent.
+    fn once(&self, reporter: &mut Reporter, command_id: Option<String>) -> io::Result<bool> {
         let inventory = self.collector.collect();
         if !inventory.complete {
             tracing::warn!(
                 "inventory not sent: a package database could not be read (the last one \
                  sent stands); see the stats record"
             );
-            return reporter.stats(stats(&inventory, None));
+            return reporter.stats(stats(&inventory, None)).map(|()| false);
         }
         let last = self.state.load();
         let now = SystemTime::now()
@@ -247,7 +258,8 @@ impl Plugin {
         }
         let mut figures = stats(&inventory, changes.as_ref());
         figures["sent"] = json!({ "whole": whole, "events": events });
-        reporter.stats(figures)
+        reporter.stats(figures)?;
+        Ok(true)
     }
 }
 

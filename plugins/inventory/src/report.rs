@@ -7,7 +7,7 @@ use std::io;
 
 use hids_plugin_sdk::Output;
 use hids_types::event::{Event, Producer};
-use hids_types::package::{InventoryPart, Package, INVENTORY_ACTION};
+use hids_types::package::{InventoryPart, Package, PackageType, INVENTORY_ACTION};
 use hids_types::Timestamp;
 
 use crate::collect::Inventory;
@@ -111,35 +111,43 @@ impl Reporter {
         Ok(count.max(1))
     }
 
-    /// Added, removed and upgraded packages since `before` (both sorted).
+    /// Added, removed and upgraded packages since `before` (both sorted). Packages are
+    /// keyed by type, name, architecture and place; a key that lost one version and
+    /// gained one was upgraded (or downgraded), anything else is added or removed
+    /// version by version (two versions of one Python distribution can sit in one site
+    /// directory).
     pub fn changes(&mut self, before: &[Package], now: &[Package]) -> io::Result<Changes> {
-        let key = |p: &Package| {
-            (
-                p.kind,
-                p.name.clone(),
-                p.architecture.clone(),
-                p.path.clone(),
-            )
-        };
-        let old: BTreeMap<_, &Package> = before.iter().map(|p| (key(p), p)).collect();
-        let new: BTreeMap<_, &Package> = now.iter().map(|p| (key(p), p)).collect();
-        let mut changes = Changes::default();
-        for (k, p) in &new {
-            match old.get(k) {
-                None => {
-                    changes.added += 1;
-                    self.change(&mut changes, p, None, "installation", "package_added")?;
-                }
-                Some(was) if was.version != p.version => {
-                    changes.upgraded += 1;
-                    let previous = Some(was.version.clone());
-                    self.change(&mut changes, p, previous, "change", "package_upgraded")?;
-                }
-                Some(_) => {}
-            }
+        type Key<'a> = (PackageType, &'a str, &'a str, &'a str);
+        let mut by_key: BTreeMap<Key<'_>, (Vec<&Package>, Vec<&Package>)> = BTreeMap::new();
+        let old: std::collections::BTreeSet<&Package> = before.iter().collect();
+        let new: std::collections::BTreeSet<&Package> = now.iter().collect();
+        for p in old.difference(&new) {
+            by_key
+                .entry((p.kind, &p.name, &p.architecture, &p.path))
+                .or_default()
+                .0
+                .push(p);
         }
-        for (k, p) in &old {
-            if !new.contains_key(k) {
+        for p in new.difference(&old) {
+            by_key
+                .entry((p.kind, &p.name, &p.architecture, &p.path))
+                .or_default()
+                .1
+                .push(p);
+        }
+        let mut changes = Changes::default();
+        for (gone, came) in by_key.into_values() {
+            if let ([was], [now]) = (gone.as_slice(), came.as_slice()) {
+                changes.upgraded += 1;
+                let previous = Some(was.version.clone());
+                self.change(&mut changes, now, previous, "change", "package_upgraded")?;
+                continue;
+            }
+            for p in came {
+                changes.added += 1;
+                self.change(&mut changes, p, None, "installation", "package_added")?;
+            }
+            for p in gone {
                 changes.removed += 1;
                 self.change(&mut changes, p, None, "deletion", "package_removed")?;
             }
@@ -228,5 +236,46 @@ mod tests {
             assert!(serde_json::to_vec(part).unwrap().len() <= 8192 + 2);
         }
         assert_eq!(split(&[], 8192).len(), 1, "an empty list is one empty part");
+    }
+
+    #[test]
+    fn two_versions_in_one_place_are_changes_of_their_own() {
+        let py = |v: &str| Package {
+            kind: PackageType::Python,
+            path: "/usr/lib/python3/dist-packages".into(),
+            architecture: String::new(),
+            ..deb("foo", v)
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::File::create(dir.path().join("out")).unwrap();
+        let producer = Producer {
+            host: hids_types::event::Host {
+                id: "h".into(),
+                hostname: "h".into(),
+            },
+            labels: Default::default(),
+            plugin: "inventory".into(),
+            run_id: "r".into(),
+        };
+        let mut reporter = Reporter::new(producer, Output::lines(file), 8192);
+        let mut before = vec![py("1.0"), py("1.1"), deb("bash", "5.1")];
+        let mut now = vec![py("1.1"), deb("bash", "5.2"), deb("jq", "1.6")];
+        before.sort();
+        now.sort();
+        let changes = reporter.changes(&before, &now).unwrap();
+        assert_eq!(
+            changes,
+            Changes {
+                added: 1,
+                removed: 1,
+                upgraded: 1,
+                unreported: 0
+            }
+        );
+        let text = std::fs::read_to_string(dir.path().join("out")).unwrap();
+        assert!(text.contains(r#""previous_version":"5.1""#), "{text}");
+        assert!(
+            text.contains(r#""action":"package_removed""#) && text.contains(r#""version":"1.0""#)
+        );
     }
 }

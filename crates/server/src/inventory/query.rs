@@ -281,9 +281,8 @@ fn affected_images<'a>(
             continue;
         }
         for image in index.images_of(id) {
-            let os = &index.image(image).os;
             if record.ecosystem == Ecosystem::Debian
-                && !record.applies_to_release(&os.codename, &os.version_id)
+                && !debian_release(record, &index.image(image).os)
             {
                 continue;
             }
@@ -291,6 +290,17 @@ fn affected_images<'a>(
         }
     }
     hits
+}
+
+/// Whether a Debian record applies to a host's release. The tracker names releases by
+/// codename, which no derivative shares with Debian; OSV's `Debian:12` by number, which
+/// Ubuntu's `12.04` would match too: a numbered release needs a Debian host.
+fn debian_release(record: &Affected, os: &hids_types::package::OsRelease) -> bool {
+    let numbered = record
+        .release
+        .as_deref()
+        .is_some_and(|r| r.bytes().all(|b| b.is_ascii_digit() || b == b'.'));
+    record.applies_to_release(&os.codename, &os.version_id) && (!numbered || os.id == "debian")
 }
 
 /// Per image and named package, what a set of records finds in it.
@@ -447,4 +457,133 @@ pub fn fleet_vulns(index: &FleetIndex, feeds: &Feeds) -> Vec<VulnSummary> {
             .then_with(|| a.id.cmp(&b.id))
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hids_store::{HostInventory, StoredInventory};
+    use hids_types::package::OsRelease;
+    use hids_types::Timestamp;
+    use hids_vulns::feed::Status;
+
+    fn deb(name: &str, version: &str, source: &str) -> Package {
+        Package {
+            kind: PackageType::Deb,
+            name: name.into(),
+            version: version.into(),
+            architecture: "amd64".into(),
+            source: source.into(),
+            source_version: String::new(),
+            path: String::new(),
+        }
+    }
+
+    fn os(id: &str, version_id: &str, codename: &str) -> OsRelease {
+        OsRelease {
+            id: id.into(),
+            version_id: version_id.into(),
+            codename: codename.into(),
+            name: String::new(),
+        }
+    }
+
+    fn record(release: &str, fixed: &str) -> Affected {
+        Affected {
+            id: "CVE-2024-0001".into(),
+            aliases: Arc::from(Vec::new()),
+            ecosystem: Ecosystem::Debian,
+            release: Some(release.into()),
+            package: "openssl".into(),
+            status: Status::Fixed(fixed.into()),
+            ranges: Arc::from(Vec::new()),
+            versions: Arc::from(Vec::new()),
+            severity: Severity::High,
+        }
+    }
+
+    /// h1, h2 on an old bookworm image, h3 on a patched one, h4 on Ubuntu 12.04 with
+    /// the old packages.
+    fn fleet() -> FleetIndex {
+        let old = "3.0.11-1~deb12u1";
+        let new = "3.0.13-1~deb12u1";
+        let mut index = FleetIndex::default();
+        let images = [
+            ("a", os("debian", "12", "bookworm"), old),
+            ("b", os("debian", "12", "bookworm"), new),
+            ("c", os("ubuntu", "12.04", "precise"), old),
+        ];
+        for (hash, os, v) in images {
+            index.add_image(StoredInventory {
+                hash: hash.into(),
+                os,
+                kernel: "6.1".into(),
+                packages: vec![deb("libssl3", v, "openssl"), deb("openssl", v, "")],
+            });
+        }
+        for (host, hash) in [("h1", "a"), ("h2", "a"), ("h3", "b"), ("h4", "c")] {
+            index.set_host(&HostInventory {
+                host_id: host.into(),
+                hostname: host.into(),
+                labels: Default::default(),
+                hash: hash.into(),
+                reported_at: Timestamp::from_unix_nanos(0),
+                updated_at: Timestamp::from_unix_nanos(0),
+            });
+        }
+        index
+    }
+
+    #[test]
+    fn a_cve_finds_the_hosts_of_its_release_below_the_fix_once_each() {
+        let index = fleet();
+        let feeds = Feeds::from_advisories(vec![
+            record("bookworm", "3.0.13-1~deb12u1"),
+            record("12", "3.0.13-1~deb12u1"),
+        ]);
+        let page = vuln_hosts(&index, &feeds, "cve-2024-0001", 0, 10);
+        let hosts: Vec<&str> = page.rows.iter().map(|r| r.host_id.as_str()).collect();
+        assert_eq!(hosts, ["h1", "h2"], "not the patched h3, not Ubuntu's h4");
+        assert_eq!(page.total, 2);
+        let row = &page.rows[0];
+        assert_eq!(row.package, "openssl");
+        assert_eq!(row.version, "3.0.11-1~deb12u1");
+        assert_eq!(row.fixed_version.as_deref(), Some("3.0.13-1~deb12u1"));
+        assert_eq!(row.binaries, ["libssl3", "openssl"]);
+        let second = vuln_hosts(&index, &feeds, "CVE-2024-0001", 1, 1);
+        assert_eq!((second.total, second.rows.len()), (2, 1));
+        assert_eq!(second.rows[0].host_id, "h2");
+        let top = fleet_vulns(&index, &feeds);
+        assert_eq!((top.len(), top[0].hosts, top[0].fixable), (1, 2, true));
+    }
+
+    #[test]
+    fn a_range_query_uses_the_source_version_and_dpkg_ordering() {
+        let index = fleet();
+        let filter = PackageFilter {
+            kind: Some(PackageType::Deb),
+            name: "openssl".into(),
+            by_source: true,
+            below: Some("3.0.13-1~deb12u1".into()),
+            ..PackageFilter::default()
+        };
+        let page = package_hosts(&index, &filter, 0, 10);
+        let mut hosts: Vec<&str> = page.rows.iter().map(|r| r.host_id.as_str()).collect();
+        hosts.sort_unstable();
+        assert_eq!(hosts, ["h1", "h2", "h4"]);
+        // `~` sorts before the end: 3.0.13-1~deb12u1 is below 3.0.13-1.
+        let filter = PackageFilter {
+            below: Some("3.0.13-1".into()),
+            ..filter
+        };
+        assert_eq!(package_hosts(&index, &filter, 0, 10).total, 4);
+        let groups = package_groups(&index, &filter, "idc");
+        assert_eq!(
+            groups,
+            [HostGroup {
+                key: None,
+                hosts: 4
+            }]
+        );
+    }
 }
