@@ -198,7 +198,11 @@ fn hosts_affected_by_a_tracker_cve_are_exactly_those_dpkg_ordering_says() {
     let feed_dir = tempfile::tempdir().unwrap();
     let feed = feed_dir.path().join("tracker.json");
     std::fs::write(&feed, tracker_json(&cases).to_string()).unwrap();
-    let (_db, server) = sqlite_server(&broker, &topic, &format!("[vulns]\nfeeds = [{feed:?}]\n"));
+    let (_db, server) = sqlite_server(
+        &broker,
+        &topic,
+        &format!("[vulns]\nfeeds = [{feed:?}]\nreload_secs = 1\n"),
+    );
     let hosts = [format!("inv-a-{}", tag()), format!("inv-b-{}", tag())];
     let mut agents: Vec<Agent> = hosts
         .iter()
@@ -381,4 +385,43 @@ fn hosts_affected_by_a_tracker_cve_are_exactly_those_dpkg_ordering_says() {
     });
     assert_eq!(server.get(&path)["hash"], before["hash"]);
     assert_eq!(server.get("/api/v1/inventory/summary")["inventories"], 2);
+
+    // A page of one says how many there are in all.
+    let out = hidsctl(&["vulns", "hosts", "CVE-9999-0001", "--limit", "1"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("rows 1-1 of 2 (--offset 1"), "{table}");
+
+    // A feed file cut short by a failed download: refused, the last good load stands.
+    let text = tracker_json(&cases).to_string();
+    std::fs::write(&feed, &text[..text.len() / 2]).unwrap();
+    wait_until("the broken feed reported", Duration::from_secs(30), || {
+        let report = server.get("/api/v1/vulns/feeds");
+        !report["files"][0]["error"].is_null()
+    });
+    let rows = server.get("/api/v1/vulns/hosts?id=CVE-9999-0001");
+    assert_eq!(
+        rows.as_array().unwrap().len(),
+        2,
+        "the last good load answers: {rows}"
+    );
+    let out = hidsctl(&["vulns", "feeds"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // A good file again, with one more CVE: loaded.
+    let mut more = cases.clone();
+    more.push((
+        "CVE-9999-0009".into(),
+        s0.clone(),
+        release.clone(),
+        "open".into(),
+        None,
+    ));
+    std::fs::write(&feed, tracker_json(&more).to_string()).unwrap();
+    wait_until("the new feed loaded", Duration::from_secs(30), || {
+        server.get_status("/api/v1/vulns/hosts?id=CVE-9999-0009").0 == 200
+    });
 }
