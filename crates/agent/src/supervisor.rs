@@ -245,8 +245,7 @@ async fn run_once(
     let procs = cgroup
         .as_ref()
         .map_or(Ok(Vec::new()), PluginCgroup::open_procs)?;
-    let state_dir = plugin_state_dir(&ctx.plugin_state, &spec.name);
-    let mut child = spawn(spec, procs, state_dir.as_deref())?;
+    let mut child = spawn(spec, procs, plugin_state_dir(&ctx.plugin_state, &spec.name))?;
     let pid = child.id().unwrap_or(0);
     let (Some(mut stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
@@ -423,7 +422,7 @@ fn plugin_state_dir(root: &std::path::Path, name: &str) -> Option<std::path::Pat
 fn spawn(
     spec: &PluginSpec,
     cgroup_procs: Vec<std::os::fd::OwnedFd>,
-    state_dir: Option<&std::path::Path>,
+    state_dir: Option<std::path::PathBuf>,
 ) -> io::Result<Child> {
     let master_pid = rustix::process::getpid();
     let mut cmd = Command::new(&spec.path);

@@ -525,6 +525,37 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
             let hosts = enroll::host_ids(&host_ids, hosts_file.as_deref())?;
             enroll::unenroll(&connect().await?, &keys, &hosts, concurrency, json).await
         }
+        c @ (Command::Alerts { .. }
+        | Command::Vulns { .. }
+        | Command::Packages { .. }
+        | Command::Rules { .. }
+        | Command::Top { .. }) => server_command(c).await,
+        Command::Push { file, change } => {
+            let request = change.request(push::Change::settings_from(&file)?)?;
+            push::run(&mut connect().await?, &keys, request).await
+        }
+        Command::Stop { change } => {
+            let request = change.request(push::Change::Command(CommandKind::StopAll, None))?;
+            push::run(&mut connect().await?, &keys, request).await
+        }
+        Command::Resume { change } => {
+            let request = change.request(push::Change::Command(CommandKind::Resume, None))?;
+            push::run(&mut connect().await?, &keys, request).await
+        }
+        Command::RestartPlugin { plugin, change } => {
+            let c = push::Change::Command(CommandKind::RestartPlugin, Some(plugin));
+            push::run(&mut connect().await?, &keys, change.request(c)?).await
+        }
+        Command::Snapshot { plugin, change } => {
+            let c = push::Change::Command(CommandKind::Snapshot, Some(plugin));
+            push::run(&mut connect().await?, &keys, change.request(c)?).await
+        }
+    }
+}
+
+/// The commands that ask hids-server's HTTP API.
+async fn server_command(command: Command) -> anyhow::Result<Exit> {
+    match command {
         Command::Alerts { server, command } => {
             alerts_command(&alerts::Api::new(&server.server)?, command).await
         }
@@ -549,26 +580,7 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
             let api = alerts::Api::new(&server.server)?;
             alerts::top(&api, by, day.as_deref(), limit, json).await
         }
-        Command::Push { file, change } => {
-            let request = change.request(push::Change::settings_from(&file)?)?;
-            push::run(&mut connect().await?, &keys, request).await
-        }
-        Command::Stop { change } => {
-            let request = change.request(push::Change::Command(CommandKind::StopAll, None))?;
-            push::run(&mut connect().await?, &keys, request).await
-        }
-        Command::Resume { change } => {
-            let request = change.request(push::Change::Command(CommandKind::Resume, None))?;
-            push::run(&mut connect().await?, &keys, request).await
-        }
-        Command::RestartPlugin { plugin, change } => {
-            let c = push::Change::Command(CommandKind::RestartPlugin, Some(plugin));
-            push::run(&mut connect().await?, &keys, change.request(c)?).await
-        }
-        Command::Snapshot { plugin, change } => {
-            let c = push::Change::Command(CommandKind::Snapshot, Some(plugin));
-            push::run(&mut connect().await?, &keys, change.request(c)?).await
-        }
+        _ => unreachable!("server_command is called with the API's commands only"),
     }
 }
 

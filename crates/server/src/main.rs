@@ -209,17 +209,7 @@ fn run(config: ServerConfig, rules: Arc<RuleSet>) -> anyhow::Result<()> {
             config.kafka.topics.len()
         );
     }
-    let inventory = hids_server::inventory::Inventory::new(
-        hids_store::open(&store_cfg).context("opening the store for the inventory index")?,
-        config.vulns.clone(),
-    );
-    {
-        let inventory = inventory.clone();
-        let stop = shutdown.clone();
-        std::thread::Builder::new()
-            .name("inventory".into())
-            .spawn(move || inventory.run(stop))?;
-    }
+    let inventory = start_inventory(&config, &store_cfg, &shutdown)?;
     let api = Arc::new(Api {
         inventory: Some(inventory.clone()),
         presence: presence.clone(),
@@ -291,6 +281,24 @@ fn run(config: ServerConfig, rules: Arc<RuleSet>) -> anyhow::Result<()> {
     runtime.shutdown_timeout(Duration::from_secs(5));
     tracing::info!("stopped");
     result
+}
+
+/// The inventory index on a store handle and a thread of its own: it loads the store,
+/// then follows it and the vulnerability feeds.
+fn start_inventory(
+    config: &ServerConfig,
+    store_cfg: &StoreConfig,
+    shutdown: &Arc<AtomicBool>,
+) -> anyhow::Result<Arc<hids_server::inventory::Inventory>> {
+    let inventory = hids_server::inventory::Inventory::new(
+        hids_store::open(store_cfg).context("opening the store for the inventory index")?,
+        config.vulns.clone(),
+    );
+    let (runner, stop) = (inventory.clone(), shutdown.clone());
+    std::thread::Builder::new()
+        .name("inventory".into())
+        .spawn(move || runner.run(stop))?;
+    Ok(inventory)
 }
 
 /// Follows the agents' presence in etcd on the runtime, when `[etcd]` is configured.

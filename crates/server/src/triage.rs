@@ -158,13 +158,8 @@ impl Triage {
             }
             Some(p) => p,
         };
-        // An inventory's package list is not built as JSON values (see decode.rs).
-        let (event, inventory) = match crate::inventory::decode::decode(payload) {
-            Some(mut decoded) => (std::mem::take(&mut decoded.envelope), Some(decoded)),
-            None => match serde_json::from_slice(payload) {
-                Ok(v @ Value::Object(_)) => (v, None),
-                _ => return self.malformed(Malformed::not_json),
-            },
+        let Some((event, inventory)) = decode(payload) else {
+            return self.malformed(Malformed::not_json);
         };
         let Some(mut origin) = origin(&event) else {
             return self.malformed(Malformed::no_host);
@@ -354,6 +349,18 @@ fn origin(event: &Value) -> Option<Origin> {
         labels,
         event_time,
     })
+}
+
+/// The event as JSON values, and an inventory event's undecoded package list: that is
+/// not built as JSON values (see inventory/decode.rs). None: not a JSON object.
+fn decode(payload: &[u8]) -> Option<(Value, Option<crate::inventory::decode::Decoded<'_>>)> {
+    if let Some(mut decoded) = crate::inventory::decode::decode(payload) {
+        return Some((std::mem::take(&mut decoded.envelope), Some(decoded)));
+    }
+    match serde_json::from_slice(payload) {
+        Ok(v @ Value::Object(_)) => Some((v, None)),
+        _ => None,
+    }
 }
 
 /// The OS fields and kernel release of an inventory are a few words; longer is not one.
