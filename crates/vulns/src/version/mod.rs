@@ -90,6 +90,27 @@ pub(crate) fn cmp_with_invalid<T: Ord>(
     }
 }
 
+/// Checks that `compare` orders `versions` strictly ascending, both ways round.
+#[cfg(test)]
+pub(crate) fn assert_ascending(compare: fn(&str, &str) -> Ordering, versions: &[&str]) {
+    for pair in versions.windows(2) {
+        assert_eq!(
+            compare(pair[0], pair[1]),
+            Ordering::Less,
+            "{} < {}",
+            pair[0],
+            pair[1]
+        );
+        assert_eq!(
+            compare(pair[1], pair[0]),
+            Ordering::Greater,
+            "{} > {}",
+            pair[1],
+            pair[0]
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

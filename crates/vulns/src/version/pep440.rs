@@ -243,22 +243,7 @@ mod tests {
             "1.0.15",
             "1.1.dev1",
         ];
-        for pair in versions.windows(2) {
-            assert_eq!(
-                compare(pair[0], pair[1]),
-                Ordering::Less,
-                "{} < {}",
-                pair[0],
-                pair[1]
-            );
-            assert_eq!(
-                compare(pair[1], pair[0]),
-                Ordering::Greater,
-                "{} > {}",
-                pair[1],
-                pair[0]
-            );
-        }
+        super::super::assert_ascending(compare, &versions);
     }
 
     #[test]
