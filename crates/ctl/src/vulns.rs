@@ -171,6 +171,39 @@ fn path_segment(text: &str) -> String {
     out
 }
 
+/// How a listing of hosts is shown.
+struct Page {
+    /// Counts per label value rather than hosts.
+    by: bool,
+    offset: usize,
+    json: bool,
+}
+
+/// A listing of hosts (or, with `by`, of counts per label value): JSON, or a table with
+/// the page's place in the whole; exit 5 when empty.
+async fn hosts_listing(
+    api: &Api,
+    path: &str,
+    q: &[(String, String)],
+    page: Page,
+    columns: &[(&str, &str)],
+) -> anyhow::Result<Exit> {
+    let rows = listing(api, path, q).await?;
+    if page.json {
+        print_json(&rows)?;
+        return Ok(found(&rows));
+    }
+    if page.by {
+        print_table(&rows, &[("VALUE", "key"), ("HOSTS", "hosts")]);
+    } else {
+        print_table(&rows, columns);
+        if !rows.is_empty() {
+            print_total(api, rows.len(), page.offset);
+        }
+    }
+    Ok(found(&rows))
+}
+
 async fn listing(api: &Api, path: &str, q: &[(String, String)]) -> anyhow::Result<Vec<Value>> {
     Ok(api.get::<Vec<Value>>(path, q).await?.unwrap_or_default())
 }
@@ -192,33 +225,25 @@ pub async fn vulns(api: &Api, command: VulnsCommand) -> anyhow::Result<Exit> {
             if let Some(by) = &by {
                 q.push(("by".into(), by.clone()));
             }
-            let rows = listing(api, "/api/v1/vulns/hosts", &q).await?;
-            if json {
-                print_json(&rows)?;
-                return Ok(found(&rows));
-            }
-            if by.is_some() {
-                print_table(&rows, &[("VALUE", "key"), ("HOSTS", "hosts")]);
-            } else {
-                print_table(
-                    &rows,
-                    &[
-                        ("HOST", "host_id"),
-                        ("HOSTNAME", "hostname"),
-                        ("PACKAGE", "package"),
-                        ("INSTALLED", "version"),
-                        ("FIXED", "fixed_version"),
-                        ("SEVERITY", "severity"),
-                        ("LABELS", "labels"),
-                    ],
-                );
-            }
-            if rows.is_empty() {
+            let columns = [
+                ("HOST", "host_id"),
+                ("HOSTNAME", "hostname"),
+                ("PACKAGE", "package"),
+                ("INSTALLED", "version"),
+                ("FIXED", "fixed_version"),
+                ("SEVERITY", "severity"),
+                ("LABELS", "labels"),
+            ];
+            let page = Page {
+                by: by.is_some(),
+                offset,
+                json,
+            };
+            let exit = hosts_listing(api, "/api/v1/vulns/hosts", &q, page, &columns).await?;
+            if exit == Exit::NothingFound && !json {
                 out!("no host in the index is affected by {id}");
-                return Ok(Exit::NothingFound);
             }
-            print_total(api, rows.len(), offset);
-            Ok(Exit::Success)
+            Ok(exit)
         }
         VulnsCommand::Top {
             min_severity,
@@ -302,31 +327,21 @@ pub async fn packages(api: &Api, command: PackagesCommand) -> anyhow::Result<Exi
             put("below", below);
             put("version", version);
             put("by", by.clone());
-            let rows = listing(api, "/api/v1/packages/hosts", &q).await?;
-            if json {
-                print_json(&rows)?;
-                return Ok(found(&rows));
-            }
-            if by.is_some() {
-                print_table(&rows, &[("VALUE", "key"), ("HOSTS", "hosts")]);
-            } else {
-                print_table(
-                    &rows,
-                    &[
-                        ("HOST", "host_id"),
-                        ("HOSTNAME", "hostname"),
-                        ("TYPE", "type"),
-                        ("PACKAGE", "package"),
-                        ("VERSION", "version"),
-                        ("SOURCE", "source"),
-                        ("LABELS", "labels"),
-                    ],
-                );
-            }
-            if !rows.is_empty() && by.is_none() {
-                print_total(api, rows.len(), offset);
-            }
-            Ok(found(&rows))
+            let columns = [
+                ("HOST", "host_id"),
+                ("HOSTNAME", "hostname"),
+                ("TYPE", "type"),
+                ("PACKAGE", "package"),
+                ("VERSION", "version"),
+                ("SOURCE", "source"),
+                ("LABELS", "labels"),
+            ];
+            let page = Page {
+                by: by.is_some(),
+                offset,
+                json,
+            };
+            hosts_listing(api, "/api/v1/packages/hosts", &q, page, &columns).await
         }
         PackagesCommand::Show { host_id, json } => {
             let path = format!("/api/v1/inventory/hosts/{}", path_segment(&host_id));
