@@ -48,7 +48,7 @@ const LIMIT: usize = 1_000;
 /// hids-server's default `kafka.max_event_bytes`.
 const SERVER_MAX_EVENT_BYTES: usize = 256 * 1024;
 /// The plugin's default `--part-bytes`.
-const PLUGIN_PART_BYTES: usize = 512 << 10;
+const PLUGIN_PART_BYTES: usize = 128 << 10;
 const SOURCES: usize = 2_600;
 const ROLES: usize = 40;
 const ROLES_PER_IMAGE: usize = 5;

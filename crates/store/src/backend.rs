@@ -610,11 +610,15 @@ impl<B: Backend> Store for SqlStore<B> {
         since: Timestamp,
         after: &str,
         limit: usize,
-    ) -> Result<Vec<crate::HostInventory>, StoreError> {
+    ) -> Result<crate::HostPage, StoreError> {
         let rows = self
             .backend
             .read(&mut |c: &mut dyn Conn| crate::inventory::hosts(c, since, after, limit))?;
-        Ok(self.parse_rows(&rows, crate::inventory::host_from_row))
+        Ok(crate::HostPage {
+            read: rows.len(),
+            last: rows.last().and_then(crate::inventory::cursor_of),
+            rows: self.parse_rows(&rows, crate::inventory::host_from_row),
+        })
     }
 
     fn inventory(&mut self, hash: &str) -> Result<Option<crate::StoredInventory>, StoreError> {

@@ -64,6 +64,15 @@ pub struct HostInventory {
     pub updated_at: Timestamp,
 }
 
+/// A page of host rows: those that parse, how many were read, and the last row's
+/// (updated_at, host id), where the next page starts (parsed or not).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostPage {
+    pub rows: Vec<HostInventory>,
+    pub read: usize,
+    pub last: Option<(Timestamp, String)>,
+}
+
 /// A stored inventory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredInventory {
@@ -123,7 +132,7 @@ pub(crate) fn record(
     )?;
     let items = encode(&part.items, "packages")?;
     let pending = c.query(
-        "SELECT COUNT(*), COALESCE(SUM(LENGTH(items)), 0) FROM inventory_parts
+        "SELECT COUNT(*), COALESCE(SUM(OCTET_LENGTH(items)), 0) FROM inventory_parts
          WHERE host_id = $1 AND hash = $2 AND part <> $3",
         &[
             Param::Text(&report.host_id),
@@ -347,6 +356,14 @@ pub(crate) fn hosts(
             Param::Int(limit.clamp(1, MAX_HOST_PAGE) as i64),
         ],
     )
+}
+
+/// The cursor of a row: its (updated_at, host id), read even when the rest does not parse.
+pub(crate) fn cursor_of(row: &Row) -> Option<(Timestamp, String)> {
+    let updated = cell(row, 5).ok()?.int("updated_at_us").ok()?;
+    let host = cell(row, 0).ok()?.text("host_id").ok()?;
+    let nanos = u64::try_from(updated).unwrap_or(0).saturating_mul(1000);
+    Some((Timestamp::from_unix_nanos(nanos), host.to_owned()))
 }
 
 pub(crate) fn host_from_row(row: &Row) -> Result<HostInventory, String> {

@@ -26,7 +26,7 @@
 mod backend;
 mod inventory;
 pub use inventory::{
-    HostInventory, InventoryOutcome, InventoryReport, StoredInventory, MAX_HOST_PAGE,
+    HostInventory, HostPage, InventoryOutcome, InventoryReport, StoredInventory, MAX_HOST_PAGE,
     MAX_INVENTORY_PACKAGES, MAX_INVENTORY_PARTS, MAX_PENDING_BYTES,
 };
 mod league;
@@ -259,7 +259,7 @@ pub trait Store: Send {
         since: Timestamp,
         after: &str,
         limit: usize,
-    ) -> Result<Vec<HostInventory>, StoreError>;
+    ) -> Result<HostPage, StoreError>;
     /// One stored inventory by its hash.
     fn inventory(&mut self, hash: &str) -> Result<Option<StoredInventory>, StoreError>;
     /// Deletes parts received before `parts_before` (lists that never came whole) and

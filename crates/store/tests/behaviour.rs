@@ -676,15 +676,16 @@ fn inventories_are_verified_assembled_and_stored_once(cfg: &StoreConfig) {
         vec![published("h6")]
     );
     // One inventory, four hosts on it; an older report does not move a host back.
-    let hosts = store.inventory_hosts(at(0), "", 100).unwrap();
+    let hosts = store.inventory_hosts(at(0), "", 100).unwrap().rows;
     assert_eq!(hosts.len(), 4, "{hosts:?}");
     assert!(hosts.iter().all(|h| h.hash == hosts[0].hash));
     let other = vec![package("bash", "5.2.15-1")];
     store
         .record_inventories(&[report("h1", 5, &other, 0, 1, &other)], at(25))
         .unwrap();
-    let h1 = store.inventory_hosts(at(0), "", 1).unwrap();
+    let h1 = store.inventory_hosts(at(0), "", 1).unwrap().rows;
     assert_eq!(h1[0].hash, hosts[0].hash, "an older report is ignored");
+    assert_eq!(h1[0].host_id, "h1");
     assert_eq!(h1[0].reported_at, at(10));
     let stored = store.inventory(&hosts[0].hash).unwrap().unwrap();
     assert_eq!(stored.packages, list);

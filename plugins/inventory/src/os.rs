@@ -21,9 +21,25 @@ pub fn os_release(root: &Path) -> OsRelease {
 /// The running kernel's release (`uname -r`), from procfs.
 pub fn kernel_release(proc_root: &Path) -> String {
     read_small(&proc_root.join("sys/kernel/osrelease"), 256)
-        .map(|s| s.trim().to_owned())
+        .map(|s| tidy(s.trim()))
         .unwrap_or_default()
 }
+
+/// A field as the server takes it: no control characters, at most 256 bytes (cut at a
+/// character boundary). Done before hashing, so what is hashed is what is sent.
+fn tidy(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_FIELD));
+    for c in text.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > MAX_FIELD {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// hids-server refuses longer OS fields.
+const MAX_FIELD: usize = 256;
 
 fn read_small(path: &Path, max: u64) -> Option<String> {
     use std::io::Read as _;
@@ -42,7 +58,7 @@ fn parse_os_release(text: &str) -> OsRelease {
         let Some((key, value)) = line.split_once('=') else {
             continue;
         };
-        let value = unquote(value.trim());
+        let value = tidy(&unquote(value.trim()));
         match key.trim() {
             "ID" => os.id = value,
             "VERSION_ID" => os.version_id = value,
@@ -97,5 +113,7 @@ mod tests {
         assert_eq!(unquote(r#""a \"b\"""#), r#"a "b""#);
         assert_eq!(unquote("'x'"), "x");
         assert_eq!(unquote("\""), "\"");
+        assert_eq!(tidy("a\u{7}b"), "ab");
+        assert_eq!(tidy(&"é".repeat(200)).len(), 256);
     }
 }

@@ -241,25 +241,34 @@ impl<'a> Scan<'a> {
 /// Opens a regular file for reading, capped at `max_bytes`. A FIFO or a device named
 /// like a metadata file would block or never end: refused before it is opened.
 pub(crate) fn open_capped(path: &Path, max_bytes: u64) -> Result<io::Take<File>, String> {
-    let file = open_regular(path).map_err(|e| format!("cannot read: {e}"))?;
-    Ok(file.take(max_bytes))
+    match open_regular(path) {
+        Ok(file) => Ok(file.take(max_bytes)),
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => Err(NOT_REGULAR.into()),
+        Err(e) => Err(format!("cannot read: {e}")),
+    }
 }
 
+const NOT_REGULAR: &str = "not a regular file";
+
 /// Opens a file others may control (a user's site directory, a path a process holds)
-/// without ever blocking: non-blocking, so a FIFO put in place of a file cannot hang the
-/// plugin on open, and checked as a regular file on the descriptor itself, so it cannot
-/// be swapped after a check by name.
+/// without side effects: the path is first opened with `O_PATH`, which runs no driver's
+/// open (a symlink to `/dev/watchdog` must not arm it), checked as a regular file on
+/// that descriptor, and only then opened for reading through it, non-blocking (a FIFO
+/// swapped in cannot hang the plugin) and as the same inode (no swap after the check).
 pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    use std::os::fd::AsRawFd as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY;
-    let file = fs::OpenOptions::new()
+    let handle = rustix::fs::open(path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())?;
+    let stat = rustix::fs::fstat(&handle)?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, NOT_REGULAR));
+    }
+    let flags = OFlags::NONBLOCK | OFlags::NOCTTY;
+    fs::OpenOptions::new()
         .read(true)
         .custom_flags(flags.bits() as i32)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::other("not a regular file"));
-    }
-    Ok(file)
+        .open(format!("/proc/self/fd/{}", handle.as_raw_fd()))
 }
 
 /// Longest name or version kept: anything longer is junk, not a package.
@@ -366,6 +375,33 @@ fn read_metadata(path: &Path, max_bytes: u64) -> Result<(String, String), String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn devices_fifos_and_symlinks_to_them_are_never_opened_for_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("METADATA");
+        std::fs::write(&file, "Name: x\n").unwrap();
+        assert!(open_regular(&file).is_ok());
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::RUSR,
+            0,
+        )
+        .unwrap();
+        let device = dir.path().join("device");
+        std::os::unix::fs::symlink("/dev/null", &device).unwrap();
+        for path in [&fifo, &device] {
+            let err = open_regular(path).unwrap_err();
+            assert!(
+                err.to_string().contains("not a regular file"),
+                "{}: {err}",
+                path.display()
+            );
+        }
+    }
 
     fn write(path: &Path, content: &[u8]) {
         fs::create_dir_all(path.parent().unwrap()).unwrap();

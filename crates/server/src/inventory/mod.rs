@@ -27,6 +27,8 @@ const REFRESH_OVERLAP: Duration = Duration::from_secs(10);
 /// Parts of a list that never came whole are dropped after this long.
 const PARTS_TTL: Duration = Duration::from_secs(24 * 3600);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Hosts remembered as waiting for their inventory.
+const MAX_WAITING: usize = 1_000_000;
 /// The fleet's vulnerability list is recomputed at most this often.
 const TOP_AT_MOST_EVERY: Duration = Duration::from_secs(60);
 /// Inventories read from the store before they are added to the index.
@@ -54,8 +56,10 @@ pub struct Inventory {
     /// Bumped at every change of the index or the feeds (caches key on it).
     generation: AtomicU64,
     poke: (Mutex<bool>, Condvar),
-    /// Host rows of the last page applied naming an inventory the store does not hold.
+    /// Hosts whose row names an inventory the store does not hold (a row written while
+    /// a prune ran): `waiting.len()`, for the API.
     pub missing_inventories: AtomicU64,
+    waiting: Mutex<std::collections::HashSet<String>>,
     top_cache: Mutex<Option<TopList>>,
 }
 
@@ -75,6 +79,7 @@ impl Inventory {
             generation: AtomicU64::new(0),
             poke: (Mutex::new(false), Condvar::new()),
             missing_inventories: AtomicU64::new(0),
+            waiting: Mutex::default(),
             top_cache: Mutex::default(),
         });
         inventory.reload_feeds_if_changed();
@@ -93,10 +98,11 @@ impl Inventory {
                     "inventory index: {n} host rows applied in {:?}",
                     started.elapsed()
                 ),
-                Err(e) => tracing::warn!("inventory index: reading the store: {e}; retrying"),
-            }
-            if !self.ready.load(Ordering::Relaxed) {
-                continue;
+                Err(e) => {
+                    tracing::warn!("inventory index: reading the store: {e}; retrying");
+                    self.wait_for_poke(REFRESH_EVERY);
+                    continue;
+                }
             }
             if pruned.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                 pruned = Some(Instant::now());
@@ -133,8 +139,16 @@ impl Inventory {
     }
 
     /// Whether the index holds this inventory (so a host naming it need not send it).
+    ///
+    /// Never waits: the consumer asks for every inventory event, and the index may be
+    /// busy (a refresh waiting to write behind a long read). Busy means "no": the list
+    /// is then parsed and the store finds it stored.
     pub fn holds(&self, hash: &str) -> bool {
-        self.read_index().runs_image(hash)
+        match self.index.try_read() {
+            Ok(index) => index.runs_image(hash),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().runs_image(hash),
+            Err(std::sync::TryLockError::WouldBlock) => false,
+        }
     }
 
     pub fn is_ready(&self) -> bool {
@@ -158,17 +172,16 @@ impl Inventory {
         let mut changed = 0;
         let mut newest = mark;
         loop {
-            let rows = self
+            let page = self
                 .lock_store()
                 .inventory_hosts(since, &after, MAX_HOST_PAGE)?;
-            let Some(last) = rows.last() else { break };
-            (since, after) = (last.updated_at, last.host_id.clone());
-            let full = rows.len() >= MAX_HOST_PAGE;
-            changed += self.apply(&rows)?;
-            for row in &rows {
-                newest = newest.max(row.updated_at);
-            }
-            if !full {
+            // The cursor is the last row read, parsed or not: a row that no longer parses
+            // must neither end the load early nor stop the pages at it.
+            let Some(last) = page.last else { break };
+            changed += self.apply(&page.rows)?;
+            newest = newest.max(last.0);
+            (since, after) = last;
+            if page.read < MAX_HOST_PAGE {
                 break;
             }
         }
@@ -213,22 +226,28 @@ impl Inventory {
             }
         }
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         let mut changed = 0;
-        let mut unknown = 0;
         for row in rows {
             match index.set_host(row) {
                 HostUpdate::Changed => changed += 1,
                 HostUpdate::Unchanged => {}
-                HostUpdate::UnknownImage => unknown += 1,
+                HostUpdate::UnknownImage => {
+                    if waiting.len() < MAX_WAITING && waiting.insert(row.host_id.clone()) {
+                        tracing::warn!(
+                            "inventory index: host {} names inventory {} that the store does not hold",
+                            row.host_id,
+                            row.hash
+                        );
+                    }
+                    continue;
+                }
             }
+            waiting.remove(&row.host_id);
         }
         index.compact_if_worthwhile();
-        if unknown > 0 {
-            tracing::warn!(
-                "inventory index: {unknown} hosts name inventories the store does not hold"
-            );
-        }
-        self.missing_inventories.store(unknown, Ordering::Relaxed);
+        self.missing_inventories
+            .store(waiting.len() as u64, Ordering::Relaxed);
         Ok(changed)
     }
 
