@@ -81,7 +81,7 @@ mod tests {
         let help = Exit::help();
         let mut codes: Vec<u8> = Exit::ALL.iter().map(|e| e.code()).collect();
         codes.dedup();
-        assert_eq!(codes, [0, 1, 2, 3, 4]);
+        assert_eq!(codes, [0, 1, 2, 3, 4, 5]);
         for exit in Exit::ALL {
             assert!(help.contains(&format!("  {}  ", exit.code())), "{help}");
         }
