@@ -317,10 +317,11 @@ impl Inventory {
         };
         let started = Instant::now();
         let (feeds, load) = Feeds::load(&self.config.feeds, &limits);
-        // A path refused whole fails the load; a broken member of an OSV directory or
-        // archive costs only itself (counted in the report), or one bad record among
-        // a hundred thousand would pin an old load for ever.
-        let failed = load.files.iter().any(|f| f.error.is_some());
+        // A path refused whole fails the load, and so does one whose every member failed;
+        // a broken member of an OSV directory or archive otherwise costs only itself
+        // (counted in the report), or one bad record among a hundred thousand would pin
+        // an old load for ever.
+        let failed = load.files.iter().any(|f| path_failure(f).is_some());
         for file in &load.files {
             match &file.error {
                 Some(e) => tracing::error!("vulnerability feed {}: {e}", file.path.display()),
@@ -344,7 +345,7 @@ impl Inventory {
             let why: Vec<String> = load
                 .files
                 .iter()
-                .filter_map(|f| Some(format!("{}: {}", f.path.display(), f.error.as_ref()?)))
+                .filter_map(|f| Some(format!("{}: {}", f.path.display(), path_failure(f)?)))
                 .collect();
             *self.feeds_failure.lock().unwrap_or_else(|p| p.into_inner()) =
                 (!why.is_empty()).then(|| why.join("; "));
@@ -369,6 +370,19 @@ impl Inventory {
         let top = Arc::new(query::fleet_vulns(&self.read_index(), &feeds));
         *cache = Some((generation, Instant::now(), top.clone()));
         top
+    }
+}
+
+/// Why a feed path counts as failed: refused whole, or nothing of it loaded because every
+/// member failed.
+fn path_failure(file: &hids_vulns::feed::FileReport) -> Option<String> {
+    match &file.error {
+        Some(e) => Some(e.clone()),
+        None if file.advisories == 0 && file.files_failed > 0 => Some(format!(
+            "all {} of its files failed to load",
+            file.files_failed
+        )),
+        None => None,
     }
 }
 
