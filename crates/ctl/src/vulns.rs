@@ -12,17 +12,8 @@ pub enum VulnsCommand {
     Hosts {
         /// CVE-2024-1234, or an OSV id or alias.
         id: String,
-        /// Count hosts per value of this label instead (idc, project, product, ...).
-        #[arg(long)]
-        by: Option<String>,
-        /// Rows at most (the total is printed below the table).
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-        /// Rows to skip (for the next page).
-        #[arg(long, default_value_t = 0)]
-        offset: usize,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        page: Page,
     },
     /// The fleet's vulnerabilities, most severe and most widespread first.
     Top {
@@ -63,17 +54,8 @@ pub enum PackagesCommand {
         /// Exactly this version.
         #[arg(long)]
         version: Option<String>,
-        /// Count hosts per value of this label instead.
-        #[arg(long)]
-        by: Option<String>,
-        /// Rows at most (the total is printed below the table).
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-        /// Rows to skip (for the next page).
-        #[arg(long, default_value_t = 0)]
-        offset: usize,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        page: Page,
     },
     /// One host's inventory: OS, kernel, every package.
     Show {
@@ -171,12 +153,35 @@ fn path_segment(text: &str) -> String {
     out
 }
 
-/// How a listing of hosts is shown.
-struct Page {
-    /// Counts per label value rather than hosts.
-    by: bool,
+/// How a listing of hosts is asked for and shown: shared by `vulns hosts` and
+/// `packages hosts`.
+#[derive(Debug, clap::Args)]
+pub struct Page {
+    /// Count hosts per value of this label instead (idc, project, product, ...).
+    #[arg(long)]
+    by: Option<String>,
+    /// Rows at most (the total is printed below the table).
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// Rows to skip (for the next page).
+    #[arg(long, default_value_t = 0)]
     offset: usize,
+    #[arg(long)]
     json: bool,
+}
+
+impl Page {
+    /// `limit`, `offset` and `by` as the API takes them.
+    fn query(&self) -> Vec<(String, String)> {
+        let mut q = vec![
+            ("limit".to_owned(), self.limit.to_string()),
+            ("offset".to_owned(), self.offset.to_string()),
+        ];
+        if let Some(by) = &self.by {
+            q.push(("by".into(), by.clone()));
+        }
+        q
+    }
 }
 
 /// A listing of hosts (or, with `by`, of counts per label value): JSON, or a table with
@@ -184,16 +189,17 @@ struct Page {
 async fn hosts_listing(
     api: &Api,
     path: &str,
-    q: &[(String, String)],
-    page: Page,
+    mut q: Vec<(String, String)>,
+    page: &Page,
     columns: &[(&str, &str)],
 ) -> anyhow::Result<Exit> {
-    let rows = listing(api, path, q).await?;
+    q.extend(page.query());
+    let rows = listing(api, path, &q).await?;
     if page.json {
         print_json(&rows)?;
         return Ok(found(&rows));
     }
-    if page.by {
+    if page.by.is_some() {
         print_table(&rows, &[("VALUE", "key"), ("HOSTS", "hosts")]);
     } else {
         print_table(&rows, columns);
@@ -210,21 +216,8 @@ async fn listing(api: &Api, path: &str, q: &[(String, String)]) -> anyhow::Resul
 
 pub async fn vulns(api: &Api, command: VulnsCommand) -> anyhow::Result<Exit> {
     match command {
-        VulnsCommand::Hosts {
-            id,
-            by,
-            limit,
-            offset,
-            json,
-        } => {
-            let mut q = vec![
-                ("id".to_owned(), id.clone()),
-                ("limit".to_owned(), limit.to_string()),
-                ("offset".to_owned(), offset.to_string()),
-            ];
-            if let Some(by) = &by {
-                q.push(("by".into(), by.clone()));
-            }
+        VulnsCommand::Hosts { id, page } => {
+            let q = vec![("id".to_owned(), id.clone())];
             let columns = [
                 ("HOST", "host_id"),
                 ("HOSTNAME", "hostname"),
@@ -234,13 +227,8 @@ pub async fn vulns(api: &Api, command: VulnsCommand) -> anyhow::Result<Exit> {
                 ("SEVERITY", "severity"),
                 ("LABELS", "labels"),
             ];
-            let page = Page {
-                by: by.is_some(),
-                offset,
-                json,
-            };
-            let exit = hosts_listing(api, "/api/v1/vulns/hosts", &q, page, &columns).await?;
-            if exit == Exit::NothingFound && !json {
+            let exit = hosts_listing(api, "/api/v1/vulns/hosts", q, &page, &columns).await?;
+            if exit == Exit::NothingFound && !page.json {
                 out!("no host in the index is affected by {id}");
             }
             Ok(exit)
@@ -306,16 +294,9 @@ pub async fn packages(api: &Api, command: PackagesCommand) -> anyhow::Result<Exi
             from,
             below,
             version,
-            by,
-            limit,
-            offset,
-            json,
+            page,
         } => {
-            let mut q = vec![
-                ("name".to_owned(), name.clone()),
-                ("limit".to_owned(), limit.to_string()),
-                ("offset".to_owned(), offset.to_string()),
-            ];
+            let mut q = vec![("name".to_owned(), name)];
             let mut put = |k: &str, v: Option<String>| {
                 if let Some(v) = v {
                     q.push((k.to_owned(), v));
@@ -326,7 +307,6 @@ pub async fn packages(api: &Api, command: PackagesCommand) -> anyhow::Result<Exi
             put("from", from);
             put("below", below);
             put("version", version);
-            put("by", by.clone());
             let columns = [
                 ("HOST", "host_id"),
                 ("HOSTNAME", "hostname"),
@@ -336,12 +316,7 @@ pub async fn packages(api: &Api, command: PackagesCommand) -> anyhow::Result<Exi
                 ("SOURCE", "source"),
                 ("LABELS", "labels"),
             ];
-            let page = Page {
-                by: by.is_some(),
-                offset,
-                json,
-            };
-            hosts_listing(api, "/api/v1/packages/hosts", &q, page, &columns).await
+            hosts_listing(api, "/api/v1/packages/hosts", q, &page, &columns).await
         }
         PackagesCommand::Show { host_id, json } => {
             let path = format!("/api/v1/inventory/hosts/{}", path_segment(&host_id));
