@@ -310,6 +310,19 @@ impl Output {
     }
 }
 
+/// A plugin's exit status from its run: success, also when the master closed our stdout
+/// (it is gone or stopping us: nothing left to report to); otherwise the error, logged.
+pub fn exit_code(result: io::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Logs to stderr as `LEVEL message`, the form the master parses and forwards under the
 /// plugin's name (it adds the time). `level` is `error`, `warn`, `info`, `debug`, `trace`.
 pub fn init_logging(level: &str) {

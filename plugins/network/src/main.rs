@@ -118,14 +118,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     hids_plugin_sdk::init_logging(&args.log_level);
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    hids_plugin_sdk::exit_code(run(args))
 }
 
 fn run(args: Args) -> io::Result<()> {
