@@ -335,6 +335,9 @@ impl Master {
             pipeline: self.counters.status(),
             guard: Some(self.guard_status()),
             cut: None,
+            update: None,
+            update_error: None,
+            rolled_back: None,
         }
     }
 

@@ -230,24 +230,28 @@ mod tests {
         let body = DesiredBody {
             log_level: None,
             guard: None,
+            agent: None,
             plugins: vec![
                 DesiredPlugin {
                     name: "process".into(),
                     enabled: Some(false),
                     args: None,
                     path: None,
+                    ..Default::default()
                 },
                 DesiredPlugin {
                     name: "extra".into(),
                     enabled: None,
                     args: Some(vec!["-c".into(), "true".into()]),
                     path: Some("/bin/sh".into()),
+                    ..Default::default()
                 },
                 DesiredPlugin {
                     name: "ghost".into(),
                     enabled: Some(true),
                     args: None,
                     path: None,
+                    ..Default::default()
                 },
             ],
         };

@@ -78,6 +78,9 @@ mod tests {
             pipeline: PipelineStatus::default(),
             guard: None,
             cut: None,
+            update: None,
+            update_error: None,
+            rolled_back: None,
         }
     }
 

@@ -804,6 +804,9 @@ fn status_document(h: usize, started: Timestamp) -> Vec<u8> {
         pipeline: pipeline_figures(h, 60),
         guard: Some(guard_figures(h, 60)),
         cut: None,
+        update: None,
+        update_error: None,
+        rolled_back: None,
     };
     serde_json::to_vec(&status).unwrap()
 }

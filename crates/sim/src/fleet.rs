@@ -108,6 +108,9 @@ impl Profile {
             pipeline: PipelineStatus::default(),
             guard: Some(guard.clone()),
             cut: None,
+            update: None,
+            update_error: None,
+            rolled_back: None,
         }
     }
 }

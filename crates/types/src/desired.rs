@@ -51,9 +51,12 @@ pub struct DesiredBody {
     /// Replaces the local `[guard]` settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<crate::guard::GuardConfig>,
+    /// The agent's own build to run (self-update); absent: the installed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<Release>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DesiredPlugin {
     pub name: String,
@@ -64,6 +67,113 @@ pub struct DesiredPlugin {
     /// Executable for a plugin the local configuration does not declare.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// The build to run (self-update, docs/updates.md): its version, with `sha256` and
+    /// `url`; absent, the local executable (or `path`) runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+}
+
+/// A build the agent downloads, verifies against `sha256` before anything else, and runs
+/// (docs/updates.md). The signature over the document covers the hash, so the download
+/// itself needs no signature and any static server or object store can serve it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    /// The version's name, as reported in the status (`plugins[].version`).
+    pub version: String,
+    /// SHA-256 of the executable, 64 hex digits.
+    #[serde(default)]
+    pub sha256: String,
+    /// Where to fetch it: `http://` or `https://`.
+    #[serde(default)]
+    pub url: String,
+    /// The download's size limit in bytes; absent: the agent's `update.max_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    /// Hosts spread their downloads over this many seconds, each at its own
+    /// `hash(host_id)` offset; absent: the agent's `update.spread_secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread_secs: Option<u64>,
+    /// After this the entry starts no new update (the running build keeps running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+}
+
+impl Release {
+    /// What is wrong with the entry, if anything: such an entry is not acted on and the
+    /// reason is reported.
+    pub fn problem(&self) -> Option<String> {
+        if self.version.is_empty() || self.version.len() > 64 {
+            return Some("version must be 1 to 64 characters".into());
+        }
+        if !self
+            .version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+~-".contains(&b))
+        {
+            return Some(format!(
+                "version {:?}: only letters, digits and . _ + ~ - are allowed",
+                self.version
+            ));
+        }
+        if self.url.is_empty() {
+            return Some(format!("version {} names no url", self.version));
+        }
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Some(format!(
+                "version {}: url {:?} is not http:// or https://",
+                self.version, self.url
+            ));
+        }
+        if self.sha256.is_empty() {
+            return Some(format!("version {} names no sha256", self.version));
+        }
+        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Some(format!(
+                "version {}: sha256 must be 64 hex digits",
+                self.version
+            ));
+        }
+        None
+    }
+}
+
+impl DesiredPlugin {
+    /// The build this entry names, if any. An entry with `sha256`, `url` or a limit but
+    /// no `version` is an error, as is a [`Release`] with a [`Release::problem`].
+    ///
+    /// # Errors
+    /// What is wrong with the entry, for the status.
+    pub fn release(&self) -> Result<Option<Release>, String> {
+        let Some(version) = &self.version else {
+            if self.sha256.is_some() || self.url.is_some() || self.max_bytes.is_some() {
+                return Err("sha256 or url given without a version".into());
+            }
+            return Ok(None);
+        };
+        let release = Release {
+            version: version.clone(),
+            sha256: self.sha256.clone().unwrap_or_default(),
+            url: self.url.clone().unwrap_or_default(),
+            max_bytes: self.max_bytes,
+            spread_secs: self.spread_secs,
+            expires_at: self.expires_at,
+        };
+        match release.problem() {
+            Some(p) => Err(p),
+            None => Ok(Some(release)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,5 +17,6 @@ pub mod stagger;
 pub mod status;
 pub mod text;
 mod timestamp;
+pub mod update;
 
 pub use timestamp::Timestamp;

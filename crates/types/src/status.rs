@@ -47,6 +47,13 @@ pub struct AgentStatus {
     /// absent when nothing was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cut: Option<StatusCut>,
+    /// The agent's own self-update, when the desired state names a build for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<crate::update::UpdateStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<crate::update::Rollback>,
 }
 
 /// Life cycle of one supervised plugin.
@@ -115,6 +122,16 @@ pub struct PluginStatus {
     /// Health frames over [`HEALTH_MAX_BYTES`], kept only as a marker (see [`cap_health`]).
     #[serde(default)]
     pub health_cut: u64,
+    /// The self-update the desired state asks for, when it names a build (docs/updates.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<crate::update::UpdateStatus>,
+    /// Why the build the desired state names is not running (bad entry, download or
+    /// hash refused, expired entry, marked bad): the running version keeps running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_error: Option<String>,
+    /// The last automatic rollback of this plugin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<crate::update::Rollback>,
 }
 
 impl PluginStatus {
@@ -137,6 +154,9 @@ impl PluginStatus {
             health: None,
             oom_kills: 0,
             health_cut: 0,
+            update: None,
+            update_error: None,
+            rolled_back: None,
         }
     }
 }
@@ -246,6 +266,9 @@ struct Significant<'a> {
     started_at: crate::Timestamp,
     plugins: Vec<SignificantPlugin<'a>>,
     guard: Option<SignificantGuard<'a>>,
+    update: Option<&'a crate::update::UpdateStatus>,
+    update_error: Option<&'a str>,
+    rolled_back: Option<&'a crate::update::Rollback>,
 }
 
 #[derive(Hash)]
@@ -261,6 +284,9 @@ struct SignificantPlugin<'a> {
     version: Option<&'a str>,
     last_exit: Option<&'a str>,
     oom_kills: u64,
+    update: Option<&'a crate::update::UpdateStatus>,
+    update_error: Option<&'a str>,
+    rolled_back: Option<&'a crate::update::Rollback>,
 }
 
 /// The guard's state machine, not its measurements.
@@ -303,6 +329,9 @@ impl AgentStatus {
                     version: p.version.as_deref(),
                     last_exit: p.last_exit.as_deref(),
                     oom_kills: p.oom_kills,
+                    update: p.update.as_ref(),
+                    update_error: p.update_error.as_deref(),
+                    rolled_back: p.rolled_back.as_ref(),
                 })
                 .collect(),
             guard: self.guard.as_ref().map(|g| SignificantGuard {
@@ -312,6 +341,9 @@ impl AgentStatus {
                 reason: g.reason.as_deref(),
                 since: g.since,
             }),
+            update: self.update.as_ref(),
+            update_error: self.update_error.as_deref(),
+            rolled_back: self.rolled_back.as_ref(),
         }
     }
 
@@ -358,11 +390,17 @@ impl AgentStatus {
                 s.truncate(end);
             }
         };
-        if let Some(e) = &mut self.desired_error {
+        for e in [&mut self.desired_error, &mut self.update_error]
+            .into_iter()
+            .flatten()
+        {
             clip(e);
         }
         for p in &mut self.plugins {
-            if let Some(e) = &mut p.last_exit {
+            for e in [&mut p.last_exit, &mut p.update_error]
+                .into_iter()
+                .flatten()
+            {
                 clip(e);
             }
         }
@@ -433,6 +471,9 @@ mod tests {
                 }],
             }),
             cut: None,
+            update: None,
+            update_error: None,
+            rolled_back: None,
         }
     }
 
