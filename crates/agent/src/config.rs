@@ -60,6 +60,74 @@ pub struct Config {
     /// The control plane. Without this section the agent runs standalone.
     #[serde(default)]
     pub control: Option<ControlConfig>,
+    /// Self-update of plugins and of the agent (docs/updates.md).
+    #[serde(default)]
+    pub update: UpdateConfig,
+}
+
+/// How builds named by the desired state are fetched and judged (docs/updates.md).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConfig {
+    /// Downloads are spread over this many seconds, each host at its `hash(host_id)`
+    /// offset, unless the desired state's entry says `spread_secs`.
+    #[serde(default = "default_update_spread_secs")]
+    pub spread_secs: u64,
+    /// Largest download accepted, unless the entry says `max_bytes`.
+    #[serde(default = "default_update_max_bytes")]
+    pub max_bytes: u64,
+    #[serde(default = "default_update_connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+    /// A download that receives nothing for this long is abandoned (and resumed later).
+    #[serde(default = "default_update_read_timeout_secs")]
+    pub read_timeout_secs: u64,
+    /// A new build is healthy once it has run this long without exiting.
+    #[serde(default = "default_update_healthy_after_secs")]
+    pub healthy_after_secs: u64,
+    /// A new build not healthy within this is rolled back.
+    #[serde(default = "default_update_grace_secs")]
+    pub grace_secs: u64,
+    /// This many exits in a row, none after a run of `supervisor.stable_after_secs`
+    /// (a crash loop), roll a new build back.
+    #[serde(default = "default_update_crash_exits")]
+    pub crash_exits: u32,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            spread_secs: default_update_spread_secs(),
+            max_bytes: default_update_max_bytes(),
+            connect_timeout_secs: default_update_connect_timeout_secs(),
+            read_timeout_secs: default_update_read_timeout_secs(),
+            healthy_after_secs: default_update_healthy_after_secs(),
+            grace_secs: default_update_grace_secs(),
+            crash_exits: default_update_crash_exits(),
+        }
+    }
+}
+
+fn default_update_spread_secs() -> u64 {
+    10
+}
+/// 256 MiB: ten times our largest build; a 10 GB answer is refused.
+fn default_update_max_bytes() -> u64 {
+    256 << 20
+}
+fn default_update_connect_timeout_secs() -> u64 {
+    10
+}
+fn default_update_read_timeout_secs() -> u64 {
+    30
+}
+fn default_update_healthy_after_secs() -> u64 {
+    10
+}
+fn default_update_grace_secs() -> u64 {
+    300
+}
+fn default_update_crash_exits() -> u32 {
+    3
 }
 
 /// One destination for events.
@@ -296,6 +364,7 @@ impl Default for Config {
             spool: None,
             plugins: None,
             control: None,
+            update: UpdateConfig::default(),
         }
     }
 }
@@ -308,6 +377,9 @@ pub struct PluginSpec {
     pub args: Vec<String>,
     pub enabled: bool,
     pub limits: crate::cgroups::Limits,
+    /// The version of a build installed by self-update (reported as the plugin's
+    /// version); `None`: the configured build, which reports its own.
+    pub version: Option<String>,
 }
 
 impl Config {
@@ -390,6 +462,19 @@ impl Config {
             problems.extend(c.problems());
         }
         problems.extend(self.guard.problems("guard"));
+        let u = &self.update;
+        if u.crash_exits == 0 || u.healthy_after_secs == 0 || u.read_timeout_secs == 0 {
+            problems.push(
+                "update.crash_exits, update.healthy_after_secs and update.read_timeout_secs must be at least 1"
+                    .into(),
+            );
+        }
+        if u.grace_secs <= u.healthy_after_secs {
+            problems.push(format!(
+                "update.grace_secs ({}) must be longer than update.healthy_after_secs ({}): no new build could pass",
+                u.grace_secs, u.healthy_after_secs
+            ));
+        }
         problems
     }
 
@@ -519,6 +604,7 @@ impl PluginConfig {
                 cpu_percent: self.cpu_percent,
                 memory_mb: self.memory_mb,
             },
+            version: None,
         })
     }
 }

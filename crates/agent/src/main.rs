@@ -16,6 +16,7 @@ mod plugins;
 mod queue;
 mod status;
 mod supervisor;
+mod update;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -162,9 +163,10 @@ fn fail(e: &anyhow::Error) -> Exit {
     Exit::Failure
 }
 
-/// Where built-in plugins live: next to this binary.
+/// Where built-in plugins live: next to the installed binary (also when an updated
+/// build of the agent runs, from `<state_dir>/versions/agent/`).
 fn agent_dir() -> PathBuf {
-    std::env::current_exe()
+    update::launch::installed_exe()
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("."))
@@ -175,6 +177,10 @@ fn run(mut config: Config, log_level: Option<String>) -> Exit {
     if let Some(level) = log_level {
         config.log_level = level;
     }
+    let log = logging::init(&config.log_level);
+    // Which build of the agent runs: may exec an updated one (and not return). Before
+    // the checks below, so an updated build judges the configuration with its own code.
+    let launched = update::launch::launch(&config.state_dir);
     let specs = match config.validate(&agent_dir()) {
         Ok(specs) => specs,
         Err(e) => return config_error(&e.to_string()),
@@ -191,7 +197,6 @@ fn run(mut config: Config, log_level: Option<String>) -> Exit {
             ))
         }
     };
-    let log = logging::init(&config.log_level);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -199,13 +204,22 @@ fn run(mut config: Config, log_level: Option<String>) -> Exit {
         Ok(rt) => rt,
         Err(e) => return fail(&e.into()),
     };
-    let result =
-        runtime.block_on(async { Master::start(config, specs, host_id, log)?.run().await });
+    let result = runtime.block_on(async {
+        Master::start(config, specs, host_id, log, launched)?
+            .run()
+            .await
+    });
     // Whatever is still running (a plugin task past its deadline) is dropped, which
     // kills its child; never wait on it.
     runtime.shutdown_timeout(Duration::from_millis(200));
     match result {
-        Ok(()) => Exit::Success,
+        Ok(master::Ending::Stopped) => Exit::Success,
+        Ok(master::Ending::Relaunch) => {
+            let e = update::launch::reexec();
+            // The service manager starts the launcher anyway.
+            tracing::error!("cannot start the launcher to choose the agent's build: {e}");
+            Exit::Failure
+        }
         Err(e) => {
             tracing::error!("{e:#}");
             Exit::Failure

@@ -28,12 +28,32 @@ use crate::plugins::{self, PluginManager};
 use crate::queue::{self, EventSender};
 use crate::status;
 use crate::supervisor::Context;
+use crate::update::launch::Launch;
+use crate::update::{launch, Next, Updater};
 
 /// From SIGTERM to exit, everything included (plugins, the pipeline's last delivery
 /// and spooling): what the README and the systemd unit promise.
 const STOP_BUDGET: Duration = Duration::from_millis(4800);
 /// Of the stop budget, what is kept for the pipeline's last delivery and spooling.
 const PIPELINE_AT_STOP: Duration = Duration::from_millis(1500);
+
+/// How the master's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// SIGTERM or SIGINT.
+    Stopped,
+    /// A new build of the agent is installed, or the running one failed its health
+    /// gate: the launcher must choose again (`launch::reexec`).
+    Relaunch,
+}
+
+/// The running agent build's health gate (docs/updates.md): healthy once it has run
+/// `update.healthy_after_secs` and, when managed, reached the control plane; rolled
+/// back when not healthy within `update.grace_secs`.
+struct AgentTrial {
+    version: String,
+    since: Instant,
+}
 
 /// Who this agent is, as its status says.
 struct Identity {
@@ -52,6 +72,15 @@ pub struct Master {
     me: Identity,
     log: LogLevel,
     manager: PluginManager,
+    /// Builds the desired state names: downloads, installs, health gates, rollbacks.
+    updater: Updater,
+    /// The updated agent build running (its version), when the launcher started one.
+    build: Option<String>,
+    agent_trial: Option<AgentTrial>,
+    /// The control-plane session registered at least once (the agent build's gate).
+    connected: bool,
+    /// Set to leave the loop for the launcher.
+    relaunch: bool,
     control: ControlState,
     breaker: Breaker,
     sampler: Sampler,
@@ -78,6 +107,7 @@ impl Master {
         specs: Vec<PluginSpec>,
         host_id: String,
         log: LogLevel,
+        launched: Launch,
     ) -> anyhow::Result<Master> {
         let hostname = hids_procfs::host::hostname();
         make_state_dir(&config);
@@ -138,7 +168,24 @@ impl Master {
         } else {
             "standalone"
         };
+        let mut updater = Updater::new(&config.state_dir, &host_id, config.update.clone());
+        let build = match launched {
+            Launch::Build { version } => Some(version),
+            Launch::Installed => None,
+        };
+        let agent_trial = build
+            .as_ref()
+            .filter(|v| updater.agent_running(v))
+            .map(|v| AgentTrial {
+                version: v.clone(),
+                since: Instant::now(),
+            });
         let mut master = Master {
+            updater,
+            build,
+            agent_trial,
+            connected: false,
+            relaunch: false,
             breaker: Breaker::new(config.guard.clone()),
             config,
             specs,
@@ -166,7 +213,7 @@ impl Master {
         master.apply_all();
         tracing::info!(
             "hids-agent {} started: host {} ({}), {mode}",
-            env!("CARGO_PKG_VERSION"),
+            master.version(),
             master.me.host_id,
             master.me.hostname,
         );
@@ -174,11 +221,12 @@ impl Master {
         Ok(master)
     }
 
-    /// Serves until SIGTERM or SIGINT, then stops.
+    /// Serves until SIGTERM or SIGINT, or until the launcher must choose the agent's
+    /// build again; then stops.
     ///
     /// # Errors
     /// When the signal handlers cannot be installed.
-    pub async fn run(mut self) -> anyhow::Result<()> {
+    pub async fn run(mut self) -> anyhow::Result<Ending> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
@@ -186,9 +234,20 @@ impl Master {
         let mut guard_period = Duration::from_secs(self.breaker.config().interval_secs);
         let mut guard_tick = self.staggered(guard_period);
         let mut stats_tick = self.staggered(AGENT_STATS_EVERY);
+        let mut update_tick = tokio::time::interval(Duration::from_secs(1));
+        update_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => self.publish(),
+                _ = update_tick.tick() => self.update_tick(),
+                Some(event) = self.updater.events.recv() => {
+                    match self.updater.finish(event) {
+                        Next::Nothing => {}
+                        Next::Reapply => self.apply_all(),
+                        Next::Restart => self.relaunch = true,
+                    }
+                    self.publish();
+                }
                 _ = stats_tick.tick() => self.agent_events.stats(&self.guard_status()),
                 _ = guard_tick.tick() => {
                     self.guard_sample();
@@ -202,9 +261,25 @@ impl Master {
                 _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping plugins"); break; }
                 _ = sigint.recv() => { tracing::info!("SIGINT: stopping plugins"); break; }
             }
+            if self.relaunch {
+                tracing::info!("stopping for the launcher to start the agent's chosen build");
+                break;
+            }
         }
+        let ending = if self.relaunch {
+            Ending::Relaunch
+        } else {
+            Ending::Stopped
+        };
         self.stop().await;
-        Ok(())
+        Ok(ending)
+    }
+
+    /// The version this process runs as: an updated build's, or the installed one's.
+    fn version(&self) -> String {
+        self.build
+            .clone()
+            .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned())
     }
 
     /// Makes the plugins, the log level and the guard match the local configuration as
@@ -212,7 +287,9 @@ impl Master {
     /// or the control plane says stop.
     fn apply_all(&mut self) {
         let body = &self.control.body;
-        let (effective, warnings) = plugins::effective_specs(&self.specs, body);
+        let (mut effective, warnings) = plugins::effective_specs(&self.specs, body);
+        self.updater.want(body);
+        self.updater.patch(&mut effective);
         for w in warnings {
             tracing::warn!("desired state: {w}");
         }
@@ -279,9 +356,62 @@ impl Master {
         self.publish();
     }
 
+    /// Downloads whose turn came, and the health gate of builds on trial.
+    fn update_tick(&mut self) {
+        let mut changed = self.updater.poll();
+        if self.updater.judging() {
+            changed |= self.updater.observe(&self.manager.statuses());
+        }
+        changed |= self.judge_agent_build();
+        if changed {
+            self.apply_all();
+            self.publish();
+        }
+    }
+
+    /// The running agent build's health gate; true when it was decided.
+    fn judge_agent_build(&mut self) -> bool {
+        let Some(trial) = &self.agent_trial else {
+            return false;
+        };
+        let u = &self.config.update;
+        let up = trial.since.elapsed();
+        let reached = self.config.control.is_none() || self.connected;
+        let version = trial.version.clone();
+        if up >= Duration::from_secs(u.healthy_after_secs) && reached {
+            if let Err(e) = launch::confirm(&self.config.state_dir) {
+                tracing::warn!(
+                    "cannot record agent build {version} as healthy: {e}; it stays on trial"
+                );
+                return false;
+            }
+            tracing::info!("agent build {version} passed its health gate");
+            self.updater.agent_judged(&version, None);
+        } else if up >= Duration::from_secs(u.grace_secs) {
+            let reason = if reached {
+                format!("not healthy within {}s", u.grace_secs)
+            } else {
+                format!("did not reach the control plane within {}s", u.grace_secs)
+            };
+            self.updater.agent_judged(&version, Some(&reason));
+            launch::forget_starts(&self.config.state_dir);
+            self.relaunch = true;
+        } else {
+            return false;
+        }
+        self.agent_trial = None;
+        true
+    }
+
     /// What the control-plane session says: a new desired state is applied and cached.
     fn take_update(&mut self, update: Update) {
+        if matches!(update, Update::Connected) {
+            self.connected = true;
+        }
         if let Some(actions) = self.control.take(update) {
+            for name in &actions.restart {
+                self.updater.forget_bad(name);
+            }
             self.apply_all();
             for name in actions.restart {
                 if !self.manager.restart(&name) {
@@ -317,8 +447,8 @@ impl Master {
     }
 
     fn snapshot(&self) -> AgentStatus {
-        AgentStatus {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+        let mut status = AgentStatus {
+            version: self.version(),
             host_id: self.me.host_id.clone(),
             hostname: self.me.hostname.clone(),
             pid: std::process::id(),
@@ -331,14 +461,22 @@ impl Master {
             stopped_by_command: self.control.stopped,
             started_at: self.me.started_at,
             updated_at: Timestamp::now(),
-            plugins: self.manager.statuses(),
+            plugins: self.plugin_statuses(),
             pipeline: self.counters.status(),
             guard: Some(self.guard_status()),
             cut: None,
             update: None,
             update_error: None,
             rolled_back: None,
-        }
+        };
+        self.updater.annotate_agent(&mut status);
+        status
+    }
+
+    fn plugin_statuses(&self) -> Vec<hids_types::status::PluginStatus> {
+        let mut plugins = self.manager.statuses();
+        self.updater.annotate(&mut plugins);
+        plugins
     }
 
     /// The status, to the file and to the session.

@@ -194,14 +194,17 @@ pub fn effective_specs(local: &[PluginSpec], body: &DesiredBody) -> (Vec<PluginS
                         args: d.args.clone().unwrap_or_default(),
                         enabled: d.enabled.unwrap_or(true),
                         limits: Default::default(),
+                        version: None,
                     })
                 }
                 Some(path) => warnings.push(format!(
                     "plugin {:?}: {path} is not an executable file on this host",
                     d.name
                 )),
+                // A build to download: the updater adds the plugin once installed.
+                None if d.version.is_some() => {}
                 None => warnings.push(format!(
-                    "plugin {:?} is not configured on this host and the desired state gives no path",
+                    "plugin {:?} is not configured on this host and the desired state gives no path or build",
                     d.name
                 )),
             },
@@ -222,6 +225,7 @@ mod tests {
             args: vec![],
             enabled: true,
             limits: Default::default(),
+            version: None,
         }
     }
 

@@ -255,6 +255,7 @@ async fn run_once(
     PluginStarted {
         plugin: &spec.name,
         path: &spec.path,
+        version: spec.version.as_deref(),
         pid,
         run_id,
     }
@@ -566,7 +567,11 @@ async fn pump(
     let hello = read_hello(&mut r, &head, max).await?;
     update(status, |s| {
         s.framed = Some(true);
-        s.version = Some(hello.version.clone());
+        // A build installed by self-update is reported by the version the desired state
+        // named it (what a rollout waits for), not by what it calls itself.
+        if s.version.is_none() {
+            s.version = Some(hello.version.clone());
+        }
     });
     let (plugin, run): (std::sync::Arc<str>, std::sync::Arc<str>) = (name.into(), run_id.into());
     let mut bad_events = 0u64;

@@ -10,7 +10,7 @@
 
 pub mod connect;
 pub mod credentials;
-mod hex;
+pub mod hex;
 pub mod hub;
 pub mod keys;
 pub mod publish;

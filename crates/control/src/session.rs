@@ -48,7 +48,7 @@ pub enum Update {
     /// (from the document or its blob) and the raw envelope (for the local cache).
     Apply {
         state: Box<DesiredState>,
-        body: DesiredBody,
+        body: Box<DesiredBody>,
         raw: Vec<u8>,
         /// The blob the settings came from (`body_sha256`), cached with the envelope so
         /// the cache can be checked against the signed hash at the next start.
@@ -581,7 +581,7 @@ impl Session {
                 self.applied_generation = state.generation;
                 Update::Apply {
                     state,
-                    body,
+                    body: Box::new(body),
                     raw,
                     blob,
                     revision,

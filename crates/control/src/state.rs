@@ -210,7 +210,7 @@ impl ControlState {
                 blob,
                 revision,
             } => {
-                let actions = self.accept(&state, body, &raw);
+                let actions = self.accept(&state, *body, &raw);
                 self.blob = blob.map(|b| String::from_utf8_lossy(&b).into_owned());
                 self.desired_revision = revision;
                 Some(actions)
@@ -420,7 +420,7 @@ mod tests {
             let body = crate::sign::signed_body(d, blob).unwrap_or_default();
             c.take(Update::Apply {
                 state: Box::new(d.clone()),
-                body,
+                body: Box::new(body),
                 raw,
                 blob: blob.map(<[u8]>::to_vec),
                 revision: 1,

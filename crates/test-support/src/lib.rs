@@ -18,6 +18,7 @@ mod server;
 mod sim;
 mod skip;
 pub mod sockets;
+mod static_http;
 
 use std::path::Path;
 use std::process::Output;
@@ -33,6 +34,7 @@ pub use prometheus::{prometheus_available, promtool_check_metrics, Prometheus};
 pub use server::Server;
 pub use sim::Sim;
 pub use skip::{is_root, skip};
+pub use static_http::{sha256_hex, StaticServer};
 
 /// A loopback TCP port nobody listens on right now.
 pub fn free_port() -> u16 {

@@ -15,6 +15,8 @@ fn update<R>(status: &Mutex<PluginStatus>, f: impl FnOnce(&mut PluginStatus) -> 
 pub struct PluginStarted<'a> {
     pub plugin: &'a str,
     pub path: &'a std::path::Path,
+    /// Of a build installed by self-update.
+    pub version: Option<&'a str>,
     pub pid: u32,
     pub run_id: &'a str,
 }
@@ -26,7 +28,7 @@ impl PluginStarted<'_> {
             s.pid = Some(self.pid);
             s.run_id = Some(self.run_id.to_owned());
             s.framed = None;
-            s.version = None;
+            s.version = self.version.map(str::to_owned);
         });
         let (pid, run_id) = (self.pid, self.run_id);
         tracing::info!(plugin = %self.plugin, pid, run_id, "started {}", self.path.display());

@@ -1,0 +1,750 @@
+//! Self-update: builds named by the signed desired state, downloaded, verified against
+//! the signed hash before anything else, installed in versioned directories under
+//! `state_dir`, switched atomically, and rolled back by the agent itself when the new
+//! build fails its health gate (docs/updates.md).
+//!
+//! The [`Updater`] follows one [`Track`] per plugin the desired state names a build for.
+//! It never blocks the master's loop: downloads run as tasks and report back through
+//! [`Updater::events`]; the health gate is judged from the supervisor's plugin statuses
+//! once a second ([`Updater::observe`]).
+
+pub mod download;
+mod gate;
+pub mod launch;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hids_types::desired::{DesiredBody, DesiredPlugin, Release};
+use hids_types::stagger::Backoff;
+use hids_types::status::PluginStatus;
+use hids_types::update::{Rollback, UpdatePhase, UpdateStatus};
+use hids_types::Timestamp;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::{PluginSpec, UpdateConfig};
+use download::{ClientSettings, DownloadError, Downloader, FailureKind, Fetched};
+use gate::{Gate, Verdict};
+use store::Slot;
+
+/// What the master does after the updater took a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Nothing,
+    /// The plugins' builds changed: apply them again.
+    Reapply,
+    /// A new build of the agent itself is installed: stop, and let the launcher start it.
+    Restart,
+}
+
+/// Download reports waiting for the master's loop, at most (one per plugin is typical).
+const EVENT_QUEUE: usize = 64;
+
+/// What a download task reports.
+pub struct JobEvent {
+    name: String,
+    sha256: String,
+    what: JobWhat,
+}
+
+enum JobWhat {
+    /// This host's turn came: the transfer began.
+    Downloading,
+    Done(Result<Fetched, DownloadError>),
+}
+
+/// One plugin's updates.
+struct Track {
+    slot: Slot,
+    /// The desired state names a build for this plugin (valid or not): the installed
+    /// current build runs instead of the configured one.
+    managed: bool,
+    /// The entry as last taken, to see whether a new document changed it.
+    entry: Option<DesiredPlugin>,
+    /// The valid build it names.
+    named: Option<Release>,
+    /// The installed current build's executable, re-hashed when it was chosen.
+    verified: Option<(store::Build, PathBuf)>,
+    status: Option<UpdateStatus>,
+    error: Option<String>,
+    rolled_back: Option<Rollback>,
+    job: Option<JoinHandle<()>>,
+    next_try: Option<Instant>,
+    retry: Backoff,
+    gate: Option<Gate>,
+}
+
+impl Track {
+    fn set_phase(&mut self, target: &str, phase: UpdatePhase) {
+        if self
+            .status
+            .as_ref()
+            .is_some_and(|s| s.phase == phase && s.target == target)
+        {
+            return;
+        }
+        self.status = Some(UpdateStatus {
+            target: target.to_owned(),
+            phase,
+            since: Timestamp::now(),
+        });
+    }
+
+    /// Stops a download in flight or planned. A build on trial stays on trial: its
+    /// gate keeps judging what runs, whatever the desired state names next.
+    fn cancel(&mut self) {
+        if let Some(job) = self.job.take() {
+            job.abort();
+        }
+        self.next_try = None;
+    }
+
+    /// Starts judging the installed current build when it is on trial (and not judged
+    /// already).
+    fn judge_current(&mut self) {
+        if self.slot.name() == launch::AGENT_SLOT {
+            return; // the running agent judges itself (master::agent_gate)
+        }
+        let on_trial = self.slot.manifest.trial;
+        match &self.verified {
+            Some((build, path)) if on_trial => {
+                if self.gate.as_ref().is_none_or(|g| !g.is_for(path)) {
+                    self.gate = Some(Gate::new(&build.version, path));
+                }
+            }
+            _ => self.gate = None,
+        }
+    }
+
+    fn choose_current(&mut self) {
+        self.verified = self.slot.verified_current();
+        self.judge_current();
+    }
+}
+
+pub struct Updater {
+    root: PathBuf,
+    host_id: String,
+    config: UpdateConfig,
+    downloader: Option<Arc<Downloader>>,
+    tracks: BTreeMap<String, Track>,
+    events_tx: mpsc::Sender<JobEvent>,
+    /// Download reports, for the master's loop to pass to [`Updater::finish`].
+    pub events: mpsc::Receiver<JobEvent>,
+}
+
+impl Updater {
+    /// Installed builds live under `<state_dir>/versions/<plugin>/`.
+    pub fn new(state_dir: &std::path::Path, host_id: &str, config: UpdateConfig) -> Updater {
+        let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+        Updater {
+            root: state_dir.join("versions"),
+            host_id: host_id.to_owned(),
+            config,
+            downloader: None,
+            tracks: BTreeMap::new(),
+            events_tx,
+            events,
+        }
+    }
+
+    /// Takes the desired state's plugin entries: a build newly named is scheduled for
+    /// download at this host's turn, an entry that no longer names one hands the plugin
+    /// back to its configured build. Entries that did not change change nothing, so this
+    /// runs on every apply.
+    pub fn want(&mut self, body: &DesiredBody) {
+        for entry in &body.plugins {
+            if hids_types::event::MASTER_STREAMS.contains(&entry.name.as_str()) {
+                continue;
+            }
+            let track = track_of(&mut self.tracks, &self.root, &self.host_id, &entry.name);
+            if track.entry.as_ref() == Some(entry) {
+                continue;
+            }
+            track.entry = Some(entry.clone());
+            take_entry(track, entry, &self.host_id, &self.config);
+        }
+        let agent_entry = body.agent.as_ref().map(agent_entry).unwrap_or_default();
+        let track = track_of(
+            &mut self.tracks,
+            &self.root,
+            &self.host_id,
+            launch::AGENT_SLOT,
+        );
+        if track.entry.as_ref() != Some(&agent_entry) {
+            track.entry = Some(agent_entry.clone());
+            take_entry(track, &agent_entry, &self.host_id, &self.config);
+        }
+        for (name, track) in &mut self.tracks {
+            if name == launch::AGENT_SLOT {
+                continue;
+            }
+            if track.entry.is_some() && !body.plugins.iter().any(|e| &e.name == name) {
+                track.entry = None;
+                take_entry(
+                    track,
+                    &DesiredPlugin::default(),
+                    &self.host_id,
+                    &self.config,
+                );
+            }
+        }
+    }
+
+    fn track(&mut self, name: &str) -> &mut Track {
+        track_of(&mut self.tracks, &self.root, &self.host_id, name)
+    }
+
+    /// An operator's `restart_plugin`: bad marks of this plugin are forgotten, so the
+    /// build the desired state names is tried again.
+    pub fn forget_bad(&mut self, name: &str) {
+        if let Some(track) = self.tracks.get_mut(name) {
+            if let Err(e) = track.slot.forget_bad_except(None) {
+                tracing::warn!("plugin {name}: cannot rewrite its installed-builds manifest: {e}");
+            }
+            track.entry = None; // taken again at the next apply
+            track.rolled_back = None;
+        }
+    }
+
+    /// Starts the downloads whose turn has come. True when a status changed.
+    pub fn poll(&mut self) -> bool {
+        let now = Instant::now();
+        let mut changed = false;
+        let names: Vec<String> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.job.is_none() && t.next_try.is_some_and(|at| at <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            changed |= self.start_download(&name);
+        }
+        changed
+    }
+
+    fn start_download(&mut self, name: &str) -> bool {
+        let downloader = match self.downloader() {
+            Ok(d) => d,
+            Err(e) => {
+                let track = self.track(name);
+                track.next_try = Some(Instant::now() + track.retry.failed());
+                track.error = Some(e.to_string());
+                return true;
+            }
+        };
+        let default_max = self.config.max_bytes;
+        let events = self.events_tx.clone();
+        let track = self.track(name);
+        track.next_try = None;
+        let Some(release) = track.named.clone() else {
+            return false;
+        };
+        if let Err(e) = track.slot.make_dir() {
+            track.error = Some(format!("cannot make {}: {e}", track.slot.name()));
+            track.set_phase(&release.version, UpdatePhase::Failed);
+            track.next_try = Some(Instant::now() + track.retry.failed());
+            return true;
+        }
+        let sha = release.sha256.to_ascii_lowercase();
+        track.slot.prune(Some(&sha));
+        let partial = track.slot.partial_path(&sha);
+        let name = name.to_owned();
+        track.job = Some(tokio::spawn(async move {
+            let report = |what| JobEvent {
+                name: name.clone(),
+                sha256: sha.clone(),
+                what,
+            };
+            let _ = events.send(report(JobWhat::Downloading)).await;
+            let max = release.max_bytes.unwrap_or(default_max);
+            let result = downloader
+                .fetch(&release.url, &release.sha256, max, &partial)
+                .await;
+            let _ = events.send(report(JobWhat::Done(result))).await;
+        }));
+        false
+    }
+
+    fn downloader(&mut self) -> Result<Arc<Downloader>, DownloadError> {
+        if let Some(d) = &self.downloader {
+            return Ok(d.clone());
+        }
+        let d = Arc::new(Downloader::new(ClientSettings {
+            connect_timeout: Duration::from_secs(self.config.connect_timeout_secs),
+            read_timeout: Duration::from_secs(self.config.read_timeout_secs),
+            ..ClientSettings::default()
+        })?);
+        self.downloader = Some(d.clone());
+        Ok(d)
+    }
+
+    /// A download's report: what the master must do about it.
+    pub fn finish(&mut self, event: JobEvent) -> Next {
+        let Some(track) = self.tracks.get_mut(&event.name) else {
+            return Next::Nothing;
+        };
+        let Some(release) = track.named.clone() else {
+            return Next::Nothing;
+        };
+        if !release.sha256.eq_ignore_ascii_case(&event.sha256) {
+            return Next::Nothing; // for an entry since replaced
+        }
+        match event.what {
+            JobWhat::Downloading => {
+                track.set_phase(&release.version, UpdatePhase::Downloading);
+                Next::Nothing
+            }
+            JobWhat::Done(result) => {
+                track.job = None;
+                match installed(track, &event.name, &release, result) {
+                    false => Next::Nothing,
+                    true if event.name == launch::AGENT_SLOT => Next::Restart,
+                    true => Next::Reapply,
+                }
+            }
+        }
+    }
+
+    /// The running agent build passed its health gate (`healthy`) or failed it: in the
+    /// status; a failed one is rolled back here and the master restarts into the
+    /// launcher's next choice.
+    pub fn agent_judged(&mut self, version: &str, failure: Option<&str>) {
+        let track = self.track(launch::AGENT_SLOT);
+        match failure {
+            None => {
+                if track.named.as_ref().is_some_and(|r| r.version == version) {
+                    track.set_phase(version, UpdatePhase::Healthy);
+                }
+            }
+            Some(reason) => roll_back(track, "agent", reason),
+        }
+    }
+
+    /// The running agent's build, as the launcher chose it: true when it is on trial
+    /// (until [`Updater::agent_judged`]).
+    pub fn agent_running(&mut self, version: &str) -> bool {
+        let track = self.track(launch::AGENT_SLOT);
+        if track.slot.manifest.trial {
+            track.set_phase(version, UpdatePhase::Trial);
+        }
+        track.slot.manifest.trial
+    }
+
+    /// The agent's own update state, for its status.
+    pub fn annotate_agent(&self, status: &mut hids_types::status::AgentStatus) {
+        if let Some(track) = self.tracks.get(launch::AGENT_SLOT) {
+            status.update = track.status.clone();
+            status.update_error = track.error.clone();
+            status.rolled_back = track.rolled_back.clone();
+        }
+    }
+
+    /// Judges builds on trial from the plugins' statuses: a healthy one is confirmed, a
+    /// failing one rolled back. True when the plugins must be applied again.
+    pub fn observe(&mut self, statuses: &[PluginStatus]) -> bool {
+        let now = Instant::now();
+        let mut reapply = false;
+        for (name, track) in &mut self.tracks {
+            let Some(gate) = &mut track.gate else {
+                continue;
+            };
+            let status = statuses.iter().find(|s| &s.name == name);
+            match gate.judge(status, now, &self.config) {
+                Verdict::Pending => {}
+                Verdict::Healthy => {
+                    let version = gate.version().to_owned();
+                    track.gate = None;
+                    if let Err(e) = track.slot.confirm() {
+                        tracing::warn!("plugin {name}: cannot record its build as healthy: {e}");
+                    }
+                    if track.named.as_ref().is_some_and(|r| r.version == version) {
+                        track.set_phase(&version, UpdatePhase::Healthy);
+                    }
+                    tracing::info!("plugin {name}: version {version} passed its health gate");
+                }
+                Verdict::Failed(reason) => {
+                    track.gate = None;
+                    roll_back(track, name, &reason);
+                    reapply = true;
+                }
+            }
+        }
+        reapply
+    }
+
+    fn plugin_tracks(&self) -> impl Iterator<Item = (&String, &Track)> {
+        self.tracks.iter().filter(|(n, _)| *n != launch::AGENT_SLOT)
+    }
+
+    /// True while a build is on trial (the master then observes every second).
+    pub fn judging(&self) -> bool {
+        self.tracks.values().any(|t| t.gate.is_some())
+    }
+
+    /// Points each managed plugin at its installed current build; a plugin the host's
+    /// configuration does not declare is added from its entry.
+    pub fn patch(&self, specs: &mut Vec<PluginSpec>) {
+        for (name, track) in self.plugin_tracks() {
+            let (true, Some((build, path))) = (track.managed, &track.verified) else {
+                continue;
+            };
+            match specs.iter_mut().find(|s| &s.name == name) {
+                Some(spec) => {
+                    spec.path = path.clone();
+                    spec.version = Some(build.version.clone());
+                }
+                None => {
+                    let entry = track.entry.clone().unwrap_or_default();
+                    specs.push(PluginSpec {
+                        name: name.clone(),
+                        path: path.clone(),
+                        args: entry.args.unwrap_or_default(),
+                        enabled: entry.enabled.unwrap_or(true),
+                        limits: Default::default(),
+                        version: Some(build.version.clone()),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Adds each plugin's update state to the statuses; a plugin with nothing running
+    /// yet (its first build still downloading, or refused) gets a line of its own.
+    pub fn annotate(&self, plugins: &mut Vec<PluginStatus>) {
+        for (name, track) in self.plugin_tracks() {
+            if track.status.is_none() && track.error.is_none() && track.rolled_back.is_none() {
+                continue;
+            }
+            let index = match plugins.iter().position(|p| &p.name == name) {
+                Some(i) => i,
+                None => {
+                    let state = hids_types::status::PluginState::Stopped;
+                    plugins.push(PluginStatus::new(name, "", state));
+                    plugins.len() - 1
+                }
+            };
+            let p = &mut plugins[index];
+            p.update = track.status.clone();
+            p.update_error = track.error.clone();
+            p.rolled_back = track.rolled_back.clone();
+        }
+    }
+}
+
+/// The agent's own build as a plugin-shaped entry, so one path takes both.
+fn agent_entry(release: &Release) -> DesiredPlugin {
+    DesiredPlugin {
+        name: launch::AGENT_SLOT.into(),
+        version: Some(release.version.clone()),
+        sha256: Some(release.sha256.clone()),
+        url: Some(release.url.clone()),
+        max_bytes: release.max_bytes,
+        spread_secs: release.spread_secs,
+        expires_at: release.expires_at,
+        ..DesiredPlugin::default()
+    }
+}
+
+/// `name`'s track, opened (its installed builds read) the first time.
+fn track_of<'a>(
+    tracks: &'a mut BTreeMap<String, Track>,
+    root: &std::path::Path,
+    host_id: &str,
+    name: &str,
+) -> &'a mut Track {
+    tracks.entry(name.to_owned()).or_insert_with(|| {
+        let mut t = Track {
+            slot: Slot::open(root, name),
+            managed: false,
+            entry: None,
+            named: None,
+            verified: None,
+            status: None,
+            error: None,
+            rolled_back: None,
+            job: None,
+            next_try: None,
+            retry: Backoff::new(Duration::from_secs(60), Duration::from_secs(3600))
+                .staggered(host_id),
+            gate: None,
+        };
+        t.choose_current();
+        // The last rollback stays in the status across restarts of the agent (also one
+        // the launcher made before this process started).
+        t.rolled_back = t.slot.manifest.bad.last().map(|bad| Rollback {
+            from: bad.version.clone(),
+            to: t.verified.as_ref().map(|(b, _)| b.version.clone()),
+            reason: bad.reason.clone(),
+            at: bad.at,
+        });
+        t
+    })
+}
+
+/// Takes one (changed) desired entry for `track`.
+fn take_entry(track: &mut Track, entry: &DesiredPlugin, host_id: &str, config: &UpdateConfig) {
+    track.cancel();
+    let version = entry.version.clone().unwrap_or_default();
+    let release = match entry.release() {
+        Ok(r) => r,
+        Err(problem) => {
+            // The running build keeps running: the entry is not acted on.
+            track.managed = true;
+            track.named = None;
+            track.error = Some(format!("desired build refused: {problem}"));
+            track.set_phase(&version, UpdatePhase::Failed);
+            return;
+        }
+    };
+    // Another build named: the bad marks of the others are forgotten, so naming one
+    // of them again later is a deliberate retry. Naming none keeps them (and the record
+    // of what happened).
+    if let Some(named) = &release {
+        if let Err(e) = track.slot.forget_bad_except(Some(named)) {
+            tracing::warn!("plugin {}: cannot rewrite its manifest: {e}", entry.name);
+        }
+    }
+    track.error = None;
+    track.named = release.clone();
+    let Some(release) = release else {
+        track.managed = false;
+        track.status = None;
+        return;
+    };
+    track.managed = true;
+    track.retry.succeeded();
+    track.choose_current();
+    if track.verified.as_ref().is_some_and(|(b, _)| b.is(&release)) {
+        let agent_on_trial = track.slot.name() == launch::AGENT_SLOT && track.slot.manifest.trial;
+        if track.gate.is_some() || agent_on_trial {
+            track.set_phase(&release.version, UpdatePhase::Trial);
+        } else {
+            track.set_phase(&release.version, UpdatePhase::Healthy);
+        }
+        return;
+    }
+    if let Some(bad) = track.slot.is_bad(&release).cloned() {
+        track.error = Some(format!(
+            "version {} was rolled back on this host ({}); it is not run again until the desired state names another build first, or restart_plugin",
+            release.version, bad.reason
+        ));
+        // Also after a restart of the agent, the status still says what happened.
+        if track
+            .rolled_back
+            .as_ref()
+            .is_none_or(|r| r.from != bad.version)
+        {
+            track.rolled_back = Some(Rollback {
+                from: bad.version.clone(),
+                to: track.verified.as_ref().map(|(b, _)| b.version.clone()),
+                reason: bad.reason.clone(),
+                at: bad.at,
+            });
+        }
+        track.set_phase(&release.version, UpdatePhase::RolledBack);
+        return;
+    }
+    if let Some(expired) = release
+        .expires_at
+        .filter(|at| at.0 <= std::time::SystemTime::now())
+    {
+        track.error = Some(format!(
+            "the entry for version {} expired at {}: no new update starts (the running build keeps running)",
+            release.version,
+            humantime::format_rfc3339_seconds(expired.0)
+        ));
+        track.set_phase(&release.version, UpdatePhase::Failed);
+        return;
+    }
+    let spread = Duration::from_secs(release.spread_secs.unwrap_or(config.spread_secs));
+    track.next_try = Some(Instant::now() + hids_types::stagger::offset(host_id, spread));
+    track.set_phase(&release.version, UpdatePhase::Waiting);
+}
+
+/// A download ended: installed and switched to, or the reason kept and a retry planned.
+/// True when installed.
+fn installed(
+    track: &mut Track,
+    name: &str,
+    release: &Release,
+    result: Result<Fetched, DownloadError>,
+) -> bool {
+    let partial = track.slot.partial_path(&release.sha256);
+    let failure = match result {
+        Ok(fetched) => match track.slot.install(release, &partial) {
+            Ok(()) => {
+                tracing::info!(
+                    "plugin {name}: version {} installed ({} bytes, sha256 verified); starting it on trial",
+                    release.version,
+                    fetched.bytes
+                );
+                track.retry.succeeded();
+                track.error = None;
+                track.choose_current();
+                track.set_phase(&release.version, UpdatePhase::Trial);
+                return true;
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                (
+                    format!("cannot install version {}: {e}", release.version),
+                    None,
+                )
+            }
+        },
+        Err(e) => (e.to_string(), Some(e.kind)),
+    };
+    let (why, kind) = failure;
+    let delay = match kind {
+        // The server or the way to it: soon, with backoff.
+        Some(FailureKind::Network | FailureKind::HttpStatus(_)) | None => track.retry.failed(),
+        // The bytes themselves were wrong: the file may be replaced on the server, but
+        // not in a minute.
+        Some(_) => Duration::from_secs(3600),
+    };
+    tracing::warn!(
+        "plugin {name}: version {} not installed: {why}; the running build keeps running; retry in {}s",
+        release.version,
+        delay.as_secs()
+    );
+    track.error = Some(why);
+    track.set_phase(&release.version, UpdatePhase::Failed);
+    track.next_try = Some(Instant::now() + delay);
+    false
+}
+
+/// The build on trial failed its gate: back to the previous build, marked bad.
+fn roll_back(track: &mut Track, name: &str, reason: &str) {
+    let failed = match track.slot.roll_back(reason) {
+        Ok(Some(b)) => b,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!("plugin {name}: cannot roll back ({e}); stopping the failed build");
+            track.managed = false;
+            track.verified = None;
+            return;
+        }
+    };
+    track.choose_current(); // an unproven build gone back to is judged in turn
+    let to = track.verified.as_ref().map(|(b, _)| b.version.clone());
+    tracing::warn!(
+        "plugin {name}: version {} rolled back to {} ({reason}); marked bad on this host",
+        failed.version,
+        to.as_deref().unwrap_or("the configured build")
+    );
+    track.rolled_back = Some(Rollback {
+        from: failed.version.clone(),
+        to,
+        reason: reason.to_owned(),
+        at: Timestamp::now(),
+    });
+    track.error = None;
+    track.set_phase(&failed.version, UpdatePhase::RolledBack);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(version: &str, url: Option<&str>, sha256: Option<&str>) -> DesiredPlugin {
+        DesiredPlugin {
+            name: "demo".into(),
+            version: Some(version.into()),
+            url: url.map(Into::into),
+            sha256: sha256.map(Into::into),
+            ..DesiredPlugin::default()
+        }
+    }
+
+    fn status_after(updater: &Updater) -> PluginStatus {
+        let mut plugins = Vec::new();
+        updater.annotate(&mut plugins);
+        plugins.into_iter().find(|p| p.name == "demo").unwrap()
+    }
+
+    #[test]
+    fn an_entry_without_url_or_hash_or_past_its_expiry_is_reported_not_acted_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut updater = Updater::new(dir.path(), "h1", UpdateConfig::default());
+        let sha = "a".repeat(64);
+        let cases = [
+            (entry("3", None, Some(&sha)), "names no url"),
+            (
+                entry("3", Some("http://127.0.0.1/x"), None),
+                "names no sha256",
+            ),
+            (entry("3", Some("ftp://x/y"), Some(&sha)), "not http"),
+            (entry("3", Some("http://x/y"), Some("abc")), "64 hex"),
+            (
+                DesiredPlugin {
+                    version: None,
+                    ..entry("3", Some("http://x/y"), Some(&sha))
+                },
+                "without a version",
+            ),
+            (
+                DesiredPlugin {
+                    expires_at: Some(Timestamp::from_unix_nanos(1)),
+                    ..entry("3", Some("http://x/y"), Some(&sha))
+                },
+                "expired",
+            ),
+        ];
+        for (e, why) in cases {
+            let body = DesiredBody {
+                plugins: vec![e],
+                ..DesiredBody::default()
+            };
+            updater.want(&body);
+            let s = status_after(&updater);
+            let error = s.update_error.unwrap_or_default();
+            assert!(error.contains(why), "{why}: {error}");
+            assert_eq!(s.update.unwrap().phase, UpdatePhase::Failed);
+            assert!(!updater.poll(), "nothing is downloaded");
+            let mut specs = Vec::new();
+            updater.patch(&mut specs);
+            assert!(specs.is_empty(), "nothing installed, nothing to run");
+        }
+    }
+
+    #[test]
+    fn a_new_entry_waits_for_this_hosts_turn_in_the_spread() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = UpdateConfig {
+            spread_secs: 3600,
+            ..UpdateConfig::default()
+        };
+        let mut updater = Updater::new(dir.path(), "h1", config);
+        let body = DesiredBody {
+            plugins: vec![entry(
+                "2",
+                Some("http://127.0.0.1:9/x"),
+                Some(&"b".repeat(64)),
+            )],
+            ..DesiredBody::default()
+        };
+        updater.want(&body);
+        assert_eq!(
+            status_after(&updater).update.unwrap().phase,
+            UpdatePhase::Waiting
+        );
+        let turn = updater.tracks["demo"].next_try.unwrap() - Instant::now();
+        let offset = hids_types::stagger::offset("h1", Duration::from_secs(3600));
+        assert!(
+            turn <= offset && turn + Duration::from_secs(5) > offset,
+            "{turn:?} vs {offset:?}"
+        );
+        // Dropping the entry hands the plugin back to its configured build.
+        updater.want(&DesiredBody::default());
+        assert!(updater.tracks["demo"].next_try.is_none());
+        let mut plugins = Vec::new();
+        updater.annotate(&mut plugins);
+        assert!(plugins.is_empty(), "{plugins:?}");
+    }
+}
