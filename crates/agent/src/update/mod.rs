@@ -651,6 +651,7 @@ fn roll_back(track: &mut Track, name: &str, reason: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::Digest as _;
 
     fn entry(version: &str, url: Option<&str>, sha256: Option<&str>) -> DesiredPlugin {
         DesiredPlugin {
@@ -746,5 +747,60 @@ mod tests {
         let mut plugins = Vec::new();
         updater.annotate(&mut plugins);
         assert!(plugins.is_empty(), "{plugins:?}");
+    }
+
+    #[test]
+    fn an_expired_entry_keeps_the_installed_build_running_and_only_blocks_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = b"#!/bin/sh\nexec sleep 60\n";
+        let sha = hids_control::hex::encode(&sha2::Sha256::digest(content));
+        let installed = entry("2", Some("http://127.0.0.1:9/demo-2"), Some(&sha));
+        let release = installed.release().unwrap().unwrap();
+        let mut slot = Slot::open(&dir.path().join("versions"), "demo");
+        slot.make_dir().unwrap();
+        let partial = slot.partial_path(&sha);
+        std::fs::write(&partial, content).unwrap();
+        slot.install(&release, &partial).unwrap();
+        slot.confirm().unwrap();
+
+        let expired = Some(Timestamp::from_unix_nanos(1));
+        let mut updater = Updater::new(dir.path(), "h1", UpdateConfig::default());
+        let body = DesiredBody {
+            plugins: vec![DesiredPlugin {
+                expires_at: expired,
+                ..installed.clone()
+            }],
+            ..DesiredBody::default()
+        };
+        updater.want(&body);
+        let mut specs = Vec::new();
+        updater.patch(&mut specs);
+        assert_eq!(specs.len(), 1, "the installed build still runs");
+        assert_eq!(specs[0].version.as_deref(), Some("2"));
+        assert_eq!(
+            status_after(&updater).update.unwrap().phase,
+            UpdatePhase::Healthy
+        );
+
+        let newer = DesiredBody {
+            plugins: vec![DesiredPlugin {
+                expires_at: expired,
+                ..entry(
+                    "3",
+                    Some("http://127.0.0.1:9/demo-3"),
+                    Some(&"c".repeat(64)),
+                )
+            }],
+            ..DesiredBody::default()
+        };
+        updater.want(&newer);
+        assert!(status_after(&updater)
+            .update_error
+            .unwrap()
+            .contains("expired"));
+        let mut specs = Vec::new();
+        updater.patch(&mut specs);
+        assert_eq!(specs[0].version.as_deref(), Some("2"), "2 keeps running");
+        assert!(!updater.poll(), "3 is not fetched");
     }
 }
