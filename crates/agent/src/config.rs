@@ -120,8 +120,10 @@ fn default_update_connect_timeout_secs() -> u64 {
 fn default_update_read_timeout_secs() -> u64 {
     30
 }
+/// As long as the supervisor's `stable_after_secs`: a build that crashes every 15 s
+/// must not pass before its exits are counted.
 fn default_update_healthy_after_secs() -> u64 {
-    10
+    60
 }
 fn default_update_grace_secs() -> u64 {
     300
@@ -538,24 +540,8 @@ impl PluginConfig {
         taken: &[PluginSpec],
         problems: &mut Vec<String>,
     ) -> Option<PluginSpec> {
-        let valid_name = !self.name.is_empty()
-            && self.name.len() <= 64
-            && self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !valid_name {
-            problems.push(format!(
-                "plugin name {:?}: use 1-64 letters, digits, '-' or '_'",
-                self.name
-            ));
-            return None;
-        }
-        if hids_types::event::MASTER_STREAMS.contains(&self.name.as_str()) {
-            problems.push(format!(
-                "plugin name {:?} is the agent's own event stream; choose another name",
-                self.name
-            ));
+        if let Some(problem) = hids_types::desired::plugin_name_problem(&self.name) {
+            problems.push(problem);
             return None;
         }
         if taken.iter().any(|s| s.name == self.name) {

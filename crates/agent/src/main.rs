@@ -108,7 +108,12 @@ fn main() -> ExitCode {
     let config = match &cli.config {
         Some(path) => match Config::load(path) {
             Ok(c) => c,
-            Err(e) => return config_error(&e.to_string()).into(),
+            Err(e) => {
+                if cli.command.is_none() {
+                    launch_despite(path);
+                }
+                return config_error(&e.to_string()).into();
+            }
         },
         None => Config::default(),
     };
@@ -121,6 +126,20 @@ fn main() -> ExitCode {
         None => run(config, cli.log_level),
     };
     exit.into()
+}
+
+/// The configuration is refused, maybe for keys only a newer build of the agent knows
+/// (an operator set them after a self-update): the launcher still starts the agent's
+/// current build, from the state directory read leniently, and that build judges the
+/// file. Returns when there is no such build (or this is it): the refusal stands.
+fn launch_despite(path: &Path) {
+    let state_dir = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("state_dir")?.as_str().map(PathBuf::from))
+        .unwrap_or_else(|| Config::default().state_dir);
+    let _log = logging::init("info");
+    update::launch::launch(&state_dir);
 }
 
 fn show_status(state_dir: &Path, json: bool, interval_secs: u64) -> Exit {

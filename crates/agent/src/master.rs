@@ -169,17 +169,15 @@ impl Master {
             "standalone"
         };
         let mut updater = Updater::new(&config.state_dir, &host_id, config.update.clone());
-        let build = match launched {
-            Launch::Build { version } => Some(version),
-            Launch::Installed => None,
+        let (build, running_dir) = match launched {
+            Launch::Build { version, dir } => (Some(version), Some(dir)),
+            Launch::Installed => (None, None),
         };
-        let agent_trial = build
-            .as_ref()
-            .filter(|v| updater.agent_running(v))
-            .map(|v| AgentTrial {
-                version: v.clone(),
-                since: Instant::now(),
-            });
+        let on_trial = updater.agent_running(running_dir.as_deref());
+        let agent_trial = build.as_ref().filter(|_| on_trial).map(|v| AgentTrial {
+            version: v.clone(),
+            since: Instant::now(),
+        });
         let mut master = Master {
             updater,
             build,
@@ -363,6 +361,15 @@ impl Master {
             changed |= self.updater.observe(&self.manager.statuses());
         }
         changed |= self.judge_agent_build();
+        // Only a desired state that was applied speaks for the agent's build: standalone,
+        // or before one, whatever the launcher chose runs on.
+        let named_by_control = self.control.applied_generation > 0;
+        if self
+            .updater
+            .agent_unnamed(self.build.is_some() && named_by_control)
+        {
+            self.relaunch = true;
+        }
         if changed {
             self.apply_all();
             self.publish();
@@ -379,21 +386,16 @@ impl Master {
         let reached = self.config.control.is_none() || self.connected;
         let version = trial.version.clone();
         if up >= Duration::from_secs(u.healthy_after_secs) && reached {
-            if let Err(e) = launch::confirm(&self.config.state_dir) {
-                tracing::warn!(
-                    "cannot record agent build {version} as healthy: {e}; it stays on trial"
-                );
-                return false;
-            }
             tracing::info!("agent build {version} passed its health gate");
             self.updater.agent_judged(&version, None);
+            launch::forget_starts(&self.config.state_dir);
         } else if up >= Duration::from_secs(u.grace_secs) {
-            let reason = if reached {
-                format!("not healthy within {}s", u.grace_secs)
-            } else {
-                format!("did not reach the control plane within {}s", u.grace_secs)
-            };
-            self.updater.agent_judged(&version, Some(&reason));
+            // Up all along but never reached etcd: maybe etcd is away, maybe the build
+            // cannot speak to it. Rolled back either way (a build that cannot be steered
+            // is the worst outcome), and tried again once an agent of this host has
+            // reached etcd.
+            let reason = format!("did not reach the control plane within {}s", u.grace_secs);
+            self.updater.agent_judged(&version, Some((&reason, true)));
             launch::forget_starts(&self.config.state_dir);
             self.relaunch = true;
         } else {
@@ -407,6 +409,8 @@ impl Master {
     fn take_update(&mut self, update: Update) {
         if matches!(update, Update::Connected) {
             self.connected = true;
+            self.updater.connected();
+            self.apply_all();
         }
         if let Some(actions) = self.control.take(update) {
             for name in &actions.restart {

@@ -167,11 +167,8 @@ pub fn effective_specs(local: &[PluginSpec], body: &DesiredBody) -> (Vec<PluginS
     let mut specs = local.to_vec();
     let mut warnings = Vec::new();
     for d in &body.plugins {
-        if hids_types::event::MASTER_STREAMS.contains(&d.name.as_str()) {
-            warnings.push(format!(
-                "plugin {:?} is the agent's own event stream; skipped",
-                d.name
-            ));
+        if let Some(problem) = hids_types::desired::plugin_name_problem(&d.name) {
+            warnings.push(format!("{problem}; skipped"));
             continue;
         }
         match specs.iter_mut().find(|s| s.name == d.name) {

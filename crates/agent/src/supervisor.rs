@@ -430,6 +430,9 @@ fn spawn(
     if let Some(dir) = state_dir {
         cmd.env(hids_wire::PLUGIN_STATE_DIR_ENV, dir);
     }
+    // The launcher's notes to the agent build it started are not the plugin's business.
+    cmd.env_remove(crate::update::launch::LAUNCHED_ENV)
+        .env_remove(crate::update::launch::LAUNCHER_ENV);
     cmd.args(&spec.args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

@@ -119,7 +119,8 @@ fn a_good_trial_build_runs_in_place_of_the_installed_binary() {
     let state = dir.path().join("state");
     let content = std::fs::read(bin("hids-agent")).unwrap();
     let exe = install_trial_build(&state, "9.9.9", &content);
-    let agent = Agent::start_in(dir, IDLE_PLUGIN);
+    let config = format!("{IDLE_PLUGIN}[update]\nhealthy_after_secs = 1\n");
+    let agent = Agent::start_in(dir, &config);
     let status = agent.wait_status("the new build running", Duration::from_secs(60), |s| {
         s["pid"].as_u64().is_some()
     });
@@ -132,5 +133,15 @@ fn a_good_trial_build_runs_in_place_of_the_installed_binary() {
         "{}",
         agent.stderr()
     );
+    // It passes its health gate (standalone: up for healthy_after_secs): confirmed,
+    // counter cleared, and the status says so.
+    let status = agent.wait_status("the build to pass its gate", Duration::from_secs(30), |s| {
+        s["update"]["phase"] == "healthy"
+    });
+    assert_eq!(status["version"], "9.9.9");
+    let m = manifest(&state);
+    assert_eq!(m["trial"], false, "{m:#}");
+    assert_eq!(m["current"]["passed"], true, "{m:#}");
+    assert_eq!(starts(&state), None);
     // Stopped with SIGTERM when dropped.
 }

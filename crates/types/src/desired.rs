@@ -148,6 +148,28 @@ impl Release {
     }
 }
 
+/// What is wrong with a plugin name, if anything: 1-64 letters, digits, `-` or `_`, and
+/// not one of the agent's own event streams. The name becomes a directory under the
+/// agent's state (its state and its installed builds), so nothing else may pass.
+pub fn plugin_name_problem(name: &str) -> Option<String> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid {
+        return Some(format!(
+            "plugin name {name:?}: use 1-64 letters, digits, '-' or '_'"
+        ));
+    }
+    if crate::event::MASTER_STREAMS.contains(&name) {
+        return Some(format!(
+            "plugin name {name:?} is the agent's own event stream; choose another name"
+        ));
+    }
+    None
+}
+
 impl DesiredPlugin {
     /// The build this entry names, if any. An entry with `sha256`, `url` or a limit but
     /// no `version` is an error, as is a [`Release`] with a [`Release::problem`].

@@ -1,5 +1,7 @@
 //! The health gate of a build on trial, judged from the supervisor's status of the
-//! plugin: healthy once one run of the new build has stayed up `healthy_after_secs`;
+//! plugin: healthy once one run of the new build has stayed up `healthy_after_secs`
+//! (60 s by default, the supervisor's `stable_after_secs`: a build that crashes every
+//! 15 s never passes, its exits are counted);
 //! failed after `crash_exits` exits in a row (the supervisor's count, which a run of
 //! `stable_after_secs` resets), on quarantine, or when nothing healthy was seen within
 //! `grace_secs`. A build that cannot even be started counts its failed starts as exits,
@@ -56,6 +58,13 @@ impl Gate {
         now: Instant,
         config: &UpdateConfig,
     ) -> Verdict {
+        // Held by the guard or a stop command, or disabled: the grace period waits too
+        // (the supervisor has not even switched the status to the new build).
+        if status.is_some_and(|s| matches!(s.state, PluginState::Stopped | PluginState::Disabled)) {
+            self.since = now;
+            self.run = None;
+            return Verdict::Pending;
+        }
         let grace = Duration::from_secs(config.grace_secs);
         let over = now.saturating_duration_since(self.since) > grace;
         let Some(s) = status.filter(|s| s.path == self.path) else {
@@ -83,12 +92,6 @@ impl Gate {
                 }
                 _ => self.run = Some((pid, now)),
             },
-            // Held by the guard or a stop command: the grace period waits too.
-            (PluginState::Stopped | PluginState::Disabled, _) => {
-                self.since = now;
-                self.run = None;
-                return Verdict::Pending;
-            }
             _ => self.run = None,
         }
         if over {
@@ -162,7 +165,9 @@ mod tests {
     fn a_hold_pauses_the_grace_period() {
         let mut gate = Gate::new("4", Path::new("/v/4/demo"));
         let t0 = Instant::now();
-        let held = status(PluginState::Stopped, None, 0);
+        // Held before the supervisor even switched to the new build.
+        let mut held = status(PluginState::Stopped, None, 0);
+        held.path = "/v/2/demo".into();
         let later = t0 + Duration::from_secs(600);
         assert_eq!(gate.judge(Some(&held), later, &config()), Verdict::Pending);
         let up = status(PluginState::Running, Some(9), 0);

@@ -8,7 +8,8 @@
 //! `<state_dir>/versions/agent.starts.json` *before* the `exec`, and a start that would
 //! be the fourth ([`MAX_TRIAL_STARTS`]) rolls the build back instead (marked bad in the
 //! manifest, the previous build or the installed binary runs). The running build
-//! clears the count when it passes its health gate ([`confirm`]). After the master
+//! clears the count when it passes its health gate (`Updater::agent_judged`, then
+//! [`forget_starts`]). After the master
 //! installed a new build of itself, [`reexec`] hands over to the launcher again, so the
 //! launcher, never the old build, chooses.
 //!
@@ -68,8 +69,8 @@ static LAUNCHER: OnceLock<PathBuf> = OnceLock::new();
 pub enum Launch {
     /// The installed binary.
     Installed,
-    /// An updated build the launcher started.
-    Build { version: String },
+    /// An updated build the launcher started: its version, and its directory in the slot.
+    Build { version: String, dir: String },
 }
 
 /// The start counter of the build on trial.
@@ -103,6 +104,7 @@ pub fn launch(state_dir: &Path) -> Launch {
     if let Some(dir) = std::env::var_os(LAUNCHED_ENV) {
         return Launch::Build {
             version: version_of(state_dir, &dir),
+            dir: dir.to_string_lossy().into_owned(),
         };
     }
     let launcher = match std::env::current_exe() {
@@ -116,6 +118,12 @@ pub fn launch(state_dir: &Path) -> Launch {
     let versions = state_dir.join(VERSIONS_DIR);
     let starts_path = versions.join(STARTS_FILE);
     let mut slot = Slot::open(&versions, AGENT_SLOT);
+    if package_replaced(&slot, &launcher) {
+        if let Err(e) = slot.back_to_installed() {
+            tracing::warn!("cannot record the switch back to the installed binary: {e}");
+        }
+        return Launch::Installed;
+    }
     // One roll back for a build that may not run, then the installed binary: never a
     // loop.
     let mut rolled_back = false;
@@ -131,6 +139,34 @@ pub fn launch(state_dir: &Path) -> Launch {
             Choice::Run { build, exe, starts } => {
                 return run_build(&mut slot, &starts_path, &launcher, &build, &exe, starts);
             }
+        }
+    }
+}
+
+/// The installed binary is not the one the current build was installed over (a package
+/// upgrade replaced it): the package manager's build wins, so that an upgrade or a
+/// security fix installed with apt takes effect.
+fn package_replaced(slot: &Slot, launcher: &Path) -> bool {
+    let (Some(base), Some(current)) = (&slot.manifest.base, &slot.manifest.current) else {
+        return false;
+    };
+    match super::store::sha256_of(launcher) {
+        Ok(sum) if sum.eq_ignore_ascii_case(base) => false,
+        Ok(_) => {
+            tracing::info!(
+                "{} changed since agent build {} was installed over it (a package upgrade?): running it instead",
+                launcher.display(),
+                current.version
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot read {} ({e}); keeping agent build {}",
+                launcher.display(),
+                current.version
+            );
+            false
         }
     }
 }
@@ -204,38 +240,8 @@ pub fn choose(slot: &Slot, counter: Option<&Starts>) -> Choice {
     }
 }
 
-/// The running updated build passed its health gate: confirmed in the manifest, and its
-/// start counter cleared. Nothing to do for the installed binary, or for a build that
-/// is no longer the current one (a newer one was installed meanwhile: that one has
-/// not proven anything yet).
-///
-/// # Errors
-/// When the manifest cannot be written; the build stays on trial.
-pub fn confirm(state_dir: &Path) -> io::Result<()> {
-    confirm_running(state_dir, std::env::var_os(LAUNCHED_ENV).as_deref())
-}
-
-fn confirm_running(state_dir: &Path, running: Option<&OsStr>) -> io::Result<()> {
-    let Some(running) = running else {
-        return Ok(());
-    };
-    let versions = state_dir.join(VERSIONS_DIR);
-    let mut slot = Slot::open(&versions, AGENT_SLOT);
-    let is_current = slot
-        .manifest
-        .current
-        .as_ref()
-        .is_some_and(|b| OsStr::new(&b.dir) == running);
-    if !is_current || !slot.manifest.trial {
-        return Ok(());
-    }
-    slot.confirm()?;
-    remove_starts(&versions.join(STARTS_FILE));
-    Ok(())
-}
-
-/// The master rolled the running build back (its health gate failed): the start
-/// counter goes with it, so a later install of the same build counts from 0.
+/// The running build passed its health gate, or the master rolled it back: the start
+/// counter goes, so a later install of the same build counts from 0.
 pub fn forget_starts(state_dir: &Path) {
     remove_starts(&state_dir.join(VERSIONS_DIR).join(STARTS_FILE));
 }
@@ -297,7 +303,7 @@ fn log_start(build: &Build, exe: &Path, starts: Option<&Starts>) {
 /// could not be written (then the installed binary runs, and the next start tries
 /// again).
 fn roll_back(slot: &mut Slot, starts_path: &Path, reason: &str) -> bool {
-    match slot.roll_back(reason) {
+    match slot.roll_back(reason, false) {
         Ok(Some(bad)) => {
             remove_starts(starts_path);
             let now = slot.manifest.current.as_ref().map_or_else(
@@ -425,8 +431,31 @@ mod tests {
         let r = release(version, content);
         let partial = slot.partial_path(&r.sha256);
         std::fs::write(&partial, content).unwrap();
-        slot.install(&r, &partial).unwrap();
+        slot.install(&r, &partial, None).unwrap();
         slot
+    }
+
+    #[test]
+    fn a_package_upgrade_of_the_installed_binary_takes_over_from_the_agent_build() {
+        let state = tempfile::tempdir().unwrap();
+        let launcher = state.path().join("hids-agent");
+        std::fs::write(&launcher, b"installed 1").unwrap();
+        let mut slot = Slot::open(&state.path().join(VERSIONS_DIR), AGENT_SLOT);
+        slot.make_dir().unwrap();
+        let r = release("2", b"two");
+        let partial = slot.partial_path(&r.sha256);
+        std::fs::write(&partial, b"two").unwrap();
+        let base = crate::update::store::sha256_of(&launcher).unwrap();
+        slot.install(&r, &partial, Some(base)).unwrap();
+        assert!(
+            !package_replaced(&slot, &launcher),
+            "the same installed binary"
+        );
+        std::fs::write(&launcher, b"installed 2, from apt").unwrap();
+        assert!(package_replaced(&slot, &launcher));
+        slot.back_to_installed().unwrap();
+        assert!(matches!(choose(&slot, None), Choice::Installed));
+        assert_eq!(slot.manifest.previous.unwrap().version, "2");
     }
 
     /// A build that records how it was started in `<state>/ran-<version>`.
@@ -544,33 +573,6 @@ mod tests {
         };
         write_starts(&path, &starts).unwrap();
         assert_eq!(read_starts(&path), Some(starts));
-    }
-
-    #[test]
-    fn only_the_running_current_build_is_confirmed() {
-        let state = tempfile::tempdir().unwrap();
-        let slot = install(state.path(), "2", b"two");
-        let dir = slot.manifest.current.clone().unwrap().dir;
-        let counter = Starts {
-            dir: dir.clone(),
-            starts: 2,
-        };
-        write_starts(&starts_path(state.path()), &counter).unwrap();
-        // The installed binary, or an older build still running after the install of
-        // this one, proves nothing about it.
-        confirm_running(state.path(), None).unwrap();
-        confirm_running(state.path(), Some(OsStr::new("1-aaaaaaaaaaaa"))).unwrap();
-        let slot = Slot::open(&state.path().join(VERSIONS_DIR), AGENT_SLOT);
-        assert!(slot.manifest.trial);
-        assert!(starts_path(state.path()).exists());
-        confirm_running(state.path(), Some(OsStr::new(&dir))).unwrap();
-        let slot = Slot::open(&state.path().join(VERSIONS_DIR), AGENT_SLOT);
-        assert!(!slot.manifest.trial);
-        assert!(!starts_path(state.path()).exists());
-        assert!(matches!(
-            choose(&slot, None),
-            Choice::Run { starts: None, .. }
-        ));
     }
 
     #[test]

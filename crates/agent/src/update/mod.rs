@@ -48,7 +48,8 @@ const EVENT_QUEUE: usize = 64;
 /// What a download task reports.
 pub struct JobEvent {
     name: String,
-    sha256: String,
+    /// Which job: a report of a job since aborted (the entry changed) is ignored.
+    job: u64,
     what: JobWhat,
 }
 
@@ -74,6 +75,10 @@ struct Track {
     error: Option<String>,
     rolled_back: Option<Rollback>,
     job: Option<JoinHandle<()>>,
+    /// The id of the job in `job` (ids only grow).
+    job_id: u64,
+    /// The download in flight resumed bytes an earlier attempt left.
+    resumed: bool,
     next_try: Option<Instant>,
     retry: Backoff,
     gate: Option<Gate>,
@@ -133,6 +138,7 @@ pub struct Updater {
     config: UpdateConfig,
     downloader: Option<Arc<Downloader>>,
     tracks: BTreeMap<String, Track>,
+    next_job: u64,
     events_tx: mpsc::Sender<JobEvent>,
     /// Download reports, for the master's loop to pass to [`Updater::finish`].
     pub events: mpsc::Receiver<JobEvent>,
@@ -148,6 +154,7 @@ impl Updater {
             config,
             downloader: None,
             tracks: BTreeMap::new(),
+            next_job: 1,
             events_tx,
             events,
         }
@@ -159,7 +166,9 @@ impl Updater {
     /// runs on every apply.
     pub fn want(&mut self, body: &DesiredBody) {
         for entry in &body.plugins {
-            if hids_types::event::MASTER_STREAMS.contains(&entry.name.as_str()) {
+            // The name becomes a directory: a bad one never gets near the file system
+            // (effective_specs has warned about it).
+            if hids_types::desired::plugin_name_problem(&entry.name).is_some() {
                 continue;
             }
             let track = track_of(&mut self.tracks, &self.root, &self.host_id, &entry.name);
@@ -229,36 +238,48 @@ impl Updater {
     }
 
     fn start_download(&mut self, name: &str) -> bool {
-        let downloader = match self.downloader() {
-            Ok(d) => d,
-            Err(e) => {
-                let track = self.track(name);
-                track.next_try = Some(Instant::now() + track.retry.failed());
-                track.error = Some(e.to_string());
-                return true;
-            }
-        };
+        let downloader = self.downloader();
         let default_max = self.config.max_bytes;
         let events = self.events_tx.clone();
+        let job = self.next_job;
+        self.next_job += 1;
         let track = self.track(name);
         track.next_try = None;
         let Some(release) = track.named.clone() else {
             return false;
         };
-        if let Err(e) = track.slot.make_dir() {
-            track.error = Some(format!("cannot make {}: {e}", track.slot.name()));
+        let failed = |track: &mut Track, why: String| {
+            track.error = Some(why);
             track.set_phase(&release.version, UpdatePhase::Failed);
             track.next_try = Some(Instant::now() + track.retry.failed());
+            true
+        };
+        // Checked again at every attempt: a retry after the entry expired starts nothing.
+        if let Some(why) = expired(&release) {
+            track.error = Some(why);
+            track.set_phase(&release.version, UpdatePhase::Failed);
             return true;
+        }
+        let downloader = match downloader {
+            Ok(d) => d,
+            Err(e) => return failed(track, e.to_string()),
+        };
+        if let Err(e) = track.slot.make_dir() {
+            return failed(
+                track,
+                format!("cannot make {}: {e}", track.slot.dir().display()),
+            );
         }
         let sha = release.sha256.to_ascii_lowercase();
         track.slot.prune(Some(&sha));
         let partial = track.slot.partial_path(&sha);
+        track.resumed = std::fs::metadata(&partial).is_ok_and(|m| m.len() > 0);
+        track.job_id = job;
         let name = name.to_owned();
         track.job = Some(tokio::spawn(async move {
             let report = |what| JobEvent {
                 name: name.clone(),
-                sha256: sha.clone(),
+                job,
                 what,
             };
             let _ = events.send(report(JobWhat::Downloading)).await;
@@ -292,8 +313,8 @@ impl Updater {
         let Some(release) = track.named.clone() else {
             return Next::Nothing;
         };
-        if !release.sha256.eq_ignore_ascii_case(&event.sha256) {
-            return Next::Nothing; // for an entry since replaced
+        if track.job.is_none() || event.job != track.job_id {
+            return Next::Nothing; // a job aborted since (the entry changed)
         }
         match event.what {
             JobWhat::Downloading => {
@@ -311,29 +332,82 @@ impl Updater {
         }
     }
 
-    /// The running agent build passed its health gate (`healthy`) or failed it: in the
-    /// status; a failed one is rolled back here and the master restarts into the
-    /// launcher's next choice.
-    pub fn agent_judged(&mut self, version: &str, failure: Option<&str>) {
+    /// The running agent build (`running`: its directory in the slot, from the launcher)
+    /// passed its health gate, or failed it for `reason`. A failed one is rolled back
+    /// here and the master restarts into the launcher's next choice; `until_connected`:
+    /// it failed only for not reaching the control plane, so it is tried again once an
+    /// agent of this host has (an etcd outage must not brand a good build).
+    pub fn agent_judged(&mut self, version: &str, failure: Option<(&str, bool)>) {
         let track = self.track(launch::AGENT_SLOT);
         match failure {
             None => {
-                if track.named.as_ref().is_some_and(|r| r.version == version) {
+                if let Err(e) = track.slot.confirm() {
+                    tracing::warn!("cannot record agent build {version} as healthy: {e}");
+                }
+                if track.named.as_ref().is_none_or(|r| r.version == version) {
                     track.set_phase(version, UpdatePhase::Healthy);
                 }
             }
-            Some(reason) => roll_back(track, "agent", reason),
+            Some((reason, until_connected)) => {
+                roll_back(track, "agent", reason, until_connected);
+            }
         }
     }
 
-    /// The running agent's build, as the launcher chose it: true when it is on trial
-    /// (until [`Updater::agent_judged`]).
-    pub fn agent_running(&mut self, version: &str) -> bool {
+    /// What the launcher started, against the agent's installed builds: true when this
+    /// process is the current build on trial (until [`Updater::agent_judged`]). When the
+    /// launcher declined to start the current build, the status says so.
+    pub fn agent_running(&mut self, running_dir: Option<&str>) -> bool {
         let track = self.track(launch::AGENT_SLOT);
-        if track.slot.manifest.trial {
-            track.set_phase(version, UpdatePhase::Trial);
+        let current = track.slot.manifest.current.clone();
+        match (running_dir, current) {
+            (Some(dir), Some(build)) if build.dir == dir => {
+                if track.slot.manifest.trial {
+                    track.set_phase(&build.version, UpdatePhase::Trial);
+                }
+                track.slot.manifest.trial
+            }
+            (None, Some(build)) => {
+                track.error = Some(format!(
+                    "the launcher did not start agent build {} (its log says why); the installed binary runs",
+                    build.version
+                ));
+                track.set_phase(&build.version, UpdatePhase::Failed);
+                false
+            }
+            _ => false,
         }
-        track.slot.manifest.trial
+    }
+
+    /// The control plane answered: builds rolled back only for not reaching it are
+    /// tried again.
+    pub fn connected(&mut self) {
+        for (name, track) in &mut self.tracks {
+            match track.slot.forget_unreached() {
+                Ok(true) => track.entry = None, // taken again at the next apply
+                Ok(false) => {}
+                Err(e) => tracing::warn!("{name}: cannot rewrite its manifest: {e}"),
+            }
+        }
+    }
+
+    /// The desired state names no agent build while an updated one runs: the installed
+    /// binary is to run again (also how a package upgrade takes over). True when the
+    /// master must relaunch.
+    pub fn agent_unnamed(&mut self, running_build: bool) -> bool {
+        let track = self.track(launch::AGENT_SLOT);
+        if !running_build || track.named.is_some() || track.entry.is_none() {
+            return false;
+        }
+        if track.slot.manifest.current.is_none() {
+            return false;
+        }
+        if let Err(e) = track.slot.back_to_installed() {
+            tracing::warn!("cannot switch back to the installed agent binary: {e}");
+            return false;
+        }
+        tracing::info!("the desired state names no agent build: back to the installed binary");
+        true
     }
 
     /// The agent's own update state, for its status.
@@ -367,10 +441,11 @@ impl Updater {
                         track.set_phase(&version, UpdatePhase::Healthy);
                     }
                     tracing::info!("plugin {name}: version {version} passed its health gate");
+                    reapply = true; // to publish the phase at once
                 }
                 Verdict::Failed(reason) => {
                     track.gate = None;
-                    roll_back(track, name, &reason);
+                    roll_back(track, name, &reason, false);
                     reapply = true;
                 }
             }
@@ -469,6 +544,8 @@ fn track_of<'a>(
             error: None,
             rolled_back: None,
             job: None,
+            job_id: 0,
+            resumed: false,
             next_try: None,
             retry: Backoff::new(Duration::from_secs(60), Duration::from_secs(3600))
                 .staggered(host_id),
@@ -487,40 +564,41 @@ fn track_of<'a>(
     })
 }
 
-/// Takes one (changed) desired entry for `track`.
+/// Takes one (changed) desired entry for `track`. What runs meanwhile does not change
+/// until the named build is installed: the installed current build when the plugin was
+/// already on one, else the configured build.
 fn take_entry(track: &mut Track, entry: &DesiredPlugin, host_id: &str, config: &UpdateConfig) {
     track.cancel();
     let version = entry.version.clone().unwrap_or_default();
     let release = match entry.release() {
         Ok(r) => r,
         Err(problem) => {
-            // The running build keeps running: the entry is not acted on.
-            track.managed = true;
             track.named = None;
-            track.error = Some(format!("desired build refused: {problem}"));
+            track.error = Some(format!(
+                "desired build refused: {problem}; the running build keeps running"
+            ));
             track.set_phase(&version, UpdatePhase::Failed);
             return;
         }
     };
-    // Another build named: the bad marks of the others are forgotten, so naming one
-    // of them again later is a deliberate retry. Naming none keeps them (and the record
-    // of what happened).
-    if let Some(named) = &release {
-        if let Err(e) = track.slot.forget_bad_except(Some(named)) {
-            tracing::warn!("plugin {}: cannot rewrite its manifest: {e}", entry.name);
-        }
-    }
     track.error = None;
     track.named = release.clone();
     let Some(release) = release else {
         track.managed = false;
         track.status = None;
+        track.slot.prune(Some("")); // no download to resume any more
         return;
     };
-    track.managed = true;
+    // Another build named: the bad marks of the others are forgotten, so naming one
+    // of them again later is a deliberate retry. Naming none keeps them (and the record
+    // of what happened).
+    if let Err(e) = track.slot.forget_bad_except(Some(&release)) {
+        tracing::warn!("{}: cannot rewrite its manifest: {e}", entry.name);
+    }
     track.retry.succeeded();
     track.choose_current();
     if track.verified.as_ref().is_some_and(|(b, _)| b.is(&release)) {
+        track.managed = true;
         let agent_on_trial = track.slot.name() == launch::AGENT_SLOT && track.slot.manifest.trial;
         if track.gate.is_some() || agent_on_trial {
             track.set_phase(&release.version, UpdatePhase::Trial);
@@ -530,10 +608,9 @@ fn take_entry(track: &mut Track, entry: &DesiredPlugin, host_id: &str, config: &
         return;
     }
     if let Some(bad) = track.slot.is_bad(&release).cloned() {
-        track.error = Some(format!(
-            "version {} was rolled back on this host ({}); it is not run again until the desired state names another build first, or restart_plugin",
-            release.version, bad.reason
-        ));
+        // What it was rolled back to runs.
+        track.managed = track.verified.is_some();
+        track.error = Some(bad_build_error(track.slot.name(), &release, &bad));
         // Also after a restart of the agent, the status still says what happened.
         if track
             .rolled_back
@@ -550,21 +627,38 @@ fn take_entry(track: &mut Track, entry: &DesiredPlugin, host_id: &str, config: &
         track.set_phase(&release.version, UpdatePhase::RolledBack);
         return;
     }
-    if let Some(expired) = release
-        .expires_at
-        .filter(|at| at.0 <= std::time::SystemTime::now())
-    {
-        track.error = Some(format!(
-            "the entry for version {} expired at {}: no new update starts (the running build keeps running)",
-            release.version,
-            humantime::format_rfc3339_seconds(expired.0)
-        ));
+    if let Some(why) = expired(&release) {
+        track.error = Some(why);
         track.set_phase(&release.version, UpdatePhase::Failed);
         return;
     }
     let spread = Duration::from_secs(release.spread_secs.unwrap_or(config.spread_secs));
     track.next_try = Some(Instant::now() + hids_types::stagger::offset(host_id, spread));
     track.set_phase(&release.version, UpdatePhase::Waiting);
+}
+
+fn bad_build_error(component: &str, release: &Release, bad: &store::BadBuild) -> String {
+    let retry = if component == launch::AGENT_SLOT {
+        "name another agent build first (or push this one with a new sha256)"
+    } else {
+        "name another build first, or `hidsctl restart-plugin`"
+    };
+    format!(
+        "version {} was rolled back on this host ({}); it is not run again: to retry, {retry}",
+        release.version, bad.reason
+    )
+}
+
+/// Why `release` may no longer start an update, if it may not.
+fn expired(release: &Release) -> Option<String> {
+    let at = release
+        .expires_at
+        .filter(|at| at.0 <= std::time::SystemTime::now())?;
+    Some(format!(
+        "the entry for version {} expired at {}: no new update starts and the running build keeps running; push it again with a later expires_at",
+        release.version,
+        humantime::format_rfc3339_seconds(at.0)
+    ))
 }
 
 /// A download ended: installed and switched to, or the reason kept and a retry planned.
@@ -577,15 +671,19 @@ fn installed(
 ) -> bool {
     let partial = track.slot.partial_path(&release.sha256);
     let failure = match result {
-        Ok(fetched) => match track.slot.install(release, &partial) {
+        Ok(fetched) => match track
+            .slot
+            .install(release, &partial, base_for(track.slot.name()))
+        {
             Ok(()) => {
                 tracing::info!(
-                    "plugin {name}: version {} installed ({} bytes, sha256 verified); starting it on trial",
+                    "{name}: version {} installed ({} bytes, sha256 verified); starting it on trial",
                     release.version,
                     fetched.bytes
                 );
                 track.retry.succeeded();
                 track.error = None;
+                track.managed = true;
                 track.choose_current();
                 track.set_phase(&release.version, UpdatePhase::Trial);
                 return true;
@@ -604,12 +702,16 @@ fn installed(
     let delay = match kind {
         // The server or the way to it: soon, with backoff.
         Some(FailureKind::Network | FailureKind::HttpStatus(_)) | None => track.retry.failed(),
+        // Bytes kept from an earlier attempt (a power cut can leave garbage): once more
+        // from the start, at once.
+        Some(FailureKind::HashMismatch) if track.resumed => Duration::from_secs(1),
         // The bytes themselves were wrong: the file may be replaced on the server, but
         // not in a minute.
         Some(_) => Duration::from_secs(3600),
     };
+    track.resumed = false;
     tracing::warn!(
-        "plugin {name}: version {} not installed: {why}; the running build keeps running; retry in {}s",
+        "{name}: version {} not installed: {why}; the running build keeps running; retry in {}s",
         release.version,
         delay.as_secs()
     );
@@ -619,13 +721,30 @@ fn installed(
     false
 }
 
+/// For the agent's own builds: the SHA-256 of the installed binary they are installed
+/// over (see [`store::Manifest::base`]).
+fn base_for(component: &str) -> Option<String> {
+    if component != launch::AGENT_SLOT {
+        return None;
+    }
+    let exe = launch::installed_exe().ok()?;
+    store::sha256_of(&exe)
+        .map_err(|e| {
+            tracing::warn!(
+                "cannot hash {} ({e}); a package upgrade will not take over from the agent build",
+                exe.display()
+            )
+        })
+        .ok()
+}
+
 /// The build on trial failed its gate: back to the previous build, marked bad.
-fn roll_back(track: &mut Track, name: &str, reason: &str) {
-    let failed = match track.slot.roll_back(reason) {
+fn roll_back(track: &mut Track, name: &str, reason: &str, until_connected: bool) {
+    let failed = match track.slot.roll_back(reason, until_connected) {
         Ok(Some(b)) => b,
         Ok(None) => return,
         Err(e) => {
-            tracing::error!("plugin {name}: cannot roll back ({e}); stopping the failed build");
+            tracing::error!("{name}: cannot roll back ({e}); stopping the failed build");
             track.managed = false;
             track.verified = None;
             return;
@@ -634,7 +753,7 @@ fn roll_back(track: &mut Track, name: &str, reason: &str) {
     track.choose_current(); // an unproven build gone back to is judged in turn
     let to = track.verified.as_ref().map(|(b, _)| b.version.clone());
     tracing::warn!(
-        "plugin {name}: version {} rolled back to {} ({reason}); marked bad on this host",
+        "{name}: version {} rolled back to {} ({reason}); marked bad on this host",
         failed.version,
         to.as_deref().unwrap_or("the configured build")
     );
@@ -760,7 +879,7 @@ mod tests {
         slot.make_dir().unwrap();
         let partial = slot.partial_path(&sha);
         std::fs::write(&partial, content).unwrap();
-        slot.install(&release, &partial).unwrap();
+        slot.install(&release, &partial, None).unwrap();
         slot.confirm().unwrap();
 
         let expired = Some(Timestamp::from_unix_nanos(1));
@@ -802,5 +921,38 @@ mod tests {
         updater.patch(&mut specs);
         assert_eq!(specs[0].version.as_deref(), Some("2"), "2 keeps running");
         assert!(!updater.poll(), "3 is not fetched");
+    }
+
+    #[test]
+    fn only_the_agent_build_the_launcher_started_is_on_trial_and_a_declined_one_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = b"#!/bin/sh\nexit 0\n";
+        let sha = hids_control::hex::encode(&sha2::Sha256::digest(content));
+        let release = entry("9", Some("http://127.0.0.1:9/a"), Some(&sha))
+            .release()
+            .unwrap()
+            .unwrap();
+        let mut slot = Slot::open(&dir.path().join("versions"), launch::AGENT_SLOT);
+        slot.make_dir().unwrap();
+        let partial = slot.partial_path(&sha);
+        std::fs::write(&partial, content).unwrap();
+        slot.install(&release, &partial, None).unwrap();
+        let build_dir = slot.manifest.current.clone().unwrap().dir;
+
+        let mut older = Updater::new(dir.path(), "h1", UpdateConfig::default());
+        assert!(
+            !older.agent_running(Some("1-aaaaaaaaaaaa")),
+            "an older build proves nothing"
+        );
+        let mut running = Updater::new(dir.path(), "h1", UpdateConfig::default());
+        assert!(running.agent_running(Some(&build_dir)));
+        running.agent_judged("9", None);
+        let reopened = Slot::open(&dir.path().join("versions"), launch::AGENT_SLOT);
+        assert!(!reopened.manifest.trial && reopened.manifest.current.unwrap().passed);
+
+        let mut declined = Updater::new(dir.path(), "h1", UpdateConfig::default());
+        assert!(!declined.agent_running(None));
+        let error = declined.tracks[launch::AGENT_SLOT].error.clone();
+        assert!(error.unwrap().contains("did not start agent build 9"));
     }
 }

@@ -54,6 +54,10 @@ pub struct BadBuild {
     pub sha256: String,
     pub reason: String,
     pub at: Timestamp,
+    /// It failed only for not reaching the control plane: tried again once an agent of
+    /// this host has.
+    #[serde(default)]
+    pub until_connected: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +71,10 @@ pub struct Manifest {
     pub trial: bool,
     #[serde(default)]
     pub bad: Vec<BadBuild>,
+    /// The agent's slot only: SHA-256 of the installed binary the current build was
+    /// installed over. When it changes (a package upgrade), the installed binary runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
 
 /// The installed builds of one component.
@@ -107,6 +115,10 @@ impl Slot {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Where a download of `sha256` goes while in progress.
@@ -179,9 +191,15 @@ impl Slot {
     ///
     /// # Errors
     /// When the file system refuses; the manifest is then unchanged.
-    pub fn install(&mut self, release: &Release, partial: &Path) -> io::Result<()> {
+    pub fn install(
+        &mut self,
+        release: &Release,
+        partial: &Path,
+        base: Option<String>,
+    ) -> io::Result<()> {
         let build = self.place(release, partial)?;
         let mut next = self.manifest.clone();
+        next.base = base;
         if let Some(old) = next.current.take().filter(|old| !old.is(release)) {
             let keep_earlier = !old.passed && next.previous.as_ref().is_some_and(|p| p.passed);
             if !keep_earlier {
@@ -238,7 +256,7 @@ impl Slot {
     /// The current build failed: marked bad, and the previous build (or none: the
     /// configured one) becomes current again, on trial if it never passed. Returns the
     /// bad build.
-    pub fn roll_back(&mut self, reason: &str) -> io::Result<Option<Build>> {
+    pub fn roll_back(&mut self, reason: &str, until_connected: bool) -> io::Result<Option<Build>> {
         let mut next = self.manifest.clone();
         let Some(failed) = next.current.take() else {
             return Ok(None);
@@ -252,11 +270,37 @@ impl Slot {
             sha256: failed.sha256.clone(),
             reason: reason.to_owned(),
             at: Timestamp::now(),
+            until_connected,
         });
         let excess = next.bad.len().saturating_sub(MAX_BAD);
         next.bad.drain(..excess);
         self.commit(next)?;
         Ok(Some(failed))
+    }
+
+    /// Back to the configured (installed) build: the current one is kept as the one to
+    /// go back to, not run.
+    pub fn back_to_installed(&mut self) -> io::Result<()> {
+        let mut next = self.manifest.clone();
+        if let Some(current) = next.current.take() {
+            next.previous = Some(current);
+        }
+        next.trial = false;
+        next.base = None;
+        self.commit(next)
+    }
+
+    /// Forgets the bad marks of builds that failed only for not reaching the control
+    /// plane. True when there were some.
+    pub fn forget_unreached(&mut self) -> io::Result<bool> {
+        let before = self.manifest.bad.len();
+        let mut next = self.manifest.clone();
+        next.bad.retain(|b| !b.until_connected);
+        if next.bad.len() == before {
+            return Ok(false);
+        }
+        self.commit(next)?;
+        Ok(true)
     }
 
     /// Writes `next` as the manifest (the switch), then removes builds it no longer
@@ -378,7 +422,7 @@ mod tests {
         for (v, content) in [("2", b"two".as_slice()), ("3", b"three"), ("4", b"four")] {
             let r = release(v, content);
             let p = download(&slot, &r, content);
-            slot.install(&r, &p).unwrap();
+            slot.install(&r, &p, None).unwrap();
             slot.confirm().unwrap();
         }
         let dirs: Vec<_> = std::fs::read_dir(root.path().join("demo"))
@@ -392,8 +436,8 @@ mod tests {
         assert_eq!(std::fs::read(path).unwrap(), b"four");
         let r5 = release("5", b"five");
         let p = download(&slot, &r5, b"five");
-        slot.install(&r5, &p).unwrap();
-        let failed = slot.roll_back("3 exits").unwrap().unwrap();
+        slot.install(&r5, &p, None).unwrap();
+        let failed = slot.roll_back("3 exits", false).unwrap().unwrap();
         assert_eq!(failed.version, "5");
         assert!(slot.is_bad(&r5).is_some());
         let reopened = Slot::open(root.path(), "demo");
@@ -408,15 +452,15 @@ mod tests {
         let mut slot = Slot::open(root.path(), "demo");
         let r2 = release("2", b"two");
         let p = download(&slot, &r2, b"two");
-        slot.install(&r2, &p).unwrap();
+        slot.install(&r2, &p, None).unwrap();
         slot.confirm().unwrap();
         for (v, c) in [("3", b"three".as_slice()), ("4", b"four")] {
             let r = release(v, c);
             let p = download(&slot, &r, c);
-            slot.install(&r, &p).unwrap(); // never confirmed
+            slot.install(&r, &p, None).unwrap(); // never confirmed
         }
         assert_eq!(slot.manifest.previous.as_ref().unwrap().version, "2");
-        slot.roll_back("never healthy").unwrap();
+        slot.roll_back("never healthy", false).unwrap();
         assert_eq!(slot.verified_current().unwrap().0.version, "2");
     }
 
@@ -427,9 +471,9 @@ mod tests {
         for (v, c) in [("2", b"two".as_slice()), ("4", b"four")] {
             let r = release(v, c);
             let p = download(&slot, &r, c);
-            slot.install(&r, &p).unwrap(); // 2 still on trial when 4 comes
+            slot.install(&r, &p, None).unwrap(); // 2 still on trial when 4 comes
         }
-        slot.roll_back("3 exits").unwrap();
+        slot.roll_back("3 exits", false).unwrap();
         assert_eq!(slot.verified_current().unwrap().0.version, "2");
         assert!(slot.manifest.trial, "2 has not passed: judged again");
     }
@@ -440,7 +484,7 @@ mod tests {
         let mut slot = Slot::open(root.path(), "demo");
         let r2 = release("2", b"two");
         let p = download(&slot, &r2, b"two");
-        slot.install(&r2, &p).unwrap();
+        slot.install(&r2, &p, None).unwrap();
         // Build 3 placed, then the agent dies before the switch; also a staging
         // directory and a manifest temporary file from an earlier death.
         let r3 = release("3", b"three");
@@ -463,7 +507,7 @@ mod tests {
         let mut slot = Slot::open(root.path(), "demo");
         let r2 = release("2", b"two");
         let p = download(&slot, &r2, b"two");
-        slot.install(&r2, &p).unwrap();
+        slot.install(&r2, &p, None).unwrap();
         let (_, exe) = slot.verified_current().unwrap();
         std::fs::write(&exe, b"tampered").unwrap();
         assert!(slot.verified_current().is_none());
