@@ -66,6 +66,17 @@ impl Keys {
         format!("{}history/{record_id}", self.prefix)
     }
 
+    /// `rollouts/`: one record per staged rollout (`hidsctl rollout`), its settings,
+    /// waves and progress.
+    pub fn rollouts(&self) -> String {
+        format!("{}rollouts/", self.prefix)
+    }
+
+    /// Ids sort by start time, so the latest rollout is the last key.
+    pub fn rollout(&self, id: &str) -> String {
+        format!("{}rollouts/{id}", self.prefix)
+    }
+
     /// The fleet-wide generation counter.
     pub fn generation(&self) -> String {
         format!("{}meta/generation", self.prefix)
@@ -139,6 +150,7 @@ mod tests {
         assert_eq!(k.agent("h1"), "/hids/v1/agents/h1");
         assert_eq!(k.desired("h1"), "/hids/v1/desired/h1");
         assert_eq!(k.blob("ab"), "/hids/v1/blobs/ab");
+        assert_eq!(k.rollout("r1"), "/hids/v1/rollouts/r1");
         assert_eq!(Keys::new("/x").agents(), "/x/agents/");
         assert_eq!(k.host_of(&k.agents(), b"/hids/v1/agents/h1"), Some("h1"));
         assert_eq!(k.host_of(&k.agents(), b"/hids/v1/agents/"), None);

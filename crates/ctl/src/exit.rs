@@ -20,17 +20,22 @@ pub enum Exit {
     NotAllApplied,
     /// `vulns hosts`, `packages hosts`/`show`: the query matched nothing.
     NothingFound,
+    /// `rollout start`/`status`: the rollout stopped by itself before its last wave
+    /// (failures or rollbacks over `--max-failure-percent`, or a wave timed out with
+    /// hosts pending); later waves were not written.
+    RolloutHalted,
 }
 
 impl Exit {
     /// Every code, in the order `--help` lists them.
-    const ALL: [Exit; 6] = [
+    const ALL: [Exit; 7] = [
         Exit::Success,
         Exit::Error,
         Exit::Usage,
         Exit::UndeclaredLoss,
         Exit::NotAllApplied,
         Exit::NothingFound,
+        Exit::RolloutHalted,
     ];
 
     /// The process exit status. Values are a contract with scripts: never renumber.
@@ -42,6 +47,7 @@ impl Exit {
             Exit::UndeclaredLoss => 3,
             Exit::NotAllApplied => 4,
             Exit::NothingFound => 5,
+            Exit::RolloutHalted => 6,
         }
     }
 
@@ -53,6 +59,10 @@ impl Exit {
             Exit::UndeclaredLoss => "reconcile: events lost without a declaration",
             Exit::NotAllApplied => "a change with --wait: not every target applied it in time",
             Exit::NothingFound => "vulns/packages: no host matched the query",
+            Exit::RolloutHalted => {
+                "rollout: halted (too many failures or rollbacks, or a wave timed out); \
+                 later waves not written"
+            }
         }
     }
 
@@ -81,7 +91,7 @@ mod tests {
         let help = Exit::help();
         let mut codes: Vec<u8> = Exit::ALL.iter().map(|e| e.code()).collect();
         codes.dedup();
-        assert_eq!(codes, [0, 1, 2, 3, 4, 5]);
+        assert_eq!(codes, [0, 1, 2, 3, 4, 5, 6]);
         for exit in Exit::ALL {
             assert!(help.contains(&format!("  {}  ", exit.code())), "{help}");
         }

@@ -31,6 +31,7 @@ mod fleet;
 mod progress;
 mod push;
 mod reconcile;
+mod rollout;
 mod vulns;
 
 use std::path::{Path, PathBuf};
@@ -141,6 +142,13 @@ enum Command {
         plugin: String,
         #[command(flatten)]
         change: ChangeArgs,
+    },
+    /// Roll a plugin build out in waves (1%, 10%, 50%, 100% of the stable percentage
+    /// buckets): each wave waits for its hosts to run the build healthy, and the rollout
+    /// halts by itself when too many fail or roll back.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
     },
     /// Show who changed what, when, for which targets.
     History {
@@ -282,6 +290,60 @@ enum Command {
         /// Hosts handled at once.
         #[arg(long, default_value_t = enroll::DEFAULT_CONCURRENCY)]
         concurrency: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RolloutCommand {
+    /// Start a rollout of the builds the file names (`[[plugins]]` with `version`,
+    /// `url`, `sha256`). Wave k writes the settings to the targets whose bucket is below
+    /// its percentage and not below the previous wave's, then waits until each of them
+    /// runs every named version healthy, failed, or rolled back. Exits 6 when it halts:
+    /// failures plus rollbacks above --max-failure-percent of a wave's hosts (as soon as
+    /// that is certain), or a wave still has hosts pending at --wave-timeout (offline
+    /// hosts stay pending).
+    Start {
+        /// The desired settings (as `push --file`), naming at least one build.
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        sign: SignArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// The waves' cumulative percentages, each above the one before.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,50,100")]
+        waves: Vec<f64>,
+        /// Halt when failed and rolled-back hosts are above this share of a wave.
+        #[arg(long, default_value_t = 5.0)]
+        max_failure_percent: f64,
+        /// How long a wave may take (e.g. 30m, 2h).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30m")]
+        wave_timeout: Duration,
+        /// Print the outcome as JSON (no progress bars).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a rollout (the latest without ID). One whose hidsctl was interrupted has its
+    /// wave in progress followed to its end first, with the same halting rule.
+    Status {
+        id: Option<String>,
+        /// Go on with the remaining waves (needs --key). Also after a halt or a timeout:
+        /// the operator's decision, the next wave is written.
+        #[arg(long = "continue", requires = "key")]
+        go_on: bool,
+        /// The signing key, for --continue.
+        #[arg(long, env = "HIDSCTL_KEY", value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// Who is making the change, for the history (default: $USER).
+        #[arg(long = "as", env = "USER", default_value = "unknown")]
+        operator: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every rollout, oldest first.
+    List {
         #[arg(long)]
         json: bool,
     },
@@ -483,6 +545,9 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
             fleet::agents(&mut connect().await?, &keys, selector.as_ref(), json).await
         }
         Command::Stats { by, json } => fleet::stats(&mut connect().await?, &keys, &by, json).await,
+        Command::Rollout { command } => {
+            rollout_command(&mut connect().await?, &keys, command).await
+        }
         Command::History { limit, json } => {
             fleet::history(&mut connect().await?, &keys, limit, json).await
         }
@@ -550,6 +615,54 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
             let c = push::Change::Command(CommandKind::Snapshot, Some(plugin));
             push::run(&mut connect().await?, &keys, change.request(c)?).await
         }
+    }
+}
+
+async fn rollout_command(
+    client: &mut etcd_client::Client,
+    keys: &Keys,
+    command: RolloutCommand,
+) -> anyhow::Result<Exit> {
+    match command {
+        RolloutCommand::Start {
+            file,
+            sign,
+            target,
+            waves,
+            max_failure_percent,
+            wave_timeout,
+            json,
+        } => {
+            let args = rollout::StartArgs {
+                file,
+                target: target.target()?,
+                waves,
+                max_failure_percent,
+                wave_timeout,
+                key: hids_control::SigningKey::load(&sign.key)?,
+                operator: sign.operator,
+                json,
+            };
+            rollout::start(client, keys, args).await
+        }
+        RolloutCommand::Status {
+            id,
+            go_on,
+            key,
+            operator,
+            json,
+        } => {
+            let go_on = match (go_on, key) {
+                (false, _) => None,
+                (true, None) => anyhow::bail!("--continue needs --key"),
+                (true, Some(key)) => Some(rollout::GoOn {
+                    key: hids_control::SigningKey::load(&key)?,
+                    operator,
+                }),
+            };
+            rollout::status(client, keys, id.as_deref(), go_on, json).await
+        }
+        RolloutCommand::List { json } => rollout::list(client, keys, json).await,
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use etcd_client::Client;
 use hids_control::publish::StatusPublisher;
@@ -17,6 +17,8 @@ use hids_types::guard::{GuardConfig, GuardState, GuardStatus};
 use hids_types::status::{AgentStatus, PipelineStatus, PluginState, PluginStatus};
 use hids_types::Timestamp;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
+
+use crate::update::{Host, Outcomes, Updates};
 
 const IDCS: [&str; 8] = ["bj1", "bj2", "sh1", "sh2", "gz1", "sz1", "hk1", "sg1"];
 const PRODUCTS: [&str; 12] = [
@@ -163,7 +165,7 @@ pub fn idle_guard() -> GuardStatus {
 }
 
 /// splitmix64: spreads consecutive indexes over the label space.
-fn mix(mut x: u64) -> u64 {
+pub(crate) fn mix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -212,6 +214,13 @@ pub struct Fleet {
     /// How often each agent publishes its status with the latest sample (staggered
     /// per host, as the agent's guard ticks are).
     pub guard_period: Duration,
+    /// How simulated plugin updates go.
+    pub outcomes: Outcomes,
+}
+
+/// The version of a plugin a simulated host runs before any update.
+fn installed(plugin: &str) -> Option<&'static str> {
+    (plugin == "process").then_some(env!("CARGO_PKG_VERSION"))
 }
 
 /// One virtual agent: the agent's session on a shared client, the agent's own handling
@@ -228,9 +237,18 @@ pub async fn agent(
         return;
     };
     let mut control = ControlState::default();
+    let mut updates = Updates::default();
+    let host = Host {
+        hash: hids_types::stagger::host_hash(&fleet.profile.host_id(i)),
+        outcomes: &fleet.outcomes,
+    };
     let (mut publisher, status_rx) = StatusPublisher::new();
-    let status = |control: &ControlState| fleet.profile.status(i, control, &fleet.guard.borrow());
-    publisher.publish(&status(&control));
+    let status = |control: &ControlState, updates: &Updates| {
+        let mut s = fleet.profile.status(i, control, &fleet.guard.borrow());
+        updates.report(&mut s.plugins, host, SystemTime::now());
+        s
+    };
+    publisher.publish(&status(&control, &updates));
     let (updates_tx, mut updates_rx) = mpsc::channel(4);
     let period = fleet.guard_period;
     let offset = hids_types::stagger::offset(&fleet.profile.host_id(i), period);
@@ -240,10 +258,14 @@ pub async fn agent(
         let mut sample = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
         sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let next_phase = updates.next_change(host, SystemTime::now());
             tokio::select! {
                 update = updates_rx.recv() => {
                     let Some(update) = update else { break };
                     fleet.counters.count(&update, &mut online, &mut permit);
+                    if let Update::Apply { body, .. } = &update {
+                        updates.apply(body, host, SystemTime::now(), installed);
+                    }
                     control.take(update);
                     // What was applied and which commands ran is kept, as an agent does;
                     // the settings themselves only matter to plugins, which are not
@@ -253,10 +275,12 @@ pub async fn agent(
                     control.blob = None;
                 }
                 _ = sample.tick() => {}
+                // A simulated update changes phase: published at once, as the agent does.
+                _ = tokio::time::sleep(next_phase.unwrap_or_default()), if next_phase.is_some() => {}
             }
             // As the agent does after every update and guard sample: the publisher
             // decides whether etcd is written now or with the next refresh.
-            publisher.publish(&status(&control));
+            publisher.publish(&status(&control, &updates));
         }
         if online {
             fleet.counters.online.fetch_sub(1, Ordering::Relaxed);

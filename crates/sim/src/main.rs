@@ -8,9 +8,11 @@
 //! update and guard sample, so etcd sees the writes real agents would make. Only the
 //! host and the plugins are simulated: the status document says what a host with a
 //! running process plugin would say, with the guard figures of the simulator process
-//! (sampled once for all agents).
+//! (sampled once for all agents), and simulated plugin updates
+//! ([`update`]: phases and outcomes by `hash(host_id)`, nothing downloaded).
 
 mod fleet;
+mod update;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,6 +73,16 @@ struct Cli {
     /// Agents registering at the same time while the fleet comes up.
     #[arg(long, default_value_t = 2000)]
     ramp: usize,
+    /// Simulated plugin updates: a desired state naming a plugin build (version, url,
+    /// sha256) the agent does not run takes this many seconds per host (0.5 to 1.5
+    /// times it, by hash(host_id)): downloading, trial, then healthy or rolled back.
+    /// Nothing is downloaded.
+    #[arg(long, default_value_t = 5.0)]
+    update_secs: f64,
+    /// Share of hosts (0-100, chosen stably by hash(host_id)) whose simulated updates
+    /// fail their trial and roll back to the previous version.
+    #[arg(long, default_value_t = 0.0)]
+    update_fail_percent: f64,
     /// Host ids are PREFIX + a zero-padded index.
     #[arg(long, default_value = "sim-")]
     host_prefix: String,
@@ -192,6 +204,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.agents == 0 {
         anyhow::bail!("--agents: give at least 1");
     }
+    let outcomes = update::Outcomes::new(cli.update_secs, cli.update_fail_percent)?;
     let trusted = trusted_keys(cli.trusted_key.as_ref())?;
     let etcd = etcd_settings(&cli)?.config()?;
     let connections = Connections::open(&cli, &etcd).await?;
@@ -216,6 +229,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ramp: Arc::new(tokio::sync::Semaphore::new(cli.ramp.max(1))),
         guard: guard_rx,
         guard_period,
+        outcomes,
     });
     let started = Instant::now();
     let (agents, agent_state_bytes) =

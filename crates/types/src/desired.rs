@@ -53,7 +53,7 @@ pub struct DesiredBody {
     pub guard: Option<crate::guard::GuardConfig>,
     /// The agent's own build to run (self-update); absent: the installed one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent: Option<Release>,
+    pub agent: Option<Box<Release>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,6 +145,30 @@ impl Release {
             ));
         }
         None
+    }
+}
+
+impl DesiredBody {
+    /// What an agent would not act on in these settings, one line each: plugin names,
+    /// build entries (a version without url or hash, ...), the agent's build. `hidsctl`
+    /// refuses such settings before writing anything.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (i, entry) in self.plugins.iter().enumerate() {
+            if let Some(p) = plugin_name_problem(&entry.name) {
+                problems.push(p);
+            }
+            if let Err(p) = entry.release() {
+                problems.push(format!("plugin {:?}: {p}", entry.name));
+            }
+            if self.plugins[..i].iter().any(|e| e.name == entry.name) {
+                problems.push(format!("plugin {:?} is listed twice", entry.name));
+            }
+        }
+        if let Some(p) = self.agent.as_ref().and_then(|r| r.problem()) {
+            problems.push(format!("[agent]: {p}"));
+        }
+        problems
     }
 }
 
@@ -242,4 +266,35 @@ pub struct SignedDocument {
     pub sig: String,
     /// The [`DesiredState`] as JSON text.
     pub doc: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_an_agent_would_not_act_on_are_named() {
+        let body: DesiredBody = serde_json::from_value(serde_json::json!({
+            "plugins": [
+                {"name": "demo", "version": "2", "url": "https://builds.example/demo-2"},
+                {"name": "../etc"},
+                {"name": "demo"}
+            ],
+            "agent": {"version": "9", "url": "http://x/agent", "sha256": "abc"}
+        }))
+        .unwrap();
+        let problems = body.problems().join("\n");
+        assert!(problems.contains("names no sha256"), "{problems}");
+        assert!(problems.contains("\"../etc\""), "{problems}");
+        assert!(problems.contains("listed twice"), "{problems}");
+        assert!(
+            problems.contains("[agent]: version 9: sha256 must be 64 hex"),
+            "{problems}"
+        );
+        let fine: DesiredBody = serde_json::from_value(
+            serde_json::json!({"plugins": [{"name": "process", "enabled": false}]}),
+        )
+        .unwrap();
+        assert!(fine.problems().is_empty());
+    }
 }

@@ -178,7 +178,7 @@ impl Updater {
             track.entry = Some(entry.clone());
             take_entry(track, entry, &self.host_id, &self.config);
         }
-        let agent_entry = body.agent.as_ref().map(agent_entry).unwrap_or_default();
+        let agent_entry = body.agent.as_deref().map(agent_entry).unwrap_or_default();
         let track = track_of(
             &mut self.tracks,
             &self.root,

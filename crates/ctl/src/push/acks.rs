@@ -1,18 +1,34 @@
 //! Stage 4: acknowledgements (with `--wait`). The agents' status keys are followed
 //! from the revision the targets were chosen at until every target has applied or
 //! refused the document, or the time is up.
+//!
+//! The following itself ([`follow`]: a watch on `agents/`, read again when it breaks)
+//! serves every waiter: a push's [`Tally`] and a rollout's wave, each a [`Follower`].
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, EventType, WatchOptions, WatchResponse, WatchStream};
 use hids_control::Keys;
+use indicatif::ProgressBar;
 use serde::Deserialize;
 
 use super::targets::Fleet;
 use super::writing::Written;
 use crate::fleet::get_all;
 use crate::progress::bar;
+
+/// What follows the targets' status keys: told of every change, it says when it has
+/// seen enough.
+pub trait Follower {
+    /// `host`'s status key was written (`Some(value)`) or is gone (`None`: the agent
+    /// is offline). Called for hosts that are not targets too: ignore them.
+    fn set(&mut self, host: &str, status: Option<&[u8]>, now: Instant);
+    /// Nothing more to wait for.
+    fn done(&self) -> bool;
+    /// Shows where things stand.
+    fn draw(&self, bar: &ProgressBar);
+}
 
 /// The part of a status document that says whether a push arrived: parsing only this
 /// keeps following 100,000 acknowledgements cheap.
@@ -91,7 +107,7 @@ impl<'a> Tally<'a> {
         }
     }
 
-    fn set(&mut self, host: &str, status: Option<AckView>, now: Instant) {
+    fn record(&mut self, host: &str, status: Option<AckView>, now: Instant) {
         let Some(slot) = self.hosts.get_mut(host) else {
             return;
         };
@@ -113,6 +129,11 @@ impl<'a> Tally<'a> {
         }
     }
 
+    /// Every target settled (or offline).
+    fn all_answered(&self) -> bool {
+        self.pending == 0
+    }
+
     /// Where `host` stands; `None` for a host that is not a target.
     pub fn get(&self, host: &str) -> Option<&HostAck<'a>> {
         self.hosts.get(host)
@@ -131,6 +152,22 @@ impl<'a> Tally<'a> {
     }
 }
 
+impl Follower for Tally<'_> {
+    fn set(&mut self, host: &str, status: Option<&[u8]>, now: Instant) {
+        // A value that is not a status document says nothing: as if offline.
+        let view = status.and_then(|v| serde_json::from_slice(v).ok());
+        self.record(host, view, now);
+    }
+
+    fn done(&self) -> bool {
+        self.all_answered()
+    }
+
+    fn draw(&self, bar: &ProgressBar) {
+        bar.set_position(self.settled as u64);
+    }
+}
+
 /// Follows the targets' status keys for at most `limit`.
 ///
 /// # Errors
@@ -144,7 +181,6 @@ pub async fn await_acks<'a>(
     show_progress: bool,
 ) -> anyhow::Result<Tally<'a>> {
     let deadline = tokio::time::Instant::now() + limit;
-    let dir = keys.agents();
     let mut tally = Tally::new(&fleet.hosts, written);
     // Who was online when the targets were chosen; everything since comes through the
     // watch from that revision, so the fleet's statuses are not read a second time.
@@ -154,20 +190,52 @@ pub async fn await_acks<'a>(
         }
     }
     let progress = show_progress.then(|| bar(fleet.hosts.len() as u64, "waiting for agents"));
-    let mut watch = watch_from(client, &dir, fleet.online_at).await?;
+    follow(
+        client,
+        keys,
+        &fleet.hosts,
+        fleet.online_at,
+        deadline,
+        &mut tally,
+        progress.as_ref(),
+    )
+    .await?;
+    if let Some(p) = progress {
+        p.finish_and_clear();
+    }
+    Ok(tally)
+}
+
+/// Tells `follower` of every change to the status keys after `revision` until it is
+/// done or `deadline` passes; `hosts` are the targets (those without a status key are
+/// offline when everything must be read again).
+///
+/// # Errors
+/// When etcd cannot be read or watched again after the watch broke.
+pub async fn follow(
+    client: &mut Client,
+    keys: &Keys,
+    hosts: &[String],
+    revision: i64,
+    deadline: tokio::time::Instant,
+    follower: &mut impl Follower,
+    progress: Option<&ProgressBar>,
+) -> anyhow::Result<()> {
+    let dir = keys.agents();
+    let mut watch = watch_from(client, &dir, revision).await?;
     loop {
-        if let Some(p) = &progress {
-            p.set_position(tally.settled as u64);
+        if let Some(p) = progress {
+            follower.draw(p);
         }
-        if tally.pending == 0 {
-            break;
+        if follower.done() {
+            return Ok(());
         }
         let msg = tokio::select! {
             m = watch.message() => m,
-            _ = tokio::time::sleep_until(deadline) => break,
+            _ = tokio::time::sleep_until(deadline) => return Ok(()),
         };
         match msg {
-            Ok(Some(resp)) if !resp.canceled() => take_events(keys, &dir, &resp, &mut tally),
+            Ok(Some(resp)) if !resp.canceled() => take_events(keys, &dir, &resp, follower),
             // The watch broke (etcd overloaded or restarted, watch compacted): read
             // everything again and watch from there; acknowledgements are states, so
             // none is lost by reading them late.
@@ -176,15 +244,11 @@ pub async fn await_acks<'a>(
                     eprintln!("hidsctl: watch on agents/ broke ({e}); reading again");
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let revision = read_again(client, keys, &dir, &fleet.hosts, &mut tally).await?;
+                let revision = read_all(client, keys, hosts, follower).await?;
                 watch = watch_from(client, &dir, revision).await?;
             }
         }
     }
-    if let Some(p) = progress {
-        p.finish_and_clear();
-    }
-    Ok(tally)
 }
 
 /// Watches the status keys from the revision after `revision`.
@@ -199,31 +263,35 @@ async fn watch_from(
     client.watch(dir, Some(opts)).await
 }
 
-/// Every status, read again: hosts without one are offline. Returns the revision read.
-async fn read_again(
+/// Every status, read: hosts without one are offline. Returns the revision read (to
+/// [`follow`] from).
+///
+/// # Errors
+/// When etcd cannot be read.
+pub async fn read_all(
     client: &mut Client,
     keys: &Keys,
-    dir: &str,
     hosts: &[String],
-    tally: &mut Tally<'_>,
+    follower: &mut impl Follower,
 ) -> anyhow::Result<i64> {
-    let (current, revision) = get_all(client, dir).await?;
+    let dir = keys.agents();
+    let (current, revision) = get_all(client, &dir).await?;
     let now = Instant::now();
     let mut seen = HashSet::new();
     for (k, v, _) in current {
-        if let Some(host) = keys.host_of(dir, &k) {
+        if let Some(host) = keys.host_of(&dir, &k) {
             seen.insert(host.to_owned());
-            tally.set(host, serde_json::from_slice(&v).ok(), now);
+            follower.set(host, Some(&v), now);
         }
     }
     for h in hosts.iter().filter(|h| !seen.contains(h.as_str())) {
-        tally.set(h, None, now);
+        follower.set(h, None, now);
     }
     Ok(revision)
 }
 
 /// The status changes of one watch response.
-fn take_events(keys: &Keys, dir: &str, resp: &WatchResponse, tally: &mut Tally<'_>) {
+fn take_events(keys: &Keys, dir: &str, resp: &WatchResponse, follower: &mut impl Follower) {
     let now = Instant::now();
     for ev in resp.events() {
         let Some(kv) = ev.kv() else { continue };
@@ -231,10 +299,10 @@ fn take_events(keys: &Keys, dir: &str, resp: &WatchResponse, tally: &mut Tally<'
             continue;
         };
         let status = match ev.event_type() {
-            EventType::Put => serde_json::from_slice(kv.value()).ok(),
+            EventType::Put => Some(kv.value()),
             EventType::Delete => None,
         };
-        tally.set(host, status, now);
+        follower.set(host, status, now);
     }
 }
 
@@ -255,30 +323,31 @@ mod tests {
         let hosts: Vec<String> = ["a", "b", "c"].iter().map(|h| h.to_string()).collect();
         let written = Written {
             generation: 5,
+            issued_at: std::time::SystemTime::now(),
             revision: hosts.iter().map(|h| (h.clone(), 10)).collect(),
             at: hosts.iter().map(|h| (h.clone(), Instant::now())).collect(),
         };
         let mut t = Tally::new(&hosts, &written);
         let now = Instant::now();
-        t.set("a", view(4, None, 9), now);
-        t.set("b", view(4, None, 9), now);
+        t.record("a", view(4, None, 9), now);
+        t.record("b", view(4, None, 9), now);
         assert_eq!((t.pending, t.settled), (2, 0), "c has no status: offline");
-        t.set("a", view(5, None, 10), now);
-        t.set("a", view(5, None, 10), now);
+        t.record("a", view(5, None, 10), now);
+        t.record("a", view(5, None, 10), now);
         assert_eq!(
             (t.pending, t.settled),
             (1, 1),
             "the same ack twice counts once"
         );
         // A refusal of an older write is not an answer to this one.
-        t.set("b", view(4, Some("bad signature"), 9), now);
+        t.record("b", view(4, Some("bad signature"), 9), now);
         assert_eq!(t.pending, 1);
-        t.set("b", view(4, Some("bad signature"), 10), now);
+        t.record("b", view(4, Some("bad signature"), 10), now);
         assert_eq!((t.pending, t.settled), (0, 2));
         // The agent left (lease gone): no longer settled, not pending either.
-        t.set("a", None, now);
+        t.record("a", None, now);
         assert_eq!((t.pending, t.settled), (0, 1));
-        t.set("unknown-host", view(5, None, 10), now);
+        t.record("unknown-host", view(5, None, 10), now);
         assert_eq!(t.acked_at.len(), 1);
     }
 }

@@ -18,12 +18,21 @@ impl Change {
     /// The settings of `push --file FILE`.
     ///
     /// # Errors
-    /// When the file cannot be read or is not desired settings (TOML).
+    /// When the file cannot be read, is not desired settings (TOML), or names what an
+    /// agent would not act on (a build without url or hash, a bad plugin name).
     pub fn settings_from(file: &Path) -> anyhow::Result<Change> {
         let text = std::fs::read_to_string(file)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
         let body: DesiredBody = toml::from_str(&text)
             .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.to_string().trim_end()))?;
+        let problems = body.problems();
+        if !problems.is_empty() {
+            anyhow::bail!(
+                "{}: {} (nothing was written)",
+                file.display(),
+                problems.join("; ")
+            );
+        }
         Ok(Change::Settings(body))
     }
 
