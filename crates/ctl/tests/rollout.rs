@@ -290,3 +290,73 @@ fn rollout_status_resumes_a_killed_rollout_and_continue_finishes_it() {
     assert_eq!(code, Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no wave left"));
 }
+
+/// Hosts that come online after their bucket's wave was written join the next wave:
+/// none is skipped, none is written twice.
+#[test]
+fn hosts_that_missed_their_wave_join_the_next_one() {
+    let etcd = Etcd::start();
+    let key = KeyPair::make(&etcd);
+    let secret = key.secret();
+    let dir = tempfile::tempdir().unwrap();
+    let _early = sim(&etcd, &key, "4", "0");
+    let file = write_file(dir.path(), "demo.toml", &desired("2", true));
+    let rollout = Command::new(bin("hidsctl"))
+        .args([
+            "--endpoints",
+            &etcd.url(),
+            "rollout",
+            "start",
+            "--file",
+            &file,
+        ])
+        .args(["--all", "--key", &secret, "--waves", "20,100", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("wave 1 to be written", Duration::from_secs(60), || {
+        records(&etcd)
+            .first()
+            .is_some_and(|r| r["waves"][0]["state"] == "watching")
+    });
+    let trusted = key.public();
+    let late_agents = 100;
+    let _late = Sim::start(
+        &etcd,
+        late_agents,
+        &[
+            "--host-prefix",
+            "late-",
+            "--trusted-key",
+            trusted.to_str().unwrap(),
+            "--update-secs",
+            "1",
+        ],
+    );
+    let out = rollout.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["state"], "completed", "{result:#}");
+    assert_eq!(
+        sum(&result, "targets") as usize,
+        AGENTS + late_agents,
+        "{result:#}"
+    );
+    assert_eq!(
+        sum(&result, "healthy") as usize,
+        AGENTS + late_agents,
+        "{result:#}"
+    );
+    let generations = desired_generations(&etcd);
+    let wave_2 = result["waves"][1]["generation"].as_u64().unwrap();
+    let late: Vec<_> = generations
+        .iter()
+        .filter(|(h, _)| h.starts_with("late-"))
+        .collect();
+    assert_eq!(late.len(), late_agents);
+    assert!(
+        late.iter().all(|(_, g)| **g == wave_2),
+        "late hosts all in wave 2"
+    );
+}

@@ -19,14 +19,16 @@ pub struct UpdateStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UpdatePhase {
-    /// Waiting for this host's turn in the download spread (`hash(host_id)`), or to retry.
+    /// Waiting for this host's turn in the download spread (`hash(host_id)`), or to retry
+    /// a download the server or the network failed (`update_error` says why).
     Waiting,
     Downloading,
     /// Installed and running; the health gate has not passed yet.
     Trial,
     /// Running and passed the health gate.
     Healthy,
-    /// Not installed: the reason is in `update_error`; the running version keeps running.
+    /// Not installed, and not retried soon (wrong bytes, refused entry, expired): the
+    /// reason is in `update_error`; the running version keeps running.
     Failed,
     /// It ran and failed the health gate: the previous version runs again, and this one
     /// is marked bad on the host (see `rolled_back`).

@@ -699,6 +699,12 @@ fn installed(
         Err(e) => (e.to_string(), Some(e.kind)),
     };
     let (why, kind) = failure;
+    // The server or the way to it failed: the agent tries again by itself, so a rollout
+    // counts the host as pending (`waiting`, with the reason), not as failed.
+    let retrying = matches!(
+        kind,
+        Some(FailureKind::Network | FailureKind::HttpStatus(_)) | None
+    ) || (kind == Some(FailureKind::HashMismatch) && track.resumed);
     let delay = match kind {
         // The server or the way to it: soon, with backoff.
         Some(FailureKind::Network | FailureKind::HttpStatus(_)) | None => track.retry.failed(),
@@ -716,7 +722,12 @@ fn installed(
         delay.as_secs()
     );
     track.error = Some(why);
-    track.set_phase(&release.version, UpdatePhase::Failed);
+    let phase = if retrying {
+        UpdatePhase::Waiting
+    } else {
+        UpdatePhase::Failed
+    };
+    track.set_phase(&release.version, phase);
     track.next_try = Some(Instant::now() + delay);
     false
 }
@@ -954,5 +965,43 @@ mod tests {
         assert!(!declined.agent_running(None));
         let error = declined.tracks[launch::AGENT_SLOT].error.clone();
         assert!(error.unwrap().contains("did not start agent build 9"));
+    }
+
+    #[tokio::test]
+    async fn a_download_the_network_failed_waits_to_retry_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = UpdateConfig {
+            spread_secs: 0,
+            ..UpdateConfig::default()
+        };
+        let mut updater = Updater::new(dir.path(), "h1", config);
+        // Nothing listens on the discard port of loopback: connection refused.
+        let body = DesiredBody {
+            plugins: vec![entry(
+                "2",
+                Some("http://127.0.0.1:9/demo-2"),
+                Some(&"d".repeat(64)),
+            )],
+            ..DesiredBody::default()
+        };
+        updater.want(&body);
+        updater.poll();
+        loop {
+            let event = updater.events.recv().await.unwrap();
+            let done = matches!(event.what, JobWhat::Done(_));
+            assert_eq!(updater.finish(event), Next::Nothing);
+            if done {
+                break;
+            }
+        }
+        let s = status_after(&updater);
+        assert_eq!(
+            s.update.unwrap().phase,
+            UpdatePhase::Waiting,
+            "retried by itself"
+        );
+        assert!(s.update_error.unwrap().contains("127.0.0.1:9"));
+        let retry = updater.tracks["demo"].next_try.unwrap() - Instant::now();
+        assert!(retry >= Duration::from_secs(59), "{retry:?}");
     }
 }

@@ -48,6 +48,12 @@ pub struct StartArgs {
 /// host matching.
 pub async fn start(client: &mut Client, keys: &Keys, args: StartArgs) -> anyhow::Result<Exit> {
     plan::check_waves(&args.waves)?;
+    if args.target.percent.is_some() {
+        anyhow::bail!(
+            "--percent and --waves both choose hosts by the same stable buckets: give the \
+             rollout's end as the last wave instead (e.g. --all --waves 1,5,10 for a 10% rollout)"
+        );
+    }
     if !(0.0..=100.0).contains(&args.max_failure_percent) {
         anyhow::bail!(
             "--max-failure-percent {}: give a share from 0 to 100",
@@ -88,8 +94,25 @@ pub async fn start(client: &mut Client, keys: &Keys, args: StartArgs) -> anyhow:
         wait: None,
         json: args.json,
     };
-    drive(client, keys, &mut record, &request).await?;
+    let id = record.rollout.clone();
+    eprintln_if_json(args.json, &id);
+    drive(client, keys, &mut record, &request)
+        .await
+        .map_err(|e| {
+            e.context(format!(
+                "rollout {id} interrupted; `hidsctl rollout status {id}` shows where it stands \
+                 and `--continue --key K` goes on"
+            ))
+        })?;
     finish(&record, args.json)
+}
+
+/// With `--json` the summary comes only at the end: the id goes to stderr at once, so an
+/// interrupted rollout can be found again.
+fn eprintln_if_json(json: bool, id: &str) {
+    if json {
+        eprintln!("hidsctl: rollout {id}");
+    }
 }
 
 /// `rollout status ID --continue`: who signs the next waves.
@@ -192,6 +215,34 @@ async fn drive(
     record.save(client, keys).await
 }
 
+/// Hosts whose desired document has a generation of at least `generation`: written by
+/// this rollout (or by a change after it began, which replaced its settings anyway).
+async fn written_since(
+    client: &mut Client,
+    keys: &Keys,
+    generation: u64,
+) -> anyhow::Result<std::collections::HashSet<String>> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        doc: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Generation {
+        generation: u64,
+        host_id: String,
+    }
+    let dir = keys.desired_dir();
+    let (all, _) = crate::fleet::get_all(client, &dir).await?;
+    Ok(all
+        .iter()
+        .filter_map(|(_, value, _)| {
+            let envelope: Envelope = serde_json::from_slice(value).ok()?;
+            let doc: Generation = serde_json::from_str(&envelope.doc).ok()?;
+            (doc.generation >= generation).then_some(doc.host_id)
+        })
+        .collect())
+}
+
 /// Writes wave `i` to its hosts and follows them.
 async fn run_wave(
     client: &mut Client,
@@ -212,7 +263,21 @@ async fn run_wave(
     record.save(client, keys).await?;
 
     let fleet = push::choose(client, keys, &request.target).await?;
-    let hosts = plan::wave_hosts(&fleet.hosts, from, upto);
+    let first_generation = record.waves[..i]
+        .iter()
+        .map(|w| w.generation)
+        .find(|g| *g > 0);
+    let hosts = match first_generation {
+        // Hosts of earlier buckets that no earlier wave reached (offline then, or new)
+        // join this wave; those written since the rollout began are not written again.
+        Some(g) => {
+            let written = written_since(client, keys, g).await?;
+            let mut hosts = plan::wave_hosts(&fleet.hosts, 0.0, upto);
+            hosts.retain(|h| !written.contains(h));
+            hosts
+        }
+        None => plan::wave_hosts(&fleet.hosts, from, upto),
+    };
     record.waves[i].targets = hosts.len();
     if hosts.is_empty() {
         record.waves[i].state = WaveState::Done;
@@ -355,10 +420,13 @@ async fn watch_wave(
         w.state = WaveState::TimedOut;
         record.state = State::TimedOut;
         record.reason = Some(format!(
-            "{name}: {} of {} host(s) still pending after {}",
+            "{name}: {} of {} host(s) still pending after {} (offline, or still \
+             downloading: see `hidsctl agents`); `hidsctl rollout status {} --continue --key K` \
+             goes on",
             counts.pending,
             w.targets,
-            humantime::format_duration(timeout)
+            humantime::format_duration(timeout),
+            record.rollout
         ));
     } else {
         w.state = WaveState::Done;

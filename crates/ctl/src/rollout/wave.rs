@@ -13,6 +13,22 @@ use serde::{Deserialize, Serialize};
 use super::plan::Release;
 use crate::push::Follower;
 
+/// An agent's reason, as kept in the record: 20 failures per wave of up to 100 waves
+/// must stay far below etcd's 1.5 MiB request limit.
+const REASON_BYTES: usize = 256;
+
+fn clip(mut text: String) -> String {
+    if text.len() > REASON_BYTES {
+        let mut end = REASON_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
+}
+
 /// Failing hosts named in the record, at most (with why).
 const LISTED_FAILURES: usize = 20;
 
@@ -200,8 +216,9 @@ impl Counts {
     /// Failures and rollbacks are above `max_percent` of `targets`. Hosts still pending
     /// can only add to them, so once above, the wave's outcome is certain.
     pub fn over_threshold(&self, targets: usize, max_percent: f64) -> bool {
+        // failing / targets > max / 100, without dividing: 29 of 100 is not above 29%.
         let failing = (self.failed + self.rolled_back) as f64;
-        failing > max_percent / 100.0 * targets as f64
+        failing * 100.0 > max_percent * targets as f64
     }
 }
 
@@ -254,7 +271,7 @@ impl<'a> WaveTally<'a> {
             self.failures.push(Failure {
                 host_id: name.to_owned(),
                 outcome: outcome.into(),
-                reason: why.unwrap_or_default(),
+                reason: clip(why.unwrap_or_default()),
             });
         }
     }
