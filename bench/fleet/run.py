@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import TICK, Etcd, cpu_ticks, status_kb  # noqa: E402
+from common import TICK, Etcd, cpu_ticks, status_kb, stop_process  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -183,11 +182,7 @@ def fleet(tmp, n, args, keys):
         return res
     finally:
         if sim:
-            sim.send_signal(signal.SIGTERM)
-            try:
-                sim.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                sim.kill()
+            stop_process(sim, timeout=30)
         etcd.stop()
 
 

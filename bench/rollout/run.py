@@ -22,14 +22,13 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import TICK, Etcd, cpu_ticks, status_kb  # noqa: E402
+from common import TICK, Etcd, cpu_ticks, status_kb, stop_process  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -97,11 +96,7 @@ def scenario(tmp, keys, args, name, fail_percent):
         return res
     finally:
         if sim:
-            sim.send_signal(signal.SIGTERM)
-            try:
-                sim.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                sim.kill()
+            stop_process(sim, timeout=60)
         etcd.stop()
 
 
