@@ -55,6 +55,23 @@ struct AgentTrial {
     since: Instant,
 }
 
+impl AgentTrial {
+    /// The updated build this process runs (its version), and its trial when the
+    /// launcher started it on one.
+    fn of(launched: Launch, updater: &mut Updater) -> (Option<String>, Option<AgentTrial>) {
+        let (build, running_dir) = match launched {
+            Launch::Build { version, dir } => (Some(version), Some(dir)),
+            Launch::Installed => (None, None),
+        };
+        let on_trial = updater.agent_running(running_dir.as_deref());
+        let trial = build.as_ref().filter(|_| on_trial).map(|v| AgentTrial {
+            version: v.clone(),
+            since: Instant::now(),
+        });
+        (build, trial)
+    }
+}
+
 /// Who this agent is, as its status says.
 struct Identity {
     host_id: String,
@@ -148,36 +165,14 @@ impl Master {
         let manager = PluginManager::new(Arc::new(ctx), shutdown_rx.clone());
         // The control plane, when configured: the cached last good state first, so the
         // agent runs on it whether or not etcd answers.
-        let (trusted, control) = match &config.control {
-            Some(c) => {
-                let trusted = TrustedKeys::load(&c.trusted_keys)?;
-                let control = ControlState::load(&config.state_dir, &trusted, &host_id);
-                (trusted, control)
-            }
-            None => (TrustedKeys::default(), ControlState::default()),
-        };
-        let (publisher, updates) = connect(
-            &config,
-            &host_id,
-            trusted,
-            control.applied_generation,
-            shutdown_rx,
-        )?;
+        let (control, publisher, updates) = join_control_plane(&config, &host_id, shutdown_rx)?;
         let mode = if config.control.is_some() {
             "managed"
         } else {
             "standalone"
         };
         let mut updater = Updater::new(&config.state_dir, &host_id, config.update.clone());
-        let (build, running_dir) = match launched {
-            Launch::Build { version, dir } => (Some(version), Some(dir)),
-            Launch::Installed => (None, None),
-        };
-        let on_trial = updater.agent_running(running_dir.as_deref());
-        let agent_trial = build.as_ref().filter(|_| on_trial).map(|v| AgentTrial {
-            version: v.clone(),
-            since: Instant::now(),
-        });
+        let (build, agent_trial) = AgentTrial::of(launched, &mut updater);
         let mut master = Master {
             updater,
             build,
@@ -580,6 +575,34 @@ fn start_pipeline(
         hids_types::stagger::offset(&host_id, Duration::from_secs(60)),
     )?;
     Ok((events, handle))
+}
+
+/// The cached last good desired state (so the agent runs on it whether or not etcd
+/// answers), the status publisher and the session's updates.
+///
+/// # Errors
+/// When the trusted keys or the etcd credentials cannot be used.
+fn join_control_plane(
+    config: &Config,
+    host_id: &str,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<(ControlState, StatusPublisher, mpsc::Receiver<Update>)> {
+    let (trusted, control) = match &config.control {
+        Some(c) => {
+            let trusted = TrustedKeys::load(&c.trusted_keys)?;
+            let control = ControlState::load(&config.state_dir, &trusted, host_id);
+            (trusted, control)
+        }
+        None => (TrustedKeys::default(), ControlState::default()),
+    };
+    let (publisher, updates) = connect(
+        config,
+        host_id,
+        trusted,
+        control.applied_generation,
+        shutdown,
+    )?;
+    Ok((control, publisher, updates))
 }
 
 /// The status publisher and the updates from the control-plane session, started here

@@ -252,14 +252,7 @@ async fn run_once(
     else {
         return Err(io::Error::other("child pipes missing"));
     };
-    PluginStarted {
-        plugin: &spec.name,
-        path: &spec.path,
-        version: spec.version.as_deref(),
-        pid,
-        run_id,
-    }
-    .emit(status);
+    PluginStarted { spec, pid, run_id }.emit(status);
     say_hello(&mut stdin, spec, ctx, run_id).await?;
     let mut stdin = Some(stdin);
 

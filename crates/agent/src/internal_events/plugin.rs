@@ -13,10 +13,9 @@ fn update<R>(status: &Mutex<PluginStatus>, f: impl FnOnce(&mut PluginStatus) -> 
 
 /// A run of the plugin started.
 pub struct PluginStarted<'a> {
-    pub plugin: &'a str,
-    pub path: &'a std::path::Path,
-    /// Of a build installed by self-update.
-    pub version: Option<&'a str>,
+    /// What was started: name, path, and the version of a build installed by
+    /// self-update.
+    pub spec: &'a crate::config::PluginSpec,
     pub pid: u32,
     pub run_id: &'a str,
 }
@@ -28,10 +27,10 @@ impl PluginStarted<'_> {
             s.pid = Some(self.pid);
             s.run_id = Some(self.run_id.to_owned());
             s.framed = None;
-            s.version = self.version.map(str::to_owned);
+            s.version = self.spec.version.clone();
         });
-        let (pid, run_id) = (self.pid, self.run_id);
-        tracing::info!(plugin = %self.plugin, pid, run_id, "started {}", self.path.display());
+        let (pid, run_id, spec) = (self.pid, self.run_id, self.spec);
+        tracing::info!(plugin = %spec.name, pid, run_id, "started {}", spec.path.display());
     }
 }
 
