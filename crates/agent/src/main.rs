@@ -139,6 +139,12 @@ fn launch_despite(path: &Path) {
         .and_then(|t| t.get("state_dir")?.as_str().map(PathBuf::from))
         .unwrap_or_else(|| Config::default().state_dir);
     let _log = logging::init("info");
+    // A build on trial is not started on a file the installed binary refuses: a typo
+    // must not cost it its counted starts and brand it bad.
+    let slot = update::store::Slot::open(&state_dir.join("versions"), update::launch::AGENT_SLOT);
+    if slot.manifest.trial {
+        return;
+    }
     update::launch::launch(&state_dir);
 }
 

@@ -356,9 +356,10 @@ impl Master {
             changed |= self.updater.observe(&self.manager.statuses());
         }
         changed |= self.judge_agent_build();
-        // Only a desired state that was applied speaks for the agent's build: standalone,
-        // or before one, whatever the launcher chose runs on.
-        let named_by_control = self.control.applied_generation > 0;
+        // Only a desired state that was applied, with the session up (not only the cache),
+        // speaks for the agent's build: standalone, or before, whatever the launcher
+        // chose runs on.
+        let named_by_control = self.control.applied_generation > 0 && self.connected;
         if self
             .updater
             .agent_unnamed(self.build.is_some() && named_by_control)

@@ -79,6 +79,8 @@ struct Track {
     job_id: u64,
     /// The download in flight resumed bytes an earlier attempt left.
     resumed: bool,
+    /// The agent's slot only: the build directory this process runs (None: installed).
+    running: Option<String>,
     next_try: Option<Instant>,
     retry: Backoff,
     gate: Option<Gate>,
@@ -359,6 +361,7 @@ impl Updater {
     /// launcher declined to start the current build, the status says so.
     pub fn agent_running(&mut self, running_dir: Option<&str>) -> bool {
         let track = self.track(launch::AGENT_SLOT);
+        track.running = running_dir.map(str::to_owned);
         let current = track.slot.manifest.current.clone();
         match (running_dir, current) {
             (Some(dir), Some(build)) if build.dir == dir => {
@@ -396,7 +399,9 @@ impl Updater {
     /// master must relaunch.
     pub fn agent_unnamed(&mut self, running_build: bool) -> bool {
         let track = self.track(launch::AGENT_SLOT);
-        if !running_build || track.named.is_some() || track.entry.is_none() {
+        // Only an absent [agent] entry: a refused one leaves things as they are.
+        let absent = track.entry.as_ref().is_some_and(|e| e.version.is_none());
+        if !running_build || !absent {
             return false;
         }
         if track.slot.manifest.current.is_none() {
@@ -546,6 +551,7 @@ fn track_of<'a>(
             job: None,
             job_id: 0,
             resumed: false,
+            running: None,
             next_try: None,
             retry: Backoff::new(Duration::from_secs(60), Duration::from_secs(3600))
                 .staggered(host_id),
@@ -574,6 +580,8 @@ fn take_entry(track: &mut Track, entry: &DesiredPlugin, host_id: &str, config: &
         Ok(r) => r,
         Err(problem) => {
             track.named = None;
+            track.choose_current();
+            track.managed = track.verified.is_some(); // the installed build keeps running
             track.error = Some(format!(
                 "desired build refused: {problem}; the running build keeps running"
             ));
@@ -584,6 +592,15 @@ fn take_entry(track: &mut Track, entry: &DesiredPlugin, host_id: &str, config: &
     track.error = None;
     track.named = release.clone();
     let Some(release) = release else {
+        // The configured build runs again: the manifest says so too, so that after a
+        // restart nothing but a desired state naming a build brings an installed one
+        // back. (The agent's own slot: see Updater::agent_unnamed.)
+        if track.managed && track.slot.name() != launch::AGENT_SLOT {
+            if let Err(e) = track.slot.back_to_installed() {
+                tracing::warn!("{}: cannot rewrite its manifest: {e}", entry.name);
+            }
+            track.choose_current();
+        }
         track.managed = false;
         track.status = None;
         track.slot.prune(Some("")); // no download to resume any more
@@ -597,8 +614,14 @@ fn take_entry(track: &mut Track, entry: &DesiredPlugin, host_id: &str, config: &
     }
     track.retry.succeeded();
     track.choose_current();
+    // Whatever is installed and current runs until the named build replaces it.
+    track.managed = track.verified.is_some();
+    if let Some(why) = agent_not_started(track, &release) {
+        track.error = Some(why);
+        track.set_phase(&release.version, UpdatePhase::Failed);
+        return;
+    }
     if track.verified.as_ref().is_some_and(|(b, _)| b.is(&release)) {
-        track.managed = true;
         let agent_on_trial = track.slot.name() == launch::AGENT_SLOT && track.slot.manifest.trial;
         if track.gate.is_some() || agent_on_trial {
             track.set_phase(&release.version, UpdatePhase::Trial);
@@ -608,8 +631,6 @@ fn take_entry(track: &mut Track, entry: &DesiredPlugin, host_id: &str, config: &
         return;
     }
     if let Some(bad) = track.slot.is_bad(&release).cloned() {
-        // What it was rolled back to runs.
-        track.managed = track.verified.is_some();
         track.error = Some(bad_build_error(track.slot.name(), &release, &bad));
         // Also after a restart of the agent, the status still says what happened.
         if track
@@ -635,6 +656,22 @@ fn take_entry(track: &mut Track, entry: &DesiredPlugin, host_id: &str, config: &
     let spread = Duration::from_secs(release.spread_secs.unwrap_or(config.spread_secs));
     track.next_try = Some(Instant::now() + hids_types::stagger::offset(host_id, spread));
     track.set_phase(&release.version, UpdatePhase::Waiting);
+}
+
+/// The agent's slot: the named build is current but the launcher did not start it (it
+/// could not count its starts, or set it aside); said instead of a trial that is not.
+fn agent_not_started(track: &Track, release: &Release) -> Option<String> {
+    if track.slot.name() != launch::AGENT_SLOT {
+        return None;
+    }
+    let (build, _) = track.verified.as_ref().filter(|(b, _)| b.is(release))?;
+    if track.running.as_deref() == Some(build.dir.as_str()) {
+        return None;
+    }
+    Some(format!(
+        "the launcher did not start agent build {} (its log says why); the installed binary runs",
+        build.version
+    ))
 }
 
 fn bad_build_error(component: &str, release: &Release, bad: &store::BadBuild) -> String {
@@ -928,6 +965,23 @@ mod tests {
             .update_error
             .unwrap()
             .contains("expired"));
+        // After a restart of the agent, with 4 waiting its turn, 2 still runs.
+        let mut restarted = Updater::new(dir.path(), "h1", UpdateConfig::default());
+        restarted.want(&DesiredBody {
+            plugins: vec![entry(
+                "4",
+                Some("http://127.0.0.1:9/demo-4"),
+                Some(&"e".repeat(64)),
+            )],
+            ..DesiredBody::default()
+        });
+        let mut specs = Vec::new();
+        restarted.patch(&mut specs);
+        assert_eq!(
+            specs[0].version.as_deref(),
+            Some("2"),
+            "2 runs while 4 waits"
+        );
         let mut specs = Vec::new();
         updater.patch(&mut specs);
         assert_eq!(specs[0].version.as_deref(), Some("2"), "2 keeps running");

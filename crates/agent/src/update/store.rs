@@ -58,6 +58,10 @@ pub struct BadBuild {
     /// this host has.
     #[serde(default)]
     pub until_connected: bool,
+    /// Given its one retry after the control plane was reached: not bad until it fails
+    /// again, and then for good.
+    #[serde(default)]
+    pub forgiven: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,7 +169,9 @@ impl Slot {
 
     pub fn is_bad(&self, release: &Release) -> Option<&BadBuild> {
         self.manifest.bad.iter().find(|b| {
-            b.version == release.version && b.sha256.eq_ignore_ascii_case(&release.sha256)
+            !b.forgiven
+                && b.version == release.version
+                && b.sha256.eq_ignore_ascii_case(&release.sha256)
         })
     }
 
@@ -263,14 +269,17 @@ impl Slot {
         };
         next.current = next.previous.take();
         next.trial = next.current.as_ref().is_some_and(|b| !b.passed);
-        next.bad
-            .retain(|b| !(b.version == failed.version && b.sha256 == failed.sha256));
+        let same = |b: &BadBuild| b.version == failed.version && b.sha256 == failed.sha256;
+        // Its one retry used: bad for good, whatever the reason.
+        let retried = next.bad.iter().any(|b| same(b) && b.forgiven);
+        next.bad.retain(|b| !same(b));
         next.bad.push(BadBuild {
             version: failed.version.clone(),
             sha256: failed.sha256.clone(),
             reason: reason.to_owned(),
             at: Timestamp::now(),
-            until_connected,
+            until_connected: until_connected && !retried,
+            forgiven: false,
         });
         let excess = next.bad.len().saturating_sub(MAX_BAD);
         next.bad.drain(..excess);
@@ -290,13 +299,17 @@ impl Slot {
         self.commit(next)
     }
 
-    /// Forgets the bad marks of builds that failed only for not reaching the control
-    /// plane. True when there were some.
+    /// Gives builds that failed only for not reaching the control plane their one
+    /// retry (a second such failure marks them bad for good). True when there were some.
     pub fn forget_unreached(&mut self) -> io::Result<bool> {
-        let before = self.manifest.bad.len();
         let mut next = self.manifest.clone();
-        next.bad.retain(|b| !b.until_connected);
-        if next.bad.len() == before {
+        let mut forgiven = false;
+        for b in next.bad.iter_mut().filter(|b| b.until_connected) {
+            b.until_connected = false;
+            b.forgiven = true;
+            forgiven = true;
+        }
+        if !forgiven {
             return Ok(false);
         }
         self.commit(next)?;
@@ -476,6 +489,23 @@ mod tests {
         slot.roll_back("3 exits", false).unwrap();
         assert_eq!(slot.verified_current().unwrap().0.version, "2");
         assert!(slot.manifest.trial, "2 has not passed: judged again");
+    }
+
+    #[test]
+    fn a_build_that_did_not_reach_the_control_plane_gets_one_retry() {
+        let root = tempfile::tempdir().unwrap();
+        let mut slot = Slot::open(root.path(), "agent");
+        let r = release("9", b"nine");
+        for round in 0..2 {
+            let p = download(&slot, &r, b"nine");
+            slot.install(&r, &p, None).unwrap();
+            slot.roll_back("did not reach the control plane", true)
+                .unwrap();
+            assert!(slot.is_bad(&r).is_some());
+            let forgiven = slot.forget_unreached().unwrap();
+            assert_eq!(forgiven, round == 0, "round {round}");
+        }
+        assert!(slot.is_bad(&r).is_some(), "bad for good after its retry");
     }
 
     #[test]

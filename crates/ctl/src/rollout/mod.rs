@@ -267,17 +267,15 @@ async fn run_wave(
         .iter()
         .map(|w| w.generation)
         .find(|g| *g > 0);
-    let hosts = match first_generation {
-        // Hosts of earlier buckets that no earlier wave reached (offline then, or new)
-        // join this wave; those written since the rollout began are not written again.
-        Some(g) => {
-            let written = written_since(client, keys, g).await?;
-            let mut hosts = plan::wave_hosts(&fleet.hosts, 0.0, upto);
-            hosts.retain(|h| !written.contains(h));
-            hosts
-        }
-        None => plan::wave_hosts(&fleet.hosts, from, upto),
-    };
+    // This wave's buckets, always; and hosts of earlier buckets that no earlier wave
+    // reached (offline then, or new): those without a document from since the rollout
+    // began.
+    let mut hosts = plan::wave_hosts(&fleet.hosts, from, upto);
+    if let Some(g) = first_generation {
+        let written = written_since(client, keys, g).await?;
+        let missed = plan::wave_hosts(&fleet.hosts, 0.0, from);
+        hosts.extend(missed.into_iter().filter(|h| !written.contains(h)));
+    }
     record.waves[i].targets = hosts.len();
     if hosts.is_empty() {
         record.waves[i].state = WaveState::Done;
