@@ -13,24 +13,33 @@ use serde_json::Value;
 const V2: &[u8] = b"#!/bin/sh\nexec sleep 3600\n";
 const V4_EXITS_AT_ONCE: &[u8] = b"#!/bin/sh\nexit 1\n";
 
-fn push_build(etcd: &Etcd, key: &KeyPair, version: &str, url: &str, sha256: &str) {
-    let file = write_file(
-        key.dir.path(),
-        &format!("demo-{version}.toml"),
-        &format!(
-            "[[plugins]]\nname = \"demo\"\nversion = {version:?}\nurl = {url:?}\nsha256 = {sha256:?}\n"
-        ),
-    );
+/// Signs and writes `settings` (desired TOML) for host upd-1, as an operator would;
+/// with `wait`, until the agent acknowledged it.
+fn push(etcd: &Etcd, key: &KeyPair, name: &str, settings: &str, wait: bool) {
+    let file = write_file(key.dir.path(), &format!("{name}.toml"), settings);
     let secret = key.secret();
-    let out = etcd.hidsctl(&[
-        "push", "--key", &secret, "--file", &file, "--hosts", "upd-1", "--wait", "30s", "--json",
-    ]);
+    let mut args = vec![
+        "push", "--key", &secret, "--file", &file, "--hosts", "upd-1", "--json",
+    ];
+    if wait {
+        args.extend(["--wait", "30s"]);
+    }
+    let out = etcd.hidsctl(&args);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(json(&out)["acked"], 1);
+    if wait {
+        assert_eq!(json(&out)["acked"], 1);
+    }
+}
+
+fn push_build(etcd: &Etcd, key: &KeyPair, version: &str, url: &str, sha256: &str) {
+    let settings = format!(
+        "[[plugins]]\nname = \"demo\"\nversion = {version:?}\nurl = {url:?}\nsha256 = {sha256:?}\n"
+    );
+    push(etcd, key, &format!("demo-{version}"), &settings, true);
 }
 
 fn demo(etcd: &Etcd) -> Value {
@@ -182,20 +191,8 @@ fn the_agent_updates_itself_and_a_build_that_cannot_start_is_rolled_back() {
     let push_agent = |version: &str, bytes: &[u8]| {
         let url = web.put(&format!("agent-{version}"), bytes);
         let sha = sha256_hex(bytes);
-        let file = write_file(
-            key.dir.path(),
-            &format!("agent-{version}.toml"),
-            &format!("[agent]\nversion = {version:?}\nurl = {url:?}\nsha256 = {sha:?}\n"),
-        );
-        let secret = key.secret();
-        let out = etcd.hidsctl(&[
-            "push", "--key", &secret, "--file", &file, "--hosts", "upd-1", "--json",
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let settings = format!("[agent]\nversion = {version:?}\nurl = {url:?}\nsha256 = {sha:?}\n");
+        push(&etcd, &key, &format!("agent-{version}"), &settings, false);
     };
 
     let build = std::fs::read(hids_test_support::bin("hids-agent")).unwrap();

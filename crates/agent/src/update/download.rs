@@ -114,7 +114,6 @@ impl FailureKind {
     }
 
     /// A stable name for counters and logs.
-    #[allow(dead_code)] // until the updater counts failures by kind
     pub fn as_str(&self) -> &'static str {
         match self {
             FailureKind::Network => "network",

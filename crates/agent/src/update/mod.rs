@@ -371,10 +371,7 @@ impl Updater {
                 track.slot.manifest.trial
             }
             (None, Some(build)) => {
-                track.error = Some(format!(
-                    "the launcher did not start agent build {} (its log says why); the installed binary runs",
-                    build.version
-                ));
+                track.error = Some(not_started(&build.version));
                 track.set_phase(&build.version, UpdatePhase::Failed);
                 false
             }
@@ -668,10 +665,13 @@ fn agent_not_started(track: &Track, release: &Release) -> Option<String> {
     if track.running.as_deref() == Some(build.dir.as_str()) {
         return None;
     }
-    Some(format!(
-        "the launcher did not start agent build {} (its log says why); the installed binary runs",
-        build.version
-    ))
+    Some(not_started(&build.version))
+}
+
+fn not_started(version: &str) -> String {
+    format!(
+        "the launcher did not start agent build {version} (its log says why); the installed binary runs"
+    )
 }
 
 fn bad_build_error(component: &str, release: &Release, bad: &store::BadBuild) -> String {
@@ -754,6 +754,7 @@ fn installed(
     };
     track.resumed = false;
     tracing::warn!(
+        failure = kind.map_or("install", |k| k.as_str()),
         "{name}: version {} not installed: {why}; the running build keeps running; retry in {}s",
         release.version,
         delay.as_secs()

@@ -178,15 +178,15 @@ impl Slot {
     /// Forgets bad marks for builds other than `named`: the desired state moved on, so a
     /// later document naming one of them again is a deliberate retry.
     pub fn forget_bad_except(&mut self, named: Option<&Release>) -> io::Result<()> {
-        let before = self.manifest.bad.len();
-        self.manifest.bad.retain(|b| {
+        let mut next = self.manifest.clone();
+        next.bad.retain(|b| {
             named
                 .is_some_and(|r| r.version == b.version && r.sha256.eq_ignore_ascii_case(&b.sha256))
         });
-        if self.manifest.bad.len() != before {
-            self.save()?;
+        if next.bad.len() == self.manifest.bad.len() {
+            return Ok(());
         }
-        Ok(())
+        self.commit(next)
     }
 
     /// Installs the verified download at `partial` as `release` and makes it current,
@@ -324,10 +324,6 @@ impl Slot {
         self.manifest = next;
         self.prune(None);
         Ok(())
-    }
-
-    fn save(&mut self) -> io::Result<()> {
-        self.commit(self.manifest.clone())
     }
 
     /// Removes build directories the manifest does not name, half-made ones, and
