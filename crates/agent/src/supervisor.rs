@@ -16,7 +16,7 @@ use hids_wire::{
     Control, Header, Kind, MasterHello, PluginHello, HEADER_LEN, MAGIC, PROTOCOL_VERSION,
 };
 use rustix::process::{Pid, Signal};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, watch};
 
@@ -27,7 +27,7 @@ use crate::internal_events::plugin::{
     PluginRestartScheduled, PluginStarted, PluginUnframed,
 };
 use crate::logging::forward_plugin_log;
-use crate::queue::{EventSender, Position};
+use crate::queue::{Batch, EventSender};
 
 /// What every plugin task shares.
 pub struct Context {
@@ -569,9 +569,23 @@ async fn pump(
             s.version = Some(hello.version.clone());
         }
     });
-    let (plugin, run): (std::sync::Arc<str>, std::sync::Arc<str>) = (name.into(), run_id.into());
-    let mut bad_events = 0u64;
+    let mut frames = Frames {
+        ctx,
+        status,
+        name,
+        run_id,
+        batch: Batch::new(name.into(), run_id.into()),
+        bad_events: 0,
+    };
     loop {
+        // Whole frames already read are taken straight from the read buffer; the events
+        // among them go to the pipeline as one batch (one send, one status update).
+        let taken = frames.take_buffered(&mut r, max);
+        if !frames.send().await {
+            return Ok(()); // the pipeline is gone: the agent is shutting down
+        }
+        taken?;
+        // The next frame is not all there yet: wait for it.
         match read_full(&mut r, &mut head).await {
             Ok(true) => {}
             Ok(false) => return Ok(()),
@@ -580,37 +594,74 @@ async fn pump(
         let header = Header::parse(&head, max).map_err(|e| e.to_string())?;
         let mut payload = Vec::with_capacity(header.len as usize);
         read_payload(&mut r, header.len, &mut payload).await?;
-        match header.kind {
-            Kind::Event => {
-                let seq = match event_sequence(&payload, name, run_id) {
-                    Ok(seq) => seq,
-                    Err(why) => {
-                        bad_events += 1;
-                        EventFrameRefused {
-                            plugin: name,
-                            why: &why,
-                            refused: bad_events,
-                        }
-                        .emit(status);
-                        continue;
-                    }
-                };
-                let position = Position {
-                    plugin: plugin.clone(),
-                    run_id: run.clone(),
-                    seq,
-                };
-                if ctx.events.send(payload, position).await.is_err() {
-                    // The pipeline is gone: the agent is shutting down.
-                    return Ok(());
-                }
-                update(status, |s| s.events += 1);
+        if let Some(seq) = frames.on_frame(header.kind, &payload) {
+            frames.batch.push(seq, payload);
+        }
+    }
+}
+
+/// Events a batch takes from the read buffer at most; a burst (at most one buffer) fits.
+const BATCH_EVENTS: usize = 1024;
+
+/// One plugin run's frames as the reader takes them: events checked and gathered into
+/// a batch for the pipeline, health passed to the status.
+struct Frames<'a> {
+    ctx: &'a Context,
+    status: &'a SharedStatus,
+    name: &'a str,
+    run_id: &'a str,
+    batch: Batch,
+    bad_events: u64,
+}
+
+impl Frames<'_> {
+    /// Takes the whole frames at the start of `r`'s buffer, without waiting. `Err` is a
+    /// protocol violation; what was taken before it is kept for sending.
+    fn take_buffered<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut BufReader<R>,
+        max: u32,
+    ) -> Result<(), String> {
+        // Never more than the queue holds, in events or bytes: a batch takes its share of
+        // the queue's budgets whole, so one larger than them would overrun the bounds.
+        let (queue_events, queue_bytes) = self.ctx.events.limits();
+        let most_events = BATCH_EVENTS.min(queue_events);
+        while self.batch.len() < most_events && self.batch.bytes() < queue_bytes {
+            let (header, payload) = match hids_wire::split_frame(r.buffer(), max) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => return Err(e.to_string()),
+            };
+            if let Some(seq) = self.on_frame(header.kind, payload) {
+                let event = payload.to_vec();
+                self.batch.push(seq, event);
             }
+            let used = HEADER_LEN + header.len as usize;
+            std::pin::Pin::new(&mut *r).consume(used);
+        }
+        Ok(())
+    }
+
+    /// Handles one frame; the sequence number when it is an event to forward.
+    fn on_frame(&mut self, kind: Kind, payload: &[u8]) -> Option<u64> {
+        match kind {
+            Kind::Event => match event_sequence(payload, self.name, self.run_id) {
+                Ok(seq) => return Some(seq),
+                Err(why) => {
+                    self.bad_events += 1;
+                    EventFrameRefused {
+                        plugin: self.name,
+                        why: &why,
+                        refused: self.bad_events,
+                    }
+                    .emit(self.status);
+                }
+            },
             Kind::Health => {
-                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&payload) {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) {
                     // Frames may be 1 MiB; the status (and etcd) gets a marker instead.
                     let (v, cut) = hids_types::status::cap_health(v);
-                    update(status, |s| {
+                    update(self.status, |s| {
                         s.health = Some(v);
                         s.health_cut += u64::from(cut);
                     });
@@ -620,6 +671,23 @@ async fn pump(
             // newer protocol: its length is known, so skip it.
             Kind::Hello | Kind::Control | Kind::Unknown(_) => {}
         }
+        None
+    }
+
+    /// Queues the batch gathered (waiting for room) and counts it; false when the
+    /// pipeline is gone.
+    async fn send(&mut self) -> bool {
+        if self.batch.is_empty() {
+            return true;
+        }
+        let fresh = Batch::new(self.batch.plugin.clone(), self.batch.run_id.clone());
+        let batch = std::mem::replace(&mut self.batch, fresh);
+        let events = batch.len() as u64;
+        if self.ctx.events.send_batch(batch).await.is_err() {
+            return false;
+        }
+        update(self.status, |s| s.events += events);
+        true
     }
 }
 

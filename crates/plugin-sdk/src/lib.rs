@@ -9,7 +9,7 @@
 //! Deliberately absent: anything about etcd or Kafka. Plugins know only their master.
 
 use std::fs::File;
-use std::io::{self, BufWriter, IsTerminal, Read, Write};
+use std::io::{self, IsTerminal, Read, Write};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -20,6 +20,7 @@ use hids_types::event::{Host, Producer};
 use hids_wire::{
     Control, Kind, MasterHello, PluginHello, WireError, DEFAULT_MAX_PAYLOAD, PROTOCOL_VERSION,
 };
+use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SdkError {
@@ -250,14 +251,60 @@ fn read_control(mut input: impl Read, shutdown: Arc<AtomicBool>, requests: &Pass
 /// caller's bounded queue in front of this is where pressure turns into counted drops.
 #[derive(Clone)]
 pub struct Output {
-    inner: Arc<Mutex<BufWriter<File>>>,
+    inner: Arc<Mutex<Frames>>,
     mode: Mode,
+}
+
+/// Frames gathered for one write to stdout (per burst, or per [`FRAMES_BYTES`]): the
+/// master wakes once per write, not once per event.
+struct Frames {
+    file: File,
+    buf: Vec<u8>,
+}
+
+/// Gathered bytes are written out once past this, flush or not.
+const FRAMES_BYTES: usize = 56 << 10;
+/// The buffer's room: an event of up to the difference lands without growing it.
+const FRAMES_CAPACITY: usize = 64 << 10;
+
+impl Frames {
+    /// Writes out what is gathered when it is past the bound.
+    fn written_if_full(&mut self) -> io::Result<()> {
+        if self.buf.len() >= FRAMES_BYTES {
+            self.write_out()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whatever the outcome, the buffer is empty after: on an error the master is gone.
+    /// Room grown for a huge event is given back.
+    fn write_out(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let written = self.file.write_all(&self.buf);
+        self.buf.clear();
+        if self.buf.capacity() > 4 * FRAMES_CAPACITY {
+            self.buf.shrink_to(FRAMES_CAPACITY);
+        }
+        written
+    }
+}
+
+impl Drop for Frames {
+    fn drop(&mut self) {
+        let _ = self.write_out();
+    }
 }
 
 impl Output {
     fn new(file: File, mode: Mode) -> Self {
         Output {
-            inner: Arc::new(Mutex::new(BufWriter::with_capacity(64 * 1024, file))),
+            inner: Arc::new(Mutex::new(Frames {
+                file,
+                buf: Vec::with_capacity(FRAMES_CAPACITY),
+            })),
             mode,
         }
     }
@@ -275,6 +322,34 @@ impl Output {
         self.frame(Kind::Event, json)
     }
 
+    /// Serializes one event (an object: JSON on one line, as the master wants it)
+    /// straight into the output, behind its frame header: no copy of it, no buffer of
+    /// the caller's. Call [`Output::flush`] when the burst is over.
+    ///
+    /// # Errors
+    /// When stdout is closed, or `event` cannot be serialized (nothing of it is written).
+    pub fn serialize_event<T: Serialize + ?Sized>(&self, event: &T) -> io::Result<()> {
+        let mut frames = self.lock();
+        match self.mode {
+            Mode::Supervised => hids_wire::encode_frame_with(Kind::Event, &mut frames.buf, |buf| {
+                serde_json::to_writer(buf, event).map_err(|source| WireError::Payload {
+                    what: "event",
+                    source,
+                })
+            })
+            .map_err(io_error)?,
+            Mode::Standalone => {
+                let start = frames.buf.len();
+                if let Err(e) = serde_json::to_writer(&mut frames.buf, event) {
+                    frames.buf.truncate(start);
+                    return Err(io::Error::new(io::ErrorKind::InvalidInput, e));
+                }
+                frames.buf.push(b'\n');
+            }
+        }
+        frames.written_if_full()
+    }
+
     /// Sends the plugin's counters to the master, which shows them in its status.
     ///
     /// # Errors
@@ -288,25 +363,34 @@ impl Output {
     }
 
     fn frame(&self, kind: Kind, payload: &[u8]) -> io::Result<()> {
-        let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut frames = self.lock();
         match self.mode {
             Mode::Supervised => {
-                hids_wire::write_frame(&mut *w, kind, payload).map_err(|e| match e {
-                    WireError::Io(e) => e,
-                    other => io::Error::new(io::ErrorKind::InvalidInput, other),
-                })
+                hids_wire::encode_frame(kind, payload, &mut frames.buf).map_err(io_error)?;
             }
             Mode::Standalone => {
-                w.write_all(payload)?;
-                w.write_all(b"\n")
+                frames.buf.extend_from_slice(payload);
+                frames.buf.push(b'\n');
             }
         }
+        frames.written_if_full()
     }
 
     /// # Errors
     /// When stdout is closed.
     pub fn flush(&self) -> io::Result<()> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).flush()
+        self.lock().write_out()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Frames> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn io_error(e: WireError) -> io::Error {
+    match e {
+        WireError::Io(e) => e,
+        other => io::Error::new(io::ErrorKind::InvalidInput, other),
     }
 }
 
@@ -372,6 +456,68 @@ mod tests {
         assert_eq!(got.len(), REQUEST_QUEUE);
         assert_eq!(got[0], Request::Snapshot { id: "c0".into() });
         assert_eq!(dropped.load(Ordering::Relaxed), 4, "20 sent, 16 held");
+    }
+
+    #[derive(Serialize)]
+    struct Ev<'a> {
+        seq: u64,
+        args: &'a [&'a str],
+    }
+
+    #[test]
+    fn events_serialized_in_place_are_whole_frames_in_order() {
+        let file = tempfile::tempfile().unwrap();
+        let out = Output::new(file.try_clone().unwrap(), Mode::Supervised);
+        let args = ["/bin/echo", "a \"quoted\"\nline", "\u{1F600}"];
+        // Past the bound, so some are written before the flush.
+        for seq in 0..1000 {
+            out.serialize_event(&Ev { seq, args: &args }).unwrap();
+        }
+        out.event(br#"{"raw":1}"#).unwrap();
+        out.health(br#"{"ok":true}"#).unwrap();
+        let mut stream = Vec::new();
+        let mut file = file;
+        std::io::Seek::rewind(&mut file).unwrap();
+        file.read_to_end(&mut stream).unwrap();
+        let mut rest = &stream[..];
+        for seq in 0..1000 {
+            let (h, payload) = hids_wire::split_frame(rest, DEFAULT_MAX_PAYLOAD)
+                .unwrap()
+                .unwrap();
+            assert_eq!(h.kind, Kind::Event);
+            assert_eq!(
+                payload,
+                serde_json::to_vec(&Ev { seq, args: &args }).unwrap()
+            );
+            rest = &rest[hids_wire::HEADER_LEN + payload.len()..];
+        }
+        let (h, payload) = hids_wire::split_frame(rest, DEFAULT_MAX_PAYLOAD)
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.kind, payload), (Kind::Event, &br#"{"raw":1}"#[..]));
+        rest = &rest[hids_wire::HEADER_LEN + payload.len()..];
+        let (h, _) = hids_wire::split_frame(rest, DEFAULT_MAX_PAYLOAD)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.kind, Kind::Health, "health is written at once");
+    }
+
+    #[test]
+    fn standalone_events_are_lines_and_dropping_the_output_writes_them() {
+        let file = tempfile::tempfile().unwrap();
+        let out = Output::lines(file.try_clone().unwrap());
+        out.serialize_event(&Ev {
+            seq: 1,
+            args: &["a"],
+        })
+        .unwrap();
+        out.event(br#"{"raw":2}"#).unwrap();
+        drop(out);
+        let mut text = String::new();
+        let mut file = file;
+        std::io::Seek::rewind(&mut file).unwrap();
+        file.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "{\"seq\":1,\"args\":[\"a\"]}\n{\"raw\":2}\n");
     }
 
     #[test]

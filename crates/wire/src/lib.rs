@@ -145,6 +145,59 @@ pub fn encode_frame(kind: Kind, payload: &[u8], out: &mut Vec<u8>) -> Result<(),
     Ok(())
 }
 
+/// Appends one frame whose payload `write` appends to `out` in place (a serializer
+/// writing straight into an output buffer): the header is reserved first and its length
+/// filled in after, so the payload is never copied. On an error `out` is left as it was.
+///
+/// # Errors
+/// The error of `write`, and [`WireError::TooLarge`] when the payload does not fit a u32
+/// length.
+pub fn encode_frame_with(
+    kind: Kind,
+    out: &mut Vec<u8>,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), WireError>,
+) -> Result<(), WireError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    let written = write(out).and_then(|()| {
+        let len = out.len() - start - HEADER_LEN;
+        u32::try_from(len).map_err(|_| WireError::TooLarge {
+            len: len as u64,
+            max: u32::MAX,
+        })
+    });
+    match written {
+        Ok(len) => {
+            let header = Header {
+                kind,
+                flags: 0,
+                len,
+            };
+            out[start..start + HEADER_LEN].copy_from_slice(&header.encode());
+            Ok(())
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
+}
+
+/// The frame at the start of `bytes`, when it is there whole: its header and payload.
+/// `Ok(None)` when `bytes` holds less than a whole frame (read more and look again).
+/// For readers that take frames straight out of their read buffer.
+///
+/// # Errors
+/// Header errors as in [`Header::parse`], as soon as the header is there.
+pub fn split_frame(bytes: &[u8], max_payload: u32) -> Result<Option<(Header, &[u8])>, WireError> {
+    let Some(head) = bytes.first_chunk::<HEADER_LEN>() else {
+        return Ok(None);
+    };
+    let header = Header::parse(head, max_payload)?;
+    let end = HEADER_LEN + header.len as usize;
+    Ok(bytes.get(HEADER_LEN..end).map(|payload| (header, payload)))
+}
+
 /// Writes one frame with a single `write_all`, so frames from several threads sharing a
 /// locked writer never interleave.
 ///

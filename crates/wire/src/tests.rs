@@ -124,7 +124,81 @@ fn unknown_kind_is_carried_not_refused() {
     assert_eq!(header.kind, Kind::Unknown(77));
 }
 
+#[test]
+fn a_payload_written_in_place_makes_the_same_frame() {
+    let mut copied = b"before".to_vec();
+    encode_frame(Kind::Event, b"{\"a\":1}", &mut copied).unwrap();
+    let mut in_place = b"before".to_vec();
+    encode_frame_with(Kind::Event, &mut in_place, |out| {
+        serde_json::to_writer(out, &serde_json::json!({"a": 1})).map_err(|source| {
+            WireError::Payload {
+                what: "event",
+                source,
+            }
+        })
+    })
+    .unwrap();
+    assert_eq!(in_place, copied);
+}
+
+#[test]
+fn a_payload_that_fails_to_write_leaves_no_trace() {
+    let mut out = Vec::new();
+    encode_frame(Kind::Event, b"{}", &mut out).unwrap();
+    let before = out.clone();
+    let err = encode_frame_with(Kind::Event, &mut out, |out| {
+        out.extend_from_slice(b"{\"half");
+        Err(WireError::Truncated)
+    })
+    .unwrap_err();
+    assert!(matches!(err, WireError::Truncated));
+    assert_eq!(out, before, "the stream still ends at a frame boundary");
+}
+
+#[test]
+fn a_frame_is_split_off_only_when_whole() {
+    let mut stream = Vec::new();
+    encode_frame(Kind::Event, b"{\"a\":1}", &mut stream).unwrap();
+    encode_frame(Kind::Health, b"{}", &mut stream).unwrap();
+    let first = HEADER_LEN + 7;
+    for cut in 0..first {
+        assert!(split_frame(&stream[..cut], DEFAULT_MAX_PAYLOAD)
+            .unwrap()
+            .is_none());
+    }
+    let (header, payload) = split_frame(&stream, DEFAULT_MAX_PAYLOAD).unwrap().unwrap();
+    assert_eq!((header.kind, payload), (Kind::Event, &b"{\"a\":1}"[..]));
+    let (header, payload) = split_frame(&stream[first..], DEFAULT_MAX_PAYLOAD)
+        .unwrap()
+        .unwrap();
+    assert_eq!((header.kind, payload), (Kind::Health, &b"{}"[..]));
+    assert!(matches!(
+        split_frame(&stream, 4).unwrap_err(),
+        WireError::TooLarge { len: 7, max: 4 }
+    ));
+    assert!(matches!(
+        split_frame(b"GARBAGE!", DEFAULT_MAX_PAYLOAD).unwrap_err(),
+        WireError::BadMagic(b'G', b'A')
+    ));
+}
+
 proptest! {
+    #[test]
+    fn split_frames_round_trip(frames in proptest::collection::vec((any::<u8>(), proptest::collection::vec(any::<u8>(), 0..300)), 0..20)) {
+        let mut stream = Vec::new();
+        for (kind, payload) in &frames {
+            encode_frame(Kind::from_byte(*kind), payload, &mut stream).unwrap();
+        }
+        let mut rest = &stream[..];
+        for (kind, expected) in &frames {
+            let (header, payload) = split_frame(rest, DEFAULT_MAX_PAYLOAD).unwrap().unwrap();
+            prop_assert_eq!(header.kind.to_byte(), *kind);
+            prop_assert_eq!(payload, &expected[..]);
+            rest = &rest[HEADER_LEN + payload.len()..];
+        }
+        prop_assert!(rest.is_empty());
+    }
+
     #[test]
     fn frames_round_trip(frames in proptest::collection::vec((any::<u8>(), proptest::collection::vec(any::<u8>(), 0..300)), 0..20)) {
         let mut stream = Vec::new();

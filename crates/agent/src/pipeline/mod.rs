@@ -58,6 +58,8 @@ use local::LocalSinks;
 /// How often the pipeline's own stats record is written.
 const STATS_EVERY: Duration = Duration::from_secs(60);
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
+/// Events taken from the queue, at most, before the sinks are flushed.
+const DRAIN_EVENTS: usize = 1024;
 
 /// The running pipeline, as the master holds it.
 pub struct Handle {
@@ -146,13 +148,13 @@ impl Pipeline {
         stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                ev = rx.recv() => match ev {
-                    Some(ev) => {
-                        self.take(ev);
+                queued = rx.recv() => match queued {
+                    Some(queued) => {
+                        let mut taken = self.take(queued);
                         // Drain what is queued before paying for a flush.
-                        for _ in 0..1024 {
+                        while taken < DRAIN_EVENTS {
                             match rx.try_recv() {
-                                Ok(ev) => self.take(ev),
+                                Ok(queued) => taken += self.take(queued),
                                 Err(_) => break,
                             }
                         }
@@ -167,16 +169,24 @@ impl Pipeline {
         }
     }
 
-    /// An event from the queue: noted as its run's latest, then handled.
-    fn take(&mut self, ev: Queued) {
-        let Queued {
-            bytes, position, ..
-        } = ev;
-        let previous = self.runs.insert(position.plugin.clone(), position.clone());
-        if let Some(old) = previous.filter(|old| old.run_id != position.run_id) {
+    /// A batch from the queue (events of one run, in order): its last event noted as its
+    /// run's latest, then each handled. Returns how many it held.
+    fn take(&mut self, queued: Queued) -> usize {
+        let batch = &queued.batch;
+        let Some(position) = batch.last() else {
+            return 0;
+        };
+        let previous = self.runs.insert(position.plugin.clone(), position);
+        if let Some(old) = previous.filter(|old| old.run_id != batch.run_id) {
             self.declare_ends(vec![run_end(&old, "superseded")]);
         }
-        self.handle(bytes);
+        // The batch's share of the queue's budgets is given back once all are handled.
+        let Queued { batch, .. } = queued;
+        let taken = batch.events.len();
+        for (_, bytes) in batch.events {
+            self.handle(bytes);
+        }
+        taken
     }
 
     fn handle(&mut self, ev: Vec<u8>) {
