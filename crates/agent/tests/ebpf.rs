@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use hids_test_support::Agent;
+use hids_test_support::{execs_with_arg, Agent};
 use hids_test_support::{require_root, skip_unless};
 use serde_json::Value;
 
@@ -14,18 +14,6 @@ fn btf() -> bool {
 }
 
 const NO_BTF: &str = "this kernel has no BTF, so the eBPF backend cannot load";
-
-fn execs_with_arg<'a>(events: &'a [Value], needle: &str) -> Vec<&'a Value> {
-    events
-        .iter()
-        .filter(|e| {
-            e["event"]["action"] == "exec"
-                && e["process"]["args"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|s| s.as_str() == Some(needle)))
-        })
-        .collect()
-}
 
 fn stats(events: &[Value]) -> Vec<&Value> {
     events

@@ -29,4 +29,5 @@ pub const TICKS_PER_SEC: u64 = 100;
 
 pub mod fds;
 pub mod host;
+pub mod tracefs;
 pub mod usage;

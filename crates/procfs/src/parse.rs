@@ -210,13 +210,17 @@ pub fn container_id_from_cgroup(b: &[u8]) -> Option<String> {
     for line in b.split(|&c| c == b'\n') {
         // hierarchy-id:controllers:path
         let path = line.splitn(3, |&c| c == b':').nth(2)?;
-        for component in path.rsplit(|&c| c == b'/') {
-            if let Some(id) = hex64_in(component) {
-                return Some(id);
-            }
+        if let Some(id) = container_id_from_cgroup_path(path) {
+            return Some(id);
         }
     }
     None
+}
+
+/// The container id in one cgroup path (`/system.slice/docker-<id>.scope`), by the rules
+/// of [`container_id_from_cgroup`]: the innermost component that names one.
+pub fn container_id_from_cgroup_path(path: &[u8]) -> Option<String> {
+    path.rsplit(|&c| c == b'/').find_map(hex64_in)
 }
 
 fn hex64_in(component: &[u8]) -> Option<String> {
@@ -227,6 +231,74 @@ fn hex64_in(component: &[u8]) -> Option<String> {
     };
     (id.len() == 64 && id.iter().all(|c| c.is_ascii_hexdigit()))
         .then(|| String::from_utf8_lossy(id).into_owned())
+}
+
+/// Where the cgroup file systems are mounted, from `/proc/<pid>/mountinfo`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CgroupMounts {
+    /// The cgroup v2 (unified) hierarchy: `/sys/fs/cgroup` on a v2 host,
+    /// `/sys/fs/cgroup/unified` on a hybrid one; `None` on a v1-only host.
+    pub v2: Option<std::path::PathBuf>,
+    /// A v1 hierarchy, `memory` preferred (every container runtime on a v1 host creates
+    /// its cgroups there); `None` on a v2-only host.
+    pub v1: Option<std::path::PathBuf>,
+}
+
+/// The cgroup mounts in `/proc/<pid>/mountinfo` (`id parent dev root mountpoint options
+/// [optional...] - fstype source superoptions`); the first of each kind.
+pub fn parse_cgroup_mounts(b: &[u8]) -> CgroupMounts {
+    let mut mounts = CgroupMounts::default();
+    let mut v1_memory = false;
+    for line in b.split(|&c| c == b'\n') {
+        let fields: Vec<&[u8]> = line.split(|&c| c == b' ').collect();
+        let Some(dash) = fields.iter().position(|f| *f == b"-") else {
+            continue;
+        };
+        let (Some(mount_point), Some(fstype)) = (fields.get(4), fields.get(dash + 1)) else {
+            continue;
+        };
+        let path = || {
+            use std::os::unix::ffi::OsStringExt;
+            std::path::PathBuf::from(std::ffi::OsString::from_vec(unescape_octal(mount_point)))
+        };
+        match *fstype {
+            b"cgroup2" if mounts.v2.is_none() => mounts.v2 = Some(path()),
+            b"cgroup" if !v1_memory => {
+                let memory = fields
+                    .get(dash + 3)
+                    .is_some_and(|o| o.split(|&c| c == b',').any(|o| o == b"memory"));
+                if memory || mounts.v1.is_none() {
+                    mounts.v1 = Some(path());
+                    v1_memory = memory;
+                }
+            }
+            _ => {}
+        }
+    }
+    mounts
+}
+
+/// Mount points escape space, tab, newline and backslash as `\ooo`.
+fn unescape_octal(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let digits = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match digits {
+            Some(d) if b[i] == b'\\' => {
+                let value = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+                out.push(value as u8);
+                i += 4;
+            }
+            _ => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// The inode of a namespace link (`pid:[4026531836]`).

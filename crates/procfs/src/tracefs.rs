@@ -1,12 +1,13 @@
-//! The connect/accept tracepoints are found by name in tracefs
-//! (`/sys/kernel/tracing/events/syscalls/...`), which libbpf reads to attach them.
-//! systemd mounts it at boot, but a container host or a minimal VM may not have it: then
-//! the plugin mounts it, as `mount -t tracefs nodev /sys/kernel/tracing` would. Without
-//! it, live events would be off on such hosts with nothing but a warning.
+//! Syscall tracepoints (the network plugin's connect/accept, the process plugin's
+//! set*id) are found by name in tracefs (`/sys/kernel/tracing/events/syscalls/...`),
+//! which libbpf reads to attach them. systemd mounts it at boot, but a container host or
+//! a minimal VM may not have it: then the plugin mounts it, as
+//! `mount -t tracefs nodev /sys/kernel/tracing` would. Without it, those events would be
+//! off on such hosts with nothing but a warning.
 
 use std::path::Path;
 
-const TRACEFS: &str = "/sys/kernel/tracing";
+pub const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// What was found or done, for the log.
 #[derive(Debug, PartialEq, Eq)]

@@ -29,7 +29,7 @@ pub use bins::bin;
 pub use broker::Broker;
 pub use etcd::{etcd_available, Certs, Etcd, KeyPair};
 pub use postgres::{postgres_available, Postgres};
-pub use procs::{alive, group_members, tag};
+pub use procs::{alive, execs_with_arg, group_members, tag};
 pub use prometheus::{prometheus_available, promtool_check_metrics, Prometheus};
 pub use server::Server;
 pub use sim::Sim;

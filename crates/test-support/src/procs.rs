@@ -28,3 +28,19 @@ pub fn alive(pid: u32) -> bool {
 pub fn tag() -> String {
     hids_wire::new_run_id()[..10].to_owned()
 }
+
+/// The exec events (parsed JSON lines) whose arguments include `needle`.
+pub fn execs_with_arg<'a>(
+    events: &'a [serde_json::Value],
+    needle: &str,
+) -> Vec<&'a serde_json::Value> {
+    events
+        .iter()
+        .filter(|e| {
+            e["event"]["action"] == "exec"
+                && e["process"]["args"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|s| s.as_str() == Some(needle)))
+        })
+        .collect()
+}

@@ -17,7 +17,6 @@ mod record;
 mod report;
 mod scan;
 mod skel;
-mod tracefs;
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -154,13 +153,14 @@ fn load_kernel(args: &Args) -> io::Result<Option<Kernel>> {
         return Ok(None);
     }
     if wants_live {
+        use hids_procfs::tracefs::{self, Tracefs};
         match tracefs::ensure() {
-            tracefs::Tracefs::Present => {}
-            tracefs::Tracefs::Mounted => tracing::info!(
+            Tracefs::Present => {}
+            Tracefs::Mounted => tracing::info!(
                 "mounted tracefs at /sys/kernel/tracing: the connect/accept tracepoints are \
                  found there"
             ),
-            tracefs::Tracefs::Unavailable(why) => tracing::warn!("{why}"),
+            Tracefs::Unavailable(why) => tracing::warn!("{why}"),
         }
     }
     let opts = BpfOptions {

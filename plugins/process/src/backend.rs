@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::ValueEnum;
 use hids_netlink::{ProcSocket, SocketOptions};
 
-use crate::capture::ebpf::{self, EbpfOptions, Refused};
+use crate::capture::ebpf::{self, EbpfOptions, IdsHook, Refused};
 use crate::capture::{cn_proc, Batch, CaptureConfig, Counters};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -24,6 +24,9 @@ pub struct Started {
     pub backend: &'static str,
     /// Why eBPF is not in use although it was allowed.
     pub fallback: Option<String>,
+    /// Where credential and session changes come from: `fentry`, `syscall_tracepoints`,
+    /// `cn_proc`, `unavailable`, or `not_wanted` (none in `--emit`).
+    pub ids_capture: &'static str,
 }
 
 /// Everything the capture thread owns.
@@ -66,18 +69,32 @@ impl CaptureThread {
     }
 
     fn run_ebpf(&self) -> Result<anyhow::Result<()>, Refused> {
-        let on_ready = |missing: Vec<String>| {
-            if !missing.is_empty() && self.emit_ids {
-                self.spawn_ids_capture(&missing.join("; "));
-            }
+        let on_ready = |ids: IdsHook| {
+            let ids_capture = match &ids {
+                IdsHook::Missing { why } => self.spawn_ids_capture(why),
+                IdsHook::NotWanted => "not_wanted",
+                hook @ (IdsHook::Fentry | IdsHook::SyscallTracepoints { .. }) => {
+                    tracing::info!(
+                        "credential and session changes (setuid, setgid, setsid): from {}",
+                        hook.describe()
+                    );
+                    if matches!(hook, IdsHook::Fentry) {
+                        "fentry"
+                    } else {
+                        "syscall_tracepoints"
+                    }
+                }
+            };
             let _ = self.started.send(Ok(Started {
                 backend: "ebpf",
                 fallback: None,
+                ids_capture,
             }));
         };
         ebpf::run(
             &self.ebpf,
             &self.cfg,
+            self.emit_ids,
             self.tx.clone(),
             self.counters.clone(),
             self.shutdown.clone(),
@@ -107,14 +124,22 @@ impl CaptureThread {
         let _ = self.started.send(Ok(Started {
             backend: "cn_proc",
             fallback,
+            ids_capture: if self.emit_ids {
+                "cn_proc"
+            } else {
+                "not_wanted"
+            },
         }));
         cn_proc::run(sock, self.tx, self.cfg, self.counters, self.shutdown)
     }
 
-    /// Where eBPF cannot hook credential changes, setuid, setgid and setsid come from
-    /// the proc connector, which reports them on every kernel; exec, fork and exit stay
-    /// eBPF's.
-    fn spawn_ids_capture(&self, why: &str) {
+    /// Where eBPF can hook credential changes neither with fentry nor with the syscall
+    /// tracepoints, setuid, setgid and setsid come from the proc connector, which reports
+    /// them on every kernel (at the price of a message the kernel builds for every fork,
+    /// exec and exit on the host); exec, fork and exit stay eBPF's.
+    ///
+    /// Returns where they come from now (`cn_proc`, or `unavailable`), for the stats.
+    fn spawn_ids_capture(&self, why: &str) -> &'static str {
         let cfg = CaptureConfig {
             only_ids: true,
             ..self.cfg.clone()
@@ -135,14 +160,20 @@ impl CaptureThread {
                 .spawn(move || cn_proc::run(sock, tx, cfg, counters, shutdown))?)
         });
         match spawned {
-            Ok(_) => tracing::info!(
-                "eBPF cannot hook credential changes here ({why}); setuid, setgid and setsid \
-                 come from the proc connector"
-            ),
-            Err(e) => tracing::warn!(
-                "setuid, setgid and setsid are not reported: eBPF cannot hook them ({why}) and \
-                 the proc connector failed: {e:#}"
-            ),
+            Ok(_) => {
+                tracing::info!(
+                    "credential and session changes (setuid, setgid, setsid): from the proc \
+                     connector; eBPF cannot hook them here ({why})"
+                );
+                "cn_proc"
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "setuid, setgid and setsid are not reported: eBPF cannot hook them ({why}) \
+                     and the proc connector failed: {e:#}"
+                );
+                "unavailable"
+            }
         }
     }
 }

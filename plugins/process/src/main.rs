@@ -194,6 +194,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         EnrichConfig {
             capture: started.backend,
             capture_fallback: started.fallback,
+            ids_capture: started.ids_capture,
             emit,
             stats_interval: Duration::from_secs(args.stats_interval_secs.max(1)),
         },

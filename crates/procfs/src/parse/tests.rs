@@ -111,8 +111,50 @@ fn container_ids() {
             "{cg}"
         );
     }
+    assert_eq!(
+        container_id_from_cgroup_path(format!("/system.slice/docker-{id}.scope").as_bytes())
+            .as_deref(),
+        Some(id)
+    );
+    assert_eq!(container_id_from_cgroup_path(b"/"), None);
+    assert_eq!(container_id_from_cgroup_path(b""), None);
     let host = b"9:name=systemd:/\n4:memory:/process_api/5ff5302be688f4724435bbe964c64060\n0::/user.slice\n";
     assert_eq!(container_id_from_cgroup(host), None);
+}
+
+#[test]
+fn cgroup_mounts_of_hybrid_v2_and_v1_hosts() {
+    // A hybrid host (this one's): v1 controllers, the unified hierarchy beside them.
+    let hybrid = b"25 31 0:23 / /sys rw - sysfs sysfs rw\n\
+30 25 0:26 / /sys/fs/cgroup ro shared:9 - tmpfs tmpfs ro,mode=755\n\
+31 30 0:27 / /sys/fs/cgroup/unified rw shared:10 - cgroup2 cgroup2 rw,nsdelegate\n\
+32 30 0:28 / /sys/fs/cgroup/systemd rw shared:11 - cgroup cgroup rw,xattr,name=systemd\n\
+36 30 0:32 / /sys/fs/cgroup/memory rw shared:15 - cgroup cgroup rw,memory\n";
+    assert_eq!(
+        parse_cgroup_mounts(hybrid),
+        CgroupMounts {
+            v2: Some("/sys/fs/cgroup/unified".into()),
+            v1: Some("/sys/fs/cgroup/memory".into()),
+        }
+    );
+    let v2 = b"29 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
+    assert_eq!(
+        parse_cgroup_mounts(v2),
+        CgroupMounts {
+            v2: Some("/sys/fs/cgroup".into()),
+            v1: None,
+        }
+    );
+    // A v1-only host without a memory hierarchy; a mount point with a space.
+    let v1 = b"32 30 0:28 / /cg\\040root/pids rw - cgroup cgroup rw,pids\n";
+    assert_eq!(
+        parse_cgroup_mounts(v1),
+        CgroupMounts {
+            v2: None,
+            v1: Some("/cg root/pids".into()),
+        }
+    );
+    assert_eq!(parse_cgroup_mounts(b"junk\n- -\n"), CgroupMounts::default());
 }
 
 #[test]
@@ -163,6 +205,8 @@ proptest! {
         let _ = parse_status(&bytes);
         let _ = parse_cmdline(&bytes);
         let _ = container_id_from_cgroup(&bytes);
+        let _ = container_id_from_cgroup_path(&bytes);
+        let _ = parse_cgroup_mounts(&bytes);
         let _ = parse_ns_link(&bytes);
         let _ = parse_loginuid(&bytes);
         let _ = parse_id_file(&bytes).count();

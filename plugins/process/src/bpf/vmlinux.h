@@ -32,8 +32,23 @@ enum {
 };
 
 enum bpf_map_type {
+	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+	BPF_MAP_TYPE_LRU_HASH = 9,
 	BPF_MAP_TYPE_RINGBUF = 27,
+};
+
+enum {
+	BPF_ANY = 0,
+};
+
+enum {
+	BPF_RB_NO_WAKEUP = 1,
+	BPF_RB_FORCE_WAKEUP = 2,
+};
+
+enum {
+	BPF_RB_AVAIL_DATA = 0,
 };
 
 enum pid_type {
@@ -94,9 +109,56 @@ struct signal_struct {
 	struct tty_struct *tty;
 };
 
+struct qstr {
+	u32 len;
+	const unsigned char *name;
+};
+
+struct hlist_bl_node {
+	struct hlist_bl_node **pprev;
+};
+
+struct dentry;
+
+struct dentry_operations {
+	char *(*d_dname)(struct dentry *, char *, int);
+};
+
+struct dentry {
+	struct hlist_bl_node d_hash;
+	struct dentry *d_parent;
+	struct qstr d_name;
+	const struct dentry_operations *d_op;
+};
+
+struct vfsmount {
+	struct dentry *mnt_root;
+};
+
+/* fs/mount.h, private to the VFS but in the kernel's BTF. */
+struct mount {
+	struct mount *mnt_parent;
+	struct dentry *mnt_mountpoint;
+	struct vfsmount mnt;
+};
+
+struct path {
+	struct vfsmount *mnt;
+	struct dentry *dentry;
+};
+
+struct file {
+	struct path f_path;
+};
+
+struct fs_struct {
+	struct path pwd;
+};
+
 struct mm_struct {
 	long unsigned int arg_start;
 	long unsigned int arg_end;
+	struct file *exe_file;
 };
 
 struct task_struct {
@@ -111,10 +173,12 @@ struct task_struct {
 	unsigned int sessionid;
 	struct signal_struct *signal;
 	struct mm_struct *mm;
+	struct fs_struct *fs;
 };
 
 struct linux_binprm {
 	const char *filename;
+	struct file *file;
 };
 
 #pragma clang attribute pop

@@ -190,7 +190,6 @@ impl Capture {
                     Raw::Exec {
                         ts_ns,
                         pid: tgid,
-                        kernel: None,
                         snapshot,
                         read_done_ns: monotonic_ns(),
                         superseded: false,

@@ -19,11 +19,16 @@ use snapshot::{Gap, Snapshot};
 /// One event, in kernel order.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Raw {
+    /// An exec as the eBPF backend recorded it in the kernel: complete, no `/proc` read.
+    KernelExec {
+        ts_ns: u64,
+        pid: u32,
+        exec: Box<KernelExec>,
+    },
+    /// An exec the proc connector reported, with what `/proc` showed right after it.
     Exec {
         ts_ns: u64,
         pid: u32,
-        /// What the kernel recorded at exec (eBPF backend); `/proc` fills the rest.
-        kernel: Option<Box<KernelExec>>,
         snapshot: Result<Box<Snapshot>, Gap>,
         /// CLOCK_MONOTONIC when the snapshot was finished: an exec of the same pid
         /// reported with an earlier timestamp means the snapshot may show that later image.
@@ -61,12 +66,8 @@ pub enum Raw {
 impl Raw {
     pub fn heap_bytes(&self) -> usize {
         match self {
-            Raw::Exec {
-                kernel, snapshot, ..
-            } => {
-                kernel.as_ref().map_or(0, |k| k.heap_bytes())
-                    + snapshot.as_ref().map_or(0, |s| s.heap_bytes())
-            }
+            Raw::KernelExec { exec, .. } => exec.heap_bytes(),
+            Raw::Exec { snapshot, .. } => snapshot.as_ref().map_or(0, |s| s.heap_bytes()),
             _ => 0,
         }
     }
@@ -104,11 +105,22 @@ pub struct KernelExec {
     /// The path given to execve.
     pub filename: Vec<u8>,
     pub filename_truncated: bool,
+    /// The new image's file as `/proc/<pid>/exe` shows it (symlinks resolved, relative to
+    /// the process's mount namespace, " (deleted)" when unlinked), from a bounded dentry
+    /// walk in the kernel; empty when the walk could not finish (too deep, unreadable).
+    pub exe: Vec<u8>,
+    /// The working directory at exec, as `/proc/<pid>/cwd` shows it; empty when the walk
+    /// could not finish.
+    pub cwd: Vec<u8>,
 }
 
 impl KernelExec {
     pub fn heap_bytes(&self) -> usize {
-        self.comm.capacity() + self.args.capacity() + self.filename.capacity()
+        self.comm.capacity()
+            + self.args.capacity()
+            + self.filename.capacity()
+            + self.exe.capacity()
+            + self.cwd.capacity()
     }
 
     /// Start time in `/proc` clock ticks: the same number `/proc/<pid>/stat` shows.

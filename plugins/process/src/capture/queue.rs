@@ -58,7 +58,7 @@ impl Queue {
     pub fn push(&mut self, raw: Raw) {
         if self.out.len() >= self.max_pending {
             self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
-            if matches!(raw, Raw::Exec { .. }) {
+            if matches!(raw, Raw::Exec { .. } | Raw::KernelExec { .. }) {
                 self.counters
                     .queue_full_execs
                     .fetch_add(1, Ordering::Relaxed);

@@ -78,18 +78,36 @@ pub fn finish(dir: &ProcDir, snap: &mut Snapshot) {
     snap.pid_ns = dir.read_link("ns/pid").ok();
     snap.loginuid = read_small(dir, "loginuid");
 }
-/// What the eBPF backend's kernel record lacks: working directory, cgroup path, and the
-/// executable with symlinks resolved (the kernel has the path as given to execve).
-/// `stat` is read last, to prove that these came from the process that exec'd (its
-/// start time).
-pub fn supplement(proc_root: &str, pid: u32) -> Result<Snapshot, Gap> {
+/// Which of a process's `/proc` entries the eBPF backend's kernel record could not
+/// give (see [`supplement`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wanted {
+    pub exe: bool,
+    pub cwd: bool,
+    pub cgroup: bool,
+}
+
+impl Wanted {
+    pub fn any(self) -> bool {
+        self.exe || self.cwd || self.cgroup
+    }
+}
+
+/// What the eBPF backend's kernel record lacked for one exec (its path walks cut short,
+/// its cgroup id not resolved): read from `/proc` only when `wanted`. `stat` is read
+/// last, to prove that these came from the process that exec'd (its start time).
+pub fn supplement(proc_root: &str, pid: u32, wanted: Wanted) -> Result<Snapshot, Gap> {
     let dir = ProcDir::open(proc_root, pid).map_err(|e| classify(&e))?;
-    let mut snap = Snapshot {
-        exe: dir.read_link("exe").ok(),
-        cwd: dir.read_link("cwd").ok(),
-        cgroup: read_small(&dir, "cgroup"),
-        ..Snapshot::default()
-    };
+    let mut snap = Snapshot::default();
+    if wanted.exe {
+        snap.exe = dir.read_link("exe").ok();
+    }
+    if wanted.cwd {
+        snap.cwd = dir.read_link("cwd").ok();
+    }
+    if wanted.cgroup {
+        snap.cgroup = read_small(&dir, "cgroup");
+    }
     snap.stat = read_small(&dir, "stat");
     Ok(snap)
 }

@@ -42,23 +42,33 @@ impl ExePaths {
         if !ours || !given.starts_with(b"/") {
             return Some(lossy(given));
         }
-        if self.cache.len() >= Self::MAX || self.cleared.elapsed() >= Duration::from_secs(60) {
+        // Looked up before the entry API, which would copy the key on every hit.
+        let resolved = match self.cache.get(given) {
+            Some(hit) => hit.clone(),
+            None => {
+                if self.cache.len() >= Self::MAX {
+                    self.cache.clear();
+                }
+                let path = std::path::Path::new(
+                    <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(given),
+                );
+                let resolved = std::fs::canonicalize(path)
+                    .ok()
+                    .map(|p| Arc::from(p.to_string_lossy().as_ref()));
+                self.cache.insert(given.to_vec(), resolved.clone());
+                resolved
+            }
+        };
+        Some(resolved.map_or_else(|| lossy(given), |r| r.to_string()))
+    }
+
+    /// Called once a second, not per lookup: forgets every path after a minute, so a
+    /// changed symlink is seen.
+    pub fn expire(&mut self) {
+        if self.cleared.elapsed() >= Duration::from_secs(60) {
             self.cache.clear();
             self.cleared = Instant::now();
         }
-        let resolved = self.cache.entry(given.to_vec()).or_insert_with(|| {
-            let path = std::path::Path::new(
-                <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(given),
-            );
-            std::fs::canonicalize(path)
-                .ok()
-                .map(|p| Arc::from(p.to_string_lossy().as_ref()))
-        });
-        Some(
-            resolved
-                .as_deref()
-                .map_or_else(|| lossy(given), str::to_owned),
-        )
     }
 }
 

@@ -1,6 +1,6 @@
 //! What one exec tells about its process, from whichever backend saw it: the eBPF
-//! kernel record (plus `/proc` for what it lacks) or the proc connector's `/proc`
-//! snapshot. Each source is checked to describe the process that exec'd, or left out
+//! kernel record (plus `/proc`, as a fallback, for what it lacks) or the proc
+//! connector's `/proc` snapshot. Each source is checked to describe the process that exec'd, or left out
 //! with the reason (`incomplete`).
 
 use hids_procfs as procfs;
@@ -46,10 +46,11 @@ impl Facts {
     }
 }
 
-/// The eBPF backend's exec: the kernel record, plus from `/proc` what it lacks, used
-/// only when `/proc/<pid>` still holds the process that exec'd (same start time).
-/// `exe` is left empty when the process is gone: the caller resolves the kernel's path.
-pub fn from_kernel(k: &KernelExec, supplement: Option<Box<Snapshot>>) -> Facts {
+/// The eBPF backend's exec, from the kernel record alone: the executable and working
+/// directory the kernel resolved (absent when its path walk was cut short). The
+/// container comes from the cgroup id (the caller's cache); what is still missing, the
+/// caller may take from `/proc` ([`supplement`]).
+pub fn from_kernel(k: &KernelExec) -> Facts {
     let mut facts = Facts {
         ppid: Some(k.ppid),
         start_ticks: Some(k.start_ticks()),
@@ -63,6 +64,8 @@ pub fn from_kernel(k: &KernelExec, supplement: Option<Box<Snapshot>>) -> Facts {
             rgid: k.gid,
         }),
         login: (k.loginuid != u32::MAX).then_some(k.loginuid),
+        exe: (!k.exe.is_empty()).then(|| lossy(&k.exe)),
+        cwd: (!k.cwd.is_empty()).then(|| lossy(&k.cwd)),
         ..Facts::default()
     };
     if k.args_unreadable {
@@ -71,21 +74,34 @@ pub fn from_kernel(k: &KernelExec, supplement: Option<Box<Snapshot>>) -> Facts {
         facts.args = Some(procfs::parse_cmdline(&k.args));
         facts.args_truncated = k.args_truncated;
     }
-    let same_process = supplement.filter(|s| {
-        s.stat
-            .as_deref()
-            .and_then(|b| procfs::parse_stat(b).ok())
-            .is_some_and(|st| st.start_ticks == k.start_ticks())
-    });
-    if let Some(s) = &same_process {
-        facts.cwd = s.cwd.as_deref().map(lossy);
-        facts.container = s
+    facts
+}
+
+/// Fills what the kernel record left out (`exe`, `cwd`, `container`) from a `/proc`
+/// snapshot, only when it holds the process that exec'd (the same start time). False
+/// when it does not: the process is gone, or the pid already another's.
+pub fn supplement(facts: &mut Facts, k: &KernelExec, snap: &Snapshot) -> bool {
+    let same_process = snap
+        .stat
+        .as_deref()
+        .and_then(|b| procfs::parse_stat(b).ok())
+        .is_some_and(|st| st.start_ticks == k.start_ticks());
+    if !same_process {
+        return false;
+    }
+    if facts.exe.is_none() {
+        facts.exe = snap.exe.as_deref().map(lossy);
+    }
+    if facts.cwd.is_none() {
+        facts.cwd = snap.cwd.as_deref().map(lossy);
+    }
+    if facts.container.is_none() {
+        facts.container = snap
             .cgroup
             .as_deref()
             .and_then(procfs::container_id_from_cgroup);
-        facts.exe = s.exe.as_deref().map(lossy);
     }
-    facts
+    true
 }
 
 /// The proc connector's exec: everything but the pid comes from the snapshot, taken

@@ -1,18 +1,16 @@
 //! Users and groups of an event, ids named from the local files (`users::Names`).
 
-use std::sync::Arc;
-
 use hids_types::event::{Group, User, UserRef};
 
 /// `user.*`: the real user, the effective one only when it differs (privilege changes
 /// show there), and the login user (audit loginuid) when set.
-pub fn user(
-    mut name: impl FnMut(u32) -> Option<Arc<str>>,
+pub fn user<'a>(
+    name: impl Fn(u32) -> Option<&'a str>,
     ruid: u32,
     euid: u32,
     login: Option<u32>,
 ) -> User {
-    let mut named = |id: u32| name(id).map(|n| n.to_string());
+    let named = |id: u32| name(id).map(str::to_owned);
     User {
         id: ruid.to_string(),
         name: named(ruid),
@@ -28,10 +26,10 @@ pub fn user(
 }
 
 /// `group.*`: the real group.
-pub fn group(rgid: u32, name: Option<Arc<str>>) -> Group {
+pub fn group(rgid: u32, name: Option<&str>) -> Group {
     Group {
         id: rgid.to_string(),
-        name: name.map(|n| n.to_string()),
+        name: name.map(str::to_owned),
     }
 }
 
@@ -39,10 +37,10 @@ pub fn group(rgid: u32, name: Option<Arc<str>>) -> Group {
 mod tests {
     use super::*;
 
-    fn names(id: u32) -> Option<Arc<str>> {
+    fn names(id: u32) -> Option<&'static str> {
         match id {
-            0 => Some("root".into()),
-            1000 => Some("alice".into()),
+            0 => Some("root"),
+            1000 => Some("alice"),
             _ => None,
         }
     }
@@ -73,6 +71,6 @@ mod tests {
         assert_eq!(u.audit.unwrap().id, "4243");
         let g = group(100, None);
         assert_eq!((g.id.as_str(), g.name), ("100", None));
-        assert_eq!(group(0, Some("root".into())).name.as_deref(), Some("root"));
+        assert_eq!(group(0, Some("root")).name.as_deref(), Some("root"));
     }
 }

@@ -1,10 +1,12 @@
 //! The enrichment thread: turns queued kernel events and `/proc` snapshots into ECS
 //! events, keeps the process table, writes to the master, and reports its counters.
 
+mod cgroups;
 mod clocks;
 mod exe;
 mod facts;
 mod identity;
+mod kernel;
 mod lineage;
 mod process;
 mod running;
@@ -19,12 +21,12 @@ use std::time::{Duration, Instant};
 use hids_plugin_sdk::Output;
 use hids_types::event::{Event, Producer};
 
-use crate::capture::snapshot::{self, Gap, Snapshot};
+use crate::capture::snapshot;
 use crate::capture::{monotonic_ns, Batch, Counters, KernelExec, Raw};
 use crate::table::{Entry, Table};
 use clocks::Clocks;
-use exe::ExePaths;
 use facts::Facts;
+use kernel::KernelFacts;
 use stats::{Sources, Stats, Tally};
 use users::Names;
 
@@ -53,6 +55,8 @@ pub struct EnrichConfig {
     pub capture: &'static str,
     /// Why the backend is not the one asked for (eBPF refused), for the stats.
     pub capture_fallback: Option<String>,
+    /// Where credential and session changes come from (see `backend::Started`).
+    pub ids_capture: &'static str,
     pub emit: Emit,
     pub stats_interval: Duration,
 }
@@ -63,13 +67,13 @@ pub struct Enricher {
     out: Output,
     counters: Arc<Counters>,
     table: Table,
-    exe_paths: ExePaths,
+    /// Completes the eBPF backend's execs (`/proc` only as a counted fallback).
+    kernel: KernelFacts,
     users: Names,
     groups: Names,
     clocks: Clocks,
     seq: u64,
     tally: Tally,
-    buf: Vec<u8>,
     running: Running,
     /// For reading the processes found running (`/proc`, the argument cap).
     proc_root: String,
@@ -90,13 +94,12 @@ impl Enricher {
             out,
             counters,
             table,
-            exe_paths: ExePaths::new("/proc"),
+            kernel: KernelFacts::new("/proc"),
             users: Names::new("/etc/passwd"),
             groups: Names::new("/etc/group"),
             clocks: Clocks::now(),
             seq: 0,
             tally: Tally::default(),
-            buf: Vec::with_capacity(4096),
             running: Running::none(),
             proc_root: "/proc".to_owned(),
             max_args_bytes: 32 * 1024,
@@ -112,6 +115,7 @@ impl Enricher {
         max_args_bytes: usize,
     ) -> Self {
         self.running = running;
+        self.kernel = KernelFacts::new(proc_root);
         self.proc_root = proc_root.to_owned();
         self.max_args_bytes = max_args_bytes;
         self
@@ -154,6 +158,9 @@ impl Enricher {
                 next_tick = Instant::now() + tick;
                 self.clocks = Clocks::now();
                 self.table.sweep();
+                self.users.refresh();
+                self.groups.refresh();
+                self.kernel.tick();
                 if Instant::now() >= next_stats {
                     next_stats = Instant::now() + self.cfg.stats_interval;
                     self.emit_stats()?;
@@ -165,14 +172,17 @@ impl Enricher {
 
     fn handle(&mut self, raw: Raw) -> std::io::Result<()> {
         match raw {
+            Raw::KernelExec { ts_ns, pid, exec } => self.on_kernel_exec(ts_ns, pid, &exec),
             Raw::Exec {
                 ts_ns,
                 pid,
-                kernel,
                 snapshot,
                 superseded,
                 ..
-            } => self.on_exec(ts_ns, pid, kernel, snapshot, superseded),
+            } => {
+                let facts = facts::from_proc(&self.clocks, ts_ns, snapshot, superseded);
+                self.on_exec(ts_ns, pid, facts)
+            }
             Raw::Fork {
                 ts_ns,
                 parent,
@@ -237,24 +247,12 @@ impl Enricher {
         }
     }
 
-    fn on_exec(
-        &mut self,
-        ts_ns: u64,
-        pid: u32,
-        kernel: Option<Box<KernelExec>>,
-        snapshot: Result<Box<Snapshot>, Gap>,
-        superseded: bool,
-    ) -> std::io::Result<()> {
-        let facts = match kernel {
-            Some(k) => {
-                let mut facts = facts::from_kernel(&k, snapshot.ok());
-                if facts.exe.is_none() {
-                    facts.exe = self.exe_paths.resolve(&k.filename, k.pid_ns);
-                }
-                facts
-            }
-            None => facts::from_proc(&self.clocks, ts_ns, snapshot, superseded),
-        };
+    fn on_kernel_exec(&mut self, ts_ns: u64, pid: u32, k: &KernelExec) -> std::io::Result<()> {
+        let facts = self.kernel.facts(pid, k);
+        self.on_exec(ts_ns, pid, facts)
+    }
+
+    fn on_exec(&mut self, ts_ns: u64, pid: u32, facts: Facts) -> std::io::Result<()> {
         let before = self.table.get(pid).cloned().unwrap_or_default();
         let ev = self.exec_event(
             self.base(ts_ns, "start", "exec"),
@@ -350,7 +348,7 @@ impl Enricher {
             self.tally.args_truncated += 1;
         }
         if let Some(ids) = ids {
-            let users = &mut self.users;
+            let users = &self.users;
             ev.user = Some(identity::user(
                 |id| users.get(id),
                 ids.ruid,
@@ -392,9 +390,7 @@ impl Enricher {
     fn emit(&mut self, mut ev: Event) -> std::io::Result<()> {
         self.seq += 1;
         ev.event.sequence = self.seq;
-        self.buf.clear();
-        serde_json::to_writer(&mut self.buf, &ev).map_err(std::io::Error::other)?;
-        self.out.event(&self.buf)?;
+        self.out.serialize_event(&ev)?;
         self.tally.emitted += 1;
         Ok(())
     }
@@ -405,9 +401,12 @@ impl Enricher {
         let stats = Stats::collect(&Sources {
             capture: self.cfg.capture,
             capture_fallback: self.cfg.capture_fallback.as_deref(),
+            ids_capture: self.cfg.ids_capture,
             tally: &self.tally,
             counters: &self.counters,
             table: &self.table,
+            proc_fallbacks: self.kernel.fallbacks(),
+            cgroups: self.kernel.cgroup_stats(),
         });
         let stats = serde_json::to_value(stats).map_err(std::io::Error::other)?;
         let health = serde_json::to_vec(&stats).map_err(std::io::Error::other)?;

@@ -8,7 +8,7 @@ use hids_types::event::{CharDevice, Container, Event, Process, ProcessRef, Tty};
 
 use super::clocks::Clocks;
 use super::facts::Facts;
-use crate::table::keep_args;
+use crate::table::{keep_args, KEPT_ARGS_BYTES};
 
 /// The process that exec'd, from `facts`; fills the event's fields that follow from it
 /// (`container.id`, `hids.pid_ns`, `hids.tty`, `hids.args_truncated`). Returns the
@@ -33,7 +33,7 @@ pub fn exec(
         }
         p.command_line = Some(procfs::command_line(&args));
         p.args_count = Some(args.len());
-        args_kept = Some(keep_args(args.clone()));
+        args_kept = Some(keep_args(prefix_to_keep(&args)));
         p.args = Some(args);
     }
     ev.container = facts.container.map(|id| Container { id });
@@ -54,6 +54,20 @@ pub fn exec(
         ev.hids.tty = procfs::tty_name(major, minor);
     }
     (p, args_kept)
+}
+
+/// A copy of no more of `args` than the table can keep ([`keep_args`] decides): the
+/// whole list is not copied for a prefix of [`KEPT_ARGS_BYTES`].
+fn prefix_to_keep(args: &[String]) -> Vec<String> {
+    let mut total = 0;
+    args.iter()
+        .take_while(|a| {
+            let before = total;
+            total += a.len() + 1;
+            before <= KEPT_ARGS_BYTES
+        })
+        .cloned()
+        .collect()
 }
 
 /// `process.exit_code` and `hids.exit_signal` from the kernel's wait status: the exit
@@ -135,6 +149,18 @@ mod tests {
         assert_eq!(json, r#"{"pid":7}"#);
         assert!(kept.is_none());
         assert!(ev.hids.args_truncated.is_none() && ev.container.is_none());
+    }
+
+    #[test]
+    fn the_table_keeps_the_same_arguments_from_a_shorter_copy() {
+        let long: Vec<String> = (0..400).map(|i| format!("argument-{i}")).collect();
+        let short = vec!["true".to_string()];
+        let huge = vec!["x".repeat(KEPT_ARGS_BYTES * 2), "y".into()];
+        for args in [long, short, huge, vec![]] {
+            let copied = prefix_to_keep(&args);
+            assert!(copied.len() <= args.len());
+            assert_eq!(keep_args(copied), keep_args(args));
+        }
     }
 
     #[test]

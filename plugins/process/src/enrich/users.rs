@@ -20,20 +20,23 @@ pub struct Names {
 
 impl Names {
     pub fn new(path: &'static str) -> Self {
-        Names {
+        let mut names = Names {
             path,
             by_id: HashMap::new(),
             mtime: None,
             checked: None,
-        }
+        };
+        names.refresh();
+        names
     }
 
-    pub fn get(&mut self, id: u32) -> Option<Arc<str>> {
-        self.refresh();
-        self.by_id.get(&id).cloned()
+    pub fn get(&self, id: u32) -> Option<&str> {
+        self.by_id.get(&id).map(|name| &**name)
     }
 
-    fn refresh(&mut self) {
+    /// Rereads the file if it changed; checked at most every few seconds. Called on the
+    /// enrichment thread's tick, not per lookup (a clock read per name adds up in a storm).
+    pub fn refresh(&mut self) {
         if self.checked.is_some_and(|t| t.elapsed() < RECHECK) {
             return;
         }
@@ -58,8 +61,8 @@ mod tests {
 
     #[test]
     fn root_is_named() {
-        let mut users = Names::new("/etc/passwd");
-        assert_eq!(users.get(0).as_deref(), Some("root"));
+        let users = Names::new("/etc/passwd");
+        assert_eq!(users.get(0), Some("root"));
         assert_eq!(users.get(4_000_000_000), None);
     }
 }

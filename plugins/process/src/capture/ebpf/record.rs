@@ -28,10 +28,21 @@ mod flag {
     pub const ARGS_TRUNCATED: u32 = 1;
     pub const ARGS_UNREADABLE: u32 = 2;
     pub const FILENAME_TRUNCATED: u32 = 4;
+    pub const EXE_DELETED: u32 = 8;
+    pub const CWD_DELETED: u32 = 16;
+    pub const EXE_UNRESOLVED: u32 = 32;
+    pub const CWD_UNRESOLVED: u32 = 64;
 }
 
 /// The kernel side's own bound on the argument area it reads (`ARGS_CAP`).
 pub const ARGS_CAP: usize = 24 * 1024;
+/// Its bound on the path given to execve, NUL included (`FILENAME_CAP`).
+const FILENAME_CAP: usize = 4096;
+/// Its bound on each resolved path (`PATH_CAP`).
+const PATH_CAP: usize = 4096;
+
+/// What `/proc/<pid>/exe` and `/proc/<pid>/cwd` append to the path of an unlinked file.
+const DELETED_SUFFIX: &[u8] = b" (deleted)";
 
 /// The fields every record starts with.
 mod header {
@@ -51,8 +62,9 @@ mod small {
     pub const LEN: usize = B.end;
 }
 
-/// `struct exec_event` up to `data`: then `args_len` bytes of NUL-separated arguments
-/// and `filename_len` bytes of path.
+/// `struct exec_event` up to `data`: then `args_len` bytes of NUL-separated arguments,
+/// `filename_len` bytes of the path given to execve (with its NUL), `exe_len` bytes of
+/// the executable's resolved path and `cwd_len` bytes of the working directory.
 mod exec {
     use std::ops::Range;
     pub const START_BOOTTIME_NS: Range<usize> = 16..24;
@@ -72,7 +84,9 @@ mod exec {
     pub const FLAGS: Range<usize> = 80..84;
     pub const ARGS_LEN: Range<usize> = 84..88;
     pub const FILENAME_LEN: Range<usize> = 88..92;
-    pub const COMM: Range<usize> = 92..108;
+    pub const EXE_LEN: Range<usize> = 92..96;
+    pub const CWD_LEN: Range<usize> = 96..100;
+    pub const COMM: Range<usize> = 100..116;
     /// Where `data` begins (`EXEC_HEADER_BYTES` in C).
     pub const DATA: usize = COMM.end;
 }
@@ -101,26 +115,14 @@ impl<'a> Buffer<'a> {
     }
 }
 
-/// One ring buffer record: an exec, which still needs `/proc` for what the kernel
-/// lacks, or an event that is complete as it comes.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Record {
-    Exec {
-        ts_ns: u64,
-        pid: u32,
-        exec: Box<KernelExec>,
-    },
-    Done(Raw),
-}
-
 /// Parses one record. `None` for a record of the wrong size or an unknown kind: the
 /// program and this parser are built together, so that is a bug, counted, never a panic.
-pub fn parse(b: &[u8]) -> Option<Record> {
+pub fn parse(b: &[u8]) -> Option<Raw> {
     let rec = Buffer::new_checked(b, header::LEN)?;
     let (ts_ns, pid) = (rec.u64(header::TS_NS), rec.u32(header::PID));
     match rec.u32(header::KIND) {
         kind::EXEC => parse_exec(b, ts_ns, pid),
-        k if b.len() == small::LEN => parse_small(rec, k, ts_ns, pid).map(Record::Done),
+        k if b.len() == small::LEN => parse_small(rec, k, ts_ns, pid),
         _ => None,
     }
 }
@@ -154,16 +156,14 @@ fn parse_small(rec: Buffer<'_>, kind: u32, ts_ns: u64, pid: u32) -> Option<Raw> 
     })
 }
 
-fn parse_exec(b: &[u8], ts_ns: u64, pid: u32) -> Option<Record> {
+fn parse_exec(b: &[u8], ts_ns: u64, pid: u32) -> Option<Raw> {
     let rec = Buffer::new_checked(b, exec::DATA)?;
     let flags = rec.u32(exec::FLAGS);
-    let args_len = rec.u32(exec::ARGS_LEN) as usize;
-    let filename_len = rec.u32(exec::FILENAME_LEN) as usize;
-    let data = &b[exec::DATA..];
-    if args_len > ARGS_CAP || data.len() < args_len + filename_len {
-        return None;
-    }
-    let filename = &data[args_len..args_len + filename_len];
+    let mut data = Data(&b[exec::DATA..]);
+    let args = data.take(rec.u32(exec::ARGS_LEN), ARGS_CAP)?;
+    let filename = data.take(rec.u32(exec::FILENAME_LEN), FILENAME_CAP)?;
+    let exe = data.take(rec.u32(exec::EXE_LEN), PATH_CAP)?;
+    let cwd = data.take(rec.u32(exec::CWD_LEN), PATH_CAP)?;
     let exec = KernelExec {
         start_boottime_ns: rec.u64(exec::START_BOOTTIME_NS),
         cgroup_id: rec.u64(exec::CGROUP_ID),
@@ -179,18 +179,53 @@ fn parse_exec(b: &[u8], ts_ns: u64, pid: u32) -> Option<Record> {
         tty: (rec.u32(exec::TTY_MAJOR), rec.u32(exec::TTY_MINOR)),
         pid_ns: rec.u32(exec::PID_NS),
         comm: until_nul(&b[exec::COMM]).to_vec(),
-        args: data[..args_len].to_vec(),
+        args: args.to_vec(),
         args_truncated: flags & flag::ARGS_TRUNCATED != 0,
         args_unreadable: flags & flag::ARGS_UNREADABLE != 0,
         // The kernel copies the path with its NUL.
         filename: until_nul(filename).to_vec(),
         filename_truncated: flags & flag::FILENAME_TRUNCATED != 0,
+        exe: resolved_path(exe, flags, flag::EXE_DELETED, flag::EXE_UNRESOLVED),
+        cwd: resolved_path(cwd, flags, flag::CWD_DELETED, flag::CWD_UNRESOLVED),
     };
-    Some(Record::Exec {
+    Some(Raw::KernelExec {
         ts_ns,
         pid,
         exec: Box::new(exec),
     })
+}
+
+/// The variable-length part of an exec record, taken field by field.
+struct Data<'a>(&'a [u8]);
+
+impl<'a> Data<'a> {
+    /// The next `len` bytes; `None` past the record or past the kernel's own bound.
+    fn take(&mut self, len: u32, cap: usize) -> Option<&'a [u8]> {
+        let len = usize::try_from(len).ok().filter(|&n| n <= cap)?;
+        if self.0.len() < len {
+            return None;
+        }
+        let (field, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Some(field)
+    }
+}
+
+/// A path the kernel resolved, as `/proc` shows it: with " (deleted)" when the file was
+/// unlinked, empty when the kernel could not resolve it (the caller falls back).
+fn resolved_path(path: &[u8], flags: u32, deleted: u32, unresolved: u32) -> Vec<u8> {
+    if flags & unresolved != 0 || path.is_empty() {
+        return Vec::new();
+    }
+    let suffix = if flags & deleted != 0 {
+        DELETED_SUFFIX
+    } else {
+        b""
+    };
+    let mut out = Vec::with_capacity(path.len() + suffix.len());
+    out.extend_from_slice(path);
+    out.extend_from_slice(suffix);
+    out
 }
 
 fn until_nul(b: &[u8]) -> &[u8] {

@@ -97,25 +97,41 @@ fn kernel() -> KernelExec {
 }
 
 #[test]
-fn kernel_record_with_the_same_process_in_proc() {
-    let f = from_kernel(&kernel(), Some(snapshot()));
+fn kernel_record_alone_gives_every_fact() {
+    let mut k = kernel();
+    k.exe = b"/usr/bin/cat".to_vec();
+    k.cwd = b"/home/a".to_vec();
+    let f = from_kernel(&k);
     assert_eq!(f.args, Some(vec!["cat".into(), "/etc/hostname".into()]));
-    assert!(!f.args_truncated, "the kernel's flag, not the snapshot's");
     assert_eq!((f.ppid, f.session, f.tty), (Some(3438), Some(1054), None));
     assert_eq!(f.login, None, "loginuid unset");
     assert_eq!(f.start_ticks, Some(28692));
     assert_eq!(f.exe.as_deref(), Some("/usr/bin/cat"));
     assert_eq!(f.cwd.as_deref(), Some("/home/a"));
-    assert_eq!(f.container.as_deref(), Some(ID));
+    assert_eq!(f.container, None, "from the cgroup id, the caller's");
     assert_eq!(f.incomplete, None);
 }
 
 #[test]
-fn kernel_record_ignores_proc_of_another_process() {
+fn proc_fills_what_the_kernel_left_out_for_the_same_process() {
+    let mut k = kernel();
+    k.cwd = b"/srv".to_vec();
+    let mut f = from_kernel(&k);
+    assert_eq!((f.exe.as_deref(), f.cwd.as_deref()), (None, Some("/srv")));
+    assert!(supplement(&mut f, &k, &snapshot()));
+    assert!(!f.args_truncated, "the kernel's flag, not the snapshot's");
+    assert_eq!(f.exe.as_deref(), Some("/usr/bin/cat"));
+    assert_eq!(f.cwd.as_deref(), Some("/srv"), "the kernel's is kept");
+    assert_eq!(f.container.as_deref(), Some(ID));
+}
+
+#[test]
+fn proc_of_another_process_is_ignored() {
     let mut k = kernel();
     k.start_boottime_ns += 1_000_000_000;
     k.args_unreadable = true;
-    let f = from_kernel(&k, Some(snapshot()));
+    let mut f = from_kernel(&k);
+    assert!(!supplement(&mut f, &k, &snapshot()));
     assert_eq!((f.exe, f.cwd, f.container), (None, None, None));
     assert_eq!(f.args, None);
     assert_eq!(f.incomplete, Some("args_unreadable"));
