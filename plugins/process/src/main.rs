@@ -62,8 +62,9 @@ struct Args {
     /// microseconds. Longer means fewer wake-ups (less CPU) and later events.
     #[arg(long, default_value_t = 10_000)]
     linger_us: u64,
-    /// Bytes of `/proc` data the capture queue holds; beyond it execs are reported
-    /// without `/proc` fields (`hids.incomplete: backlog`).
+    /// Bytes of exec data (eBPF records, `/proc` snapshots) the capture queue holds;
+    /// beyond it execs are reported without their arguments (eBPF) or `/proc` fields
+    /// (proc connector), marked `hids.incomplete: backlog`.
     #[arg(long, default_value_t = 4 << 20)]
     queue_bytes: usize,
     /// Kernel receive buffer for process events (proc connector), in bytes.

@@ -191,7 +191,7 @@ static __always_inline void emit_small(u32 kind, u32 pid, u32 a, u32 b)
 		.a = a,
 		.b = b,
 	};
-	if (bpf_ringbuf_output(&events, &e, sizeof(e), wakeup_flag(e.ts_ns)))
+	if (bpf_ringbuf_output(&events, &e, sizeof(e), wakeup_flag(bpf_ktime_get_ns())))
 		count_drop(kind);
 }
 
@@ -278,7 +278,9 @@ static __always_inline u32 build_path(struct exec_scratch *s, struct vfsmount *v
 
 		if (dentry == mnt_root) {
 			struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
-			if (!up || up == mnt)
+			if (!up)
+				return PATH_CAP; /* a failed read: unresolved, not the root */
+			if (up == mnt)
 				goto done;
 			dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
 			mnt = up;
@@ -462,7 +464,7 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	e->cwd_len = put_path(s, BPF_CORE_READ(fs, pwd.mnt), BPF_CORE_READ(fs, pwd.dentry),
 			      FLAG_CWD_DELETED, FLAG_CWD_UNRESOLVED);
 
-	if (bpf_ringbuf_output(&events, e, EXEC_HEADER_BYTES + data_end(e), wakeup_flag(e->ts_ns)))
+	if (bpf_ringbuf_output(&events, e, EXEC_HEADER_BYTES + data_end(e), wakeup_flag(bpf_ktime_get_ns())))
 		count_drop(EV_EXEC);
 	return 0;
 }
@@ -521,32 +523,47 @@ int on_setid_enter(void *ctx)
 	return 0;
 }
 
-/* The matching sys_exit_: reports the ids that really changed. A successful call whose
- * ids at entry were not kept (the LRU map evicted them, or the call began before the
- * programs were attached) is reported with the ids it left, changed or not: a report
- * too many rather than a change lost. */
-SEC("tracepoint")
-int on_setid_exit(struct syscall_exit *ctx)
+/* The matching sys_exit_: reports the ids of its family (user ids for set*uid, group
+ * ids for set*gid) that really changed. A successful call whose ids at entry were not
+ * kept (the LRU map evicted them, or the call began before the programs were attached)
+ * is reported with the ids it left, changed or not: a report too many rather than a
+ * change lost. */
+static __always_inline int setid_exit(struct syscall_exit *ctx, bool user_ids)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	u32 tid = (u32)pid_tgid;
 	struct ids *before = bpf_map_lookup_elem(&ids_at_enter, &tid);
-	if (!before) {
-		if (ctx->ret == 0) {
-			struct ids now = current_ids();
-			emit_small(EV_UID, pid_tgid >> 32, now.uid, now.euid);
-			emit_small(EV_GID, pid_tgid >> 32, now.gid, now.egid);
-		}
-		return 0;
-	}
-	struct ids old = *before;
-	bpf_map_delete_elem(&ids_at_enter, &tid);
 	struct ids now = current_ids();
-	if (now.uid != old.uid || now.euid != old.euid)
+	bool changed;
+
+	if (before) {
+		changed = user_ids ? (now.uid != before->uid || now.euid != before->euid)
+				   : (now.gid != before->gid || now.egid != before->egid);
+		bpf_map_delete_elem(&ids_at_enter, &tid);
+	} else {
+		changed = ctx->ret == 0;
+	}
+	if (!changed)
+		return 0;
+	if (user_ids)
 		emit_small(EV_UID, pid_tgid >> 32, now.uid, now.euid);
-	if (now.gid != old.gid || now.egid != old.egid)
+	else
 		emit_small(EV_GID, pid_tgid >> 32, now.gid, now.egid);
 	return 0;
+}
+
+/* Attached to sys_exit_ of setuid, setreuid and setresuid. */
+SEC("tracepoint")
+int on_setuid_exit(struct syscall_exit *ctx)
+{
+	return setid_exit(ctx, true);
+}
+
+/* Attached to sys_exit_ of setgid, setregid and setresgid. */
+SEC("tracepoint")
+int on_setgid_exit(struct syscall_exit *ctx)
+{
+	return setid_exit(ctx, false);
 }
 
 SEC("tracepoint/syscalls/sys_exit_setsid")

@@ -112,6 +112,9 @@ pub struct KernelExec {
     /// The working directory at exec, as `/proc/<pid>/cwd` shows it; empty when the walk
     /// could not finish.
     pub cwd: Vec<u8>,
+    /// The argument list was dropped in user space: the capture queue's byte budget was
+    /// spent (`hids.incomplete: backlog`).
+    pub shed: bool,
 }
 
 impl KernelExec {
@@ -121,6 +124,14 @@ impl KernelExec {
             + self.filename.capacity()
             + self.exe.capacity()
             + self.cwd.capacity()
+    }
+
+    /// Drops the argument list, the bulk of a record, keeping what says which process
+    /// ran where (see `shed`).
+    pub fn shed(&mut self) {
+        self.args = Vec::new();
+        self.args_truncated = false;
+        self.shed = true;
     }
 
     /// Start time in `/proc` clock ticks: the same number `/proc/<pid>/stat` shows.

@@ -94,6 +94,19 @@ impl Queue {
 
     /// Hands the batch over, or keeps it (bounded by `max_pending`) while the queue is
     /// full. Returns false when the consumer is gone.
+    /// At stop: hands over what is left, waiting up to a second for room.
+    pub fn hand_over_before_exit(&mut self, tx: &SyncSender<Batch>) {
+        let until = Instant::now() + Duration::from_secs(1);
+        while !self.out.is_empty() && Instant::now() < until {
+            if !self.hand_over(tx) {
+                return;
+            }
+            if !self.out.is_empty() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
     pub fn hand_over(&mut self, tx: &SyncSender<Batch>) -> bool {
         match tx.try_send(std::mem::take(&mut self.out)) {
             Ok(()) => {

@@ -49,6 +49,8 @@ enum Known {
     Path(Option<Arc<str>>),
     /// Removed before it could be resolved (ids are never reused: it stays gone).
     Gone,
+    /// Outside the part of the hierarchy we see: `/proc/<pid>/cgroup` says.
+    Outside,
 }
 
 /// The cache's counters, in the stats record (`hids.stats.cgroups`), by name as the
@@ -152,7 +154,7 @@ impl Cgroups {
             Known::Path(Some(container)) => Lookup::Container(container),
             Known::Path(None) if !self.v1_may_hold_containers() => Lookup::Host,
             Known::Path(None) => Lookup::Unknown,
-            Known::Gone => {
+            Known::Gone | Known::Outside => {
                 self.stats.misses += 1;
                 Lookup::Unknown
             }
@@ -176,13 +178,18 @@ impl Cgroups {
         if self.handles {
             match path_of(v2.dir.as_fd(), id) {
                 Ok(path) => {
-                    self.stats.by_handle += 1;
+                    // Removed between the open and the readlink: gone, as ESTALE says.
+                    if path.as_os_str().as_encoded_bytes().ends_with(b" (deleted)") {
+                        return Some(Known::Gone);
+                    }
                     // Outside our view of the hierarchy (we run in a cgroup namespace, or
                     // the mount is a subtree): the kernel names it "/" or from elsewhere,
-                    // which proves nothing. Left to /proc, not cached.
+                    // which proves nothing. Kept as such (ids are never reused), so each
+                    // exec there reads /proc without asking the kernel again.
                     let Ok(relative) = path.strip_prefix(&v2.path) else {
-                        return None;
+                        return Some(Known::Outside);
                     };
+                    self.stats.by_handle += 1;
                     return Some(Known::Path(container_of(relative)));
                 }
                 Err(e) if e.raw_os_error() == Some(Errno::STALE.raw_os_error()) => {

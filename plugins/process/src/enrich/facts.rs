@@ -70,6 +70,8 @@ pub fn from_kernel(k: &KernelExec) -> Facts {
     };
     if k.args_unreadable {
         facts.incomplete = Some("args_unreadable");
+    } else if k.shed {
+        facts.incomplete = Some("backlog");
     } else {
         facts.args = Some(procfs::parse_cmdline(&k.args));
         facts.args_truncated = k.args_truncated;

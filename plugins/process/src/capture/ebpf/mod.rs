@@ -150,17 +150,8 @@ pub fn run(
             continue;
         }
         poll_errors = 0;
-        let records = std::mem::take(&mut *burst.borrow_mut());
-        reader.read(records.len(), began.elapsed());
-        counters
-            .ring_records
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
-        for raw in records {
-            if matches!(raw, Raw::KernelExec { .. }) {
-                counters.execs_seen.fetch_add(1, Ordering::Relaxed);
-            }
-            queue.push(raw);
-        }
+        let read = take_records(&burst, &mut queue, cfg, &counters);
+        reader.read(read, began.elapsed());
         if queue.due(cfg.linger) && !queue.hand_over(&tx) {
             return Ok(Ok(()));
         }
@@ -169,9 +160,42 @@ pub fn run(
             read_drops(&skel.maps.drops, &counters.ring_drops);
         }
     }
-    read_drops(&skel.maps.drops, &counters.ring_drops);
+    // What the kernel wrote since the last read, and what waits for the linger, is
+    // still reported: a stop or restart loses nothing already recorded.
     drop(links);
+    if rb.consume().is_ok() {
+        take_records(&burst, &mut queue, cfg, &counters);
+    }
+    queue.hand_over_before_exit(&tx);
+    read_drops(&skel.maps.drops, &counters.ring_drops);
     Ok(Ok(()))
+}
+
+/// Moves the records read into the queue; returns how many. An exec that finds the
+/// queue's byte budget spent (`--queue-bytes`: the consumer is far behind) is queued
+/// without its argument list, reported `hids.incomplete: backlog` as the proc
+/// connector's are, so a storm of long command lines cannot grow the plugin's memory.
+fn take_records(
+    burst: &RefCell<Vec<Raw>>,
+    queue: &mut Queue,
+    cfg: &CaptureConfig,
+    counters: &Counters,
+) -> usize {
+    let records = std::mem::take(&mut *burst.borrow_mut());
+    let read = records.len();
+    counters
+        .ring_records
+        .fetch_add(read as u64, Ordering::Relaxed);
+    for mut raw in records {
+        if let Raw::KernelExec { exec, .. } = &mut raw {
+            counters.execs_seen.fetch_add(1, Ordering::Relaxed);
+            if counters.queue_bytes.load(Ordering::Relaxed) >= cfg.queue_bytes {
+                exec.shed();
+            }
+        }
+        queue.push(raw);
+    }
+    read
 }
 
 /// When to read the ring. The kernel wakes this thread for a record only when it last
@@ -284,8 +308,13 @@ fn open_and_load<'obj>(
         .clamp(4096, 1 << 30)
         .next_power_of_two();
     open.maps.events.set_max_entries(ring as u32)?;
-    // One exec record's working memory per CPU the program may run on.
-    let cpus = libbpf_rs::num_possible_cpus()?;
+    // One exec record's working memory per CPU the program may run on, indexed by CPU
+    // id: the highest possible id + 1, which a sparse possible mask makes larger than
+    // the count of CPUs.
+    let cpus = std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .ok()
+        .and_then(|mask| highest_cpu_id(&mask))
+        .map_or(libbpf_rs::num_possible_cpus()?, |id| id + 1);
     open.maps.scratch.set_max_entries(cpus as u32)?;
     if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
         ro.max_args = opts.max_args_bytes.min(ARGS_CAP) as u32;
@@ -295,7 +324,8 @@ fn open_and_load<'obj>(
     open.progs.on_commit_creds.set_autoload(want.fentry);
     open.progs.on_setsid.set_autoload(want.fentry);
     open.progs.on_setid_enter.set_autoload(want.tracepoints);
-    open.progs.on_setid_exit.set_autoload(want.tracepoints);
+    open.progs.on_setuid_exit.set_autoload(want.tracepoints);
+    open.progs.on_setgid_exit.set_autoload(want.tracepoints);
     open.progs.on_setsid_exit.set_autoload(want.tracepoints);
     open.load()
 }
@@ -384,10 +414,24 @@ fn attach_syscall_tracepoints(skel: &mut ProcessSkel<'_>) -> Result<Vec<Link>, S
     let mut links = Vec::new();
     for call in SETID_SYSCALLS {
         links.push(tp(&skel.progs.on_setid_enter, format!("sys_enter_{call}"))?);
-        links.push(tp(&skel.progs.on_setid_exit, format!("sys_exit_{call}"))?);
+        let exit = if call.contains("uid") {
+            &skel.progs.on_setuid_exit
+        } else {
+            &skel.progs.on_setgid_exit
+        };
+        links.push(tp(exit, format!("sys_exit_{call}"))?);
     }
     links.push(tp(&skel.progs.on_setsid_exit, "sys_exit_setsid".into())?);
     Ok(links)
+}
+
+/// The highest CPU id in a kernel CPU list (`0-3,8-11`), as in
+/// `/sys/devices/system/cpu/possible`.
+fn highest_cpu_id(list: &str) -> Option<usize> {
+    list.trim()
+        .split(',')
+        .filter_map(|range| range.rsplit('-').next()?.trim().parse().ok())
+        .max()
 }
 
 /// Sums the per-CPU drop counters: they only grow, so the sum is the total.
@@ -415,18 +459,21 @@ fn read_drops(map: &dyn MapCore, drops: &RingDrops) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_reader_sleeps_only_after_a_whole_linger_without_records() {
-        let linger = Duration::from_millis(10);
-        let cfg = CaptureConfig {
+    fn config() -> CaptureConfig {
+        CaptureConfig {
             proc_root: "/proc".into(),
             max_args_bytes: 4096,
             queue_bytes: 1 << 20,
             max_pending: 64,
-            linger,
+            linger: Duration::from_millis(10),
             only_ids: false,
-        };
-        let queue = Queue::new(&cfg, Arc::default());
+        }
+    }
+
+    #[test]
+    fn the_reader_sleeps_only_after_a_whole_linger_without_records() {
+        let linger = Duration::from_millis(10);
+        let queue = Queue::new(&config(), Arc::default());
         let mut reader = Reader::new(linger);
         // Records came: read again after a linger, woken or not.
         reader.read(3, Duration::from_millis(2));
@@ -440,5 +487,23 @@ mod tests {
         assert_eq!(reader.wait(&queue), IDLE_WAIT);
         reader.read(1, Duration::from_millis(300));
         assert_eq!(reader.wait(&queue), linger);
+    }
+
+    #[test]
+    fn a_linger_between_milliseconds_is_rounded_up_so_the_reader_can_sleep() {
+        let queue = Queue::new(&config(), Arc::default());
+        let mut reader = Reader::new(Duration::from_micros(1500));
+        assert_eq!(reader.wait(&queue), Duration::from_millis(2));
+        // A poll of whole milliseconds that read nothing is a whole linger.
+        reader.read(0, Duration::from_millis(2));
+        assert_eq!(reader.wait(&queue), IDLE_WAIT);
+    }
+
+    #[test]
+    fn the_scratch_map_covers_the_highest_cpu_id() {
+        assert_eq!(highest_cpu_id("0-3\n"), Some(3));
+        assert_eq!(highest_cpu_id("0-3,8-11"), Some(11));
+        assert_eq!(highest_cpu_id("0,5"), Some(5));
+        assert_eq!(highest_cpu_id(""), None);
     }
 }

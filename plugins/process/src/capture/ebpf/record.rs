@@ -187,6 +187,7 @@ fn parse_exec(b: &[u8], ts_ns: u64, pid: u32) -> Option<Raw> {
         filename_truncated: flags & flag::FILENAME_TRUNCATED != 0,
         exe: resolved_path(exe, flags, flag::EXE_DELETED, flag::EXE_UNRESOLVED),
         cwd: resolved_path(cwd, flags, flag::CWD_DELETED, flag::CWD_UNRESOLVED),
+        shed: false,
     };
     Some(Raw::KernelExec {
         ts_ns,

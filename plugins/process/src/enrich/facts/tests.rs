@@ -137,3 +137,16 @@ fn proc_of_another_process_is_ignored() {
     assert_eq!(f.incomplete, Some("args_unreadable"));
     assert_eq!(f.comm.as_deref(), Some("cat"));
 }
+
+#[test]
+fn an_exec_shed_for_the_queue_budget_keeps_its_place_without_arguments() {
+    let mut k = kernel();
+    k.exe = b"/usr/bin/cat".to_vec();
+    k.shed();
+    assert!(k.args.is_empty());
+    let f = from_kernel(&k);
+    assert_eq!(f.args, None);
+    assert_eq!(f.incomplete, Some("backlog"));
+    assert_eq!(f.exe.as_deref(), Some("/usr/bin/cat"));
+    assert_eq!(f.ppid, Some(3438));
+}
