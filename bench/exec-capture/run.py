@@ -286,7 +286,7 @@ def pss_kb(pid):
 
 class PssSampler(threading.Thread):
     """Peak PSS of the tool's processes, sampled every 100 ms (there is no PSS high-water
-    mark): shared pages (libc, the binary's pages mapped by both of ours) count once."""
+    mark): pages shared with other processes (libc and the other libraries) count by share."""
 
     def __init__(self, pids):
         super().__init__(daemon=True)

@@ -263,7 +263,7 @@ static __always_inline u32 build_path(struct exec_scratch *s, struct vfsmount *v
 	struct dentry *mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
 
 	*deleted = false;
-	if (!dentry || !vfsmnt)
+	if (!dentry || !vfsmnt || !mnt_root)
 		return PATH_CAP;
 	struct dentry *leaf_parent = BPF_CORE_READ(dentry, d_parent);
 	if (dentry != leaf_parent && !BPF_CORE_READ(dentry, d_hash.pprev))
@@ -285,6 +285,8 @@ static __always_inline u32 build_path(struct exec_scratch *s, struct vfsmount *v
 			dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
 			mnt = up;
 			mnt_root = BPF_CORE_READ(mnt, mnt.mnt_root);
+			if (!mnt_root)
+				return PATH_CAP;
 			continue;
 		}
 		u32 pos = s->path_pos;
@@ -512,8 +514,8 @@ static __always_inline struct ids current_ids(void)
 }
 
 /* Attached by user space to sys_enter_ of setuid, setreuid, setresuid, setgid, setregid
- * and setresgid: every one may change either kind of id as seen from here (a failed
- * call changes nothing, and nothing is reported). */
+ * and setresgid: keeps all four ids; the exit program of the call's family compares its
+ * two (a failed call changes nothing, and nothing is reported). */
 SEC("tracepoint")
 int on_setid_enter(void *ctx)
 {

@@ -119,7 +119,8 @@ pub struct KernelExec {
 
 impl KernelExec {
     pub fn heap_bytes(&self) -> usize {
-        self.comm.capacity()
+        std::mem::size_of::<Self>()
+            + self.comm.capacity()
             + self.args.capacity()
             + self.filename.capacity()
             + self.exe.capacity()
@@ -131,6 +132,10 @@ impl KernelExec {
     pub fn shed(&mut self) {
         self.args = Vec::new();
         self.args_truncated = false;
+        if !self.exe.is_empty() {
+            // Only needed to name the executable when the kernel could not.
+            self.filename = Vec::new();
+        }
         self.shed = true;
     }
 
@@ -154,7 +159,7 @@ pub struct Counters {
     /// Batches handed over without a drain to empty first (a burst longer than a
     /// batch): a superseding exec could slip past the check for those.
     pub forced_batches: AtomicU64,
-    /// Heap bytes of snapshots waiting in the queue.
+    /// Heap bytes of exec data (eBPF records, `/proc` snapshots) waiting in the queue.
     pub queue_bytes: AtomicUsize,
     /// eBPF: records read from the ring buffer.
     pub ring_records: AtomicU64,
@@ -173,7 +178,8 @@ pub struct RingDrops {
 pub struct CaptureConfig {
     pub proc_root: String,
     pub max_args_bytes: usize,
-    /// Budget of snapshot bytes in flight; past it, execs are queued without `/proc` data.
+    /// Budget of exec data bytes in flight; past it, execs are queued without their
+    /// arguments (eBPF) or `/proc` data (proc connector), `hids.incomplete: backlog`.
     pub queue_bytes: usize,
     /// Events held in this thread while the queue is full; past it they are dropped.
     pub max_pending: usize,

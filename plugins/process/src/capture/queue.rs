@@ -92,21 +92,37 @@ impl Queue {
         }
     }
 
-    /// Hands the batch over, or keeps it (bounded by `max_pending`) while the queue is
-    /// full. Returns false when the consumer is gone.
-    /// At stop: hands over what is left, waiting up to a second for room.
+    /// At stop: hands over what is left, waiting a little for room (well inside the
+    /// master's stop window); what still finds no room is counted as dropped.
     pub fn hand_over_before_exit(&mut self, tx: &SyncSender<Batch>) {
-        let until = Instant::now() + Duration::from_secs(1);
+        let until = Instant::now() + Duration::from_millis(300);
         while !self.out.is_empty() && Instant::now() < until {
             if !self.hand_over(tx) {
-                return;
+                break;
             }
             if !self.out.is_empty() {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
+        let left = std::mem::take(&mut self.out);
+        let execs = left
+            .iter()
+            .filter(|raw| matches!(raw, Raw::Exec { .. } | Raw::KernelExec { .. }))
+            .count();
+        let bytes: usize = left.iter().map(Raw::heap_bytes).sum();
+        self.counters
+            .queue_full
+            .fetch_add(left.len() as u64, Ordering::Relaxed);
+        self.counters
+            .queue_full_execs
+            .fetch_add(execs as u64, Ordering::Relaxed);
+        self.counters
+            .queue_bytes
+            .fetch_sub(bytes, Ordering::Relaxed);
     }
 
+    /// Hands the batch over, or keeps it (bounded by `max_pending`) while the queue is
+    /// full. Returns false when the consumer is gone.
     pub fn hand_over(&mut self, tx: &SyncSender<Batch>) -> bool {
         match tx.try_send(std::mem::take(&mut self.out)) {
             Ok(()) => {

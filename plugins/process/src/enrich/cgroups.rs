@@ -65,8 +65,9 @@ pub struct CgroupStats {
     pub entries: usize,
     /// Evicted at the bound (16,384 ids).
     pub evicted: u64,
-    /// Ids that could not be resolved (removed, walk cut short or not due): those execs
-    /// fell back to `/proc/<pid>/cgroup`.
+    /// Lookups of ids that could not be resolved (removed, outside our view of the
+    /// hierarchy, walk cut short or not due): those execs fell back to
+    /// `/proc/<pid>/cgroup`.
     pub misses: u64,
     /// Walks of a cgroup tree (at most one a second per hierarchy).
     pub walks: u64,

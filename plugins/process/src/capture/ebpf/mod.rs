@@ -163,9 +163,8 @@ pub fn run(
     // What the kernel wrote since the last read, and what waits for the linger, is
     // still reported: a stop or restart loses nothing already recorded.
     drop(links);
-    if rb.consume().is_ok() {
-        take_records(&burst, &mut queue, cfg, &counters);
-    }
+    let _ = rb.consume();
+    take_records(&burst, &mut queue, cfg, &counters);
     queue.hand_over_before_exit(&tx);
     read_drops(&skel.maps.drops, &counters.ring_drops);
     Ok(Ok(()))
@@ -174,7 +173,8 @@ pub fn run(
 /// Moves the records read into the queue; returns how many. An exec that finds the
 /// queue's byte budget spent (`--queue-bytes`: the consumer is far behind) is queued
 /// without its argument list, reported `hids.incomplete: backlog` as the proc
-/// connector's are, so a storm of long command lines cannot grow the plugin's memory.
+/// connector's are, so a storm of long command lines cannot grow the plugin's memory
+/// past the budget by more than the records' fixed parts and paths.
 fn take_records(
     burst: &RefCell<Vec<Raw>>,
     queue: &mut Queue,
@@ -311,10 +311,13 @@ fn open_and_load<'obj>(
     // One exec record's working memory per CPU the program may run on, indexed by CPU
     // id: the highest possible id + 1, which a sparse possible mask makes larger than
     // the count of CPUs.
-    let cpus = std::fs::read_to_string("/sys/devices/system/cpu/possible")
+    let cpus = match std::fs::read_to_string("/sys/devices/system/cpu/possible")
         .ok()
         .and_then(|mask| highest_cpu_id(&mask))
-        .map_or(libbpf_rs::num_possible_cpus()?, |id| id + 1);
+    {
+        Some(id) => id + 1,
+        None => libbpf_rs::num_possible_cpus()?,
+    };
     open.maps.scratch.set_max_entries(cpus as u32)?;
     if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
         ro.max_args = opts.max_args_bytes.min(ARGS_CAP) as u32;
@@ -427,10 +430,13 @@ fn attach_syscall_tracepoints(skel: &mut ProcessSkel<'_>) -> Result<Vec<Link>, S
 
 /// The highest CPU id in a kernel CPU list (`0-3,8-11`), as in
 /// `/sys/devices/system/cpu/possible`.
+/// `None` when any part is not a number: then the caller asks libbpf instead.
 fn highest_cpu_id(list: &str) -> Option<usize> {
     list.trim()
         .split(',')
-        .filter_map(|range| range.rsplit('-').next()?.trim().parse().ok())
+        .map(|range| range.rsplit('-').next()?.trim().parse::<usize>().ok())
+        .collect::<Option<Vec<_>>>()?
+        .into_iter()
         .max()
 }
 
@@ -505,5 +511,6 @@ mod tests {
         assert_eq!(highest_cpu_id("0-3,8-11"), Some(11));
         assert_eq!(highest_cpu_id("0,5"), Some(5));
         assert_eq!(highest_cpu_id(""), None);
+        assert_eq!(highest_cpu_id("0-3,x"), None, "a part unread: ask libbpf");
     }
 }
