@@ -138,3 +138,46 @@ impl Queue {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::KernelExec;
+
+    #[test]
+    fn at_stop_what_finds_no_room_is_counted_as_dropped_and_leaves_the_budget() {
+        let cfg = CaptureConfig {
+            proc_root: "/proc".into(),
+            max_args_bytes: 4096,
+            queue_bytes: 1 << 20,
+            max_pending: 64,
+            linger: Duration::from_millis(10),
+            only_ids: false,
+        };
+        let counters = Arc::new(Counters::default());
+        let mut queue = Queue::new(&cfg, counters.clone());
+        // The consumer is alive but its queue is full.
+        let (tx, _rx) = std::sync::mpsc::sync_channel(1);
+        tx.send(Vec::new()).unwrap();
+        let exec = KernelExec {
+            args: b"true\0".to_vec(),
+            ..KernelExec::default()
+        };
+        queue.push(Raw::KernelExec {
+            ts_ns: 1,
+            pid: 7,
+            exec: Box::new(exec),
+        });
+        queue.push(Raw::Exit {
+            ts_ns: 2,
+            pid: 7,
+            exit_code: 0,
+        });
+        assert!(counters.queue_bytes.load(Ordering::Relaxed) > 0);
+        queue.hand_over_before_exit(&tx);
+        assert!(queue.is_empty());
+        assert_eq!(counters.queue_full.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.queue_full_execs.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.queue_bytes.load(Ordering::Relaxed), 0);
+    }
+}
