@@ -131,18 +131,10 @@ impl Header {
 /// # Errors
 /// [`WireError::TooLarge`] when the payload does not fit a u32 length.
 pub fn encode_frame(kind: Kind, payload: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
-    let len = u32::try_from(payload.len()).map_err(|_| WireError::TooLarge {
-        len: payload.len() as u64,
-        max: u32::MAX,
-    })?;
-    let header = Header {
-        kind,
-        flags: 0,
-        len,
-    };
-    out.extend_from_slice(&header.encode());
-    out.extend_from_slice(payload);
-    Ok(())
+    encode_frame_with(kind, out, |out| {
+        out.extend_from_slice(payload);
+        Ok(())
+    })
 }
 
 /// Appends one frame whose payload `write` appends to `out` in place (a serializer

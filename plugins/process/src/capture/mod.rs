@@ -189,6 +189,21 @@ pub struct CaptureConfig {
     pub only_ids: bool,
 }
 
+#[cfg(test)]
+impl CaptureConfig {
+    /// A small configuration for the capture side's unit tests.
+    pub fn for_tests() -> Self {
+        CaptureConfig {
+            proc_root: "/proc".into(),
+            max_args_bytes: 4096,
+            queue_bytes: 1 << 20,
+            max_pending: 64,
+            linger: std::time::Duration::from_millis(10),
+            only_ids: false,
+        }
+    }
+}
+
 /// Largest batch; a burst longer than this is handed over in pieces.
 pub const MAX_BATCH: usize = 512;
 

@@ -146,16 +146,8 @@ mod tests {
 
     #[test]
     fn at_stop_what_finds_no_room_is_counted_as_dropped_and_leaves_the_budget() {
-        let cfg = CaptureConfig {
-            proc_root: "/proc".into(),
-            max_args_bytes: 4096,
-            queue_bytes: 1 << 20,
-            max_pending: 64,
-            linger: Duration::from_millis(10),
-            only_ids: false,
-        };
         let counters = Arc::new(Counters::default());
-        let mut queue = Queue::new(&cfg, counters.clone());
+        let mut queue = Queue::new(&CaptureConfig::for_tests(), counters.clone());
         // The consumer is alive but its queue is full.
         let (tx, _rx) = std::sync::mpsc::sync_channel(1);
         tx.send(Vec::new()).unwrap();

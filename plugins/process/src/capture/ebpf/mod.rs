@@ -465,21 +465,10 @@ fn read_drops(map: &dyn MapCore, drops: &RingDrops) {
 mod tests {
     use super::*;
 
-    fn config() -> CaptureConfig {
-        CaptureConfig {
-            proc_root: "/proc".into(),
-            max_args_bytes: 4096,
-            queue_bytes: 1 << 20,
-            max_pending: 64,
-            linger: Duration::from_millis(10),
-            only_ids: false,
-        }
-    }
-
     #[test]
     fn the_reader_sleeps_only_after_a_whole_linger_without_records() {
         let linger = Duration::from_millis(10);
-        let queue = Queue::new(&config(), Arc::default());
+        let queue = Queue::new(&CaptureConfig::for_tests(), Arc::default());
         let mut reader = Reader::new(linger);
         // Records came: read again after a linger, woken or not.
         reader.read(3, Duration::from_millis(2));
@@ -497,7 +486,7 @@ mod tests {
 
     #[test]
     fn a_linger_between_milliseconds_is_rounded_up_so_the_reader_can_sleep() {
-        let queue = Queue::new(&config(), Arc::default());
+        let queue = Queue::new(&CaptureConfig::for_tests(), Arc::default());
         let mut reader = Reader::new(Duration::from_micros(1500));
         assert_eq!(reader.wait(&queue), Duration::from_millis(2));
         // A poll of whole milliseconds that read nothing is a whole linger.
