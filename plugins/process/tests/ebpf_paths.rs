@@ -158,6 +158,57 @@ fn paths_cross_mount_points_as_proc_shows_them() {
     }
 }
 
+/// A plugin run chrooted (as fresh-machine and rescue shells run it): a file inside its
+/// chroot is named from the chroot, as `/proc` shows it to the plugin, not by the host's
+/// path to it (the kernel walk stops at the reader's root, as d_path does).
+#[test]
+fn paths_are_named_from_the_plugins_own_root_under_chroot() {
+    if !can_run() {
+        return;
+    }
+    for tool in ["unshare", "nsenter"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            common::skip(&format!("needs {tool} (Debian: util-linux)"));
+            return;
+        }
+    }
+    let dir = TempDir::new("hids-ebpf-chroot");
+    let root = dir.0.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    // The whole host tree again under `root`, in a mount namespace of the plugin's own
+    // (gone with it), and the plugin chrooted there.
+    let enter = format!(
+        "mount --make-rprivate / && mount --rbind / {root} && exec chroot {root} \"$@\"",
+        root = root.display()
+    );
+    let plugin = Plugin::start_under(
+        &["unshare", "-m", "sh", "-c", &enter, "sh"],
+        &["--capture", "ebpf"],
+    );
+    let real = std::fs::canonicalize("/bin/true").unwrap();
+    let arg = tag("chrooted");
+    // Run in the plugin's namespace, root and working directory ("/" in the chroot).
+    let status = Command::new("nsenter")
+        .args(["-t", &plugin.pid().to_string(), "-m", "-r", "-w"])
+        .arg(&real)
+        .arg(&arg)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // nsenter's own exec carries the tag too; it runs outside the chroot.
+    let of_true = |evs: &[Value]| -> Option<Value> {
+        execs_with_arg(evs, &arg)
+            .into_iter()
+            .find(|ev| ev["process"]["name"] == "true")
+            .cloned()
+    };
+    let events = plugin.wait_events("the chrooted exec", Duration::from_secs(20), |evs| {
+        of_true(evs).is_some()
+    });
+    let ev = of_true(&events).unwrap();
+    assert_paths(&ev, real.to_str().unwrap(), Path::new("/"));
+}
+
 /// A working directory deeper than the kernel walk goes (64 steps): the kernel leaves
 /// it empty and user space reads `/proc` instead, for a process still there to read.
 #[test]

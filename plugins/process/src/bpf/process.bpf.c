@@ -60,6 +60,15 @@ const volatile u64 wakeup_bytes = 128 * 1024;
 /* When the reader was last woken (any CPU; a lost update only costs one wake-up). */
 u64 last_wakeup_ns = 0;
 
+/* Set by user space before load: the plugin's own process, whose root directory names
+ * every path (see build_path). */
+const volatile u32 reader_tgid = 0;
+/* The reader's root (fs->root), recorded by on_fork the first time the reader starts a
+ * thread, which user space does once the programs are attached. Zero until then: paths
+ * are then named from the root of their mount namespace. */
+u64 reader_root_mnt = 0;
+u64 reader_root_dentry = 0;
+
 struct exec_event {
 	u64 ts_ns;
 	u32 kind;
@@ -241,9 +250,10 @@ static __always_inline u32 task_pid_ns(struct task_struct *p)
 }
 
 /* Builds the path of (vfsmnt, dentry) at the end of s->path, as the kernel's d_path does
- * for a reader at the root of the initial mount namespace (readlink of /proc/<pid>/exe
- * from the host): names from the leaf up, crossing each mount to where it is mounted,
- * until the root of the task's mount namespace (a mount that is its own parent). A
+ * for the reader (readlink of /proc/<pid>/exe by this plugin): names from the leaf up,
+ * crossing each mount to where it is mounted, until the reader's root directory (an
+ * agent run chrooted names a file in its chroot from there, as /proc shows it to it) or
+ * else the root of the task's mount namespace (a mount that is its own parent): a
  * container's file is thus named inside the container, as /proc names it. Returns the
  * offset in s->path where the path starts (it ends at PATH_CAP), or PATH_CAP when the
  * walk cannot finish; sets *deleted for an unlinked file (d_path's " (deleted)").
@@ -259,8 +269,10 @@ static __always_inline u32 build_path(struct exec_scratch *s, struct vfsmount *v
 {
 	/* container_of with the running kernel's offset: struct mount is private to the
 	 * VFS, its layout is known only from BTF. */
-	struct mount *mnt = (void *)vfsmnt - bpf_core_field_offset(struct mount, mnt);
+	u64 vfsmnt_offset = bpf_core_field_offset(struct mount, mnt);
+	struct mount *mnt = (void *)vfsmnt - vfsmnt_offset;
 	struct dentry *mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
+	u64 root_mnt = reader_root_mnt, root_dentry = reader_root_dentry;
 
 	*deleted = false;
 	if (!dentry || !vfsmnt || !mnt_root)
@@ -274,6 +286,9 @@ static __always_inline u32 build_path(struct exec_scratch *s, struct vfsmount *v
 		/* A failed read (NULL) must not pass for the root: unresolved instead. */
 		if (!dentry || !mnt)
 			return PATH_CAP;
+		/* The reader's root, checked first as d_path does. */
+		if ((u64)dentry == root_dentry && (u64)mnt + vfsmnt_offset == root_mnt)
+			goto done;
 		struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
 
 		if (dentry == mnt_root) {
@@ -474,6 +489,11 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 {
+	if (reader_tgid && !reader_root_dentry && BPF_CORE_READ(parent, tgid) == reader_tgid) {
+		struct fs_struct *fs = BPF_CORE_READ(parent, fs);
+		reader_root_mnt = (u64)BPF_CORE_READ(fs, root.mnt);
+		reader_root_dentry = (u64)BPF_CORE_READ(fs, root.dentry);
+	}
 	/* A new thread shares its process's image: only new processes matter. */
 	u32 tgid = BPF_CORE_READ(child, tgid);
 	if (BPF_CORE_READ(child, pid) != tgid)

@@ -152,6 +152,7 @@ struct file {
 };
 
 struct fs_struct {
+	struct path root;
 	struct path pwd;
 };
 

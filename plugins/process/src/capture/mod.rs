@@ -106,7 +106,7 @@ pub struct KernelExec {
     pub filename: Vec<u8>,
     pub filename_truncated: bool,
     /// The new image's file as `/proc/<pid>/exe` shows it (symlinks resolved, relative to
-    /// the process's mount namespace, " (deleted)" when unlinked), from a bounded dentry
+    /// our root or else the process's mount namespace, " (deleted)" when unlinked), from a bounded dentry
     /// walk in the kernel; empty when the walk could not finish (too deep, unreadable).
     pub exe: Vec<u8>,
     /// The working directory at exec, as `/proc/<pid>/cwd` shows it; empty when the walk

@@ -80,7 +80,21 @@ pub struct Plugin {
 impl Plugin {
     /// Starts the plugin with `args` and waits until it watches process events.
     pub fn start(args: &[&str]) -> Plugin {
-        let mut child = Command::new("python3")
+        Plugin::start_under(&[], args)
+    }
+
+    /// Starts the plugin as `start` does, through the command `wrapper` (which must end
+    /// by executing its arguments: the child's pid is then the plugin's).
+    pub fn start_under(wrapper: &[&str], args: &[&str]) -> Plugin {
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg("python3");
+                c
+            }
+            None => Command::new("python3"),
+        };
+        let mut child = command
             .arg("-c")
             .arg(ON_A_PTY)
             .arg(env!("CARGO_BIN_EXE_hids-plugin-process"))

@@ -111,6 +111,7 @@ pub fn run(
     let mut objects = [const { MaybeUninit::<OpenObject>::uninit() }; 3];
     let (mut skel, loaded, refusal) = load(&mut objects, opts, cfg, want_ids)?;
     let (links, ids) = attach(&mut skel, loaded, refusal)?;
+    learn_reader_root(&skel);
 
     let burst: RefCell<Vec<Raw>> = RefCell::new(Vec::new());
     let parse_errors = &counters.parse_errors;
@@ -168,6 +169,34 @@ pub fn run(
     queue.hand_over_before_exit(&tx);
     read_drops(&skel.maps.drops, &counters.ring_drops);
     Ok(Ok(()))
+}
+
+/// Has the kernel record this process's root directory (on_fork sees a thread of ours
+/// start), so paths are named from it as `/proc` names them to us: an agent run
+/// chrooted sees its chroot's files by their paths inside it. Without it they are named
+/// from the root of their mount namespace, which differs only under a chroot.
+fn learn_reader_root(skel: &ProcessSkel<'_>) {
+    let started = std::thread::Builder::new()
+        .name("hids-root".into())
+        .spawn(|| ())
+        .map(|thread| thread.join());
+    let at = std::mem::offset_of!(skel::types::bss, reader_root_dentry);
+    let recorded = skel
+        .maps
+        .bss
+        .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+        .ok()
+        .flatten()
+        .and_then(|bss| bss.get(at..at + 8).map(|b| b.iter().any(|&x| x != 0)))
+        .unwrap_or(false);
+    if !recorded {
+        tracing::warn!(
+            thread_started = started.is_ok(),
+            "the kernel did not record this process's root directory: executables and \
+             working directories are named from the root of their mount namespace, \
+             which differs from /proc only if the agent runs chrooted"
+        );
+    }
 }
 
 /// Moves the records read into the queue; returns how many. An exec that finds the
@@ -323,6 +352,7 @@ fn open_and_load<'obj>(
         ro.max_args = opts.max_args_bytes.min(ARGS_CAP) as u32;
         ro.wakeup_interval_ns = u64::try_from(cfg.linger.as_nanos()).unwrap_or(u64::MAX);
         ro.wakeup_bytes = ring as u64 / 8;
+        ro.reader_tgid = std::process::id();
     }
     open.progs.on_commit_creds.set_autoload(want.fentry);
     open.progs.on_setsid.set_autoload(want.fentry);
