@@ -34,6 +34,8 @@ pub struct ServerConfig {
     #[serde(default)]
     pub http: HttpConfig,
     #[serde(default)]
+    pub console: ConsoleConfig,
+    #[serde(default)]
     pub alerts: AlertsConfig,
     /// Where new alerts are POSTed as JSON (an IM, SMS or paging gateway).
     #[serde(default)]
@@ -345,6 +347,32 @@ impl Default for HttpConfig {
     }
 }
 
+/// The web console on the HTTP address (`/`, `/alerts`, `/hosts/ID`...).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Pages readable without logging in (a wall display on a trusted network);
+    /// acknowledging and suppressing still need an operator.
+    #[serde(default)]
+    pub anonymous_read: bool,
+    /// How long a login lasts.
+    #[serde(default = "default_session_hours")]
+    pub session_hours: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            anonymous_read: false,
+            session_hours: default_session_hours(),
+        }
+    }
+}
+
+fn default_session_hours() -> u64 {
+    12
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertsConfig {
@@ -516,6 +544,9 @@ impl ServerConfig {
         }
         if k.max_event_bytes < 1024 {
             problems.push("kafka.max_event_bytes: at least 1024".to_string());
+        }
+        if !(1..=24 * 30).contains(&self.console.session_hours) {
+            problems.push("console.session_hours: between 1 and 720".to_string());
         }
         match (&self.store.path, &self.store.url) {
             (Some(_), Some(_)) => problems.push(

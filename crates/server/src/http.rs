@@ -33,6 +33,8 @@ pub struct Api {
     pub presence: Option<Arc<Mutex<Presence>>>,
     /// The fleet inventory index and vulnerability feeds.
     pub inventory: Option<Arc<crate::inventory::Inventory>>,
+    /// The web console's settings and login state.
+    pub console: crate::console::Settings,
 }
 
 pub fn router(api: Arc<Api>) -> Router {
@@ -52,6 +54,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(crate::inventory::http::routes())
+        .merge(crate::console::routes())
         .with_state(api)
 }
 
@@ -62,6 +65,11 @@ pub struct ApiError(StatusCode, String);
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError(status, message.into())
+    }
+
+    /// What went wrong, for a person.
+    pub fn message(&self) -> &str {
+        &self.1
     }
 }
 
@@ -76,7 +84,7 @@ pub fn bad_request(message: impl Into<String>) -> ApiError {
 }
 
 /// Runs a store call on the blocking pool.
-async fn with_store<T: Send + 'static>(
+pub(crate) async fn with_store<T: Send + 'static>(
     api: &Arc<Api>,
     call: impl FnOnce(&mut dyn Store) -> Result<T, hids_store::StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {

@@ -5,6 +5,7 @@
 //! over HTTP; new alerts also go to a Kafka topic and to webhooks.
 
 pub mod config;
+pub mod console;
 pub mod consume;
 pub mod fleet;
 pub mod fleet_metrics;

@@ -91,6 +91,33 @@ enum Command {
     /// Check the configuration and the rules, print what loads and what is refused
     /// (with the reason), then exit: 0 when the configuration is usable.
     CheckConfig,
+    /// Manage the web console's operators (in the store named by the configuration).
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+    /// Print a one-time login link to the console for an operator (valid two minutes,
+    /// once): for a script, a test browser, or a first login without a password.
+    LoginLink {
+        /// The operator it logs in.
+        #[arg(long)]
+        operator: String,
+        /// The console page it opens.
+        #[arg(long, default_value = "/")]
+        next: String,
+        /// The console's address as the browser reaches it; default: http.listen.
+        #[arg(long, value_name = "URL")]
+        base_url: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OperatorCommand {
+    /// Create an operator, or set a new password (which ends their sessions). The
+    /// password is read from standard input (one line), or asked for on a terminal.
+    Add { name: String },
+    /// Delete an operator and end their sessions.
+    Remove { name: String },
+    /// List the operators.
+    List,
 }
 
 fn main() -> ExitCode {
@@ -108,6 +135,15 @@ fn main() -> ExitCode {
     };
     let exit = match cli.command {
         Some(Command::CheckConfig) => check_config(&rules),
+        Some(Command::Operator(op)) => operators::run(&store_config(&config), op),
+        Some(Command::LoginLink {
+            operator,
+            next,
+            base_url,
+        }) => {
+            let base = base_url.unwrap_or_else(|| format!("http://{}", config.http.listen));
+            operators::login_link(&store_config(&config), &operator, &next, &base)
+        }
         None => {
             init_logging(&config.log_level);
             match run(config, rules) {
@@ -120,6 +156,136 @@ fn main() -> ExitCode {
         }
     };
     exit.into()
+}
+
+/// The operator subcommands: they open the store and leave.
+mod operators {
+    use std::io::{BufRead, IsTerminal};
+
+    use hids_server::console::auth;
+    use hids_store::StoreConfig;
+    use hids_types::Timestamp;
+
+    use super::{Exit, OperatorCommand};
+
+    pub fn run(store: &StoreConfig, command: OperatorCommand) -> Exit {
+        match act(store, command) {
+            Ok(()) => Exit::Success,
+            Err(e) => {
+                eprintln!("hids-server: {e}");
+                Exit::Failure
+            }
+        }
+    }
+
+    fn act(store_cfg: &StoreConfig, command: OperatorCommand) -> Result<(), String> {
+        let mut store = hids_store::open(store_cfg).map_err(|e| e.to_string())?;
+        let now = Timestamp::now();
+        match command {
+            OperatorCommand::Add { name } => {
+                auth::valid_name(&name)?;
+                let password = read_password()?;
+                let hash = auth::hash_password(&password)?;
+                let created = store
+                    .put_operator(&name, &hash, now)
+                    .map_err(|e| e.to_string())?;
+                let action = if created {
+                    "operator added"
+                } else {
+                    "password set"
+                };
+                store
+                    .record_change("hids-server", action, &name, now)
+                    .map_err(|e| e.to_string())?;
+                println!("{action}: {name}");
+            }
+            OperatorCommand::Remove { name } => {
+                if !store.remove_operator(&name).map_err(|e| e.to_string())? {
+                    return Err(format!(
+                        "no operator {name:?} (`hids-server operator list`)"
+                    ));
+                }
+                store
+                    .record_change("hids-server", "operator removed", &name, now)
+                    .map_err(|e| e.to_string())?;
+                println!("operator removed: {name}");
+            }
+            OperatorCommand::List => {
+                for (name, created) in store.operators().map_err(|e| e.to_string())? {
+                    println!(
+                        "{name:<32} created {}",
+                        hids_server::console::when(&created)
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One line from standard input; on a terminal, asked for twice without echo is
+    /// beyond std, so a terminal is refused with what to do instead.
+    fn read_password() -> Result<String, String> {
+        let stdin = std::io::stdin();
+        if stdin.is_terminal() {
+            return Err(
+                "give the password on standard input, e.g. `read -rs P; echo \"$P\" | hids-server operator add NAME`"
+                    .into(),
+            );
+        }
+        let mut line = String::new();
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("reading the password: {e}"))?;
+        let password = line.trim_end_matches(['\n', '\r']).to_owned();
+        if password.chars().count() < 12 || password.len() > auth::MAX_PASSWORD_BYTES {
+            return Err(format!(
+                "a password has at least 12 characters and at most {} bytes",
+                auth::MAX_PASSWORD_BYTES
+            ));
+        }
+        Ok(password)
+    }
+
+    pub fn login_link(store_cfg: &StoreConfig, operator: &str, next: &str, base: &str) -> Exit {
+        let made = (|| -> Result<String, String> {
+            let mut store = hids_store::open(store_cfg).map_err(|e| e.to_string())?;
+            if store
+                .operator_password(operator)
+                .map_err(|e| e.to_string())?
+                .is_none()
+            {
+                return Err(format!(
+                    "no operator {operator:?}: add one with `hids-server operator add {operator}`"
+                ));
+            }
+            let token = auth::new_token();
+            let now = Timestamp::now();
+            store
+                .start_session(
+                    &auth::link_key(&token),
+                    operator,
+                    now,
+                    Timestamp(now.0 + auth::LINK_LIFETIME),
+                )
+                .map_err(|e| e.to_string())?;
+            Ok(format!(
+                "{}/login/link?token={token}&next={}",
+                base.trim_end_matches('/'),
+                hids_server::console::query_escape(&hids_server::console::local_path(Some(next)))
+            ))
+        })();
+        match made {
+            Ok(url) => {
+                println!("{url}");
+                Exit::Success
+            }
+            Err(e) => {
+                eprintln!("hids-server: {e}");
+                Exit::Failure
+            }
+        }
+    }
 }
 
 fn config_error(msg: &str) -> Exit {
@@ -210,7 +376,13 @@ fn run(config: ServerConfig, rules: Arc<RuleSet>) -> anyhow::Result<()> {
         );
     }
     let inventory = start_inventory(&config, &store_cfg, &shutdown)?;
+    let console = hids_server::console::Settings::new(
+        config.console.anonymous_read,
+        Duration::from_secs(config.console.session_hours * 3600),
+        false,
+    );
     let api = Arc::new(Api {
+        console,
         inventory: Some(inventory.clone()),
         presence: presence.clone(),
         store: Mutex::new(reader),
@@ -222,7 +394,10 @@ fn run(config: ServerConfig, rules: Arc<RuleSet>) -> anyhow::Result<()> {
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(config.http.listen))
         .with_context(|| format!("http.listen {}: cannot listen", config.http.listen))?;
-    tracing::info!("API on http://{}/api/v1/alerts", config.http.listen);
+    tracing::info!(
+        "console on http://{0}/, API on http://{0}/api/v1/alerts",
+        config.http.listen
+    );
     let serve_stop = shutdown.clone();
     runtime.spawn(async move {
         let stopped = async move {

@@ -7,6 +7,7 @@ use hids_types::alert::{Alert, GroupBy, Level, SummaryRow, Suppression};
 use hids_types::fleet::{TopFigure, TopHost};
 use hids_types::Timestamp;
 
+use crate::console::{self, Ack, Change};
 use crate::league;
 use crate::sql::{cell, Backend, Conn, Param, Row, SqlBuilder};
 use crate::{
@@ -547,14 +548,99 @@ impl<B: Backend> Store for SqlStore<B> {
             )?;
             // Orphans, rather than the pruned ids: an alert that a concurrent record moved
             // past the cutoff is kept whole.
-            for table in ["alert_labels", "alert_positions"] {
+            for table in ["alert_labels", "alert_positions", "alert_acks"] {
                 c.execute(
                     &format!("DELETE FROM {table} WHERE NOT EXISTS (SELECT 1 FROM alerts a WHERE a.id = {table}.alert_id)"),
                     &[],
                 )?;
             }
+            console::prune_history(c)?;
             Ok(pruned)
         })
+    }
+
+    fn put_operator(
+        &mut self,
+        name: &str,
+        password_hash: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        self.backend
+            .write(&mut |c: &mut dyn Conn| console::put_operator(c, name, password_hash, now))
+    }
+
+    fn remove_operator(&mut self, name: &str) -> Result<bool, StoreError> {
+        self.backend
+            .write(&mut |c: &mut dyn Conn| console::remove_operator(c, name))
+    }
+
+    fn operator_password(&mut self, name: &str) -> Result<Option<String>, StoreError> {
+        self.backend
+            .read(&mut |c: &mut dyn Conn| console::operator_password(c, name))
+    }
+
+    fn operators(&mut self) -> Result<Vec<(String, Timestamp)>, StoreError> {
+        let rows = self
+            .backend
+            .read(&mut |c: &mut dyn Conn| console::operators(c))?;
+        Ok(self.parse_rows(&rows, console::operator_from_row))
+    }
+
+    fn start_session(
+        &mut self,
+        token_hash: &str,
+        operator: &str,
+        now: Timestamp,
+        expires: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.backend.write(&mut |c: &mut dyn Conn| {
+            console::start_session(c, token_hash, operator, now, expires)
+        })
+    }
+
+    fn session(&mut self, token_hash: &str, now: Timestamp) -> Result<Option<String>, StoreError> {
+        self.backend
+            .read(&mut |c: &mut dyn Conn| console::session(c, token_hash, now))
+    }
+
+    fn end_session(&mut self, token_hash: &str) -> Result<(), StoreError> {
+        self.backend
+            .write(&mut |c: &mut dyn Conn| console::end_session(c, token_hash))
+    }
+
+    fn acknowledge(
+        &mut self,
+        alert_id: &str,
+        operator: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        self.backend
+            .write(&mut |c: &mut dyn Conn| console::acknowledge(c, alert_id, operator, now))
+    }
+
+    fn acks(&mut self, alert_ids: &[String]) -> Result<Vec<Ack>, StoreError> {
+        let rows = self
+            .backend
+            .read(&mut |c: &mut dyn Conn| console::acks(c, alert_ids))?;
+        Ok(self.parse_rows(&rows, console::ack_from_row))
+    }
+
+    fn record_change(
+        &mut self,
+        operator: &str,
+        action: &str,
+        detail: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.backend
+            .write(&mut |c: &mut dyn Conn| console::record_change(c, operator, action, detail, now))
+    }
+
+    fn changes(&mut self, before_id: Option<i64>, limit: usize) -> Result<Vec<Change>, StoreError> {
+        let rows = self
+            .backend
+            .read(&mut |c: &mut dyn Conn| console::changes(c, before_id, limit))?;
+        Ok(self.parse_rows(&rows, console::change_from_row))
     }
 
     fn put_top(

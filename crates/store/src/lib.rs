@@ -24,6 +24,11 @@
 //! SQLite's JSON1 and PostgreSQL's `jsonb` differ in syntax and in how they index.
 
 mod backend;
+mod console;
+pub use console::{
+    Ack, Change, MAX_CHANGES_KEPT, MAX_CHANGES_LISTED, MAX_FIELD_BYTES, MAX_OPERATORS,
+    MAX_SESSIONS_PER_OPERATOR,
+};
 mod inventory;
 pub use inventory::{
     HostInventory, HostPage, InventoryOutcome, InventoryReport, StoredInventory, MAX_HOST_PAGE,
@@ -46,7 +51,7 @@ pub use hids_types::alert::{Alert, GroupBy, Level, SummaryRow, Suppression};
 pub use hids_types::Timestamp;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 /// [`AlertQuery::limit`] when it is 0.
 pub const DEFAULT_LIMIT: usize = 100;
 /// The most rows one query returns, whatever it asks for.
@@ -224,6 +229,57 @@ pub trait Store: Send {
     /// Deletes alerts last counted (`updated_at`, the server's clock, so a host's wrong
     /// clock cannot age its alerts out early) before the cutoff; returns how many.
     fn prune(&mut self, updated_before: Timestamp) -> Result<u64, StoreError>;
+    /// Creates an operator of the web console, or replaces the password hash of one (which
+    /// ends the sessions the old password opened); returns whether the operator is new.
+    /// Fails past [`MAX_OPERATORS`]. Only hashes are stored, never passwords.
+    fn put_operator(
+        &mut self,
+        name: &str,
+        password_hash: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
+    /// Deletes an operator and their sessions; returns whether they existed.
+    fn remove_operator(&mut self, name: &str) -> Result<bool, StoreError>;
+    /// The stored password hash of an operator.
+    fn operator_password(&mut self, name: &str) -> Result<Option<String>, StoreError>;
+    /// Every operator and when they were created, by name.
+    fn operators(&mut self) -> Result<Vec<(String, Timestamp)>, StoreError>;
+    /// Starts a console session, known by the hash of its token (the token itself is
+    /// only in the operator's cookie); ends expired sessions and the operator's oldest
+    /// past [`MAX_SESSIONS_PER_OPERATOR`].
+    fn start_session(
+        &mut self,
+        token_hash: &str,
+        operator: &str,
+        now: Timestamp,
+        expires: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// The operator of an unexpired session.
+    fn session(&mut self, token_hash: &str, now: Timestamp) -> Result<Option<String>, StoreError>;
+    fn end_session(&mut self, token_hash: &str) -> Result<(), StoreError>;
+    /// Marks an alert acknowledged (the first acknowledgement stands); returns whether
+    /// the alert exists. Retention deletes it with its alert.
+    fn acknowledge(
+        &mut self,
+        alert_id: &str,
+        operator: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
+    /// The acknowledgements among these alerts (the first [`MAX_LIMIT`] ids).
+    fn acks(&mut self, alert_ids: &[String]) -> Result<Vec<Ack>, StoreError>;
+    /// Adds a line to the history of changes (who, what, to what). Each field at most
+    /// [`MAX_FIELD_BYTES`]; past [`MAX_CHANGES_KEPT`] lines the oldest go at the next
+    /// [`Store::prune`].
+    fn record_change(
+        &mut self,
+        operator: &str,
+        action: &str,
+        detail: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// History newest first, older than `before_id` when given, at most `limit`
+    /// ([`MAX_CHANGES_LISTED`]).
+    fn changes(&mut self, before_id: Option<i64>, limit: usize) -> Result<Vec<Change>, StoreError>;
     /// Writes (or overwrites) the league rows of `day` for `figure`: the leaders among
     /// this instance's hosts. Rows of other hosts are left as they are.
     fn put_top(

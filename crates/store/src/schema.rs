@@ -101,6 +101,31 @@ const MIGRATIONS: &[&[&str]] = &[
         received_at_us BIGINT NOT NULL,
         PRIMARY KEY (host_id, hash, part))",
     ],
+    &[
+        // The web console: operators (password hashes), sessions (token hashes),
+        // acknowledgements, and the history of every change with who made it.
+        "CREATE TABLE operators (
+        name TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        created_at_us BIGINT NOT NULL)",
+        "CREATE TABLE console_sessions (
+        token_hash TEXT PRIMARY KEY,
+        operator TEXT NOT NULL,
+        created_at_us BIGINT NOT NULL,
+        expires_at_us BIGINT NOT NULL)",
+        "CREATE INDEX console_sessions_by_operator ON console_sessions (operator, created_at_us)",
+        "CREATE INDEX console_sessions_by_expiry ON console_sessions (expires_at_us)",
+        "CREATE TABLE alert_acks (
+        alert_id TEXT PRIMARY KEY,
+        operator TEXT NOT NULL,
+        at_us BIGINT NOT NULL)",
+        "CREATE TABLE console_history (
+        id {identity},
+        at_us BIGINT NOT NULL,
+        operator TEXT NOT NULL,
+        action TEXT NOT NULL,
+        detail TEXT NOT NULL)",
+    ],
 ];
 
 /// Creates the schema or migrates it to [`SCHEMA_VERSION`], in one transaction; refuses a
@@ -165,5 +190,6 @@ mod tests {
         assert!(!ddl(Dialect::Postgres, MIGRATIONS[0][7]).contains('{'));
         assert!(MIGRATIONS[1][0].contains("fleet_top"));
         assert!(MIGRATIONS[2][0].contains("inventories"));
+        assert!(MIGRATIONS[3][0].contains("operators"));
     }
 }

@@ -549,12 +549,16 @@ fn older_schema_is_migrated_keeping_alerts(cfg: &StoreConfig) {
     let mut store = open(cfg).unwrap();
     store.record(&[hit("shell", "h1", 1)], at(1000)).unwrap();
     drop(store);
-    // What a version-1 database looked like: no league table.
+    // What a version-1 database looked like: no league, inventory or console tables.
     for table in [
         "fleet_top",
         "inventories",
         "host_inventories",
         "inventory_parts",
+        "operators",
+        "console_sessions",
+        "alert_acks",
+        "console_history",
     ] {
         raw_execute(cfg, &format!("DROP TABLE {table}"));
     }
@@ -565,6 +569,7 @@ fn older_schema_is_migrated_keeping_alerts(cfg: &StoreConfig) {
         .top("2026-11-30", hids_store::TopFigure::Cpu, 1)
         .unwrap()
         .is_empty());
+    assert!(store.operators().unwrap().is_empty());
 }
 
 fn package(name: &str, version: &str) -> Package {
@@ -772,6 +777,86 @@ fn bad_evidence_is_replaced(cfg: &StoreConfig) {
     }
 }
 
+/// Operators, sessions, acknowledgements and history: what the web console keeps.
+fn console_accounts_sessions_acks_and_history(cfg: &StoreConfig) {
+    let mut store = open(cfg).unwrap();
+    assert!(store.put_operator("ana", "hash-1", at(1)).unwrap());
+    assert_eq!(
+        store.operator_password("ana").unwrap().as_deref(),
+        Some("hash-1")
+    );
+    assert_eq!(store.operator_password("bob").unwrap(), None);
+
+    // Sessions: found until they expire; a new password ends them.
+    store
+        .start_session("tok-a", "ana", at(10), at(100))
+        .unwrap();
+    assert_eq!(
+        store.session("tok-a", at(50)).unwrap().as_deref(),
+        Some("ana")
+    );
+    assert_eq!(store.session("tok-a", at(101)).unwrap(), None);
+    assert_eq!(store.session("nope", at(50)).unwrap(), None);
+    store
+        .start_session("tok-b", "ana", at(10), at(100))
+        .unwrap();
+    assert!(!store.put_operator("ana", "hash-2", at(20)).unwrap());
+    assert_eq!(store.session("tok-b", at(50)).unwrap(), None);
+    store
+        .start_session("tok-c", "ana", at(10), at(100))
+        .unwrap();
+    store.end_session("tok-c").unwrap();
+    assert_eq!(store.session("tok-c", at(50)).unwrap(), None);
+
+    // An operator's sessions are capped: the oldest go first.
+    for i in 0..hids_store::MAX_SESSIONS_PER_OPERATOR + 3 {
+        store
+            .start_session(&format!("many-{i}"), "ana", at(200 + i as u64), at(10_000))
+            .unwrap();
+    }
+    assert_eq!(store.session("many-0", at(300)).unwrap(), None);
+    let last = format!("many-{}", hids_store::MAX_SESSIONS_PER_OPERATOR + 2);
+    assert_eq!(
+        store.session(&last, at(300)).unwrap().as_deref(),
+        Some("ana")
+    );
+
+    // Acknowledgements: only of alerts that exist; the first one stands; gone with the
+    // alert at retention.
+    store.record(&[hit("r", "h1", 1)], at(1)).unwrap();
+    let id = alert_id("r", "h1", 1000);
+    assert!(store.acknowledge(&id, "ana", at(30)).unwrap());
+    assert!(store.acknowledge(&id, "bob", at(31)).unwrap());
+    assert!(!store.acknowledge("no-such-alert", "ana", at(30)).unwrap());
+    let acks = store.acks(&[id.clone(), "other".into()]).unwrap();
+    assert_eq!(acks.len(), 1);
+    assert_eq!((acks[0].operator.as_str(), acks[0].at), ("ana", at(30)));
+
+    // History, newest first, paged by id.
+    for i in 0..5 {
+        store
+            .record_change("ana", "acknowledge", &format!("alert {i}"), at(40 + i))
+            .unwrap();
+    }
+    let page = store.changes(None, 2).unwrap();
+    assert_eq!(page.len(), 2);
+    assert_eq!(page[0].detail, "alert 4");
+    let next = store.changes(Some(page[1].id), 10).unwrap();
+    assert_eq!(
+        next.iter().map(|c| c.detail.as_str()).collect::<Vec<_>>(),
+        ["alert 2", "alert 1", "alert 0"]
+    );
+    assert!(store
+        .record_change("ana", "x", &"y".repeat(5_000), at(50))
+        .is_err());
+
+    store.prune(at(1_000_000)).unwrap();
+    assert!(store.acks(std::slice::from_ref(&id)).unwrap().is_empty());
+    assert_eq!(store.operators().unwrap().len(), 1);
+    assert!(store.remove_operator("ana").unwrap());
+    assert_eq!(store.session(&last, at(300)).unwrap(), None);
+}
+
 macro_rules! suite {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -812,6 +897,7 @@ suite!(
     inventories_are_verified_assembled_and_stored_once,
     unreadable_rows_are_skipped,
     bad_evidence_is_replaced,
+    console_accounts_sessions_acks_and_history,
 );
 
 #[test]

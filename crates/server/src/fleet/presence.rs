@@ -88,6 +88,13 @@ pub struct Registered {
     generation: u32,
 }
 
+impl Registered {
+    /// The agent's version, as its status says.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+}
+
 /// Bits of [`Registered::raised`].
 pub struct Raised;
 impl Raised {

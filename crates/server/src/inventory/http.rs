@@ -36,7 +36,7 @@ pub fn routes() -> Router<Arc<Api>> {
         .route("/api/v1/inventory/hosts/{host_id}", get(host))
 }
 
-fn inventory(api: &Api) -> Result<Arc<Inventory>, ApiError> {
+pub(crate) fn inventory(api: &Api) -> Result<Arc<Inventory>, ApiError> {
     let inventory = api.inventory.clone().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -54,7 +54,9 @@ fn inventory(api: &Api) -> Result<Arc<Inventory>, ApiError> {
 
 /// The feeds, unless a file failed at the first load: then there is no good load to
 /// fall back on, and an answer would understate exposure.
-fn complete_feeds(inventory: &Inventory) -> Result<Arc<hids_vulns::feed::Feeds>, ApiError> {
+pub(crate) fn complete_feeds(
+    inventory: &Inventory,
+) -> Result<Arc<hids_vulns::feed::Feeds>, ApiError> {
     match inventory.feeds_failure() {
         Some(why) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

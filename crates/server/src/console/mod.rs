@@ -1,0 +1,172 @@
+//! The web console: server-rendered HTML pages over the same data as the API (alerts,
+//! fleet presence, the inventory index), for operators who log in. Pages are templates
+//! compiled into the binary (askama, HTML-escaped by default); every listing is a page
+//! of bounded size, never the whole fleet. Forms work without JavaScript.
+//!
+//! Reading needs a session unless `[console] anonymous_read`; every change (acknowledge,
+//! suppress, lift a suppression) needs an operator and is recorded in the history with
+//! their name. The JSON API under `/api/v1` is not behind this login (see docs/server.md).
+
+pub mod auth;
+mod pages;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use askama::Template;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use hids_types::Timestamp;
+
+use crate::http::Api;
+
+/// What the console was configured with, and its login state.
+pub struct Settings {
+    pub anonymous_read: bool,
+    pub session_lifetime: Duration,
+    /// Cookies marked Secure: the server is reached over TLS.
+    pub secure_cookies: bool,
+    pub throttle: auth::Throttle,
+    /// Password checks at once: each takes 19 MiB and tens of milliseconds by design.
+    pub verifying: tokio::sync::Semaphore,
+}
+
+impl Settings {
+    pub fn new(anonymous_read: bool, session_lifetime: Duration, secure_cookies: bool) -> Self {
+        Settings {
+            anonymous_read,
+            session_lifetime,
+            secure_cookies,
+            throttle: auth::Throttle::default(),
+            verifying: tokio::sync::Semaphore::new(2),
+        }
+    }
+}
+
+pub fn routes() -> Router<Arc<Api>> {
+    Router::new()
+        .route("/", get(pages::overview))
+        .route("/alerts", get(pages::alerts))
+        .route("/alerts/{id}", get(pages::alert))
+        .route("/alerts/{id}/acknowledge", post(pages::acknowledge))
+        .route("/alerts/{id}/suppress", post(pages::suppress))
+        .route("/suppressions/{id}/remove", post(pages::unsuppress))
+        .route("/hosts/{id}", get(pages::host))
+        .route("/vulns", get(pages::vulns))
+        .route("/history", get(pages::history))
+        .route("/login", get(pages::login_form).post(pages::login))
+        .route("/login/link", get(pages::login_link))
+        .route("/logout", post(pages::logout))
+        .route("/console.css", get(stylesheet))
+}
+
+async fn stylesheet() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        include_str!("../../templates/console.css"),
+    )
+        .into_response()
+}
+
+/// Who is looking at a page: an operator, or nobody (anonymous reading allowed).
+#[derive(Debug, Clone, Default)]
+pub struct Viewer {
+    pub operator: Option<String>,
+}
+
+/// The viewer of a request, or the way to the login page (back to `here` after it).
+pub async fn viewer(api: &Arc<Api>, headers: &HeaderMap, here: &str) -> Result<Viewer, Response> {
+    let operator = match auth::session_token(headers) {
+        Some(token) => {
+            let key = auth::session_key(&token);
+            crate::http::with_store(api, move |s| s.session(&key, Timestamp::now()))
+                .await
+                .map_err(IntoResponse::into_response)?
+        }
+        None => None,
+    };
+    if operator.is_none() && !api.console.anonymous_read {
+        return Err(to_login(here));
+    }
+    Ok(Viewer { operator })
+}
+
+/// The operator making a change: logged in, from a page of this server.
+pub async fn operator(api: &Arc<Api>, headers: &HeaderMap, here: &str) -> Result<String, Response> {
+    if !auth::same_origin(headers) {
+        return Err(problem(
+            StatusCode::FORBIDDEN,
+            "This change did not come from a page of this console (its Origin differs): reload the page and try again.",
+        ));
+    }
+    match viewer(api, headers, here).await?.operator {
+        Some(name) => Ok(name),
+        None => Err(to_login(here)),
+    }
+}
+
+fn to_login(here: &str) -> Response {
+    Redirect::to(&format!("/login?next={}", query_escape(here))).into_response()
+}
+
+/// Percent-encodes a query value.
+pub fn query_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Where to go after logging in: a path of this console, never another site.
+pub fn local_path(next: Option<&str>) -> String {
+    match next {
+        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.contains('\\') => p.to_owned(),
+        _ => "/".to_owned(),
+    }
+}
+
+/// A rendered page; a template that fails is a 500 naming it.
+pub fn page(t: &impl Template) -> Response {
+    match t.render() {
+        Ok(html) => ([(header::CACHE_CONTROL, "no-store")], Html(html)).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the console could not render this page: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "problem.html")]
+struct Problem<'a> {
+    viewer: Viewer,
+    title: &'a str,
+    message: &'a str,
+}
+
+/// A page saying what went wrong and what to do.
+pub fn problem(status: StatusCode, message: &str) -> Response {
+    let mut response = page(&Problem {
+        viewer: Viewer::default(),
+        title: status.canonical_reason().unwrap_or("Error"),
+        message,
+    });
+    *response.status_mut() = status;
+    response
+}
+
+/// A time as the console shows it (UTC, to the second).
+pub fn when(t: &Timestamp) -> String {
+    humantime::format_rfc3339_seconds(t.0).to_string()
+}

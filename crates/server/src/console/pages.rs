@@ -1,0 +1,873 @@
+//! The console's pages: what each shows, read from the store, the presence map and the
+//! inventory index, a bounded page at a time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use hids_store::{Ack, AlertQuery, Change};
+use hids_types::alert::{Alert, GroupBy, Level, Suppression};
+use hids_types::fleet::TopFigure;
+use hids_types::Timestamp;
+use serde::Deserialize;
+
+use super::{auth, local_path, operator, page, problem, query_escape, viewer, when, Viewer};
+use crate::http::{parse_query, with_store, Api};
+
+/// Alerts on one page of the queue, unless asked; at most [`MAX_ROWS`].
+const PAGE_ROWS: usize = 50;
+const MAX_ROWS: usize = 500;
+/// Groups shown per breakdown on the overview.
+const GROUPS: usize = 12;
+
+type Pairs = Query<Vec<(String, String)>>;
+
+fn store_error(e: crate::http::ApiError) -> Response {
+    e.into_response()
+}
+
+// ---- overview ----
+
+/// Agents online by one label: the label, the largest groups, how many more groups.
+type Breakdown = (&'static str, Vec<(String, u64)>, usize);
+
+#[derive(Template)]
+#[template(path = "overview.html")]
+struct Overview {
+    viewer: Viewer,
+    registered: Option<usize>,
+    breakdowns: Vec<Breakdown>,
+    levels: Vec<(String, u64)>,
+    top_cpu: Vec<hids_store::TopHost>,
+    top_memory: Vec<hids_store::TopHost>,
+    guard_trips: u64,
+    day: String,
+}
+
+pub async fn overview(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
+    let viewer = match viewer(&api, &headers, "/").await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let day = Timestamp::now().utc_day();
+    let presence = api.presence.clone();
+    let counted = tokio::task::spawn_blocking(move || {
+        presence.map(|p| {
+            let p = p.lock().unwrap_or_else(|e| e.into_inner());
+            let breakdowns = ["idc", "project", "product", "version"]
+                .into_iter()
+                .map(|by| {
+                    let (groups, rest) = p.counts_by(by, GROUPS);
+                    let mut groups: Vec<(String, u64)> = groups.into_iter().collect();
+                    groups.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                    (by, groups, rest)
+                })
+                .collect::<Vec<_>>();
+            (p.hosts.len(), breakdowns)
+        })
+    })
+    .await
+    .ok()
+    .flatten();
+    let since = Timestamp(std::time::SystemTime::now() - std::time::Duration::from_secs(86_400));
+    let d = day.clone();
+    let figures = with_store(&api, move |s| {
+        let q = AlertQuery {
+            since: Some(since),
+            limit: 10,
+            ..AlertQuery::default()
+        };
+        let levels = s.summary(&GroupBy::Level, &q)?;
+        let guard = s.summary(
+            &GroupBy::RuleId,
+            &AlertQuery {
+                rule_id: Some("hids-fleet-guard-tripped".into()),
+                ..q
+            },
+        )?;
+        let cpu = s.top(&d, TopFigure::Cpu, 10)?;
+        let memory = s.top(&d, TopFigure::Memory, 10)?;
+        Ok((levels, guard, cpu, memory))
+    })
+    .await;
+    let (levels, guard, top_cpu, top_memory) = match figures {
+        Ok(f) => f,
+        Err(e) => return store_error(e),
+    };
+    let (registered, breakdowns) = match counted {
+        Some((n, b)) => (Some(n), b),
+        None => (None, Vec::new()),
+    };
+    page(&Overview {
+        viewer,
+        registered,
+        breakdowns,
+        levels: levels
+            .into_iter()
+            .map(|r| (r.key.unwrap_or_default(), r.count))
+            .collect(),
+        top_cpu,
+        top_memory,
+        guard_trips: guard.iter().map(|r| r.count).sum(),
+        day,
+    })
+}
+
+// ---- alert queue ----
+
+/// One row of the queue, with what the template needs computed.
+struct Row {
+    alert: Alert,
+    ack: Option<Ack>,
+    first_seen: String,
+    last_seen: String,
+}
+
+#[derive(Template)]
+#[template(path = "alerts.html")]
+struct Queue {
+    viewer: Viewer,
+    rows: Vec<Row>,
+    /// The filters as given, to fill the form again.
+    filters: BTreeMap<String, String>,
+    levels: Vec<&'static str>,
+    more: Option<String>,
+    limit: usize,
+}
+
+pub async fn alerts(State(api): State<Arc<Api>>, headers: HeaderMap, pairs: Pairs) -> Response {
+    let Query(pairs) = pairs;
+    let here = format!("/alerts?{}", encode_pairs(&pairs));
+    let viewer = match viewer(&api, &headers, &here).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    // Empty form fields mean "any".
+    let mut given: Vec<(String, String)> = pairs
+        .into_iter()
+        .filter(|(_, v)| !v.trim().is_empty())
+        .collect();
+    let mut limit = PAGE_ROWS;
+    given.retain(|(k, v)| {
+        if k == "limit" {
+            limit = v.parse().unwrap_or(PAGE_ROWS).clamp(1, MAX_ROWS);
+            false
+        } else {
+            true
+        }
+    });
+    let mut q = match parse_query(&given, &[]) {
+        Ok(q) => q,
+        Err(e) => return e.into_response(),
+    };
+    q.limit = limit + 1;
+    let found = with_store(&api, move |s| {
+        let alerts = s.alerts(&q)?;
+        let ids: Vec<String> = alerts.iter().map(|a| a.id.clone()).collect();
+        let acks = s.acks(&ids)?;
+        Ok((alerts, acks))
+    })
+    .await;
+    let (mut alerts, acks) = match found {
+        Ok(f) => f,
+        Err(e) => return store_error(e),
+    };
+    let more = (alerts.len() > limit && limit < MAX_ROWS).then(|| {
+        let mut next = given.clone();
+        next.push(("limit".into(), (limit * 2).min(MAX_ROWS).to_string()));
+        format!("/alerts?{}", encode_pairs(&next))
+    });
+    alerts.truncate(limit);
+    let mut acks: HashMap<String, Ack> =
+        acks.into_iter().map(|a| (a.alert_id.clone(), a)).collect();
+    let rows = alerts
+        .into_iter()
+        .map(|alert| Row {
+            ack: acks.remove(&alert.id),
+            first_seen: when(&alert.first_seen),
+            last_seen: when(&alert.last_seen),
+            alert,
+        })
+        .collect();
+    page(&Queue {
+        viewer,
+        rows,
+        filters: given.into_iter().collect(),
+        levels: Level::ALL.iter().map(|l| l.as_str()).collect(),
+        more,
+        limit,
+    })
+}
+
+impl Queue {
+    /// A filter's value as given, empty when not.
+    fn filter(&self, name: &str) -> &str {
+        self.filters.get(name).map_or("", String::as_str)
+    }
+}
+
+fn encode_pairs(pairs: &[(String, String)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", query_escape(k), query_escape(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+// ---- one alert ----
+
+#[derive(Template)]
+#[template(path = "alert.html")]
+struct AlertPage {
+    viewer: Viewer,
+    alert: Alert,
+    ack: Option<Ack>,
+    first_seen: String,
+    last_seen: String,
+    created_at: String,
+    evidence: String,
+    command_line: String,
+    suppressions: Vec<Suppression>,
+}
+
+pub async fn alert(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let viewer = match viewer(&api, &headers, &format!("/alerts/{}", query_escape(&id))).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let wanted = id.clone();
+    let found = with_store(&api, move |s| {
+        let alert = s.alert(&wanted)?;
+        let acks = s.acks(std::slice::from_ref(&wanted))?;
+        let suppressions = s.suppressions()?;
+        Ok((alert, acks, suppressions))
+    })
+    .await;
+    let (alert, acks, suppressions) = match found {
+        Ok(f) => f,
+        Err(e) => return store_error(e),
+    };
+    let Some(alert) = alert else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            &format!("There is no alert {id:?}: retention may have deleted it. The queue lists those kept."),
+        );
+    };
+    let suppressions = suppressions
+        .into_iter()
+        .filter(|s| s.rule_id == alert.rule_id)
+        .take(50)
+        .collect();
+    page(&AlertPage {
+        viewer,
+        ack: acks.into_iter().next(),
+        first_seen: when(&alert.first_seen),
+        last_seen: when(&alert.last_seen),
+        created_at: when(&alert.created_at),
+        evidence: serde_json::to_string_pretty(&alert.event).unwrap_or_default(),
+        command_line: alert.event["process"]["command_line"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        suppressions,
+        alert,
+    })
+}
+
+pub async fn acknowledge(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let back = format!("/alerts/{}", query_escape(&id));
+    let who = match operator(&api, &headers, &back).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let wanted = id.clone();
+    let done = with_store(&api, move |s| {
+        let now = Timestamp::now();
+        let exists = s.acknowledge(&wanted, &who, now)?;
+        if exists {
+            s.record_change(&who, "acknowledge", &format!("alert {wanted}"), now)?;
+        }
+        Ok(exists)
+    })
+    .await;
+    match done {
+        Ok(true) => Redirect::to(&back).into_response(),
+        Ok(false) => problem(StatusCode::NOT_FOUND, &format!("There is no alert {id:?}.")),
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SuppressForm {
+    /// `host`: this host only; `command`: this command line on any host; `rule`: the
+    /// rule everywhere.
+    scope: String,
+    comment: String,
+}
+
+pub async fn suppress(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    form: Result<Form<SuppressForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let back = format!("/alerts/{}", query_escape(&id));
+    let who = match operator(&api, &headers, &back).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let Ok(Form(form)) = form else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "The suppression form was incomplete: choose a scope and say why.",
+        );
+    };
+    if form.comment.trim().is_empty() || form.comment.len() > 1024 {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Say why the alert is accepted (1 to 1024 characters): the comment is what the next person reads.",
+        );
+    }
+    let wanted = id.clone();
+    let done = with_store(&api, move |s| {
+        let Some(alert) = s.alert(&wanted)? else {
+            return Ok(None);
+        };
+        let mut sup = Suppression {
+            id: 0,
+            rule_id: alert.rule_id.clone(),
+            host_id: None,
+            labels: BTreeMap::new(),
+            command_line: None,
+            comment: format!("{} ({who})", form.comment.trim()),
+            created_at: None,
+        };
+        match form.scope.as_str() {
+            "host" => sup.host_id = Some(alert.host_id.clone()),
+            "command" => {
+                sup.command_line = alert.event["process"]["command_line"]
+                    .as_str()
+                    .map(str::to_owned)
+            }
+            _ => {}
+        }
+        let now = Timestamp::now();
+        let made = s.add_suppression(&sup, now)?;
+        s.record_change(
+            &who,
+            "suppress",
+            &format!(
+                "suppression {} of rule {} ({}) from alert {wanted}: {}",
+                made.id,
+                made.rule_id,
+                form.scope,
+                form.comment.trim()
+            ),
+            now,
+        )?;
+        Ok(Some(made))
+    })
+    .await;
+    match done {
+        Ok(Some(_)) => Redirect::to(&back).into_response(),
+        Ok(None) => problem(StatusCode::NOT_FOUND, &format!("There is no alert {id:?}.")),
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BackForm {
+    back: Option<String>,
+}
+
+pub async fn unsuppress(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(form): Form<BackForm>,
+) -> Response {
+    let back = local_path(form.back.as_deref());
+    let who = match operator(&api, &headers, &back).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let done = with_store(&api, move |s| {
+        let removed = s.remove_suppression(id)?;
+        if removed {
+            s.record_change(
+                &who,
+                "unsuppress",
+                &format!("suppression {id}"),
+                Timestamp::now(),
+            )?;
+        }
+        Ok(removed)
+    })
+    .await;
+    match done {
+        Ok(_) => Redirect::to(&back).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+// ---- host ----
+
+struct HostStatus {
+    hostname: String,
+    version: String,
+    labels: BTreeMap<String, String>,
+    quarantined: String,
+    crash_loop: String,
+    desired_error: String,
+    backlog: bool,
+}
+
+struct HostInventory {
+    os: String,
+    kernel: String,
+    reported_at: String,
+    total: usize,
+    packages: Vec<(String, String, String)>,
+}
+
+#[derive(Template)]
+#[template(path = "host.html")]
+struct HostPage {
+    viewer: Viewer,
+    host_id: String,
+    status: Option<HostStatus>,
+    inventory: Option<HostInventory>,
+    alerts: Vec<Row>,
+}
+
+/// Packages listed on a host's page at most.
+const HOST_PACKAGES: usize = 200;
+
+pub async fn host(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(host_id): Path<String>,
+) -> Response {
+    let viewer = match viewer(
+        &api,
+        &headers,
+        &format!("/hosts/{}", query_escape(&host_id)),
+    )
+    .await
+    {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let status = api.presence.as_ref().and_then(|p| {
+        let p = p.lock().unwrap_or_else(|e| e.into_inner());
+        p.hosts.get(host_id.as_str()).map(|r| HostStatus {
+            hostname: r.hostname.to_string(),
+            version: r.version().to_owned(),
+            labels: (*r.labels).clone(),
+            quarantined: r.quarantined.as_deref().unwrap_or_default().to_owned(),
+            crash_loop: r.crash_loop.as_deref().unwrap_or_default().to_owned(),
+            desired_error: r.desired_error.as_deref().unwrap_or_default().to_owned(),
+            backlog: r.backlog_since.is_some(),
+        })
+    });
+    let inventory = host_inventory(&api, &host_id).await;
+    let wanted = host_id.clone();
+    let found = with_store(&api, move |s| {
+        let alerts = s.alerts(&AlertQuery {
+            host_id: Some(wanted),
+            limit: PAGE_ROWS,
+            ..AlertQuery::default()
+        })?;
+        let ids: Vec<String> = alerts.iter().map(|a| a.id.clone()).collect();
+        Ok((alerts, s.acks(&ids)?))
+    })
+    .await;
+    let (alerts, acks) = match found {
+        Ok(f) => f,
+        Err(e) => return store_error(e),
+    };
+    let mut acks: HashMap<String, Ack> =
+        acks.into_iter().map(|a| (a.alert_id.clone(), a)).collect();
+    page(&HostPage {
+        viewer,
+        host_id,
+        status,
+        inventory,
+        alerts: alerts
+            .into_iter()
+            .map(|alert| Row {
+                ack: acks.remove(&alert.id),
+                first_seen: when(&alert.first_seen),
+                last_seen: when(&alert.last_seen),
+                alert,
+            })
+            .collect(),
+    })
+}
+
+async fn host_inventory(api: &Arc<Api>, host_id: &str) -> Option<HostInventory> {
+    let inventory = crate::inventory::http::inventory(api).ok()?;
+    let host_id = host_id.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let index = inventory.read_index();
+        let slot = index.host_slot(&host_id)?;
+        let host = index.host(slot);
+        let image = index.image(host.image);
+        let packages = image
+            .packages
+            .iter()
+            .take(HOST_PACKAGES)
+            .map(|&p| {
+                let p = index.package(p);
+                (
+                    p.kind.as_str().to_owned(),
+                    p.name.clone(),
+                    p.version.clone(),
+                )
+            })
+            .collect();
+        Some(HostInventory {
+            os: format!("{} {}", image.os.id, image.os.version_id),
+            kernel: image.kernel.to_string(),
+            reported_at: when(&host.reported_at),
+            total: image.packages.len(),
+            packages,
+        })
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+// ---- vulnerabilities ----
+
+#[derive(Template)]
+#[template(path = "vulns.html")]
+struct VulnsPage {
+    viewer: Viewer,
+    id: String,
+    message: String,
+    total: u64,
+    hosts: Vec<crate::inventory::query::VulnHost>,
+    top: Vec<crate::inventory::query::VulnSummary>,
+    next: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct VulnsQuery {
+    id: Option<String>,
+    offset: Option<usize>,
+}
+
+pub async fn vulns(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    query: Result<Query<VulnsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Search with ?id=CVE-2024-1234 (and offset=N to page).",
+        );
+    };
+    let id = query.id.unwrap_or_default().trim().to_owned();
+    let offset = query.offset.unwrap_or(0);
+    let viewer = match viewer(&api, &headers, &format!("/vulns?id={}", query_escape(&id))).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let mut view = VulnsPage {
+        viewer,
+        id: id.clone(),
+        message: String::new(),
+        total: 0,
+        hosts: Vec::new(),
+        top: Vec::new(),
+        next: None,
+    };
+    let inventory = match crate::inventory::http::inventory(&api)
+        .and_then(|i| crate::inventory::http::complete_feeds(&i).map(|f| (i, f)))
+    {
+        Ok(found) => found,
+        Err(e) => {
+            view.message = e.message().to_owned();
+            return page(&view);
+        }
+    };
+    let (inventory, feeds) = inventory;
+    let searched = tokio::task::spawn_blocking(move || {
+        if id.is_empty() {
+            let top = inventory.top();
+            return (None, top.iter().take(PAGE_ROWS).cloned().collect());
+        }
+        if feeds.by_id(&id).next().is_none() {
+            return (None, Vec::new());
+        }
+        let index = inventory.read_index();
+        let found = crate::inventory::query::vuln_hosts(&index, &feeds, &id, offset, PAGE_ROWS);
+        (Some(found), Vec::new())
+    })
+    .await;
+    match searched {
+        Ok((Some(found), _)) => {
+            view.total = found.total;
+            view.hosts = found.rows;
+            if (offset + PAGE_ROWS) < view.total as usize {
+                view.next = Some(format!(
+                    "/vulns?id={}&offset={}",
+                    query_escape(&view.id),
+                    offset + PAGE_ROWS
+                ));
+            }
+        }
+        Ok((None, top)) if view.id.is_empty() => view.top = top,
+        Ok((None, _)) => {
+            view.message = format!("{} is in no loaded feed.", view.id);
+        }
+        Err(e) => view.message = e.to_string(),
+    }
+    page(&view)
+}
+
+// ---- history ----
+
+struct ChangeRow {
+    change: Change,
+    at: String,
+}
+
+#[derive(Template)]
+#[template(path = "history.html")]
+struct History {
+    viewer: Viewer,
+    rows: Vec<ChangeRow>,
+    older: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    before: Option<i64>,
+}
+
+pub async fn history(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let viewer = match viewer(&api, &headers, "/history").await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let before = query.ok().and_then(|Query(q)| q.before);
+    let found = with_store(&api, move |s| s.changes(before, PAGE_ROWS + 1)).await;
+    let mut changes = match found {
+        Ok(c) => c,
+        Err(e) => return store_error(e),
+    };
+    let older = (changes.len() > PAGE_ROWS).then(|| {
+        changes.truncate(PAGE_ROWS);
+        format!("/history?before={}", changes.last().map_or(0, |c| c.id))
+    });
+    page(&History {
+        viewer,
+        rows: changes
+            .into_iter()
+            .map(|change| ChangeRow {
+                at: when(&change.at),
+                change,
+            })
+            .collect(),
+        older,
+    })
+}
+
+// ---- login ----
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct Login {
+    viewer: Viewer,
+    next: String,
+    message: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NextQuery {
+    next: Option<String>,
+}
+
+pub async fn login_form(
+    query: Result<Query<NextQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let next = query.ok().and_then(|Query(q)| q.next);
+    page(&Login {
+        viewer: Viewer::default(),
+        next: local_path(next.as_deref()),
+        message: String::new(),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    name: String,
+    password: String,
+    next: Option<String>,
+}
+
+pub async fn login(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let refused = |next: String, message: &str| {
+        let mut r = page(&Login {
+            viewer: Viewer::default(),
+            next,
+            message: message.to_owned(),
+        });
+        *r.status_mut() = StatusCode::UNAUTHORIZED;
+        r
+    };
+    let Ok(Form(form)) = form else {
+        return refused("/".into(), "Give a name and a password.");
+    };
+    let next = local_path(form.next.as_deref());
+    if !auth::same_origin(&headers) {
+        return refused(
+            next,
+            "This login did not come from this console's page: reload it and try again.",
+        );
+    }
+    if form.name.len() > auth::MAX_NAME_BYTES || form.password.len() > auth::MAX_PASSWORD_BYTES {
+        return refused(next, "Wrong name or password.");
+    }
+    if !api.console.throttle.allows(&form.name) {
+        return refused(next, "Too many failed logins for this name: wait 15 minutes, or have an administrator reset the password.");
+    }
+    let name = form.name.clone();
+    let stored = match with_store(&api, move |s| s.operator_password(&name)).await {
+        Ok(s) => s,
+        Err(e) => return store_error(e),
+    };
+    let Ok(_permit) = api.console.verifying.acquire().await else {
+        return refused(next, "The server is stopping.");
+    };
+    let password = form.password;
+    let matches = match stored {
+        Some(hash) => tokio::task::spawn_blocking(move || auth::password_matches(&password, &hash))
+            .await
+            .unwrap_or(false),
+        None => {
+            // The same work as for a real name: the time taken does not tell which
+            // names exist.
+            let _ = tokio::task::spawn_blocking(move || auth::hash_password(&password)).await;
+            false
+        }
+    };
+    if !matches {
+        api.console.throttle.failed(&form.name);
+        tracing::warn!("console: failed login for {:?}", form.name);
+        return refused(next, "Wrong name or password.");
+    }
+    api.console.throttle.succeeded(&form.name);
+    start_session(&api, form.name, &next, "login").await
+}
+
+/// Opens a session for `operator` and sends them to `next`, recording `how`.
+async fn start_session(
+    api: &Arc<Api>,
+    operator: String,
+    next: &str,
+    how: &'static str,
+) -> Response {
+    let token = auth::new_token();
+    let key = auth::session_key(&token);
+    let lifetime = api.console.session_lifetime;
+    let who = operator.clone();
+    let started = with_store(api, move |s| {
+        let now = Timestamp::now();
+        s.start_session(&key, &who, now, Timestamp(now.0 + lifetime))?;
+        s.record_change(&who, how, "console session", now)
+    })
+    .await;
+    if let Err(e) = started {
+        return store_error(e);
+    }
+    tracing::info!("console: {operator} logged in ({how})");
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (
+                header::SET_COOKIE,
+                auth::session_cookie(&token, lifetime, api.console.secure_cookies),
+            ),
+            (header::LOCATION, next.to_owned()),
+        ],
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LinkQuery {
+    token: String,
+    next: Option<String>,
+}
+
+/// A one-time login link (`hids-server login-link`): works once, within minutes.
+pub async fn login_link(
+    State(api): State<Arc<Api>>,
+    query: Result<Query<LinkQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "This login link is incomplete: make a new one with `hids-server login-link`.",
+        );
+    };
+    let key = auth::link_key(&q.token);
+    let used = with_store(&api, move |s| {
+        let who = s.session(&key, Timestamp::now())?;
+        s.end_session(&key)?;
+        Ok(who)
+    })
+    .await;
+    match used {
+        Ok(Some(operator)) => {
+            start_session(&api, operator, &local_path(q.next.as_deref()), "login link").await
+        }
+        Ok(None) => problem(
+            StatusCode::UNAUTHORIZED,
+            "This login link was used already or has expired: make a new one with `hids-server login-link`.",
+        ),
+        Err(e) => store_error(e),
+    }
+}
+
+pub async fn logout(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
+    if let Some(token) = auth::session_token(&headers) {
+        let key = auth::session_key(&token);
+        if let Err(e) = with_store(&api, move |s| s.end_session(&key)).await {
+            return store_error(e);
+        }
+    }
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::SET_COOKIE, auth::expired_cookie()),
+            (header::LOCATION, "/login".to_owned()),
+        ],
+    )
+        .into_response()
+}

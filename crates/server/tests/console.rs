@@ -1,0 +1,284 @@
+//! The web console as a person sees it: headless Chromium (Debian's `chromium`) loads
+//! each page from a real server whose alerts came from real events through a
+//! Kafka-protocol broker, and the rendered DOM must show what matters (each alert's
+//! title and level on the queue). Screenshots are kept for a person to look at, under
+//! `$TMPDIR/hids-console-screenshots/`. Changes go through the same forms a browser
+//! posts, with a session cookie.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use hids_test_support::{bin, skip_unless, tag, Broker, Server};
+use serde_json::Value;
+
+const T0: &str = "2026-11-30T10:00:05.000001Z";
+const PASSWORD: &str = "a long enough password";
+
+fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser"].into_iter().find(|c| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// Where screenshots are kept after the test ends.
+fn screenshots() -> PathBuf {
+    let dir = std::env::temp_dir().join("hids-console-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `hids-server` subcommand `args` on the server's config, with `stdin`.
+fn server_cli(server: &Server, args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut child = Command::new(bin("hids-server"))
+        .arg("--config")
+        .arg(&server.config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn login_link(server: &Server, operator: &str, next: &str) -> String {
+    let (ok, out, err) = server_cli(
+        server,
+        &["login-link", "--operator", operator, "--next", next],
+        "",
+    );
+    assert!(ok, "login-link: {err}");
+    out.trim().to_owned()
+}
+
+/// The DOM Chromium renders at `url`, and a screenshot of it saved as `name`.png. Two
+/// browser runs (the flags do not mix), each in a profile of its own; `url_for` gives
+/// each its URL (a login link works once).
+fn browse(url_for: &mut dyn FnMut() -> String, name: &str) -> String {
+    let browser = chromium().unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str], url: &str| {
+        let out = Command::new(browser)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--window-size=1400,1000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(url)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "chromium: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = run(&["--dump-dom"], &url_for());
+    let shot = screenshots().join(format!("{name}.png"));
+    run(&[&format!("--screenshot={}", shot.display())], &url_for());
+    assert!(
+        std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000),
+        "no screenshot at {}",
+        shot.display()
+    );
+    eprintln!("screenshot: {}", shot.display());
+    dom
+}
+
+/// A server whose store holds reverse-shell alerts of two hosts, and an operator `ana`.
+fn seeded() -> (Broker, tempfile::TempDir, Server, Vec<Value>) {
+    let topic = format!("events-{}", tag());
+    let broker = Broker::start();
+    broker.create_topic(&topic);
+    broker.produce(
+        &topic,
+        &[
+            (
+                "web-1".to_string(),
+                reverse_shell("web-1", &[("idc", "bj1"), ("project", "shop")], T0, 1),
+            ),
+            (
+                "db-2".to_string(),
+                reverse_shell("db-2", &[("idc", "sh2"), ("project", "pay")], T0, 1),
+            ),
+        ],
+    );
+    let (dir, server) = sqlite_server(&broker, &topic, "");
+    let alerts = server.wait_alerts("the seeded alerts", "", Duration::from_secs(60), |a| {
+        !alerts_of(a, "web-1").is_empty() && !alerts_of(a, "db-2").is_empty()
+    });
+    let (ok, _, err) = server_cli(
+        &server,
+        &["operator", "add", "ana"],
+        &format!("{PASSWORD}\n"),
+    );
+    assert!(ok, "operator add: {err}");
+    (broker, dir, server, alerts)
+}
+
+#[test]
+fn the_alert_queue_shows_each_alert_title_and_level_in_a_browser() {
+    skip_unless!(chromium().is_some(), "needs chromium (Debian: chromium)");
+    let (_broker, _dir, server, alerts) = seeded();
+    let dom = browse(&mut || login_link(&server, "ana", "/alerts"), "alerts");
+    assert!(dom.contains("<h1>Alerts</h1>"), "{dom}");
+    for alert in &alerts {
+        let title = alert["title"].as_str().unwrap();
+        let level = alert["level"].as_str().unwrap();
+        assert!(dom.contains(title), "no {title:?} in the queue:\n{dom}");
+        assert!(
+            dom.contains(&format!("level-{level}\">{level}</span>")),
+            "no level {level:?} in the queue:\n{dom}"
+        );
+        assert!(dom.contains(alert["hostname"].as_str().unwrap()), "{dom}");
+    }
+    // The overview and a host's page, as seen.
+    let dom = browse(&mut || login_link(&server, "ana", "/"), "overview");
+    assert!(
+        dom.contains("agents online") && dom.contains("critical alerts"),
+        "{dom}"
+    );
+    let dom = browse(&mut || login_link(&server, "ana", "/hosts/web-1"), "host");
+    let web = alerts_of(&alerts, "web-1")[0];
+    assert!(dom.contains(web["title"].as_str().unwrap()), "{dom}");
+    assert!(
+        !dom.contains("db-2.example"),
+        "another host's alert on web-1's page:\n{dom}"
+    );
+}
+
+#[test]
+fn pages_need_a_login_and_a_link_works_once() {
+    skip_unless!(chromium().is_some(), "needs chromium (Debian: chromium)");
+    let (_broker, _dir, server, alerts) = seeded();
+    let title = alerts[0]["title"].as_str().unwrap().to_owned();
+    let dom = browse(&mut || server.url("/alerts"), "not-logged-in");
+    assert!(dom.contains("name=\"password\""), "no login form:\n{dom}");
+    assert!(
+        !dom.contains(&title),
+        "alerts shown without a login:\n{dom}"
+    );
+
+    let link = login_link(&server, "ana", "/alerts");
+    let client = http();
+    let first = client.get(&link).send().unwrap();
+    assert_eq!(first.status(), 303);
+    let again = client.get(&link).send().unwrap();
+    assert_eq!(again.status(), 401, "a login link worked twice");
+    // A wrong password is refused, the right one logs in.
+    let wrong = client
+        .post(server.url("/login"))
+        .form(&[("name", "ana"), ("password", "not it"), ("next", "/alerts")])
+        .send()
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let right = client
+        .post(server.url("/login"))
+        .form(&[("name", "ana"), ("password", PASSWORD), ("next", "/alerts")])
+        .send()
+        .unwrap();
+    assert_eq!(right.status(), 303);
+    assert_eq!(right.headers()["location"], "/alerts");
+    // A link for an operator who does not exist is not made.
+    let (ok, _, err) = server_cli(&server, &["login-link", "--operator", "mallory"], "");
+    assert!(!ok && err.contains("no operator"), "{err}");
+}
+
+#[test]
+fn acknowledging_and_suppressing_are_recorded_with_who_did_them() {
+    skip_unless!(chromium().is_some(), "needs chromium (Debian: chromium)");
+    let (_broker, _dir, server, alerts) = seeded();
+    let client = http();
+    let cookie = session_cookie(&client, &login_link(&server, "ana", "/"));
+    let id = alerts_of(&alerts, "web-1")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let post = |path: &str, origin: &str, form: &[(&str, &str)]| {
+        client
+            .post(server.url(path))
+            .header("cookie", &cookie)
+            .header("origin", origin)
+            .form(form)
+            .send()
+            .unwrap()
+    };
+    let ours = format!("http://127.0.0.1:{}", server.port);
+    // Another site's form is refused, whatever the cookie.
+    let forged = post(
+        &format!("/alerts/{id}/acknowledge"),
+        "https://evil.example",
+        &[],
+    );
+    assert_eq!(forged.status(), 403);
+    let acked = post(&format!("/alerts/{id}/acknowledge"), &ours, &[]);
+    assert_eq!(acked.status(), 303);
+    let suppressed = post(
+        &format!("/alerts/{id}/suppress"),
+        &ours,
+        &[("scope", "host"), ("comment", "red team exercise")],
+    );
+    assert_eq!(suppressed.status(), 303);
+    let sups = server.get("/api/v1/suppressions");
+    assert_eq!(sups[0]["host_id"], "web-1", "{sups}");
+    assert!(
+        sups[0]["comment"].as_str().unwrap().contains("(ana)"),
+        "{sups}"
+    );
+
+    let dom = browse(&mut || login_link(&server, "ana", "/history"), "history");
+    for needle in ["acknowledge", "suppress", "red team exercise", "ana"] {
+        assert!(dom.contains(needle), "no {needle:?} in the history:\n{dom}");
+    }
+    let dom = browse(
+        &mut || login_link(&server, "ana", "/alerts"),
+        "alerts-acknowledged",
+    );
+    assert!(dom.contains("acknowledged by ana"), "{dom}");
+}
+
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Follows a login link; returns the session cookie it set (`name=value`).
+fn session_cookie(client: &reqwest::blocking::Client, link: &str) -> String {
+    let r = client.get(link).send().unwrap();
+    assert_eq!(r.status(), 303);
+    let set = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    set.split(';').next().unwrap().to_owned()
+}
