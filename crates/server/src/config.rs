@@ -358,6 +358,10 @@ pub struct ConsoleConfig {
     /// How long a login lasts.
     #[serde(default = "default_session_hours")]
     pub session_hours: u64,
+    /// Memory for the hosts' recent processes and listeners shown on their pages; past
+    /// it, the hosts heard from longest ago are forgotten (and counted).
+    #[serde(default = "default_recent_megabytes")]
+    pub recent_megabytes: u64,
 }
 
 impl Default for ConsoleConfig {
@@ -365,12 +369,17 @@ impl Default for ConsoleConfig {
         ConsoleConfig {
             anonymous_read: false,
             session_hours: default_session_hours(),
+            recent_megabytes: default_recent_megabytes(),
         }
     }
 }
 
 fn default_session_hours() -> u64 {
     12
+}
+
+fn default_recent_megabytes() -> u64 {
+    64
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -547,6 +556,9 @@ impl ServerConfig {
         }
         if !(1..=24 * 30).contains(&self.console.session_hours) {
             problems.push("console.session_hours: between 1 and 720".to_string());
+        }
+        if self.console.recent_megabytes > 64 * 1024 {
+            problems.push("console.recent_megabytes: at most 65536 (0 keeps nothing)".to_string());
         }
         match (&self.store.path, &self.store.url) {
             (Some(_), Some(_)) => problems.push(

@@ -35,6 +35,8 @@ pub struct Api {
     pub inventory: Option<Arc<crate::inventory::Inventory>>,
     /// The web console's settings and login state.
     pub console: crate::console::Settings,
+    /// Each host's last processes and listeners (None: not kept).
+    pub recent: Option<Arc<crate::recent::Recent>>,
 }
 
 pub fn router(api: Arc<Api>) -> Router {
@@ -370,6 +372,15 @@ async fn health(State(api): State<Arc<Api>>) -> Response {
         "alerts_by_level": by_level,
         "rules_loaded": m.rules_loaded.get(),
         "rules_refused": m.rules_refused.get(),
+        "recent": api.recent.as_ref().map(|r| {
+            let (hosts, bytes) = r.size();
+            json!({
+                "hosts": hosts,
+                "bytes": bytes,
+                "hosts_forgotten": r.hosts_forgotten.load(std::sync::atomic::Ordering::Relaxed),
+                "listeners_dropped": r.listeners_dropped.load(std::sync::atomic::Ordering::Relaxed),
+            })
+        }),
     }))
     .into_response()
 }

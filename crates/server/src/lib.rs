@@ -13,4 +13,5 @@ pub mod http;
 pub mod inventory;
 pub mod metrics;
 pub mod outputs;
+pub mod recent;
 pub mod triage;

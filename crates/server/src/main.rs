@@ -381,8 +381,14 @@ fn run(config: ServerConfig, rules: Arc<RuleSet>) -> anyhow::Result<()> {
         Duration::from_secs(config.console.session_hours * 3600),
         false,
     );
+    let recent = (config.console.recent_megabytes > 0).then(|| {
+        Arc::new(hids_server::recent::Recent::new(
+            usize::try_from(config.console.recent_megabytes << 20).unwrap_or(usize::MAX),
+        ))
+    });
     let api = Arc::new(Api {
         console,
+        recent: recent.clone(),
         inventory: Some(inventory.clone()),
         presence: presence.clone(),
         store: Mutex::new(reader),
@@ -431,6 +437,10 @@ fn run(config: ServerConfig, rules: Arc<RuleSet>) -> anyhow::Result<()> {
         config.kafka.topics.clone(),
     )
     .with_inventory(inventory.clone());
+    let triage = match recent {
+        Some(recent) => triage.with_recent(recent),
+        None => triage,
+    };
     let consume = Consume {
         presence,
         config,

@@ -43,6 +43,8 @@ pub struct Triage {
     /// The index, to tell which inventories the server holds already (their package
     /// lists are then not parsed).
     inventories_known: Option<Arc<crate::inventory::Inventory>>,
+    /// Each host's last processes and listeners, for the console.
+    recent: Option<Arc<crate::recent::Recent>>,
 }
 
 /// The parts of an event an alert carries besides the rule.
@@ -77,10 +79,16 @@ impl Triage {
             topics: Vec::new(),
             inventories: Vec::new(),
             inventories_known: None,
+            recent: None,
         }
     }
 
     /// Skips parsing the package lists of inventories the index holds.
+    pub fn with_recent(mut self, recent: Arc<crate::recent::Recent>) -> Triage {
+        self.recent = Some(recent);
+        self
+    }
+
     pub fn with_inventory(mut self, inventory: Arc<crate::inventory::Inventory>) -> Triage {
         self.inventories_known = Some(inventory);
         self
@@ -167,6 +175,9 @@ impl Triage {
         if let Some(trusted) = trusted_time(origin.event_time, kafka_time) {
             self.metrics.clock_skewed.inc();
             origin.event_time = trusted;
+        }
+        if let Some(recent) = &self.recent {
+            recent.observe(&origin.host_id, &event);
         }
         if let Some(fleet) = &mut self.fleet {
             let from = hits.len();

@@ -111,6 +111,24 @@ fn browse(url_for: &mut dyn FnMut() -> String, name: &str) -> String {
     dom
 }
 
+/// A listener as the network plugin reports it (docs/network.md).
+fn listening(host: &str, port: u16, process: &str) -> Vec<u8> {
+    serde_json::json!({
+        "@timestamp": T0,
+        "event": {"kind": "state", "category": ["network"], "type": ["info"],
+                  "action": "listening", "sequence": u64::from(port), "module": "hids",
+                  "dataset": "hids.network"},
+        "host": {"id": host, "hostname": format!("{host}.example")},
+        "network": {"transport": "tcp", "type": "ipv4"},
+        "source": {"ip": "0.0.0.0", "port": port},
+        "process": {"pid": 700 + u64::from(port), "name": process},
+        "hids": {"plugin": "network", "run_id": format!("net-{host}"),
+                 "socket": {"state": "listen", "inode": 90_000 + u64::from(port), "netns": 4026531833u64}}
+    })
+    .to_string()
+    .into_bytes()
+}
+
 /// A server whose store holds reverse-shell alerts of two hosts, and an operator `ana`.
 fn seeded() -> (Broker, tempfile::TempDir, Server, Vec<Value>) {
     let topic = format!("events-{}", tag());
@@ -127,6 +145,8 @@ fn seeded() -> (Broker, tempfile::TempDir, Server, Vec<Value>) {
                 "db-2".to_string(),
                 reverse_shell("db-2", &[("idc", "sh2"), ("project", "pay")], T0, 1),
             ),
+            ("web-1".to_string(), listening("web-1", 2222, "sshd")),
+            ("web-1".to_string(), listening("web-1", 8443, "nginx")),
         ],
     );
     let (dir, server) = sqlite_server(&broker, &topic, "");

@@ -450,6 +450,9 @@ struct HostPage {
     status: Option<HostStatus>,
     inventory: Option<HostInventory>,
     alerts: Vec<Row>,
+    /// None: this server keeps no recent activity.
+    recent: Option<crate::recent::Activity>,
+    recent_kept: bool,
 }
 
 /// Packages listed on a host's page at most.
@@ -483,6 +486,7 @@ pub async fn host(
         })
     });
     let inventory = host_inventory(&api, &host_id).await;
+    let recent = api.recent.as_ref().and_then(|r| r.host(&host_id));
     let wanted = host_id.clone();
     let found = with_store(&api, move |s| {
         let alerts = s.alerts(&AlertQuery {
@@ -505,6 +509,8 @@ pub async fn host(
         host_id,
         status,
         inventory,
+        recent,
+        recent_kept: api.recent.is_some(),
         alerts: alerts
             .into_iter()
             .map(|alert| Row {
