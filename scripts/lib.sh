@@ -34,7 +34,8 @@ BUILD_PACKAGES="protobuf-compiler libprotobuf-dev cmake libcurl4-openssl-dev lib
 # imports the key rpm lists as a gpg-pubkey pseudo-package),
 # db5.3-util writes a Berkeley DB one, a JDK runs a real Java process holding a jar;
 # the version-ordering tests compare with librpm (python3-rpm) and dpkg (libdpkg-perl).
-TEST_PACKAGES="$BUILD_PACKAGES etcd-server etcd-client openssl postgresql prometheus rpm db5.3-util gpg openjdk-17-jdk-headless python3-rpm libdpkg-perl"
+# chromium: the web console's tests load every page in a real (headless) browser.
+TEST_PACKAGES="$BUILD_PACKAGES etcd-server etcd-client openssl postgresql prometheus rpm db5.3-util gpg openjdk-17-jdk-headless python3-rpm libdpkg-perl chromium"
 
 # tansu, the Kafka-API broker of the pipeline tests (crates.io). It must be built with
 # storage features, or it silently discards data; the build takes 20-25 minutes on two
