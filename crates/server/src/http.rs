@@ -35,6 +35,8 @@ pub struct Api {
     pub inventory: Option<Arc<crate::inventory::Inventory>>,
     /// The web console's settings and login state.
     pub console: crate::console::Settings,
+    /// The control plane's history and rollouts, read from etcd (None without [etcd]).
+    pub control: Option<Arc<crate::console::control::ControlView>>,
     /// Each host's last processes and listeners (None: not kept).
     pub recent: Option<Arc<crate::recent::Recent>>,
 }

@@ -386,7 +386,17 @@ fn run(config: ServerConfig, rules: Arc<RuleSet>) -> anyhow::Result<()> {
             usize::try_from(config.console.recent_megabytes << 20).unwrap_or(usize::MAX),
         ))
     });
+    let control = match &config.etcd {
+        Some(etcd) => Some(Arc::new(hids_server::console::control::ControlView::new(
+            etcd.settings()
+                .config()
+                .context("etcd: the credentials file")?,
+            hids_control::Keys::new(&etcd.prefix),
+        ))),
+        None => None,
+    };
     let api = Arc::new(Api {
+        control,
         console,
         recent: recent.clone(),
         inventory: Some(inventory.clone()),

@@ -15,7 +15,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use hids_test_support::{bin, skip_unless, tag, Broker, Server};
+use hids_test_support::{
+    bin, etcd_available, json, skip_unless, tag, write_file, Broker, Etcd, KeyPair, Server, Sim,
+};
 use serde_json::Value;
 
 const T0: &str = "2026-11-30T10:00:05.000001Z";
@@ -281,6 +283,84 @@ fn acknowledging_and_suppressing_are_recorded_with_who_did_them() {
         "alerts-acknowledged",
     );
     assert!(dom.contains("acknowledged by ana"), "{dom}");
+}
+
+/// A staged rollout made with `hidsctl` against simulated agents: the console shows it,
+/// and the configuration history shows its waves' writes, read from etcd.
+#[test]
+fn rollouts_and_the_configuration_history_come_from_etcd() {
+    skip_unless!(chromium().is_some(), "needs chromium (Debian: chromium)");
+    skip_unless!(etcd_available(), "needs etcd (Debian: etcd-server)");
+    let etcd = Etcd::start();
+    let key = KeyPair::make(&etcd);
+    let trusted = key.public();
+    let _sim = Sim::start(
+        &etcd,
+        20,
+        &[
+            "--connections",
+            "2",
+            "--trusted-key",
+            trusted.to_str().unwrap(),
+            "--update-secs",
+            "1",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let release = format!(
+        "[[plugins]]\nname = \"process\"\nversion = \"9.8.7\"\nsha256 = \"{}\"\n\
+         url = \"http://127.0.0.1:9/hids-plugin-process\"\n",
+        "ab".repeat(32)
+    );
+    let file = write_file(dir.path(), "release.toml", &release);
+    let secret = key.secret();
+    let out = etcd.hidsctl(&[
+        "rollout",
+        "start",
+        "--file",
+        &file,
+        "--all",
+        "--key",
+        &secret,
+        "--waves",
+        "50,100",
+        "--wave-timeout",
+        "2m",
+        "--json",
+    ]);
+    let rollout = json(&out);
+    assert_eq!(rollout["state"], "completed", "{rollout}");
+
+    let topic = format!("events-{}", tag());
+    let broker = Broker::start();
+    broker.create_topic(&topic);
+    let (_dir, server) = sqlite_server(
+        &broker,
+        &topic,
+        &format!("[etcd]\nendpoints = [\"{}\"]\n", etcd.url()),
+    );
+    let (ok, _, err) = server_cli(
+        &server,
+        &["operator", "add", "ana"],
+        &format!("{PASSWORD}\n"),
+    );
+    assert!(ok, "operator add: {err}");
+    let dom = browse(&mut || login_link(&server, "ana", "/rollouts"), "rollouts");
+    let id = rollout["rollout"].as_str().unwrap();
+    for needle in [id, "completed", "process 9.8.7"] {
+        assert!(
+            dom.contains(needle),
+            "no {needle:?} on the rollouts page:\n{dom}"
+        );
+    }
+    let dom = browse(
+        &mut || login_link(&server, "ana", "/configuration"),
+        "configuration",
+    );
+    assert!(
+        dom.contains(&format!("rollout {id}")),
+        "no wave of {id} in the history:\n{dom}"
+    );
 }
 
 fn http() -> reqwest::blocking::Client {

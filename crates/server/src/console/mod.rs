@@ -8,6 +8,7 @@
 //! their name. The JSON API under `/api/v1` is not behind this login (see docs/server.md).
 
 pub mod auth;
+pub mod control;
 mod pages;
 
 use std::sync::Arc;
@@ -56,6 +57,8 @@ pub fn routes() -> Router<Arc<Api>> {
         .route("/hosts/{id}", get(pages::host))
         .route("/vulns", get(pages::vulns))
         .route("/history", get(pages::history))
+        .route("/configuration", get(pages::configuration))
+        .route("/rollouts", get(pages::rollouts))
         .route("/login", get(pages::login_form).post(pages::login))
         .route("/login/link", get(pages::login_link))
         .route("/logout", post(pages::logout))

@@ -14,6 +14,7 @@ use hids_types::alert::{Alert, GroupBy, Level, Suppression};
 use hids_types::fleet::TopFigure;
 use hids_types::Timestamp;
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::{auth, local_path, operator, page, problem, query_escape, viewer, when, Viewer};
 use crate::http::{parse_query, with_store, Api};
@@ -876,4 +877,195 @@ pub async fn logout(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response
         ],
     )
         .into_response()
+}
+
+// ---- control plane: configuration history and rollouts ----
+
+fn field(v: &Value, pointer: &str) -> String {
+    match v.pointer(pointer) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+struct ConfigChange {
+    id: String,
+    at: String,
+    by: String,
+    action: String,
+    generation: String,
+    target: String,
+    hosts: usize,
+}
+
+struct WaveRow {
+    percent: String,
+    state: String,
+    targets: String,
+    healthy: String,
+    failed: String,
+    rolled_back: String,
+    pending: String,
+}
+
+struct RolloutRow {
+    id: String,
+    state: String,
+    reason: String,
+    by: String,
+    started_at: String,
+    target: String,
+    plugins: String,
+    waves: Vec<WaveRow>,
+}
+
+#[derive(Template)]
+#[template(path = "control.html")]
+struct ControlPage {
+    viewer: Viewer,
+    what: &'static str,
+    message: String,
+    changes: Vec<ConfigChange>,
+    rollouts: Vec<RolloutRow>,
+    older: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BeforeQuery {
+    before: Option<String>,
+}
+
+/// An id as a record key holds it: what `hidsctl` writes (time, digits, dashes).
+fn record_id(id: Option<String>) -> Option<String> {
+    id.filter(|i| {
+        !i.is_empty()
+            && i.len() <= 128
+            && i.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    })
+}
+
+pub async fn configuration(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    query: Result<Query<BeforeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let viewer = match viewer(&api, &headers, "/configuration").await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let before = record_id(query.ok().and_then(|Query(q)| q.before));
+    let mut view = ControlPage {
+        viewer,
+        what: "configuration",
+        message: String::new(),
+        changes: Vec::new(),
+        rollouts: Vec::new(),
+        older: None,
+    };
+    let Some(control) = &api.control else {
+        view.message =
+            "This server has no [etcd]: the control plane's history is not in reach.".into();
+        return page(&view);
+    };
+    match control.history(before.as_deref()).await {
+        Ok(records) => {
+            view.changes = records
+                .iter()
+                .map(|r| ConfigChange {
+                    id: field(r, "/id"),
+                    at: field(r, "/at"),
+                    by: field(r, "/by"),
+                    action: field(r, "/action"),
+                    generation: field(r, "/generation"),
+                    target: field(r, "/target"),
+                    hosts: r["hosts"].as_array().map_or(0, Vec::len),
+                })
+                .collect();
+            if view.changes.len() == super::control::PAGE {
+                view.older = view
+                    .changes
+                    .last()
+                    .map(|c| format!("/configuration?before={}", query_escape(&c.id)));
+            }
+        }
+        Err(e) => view.message = format!("Cannot read the history from etcd: {e}"),
+    }
+    page(&view)
+}
+
+pub async fn rollouts(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    query: Result<Query<BeforeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let viewer = match viewer(&api, &headers, "/rollouts").await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let before = record_id(query.ok().and_then(|Query(q)| q.before));
+    let mut view = ControlPage {
+        viewer,
+        what: "rollouts",
+        message: String::new(),
+        changes: Vec::new(),
+        rollouts: Vec::new(),
+        older: None,
+    };
+    let Some(control) = &api.control else {
+        view.message = "This server has no [etcd]: rollouts are not in reach.".into();
+        return page(&view);
+    };
+    match control.rollouts(before.as_deref()).await {
+        Ok(records) => {
+            view.rollouts = records.iter().map(rollout_row).collect();
+            if view.rollouts.len() == super::control::PAGE {
+                view.older = view
+                    .rollouts
+                    .last()
+                    .map(|r| format!("/rollouts?before={}", query_escape(&r.id)));
+            }
+        }
+        Err(e) => view.message = format!("Cannot read the rollouts from etcd: {e}"),
+    }
+    page(&view)
+}
+
+fn rollout_row(r: &Value) -> RolloutRow {
+    let plugins = r["plugins"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|p| format!("{} {}", field(p, "/plugin"), field(p, "/version")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    let waves = r["waves"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|w| WaveRow {
+                    percent: field(w, "/percent"),
+                    state: field(w, "/state"),
+                    targets: field(w, "/targets"),
+                    healthy: field(w, "/healthy"),
+                    failed: field(w, "/failed"),
+                    rolled_back: field(w, "/rolled_back"),
+                    pending: field(w, "/pending"),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    RolloutRow {
+        id: field(r, "/rollout"),
+        state: field(r, "/state"),
+        reason: field(r, "/reason"),
+        by: field(r, "/by"),
+        started_at: field(r, "/started_at"),
+        target: field(r, "/target/describe"),
+        plugins,
+        waves,
+    }
 }
