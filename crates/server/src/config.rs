@@ -337,12 +337,20 @@ pub struct HttpConfig {
     /// authentication in front before opening it wider.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// HTTPS: the certificate chain (PEM, the server's first) and its private key;
+    /// both or neither. With them, the console's cookies are marked Secure.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: default_listen(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -553,6 +561,11 @@ impl ServerConfig {
         }
         if k.max_event_bytes < 1024 {
             problems.push("kafka.max_event_bytes: at least 1024".to_string());
+        }
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            problems.push(
+                "http.tls_cert and http.tls_key: give both (HTTPS) or neither (HTTP)".to_string(),
+            );
         }
         if !(1..=24 * 30).contains(&self.console.session_hours) {
             problems.push("console.session_hours: between 1 and 720".to_string());

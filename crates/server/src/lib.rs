@@ -14,4 +14,5 @@ pub mod inventory;
 pub mod metrics;
 pub mod outputs;
 pub mod recent;
+pub mod tls;
 pub mod triage;

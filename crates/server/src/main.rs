@@ -134,14 +134,25 @@ fn main() -> ExitCode {
         Err(e) => return config_error(&e.to_string()).into(),
     };
     let exit = match cli.command {
-        Some(Command::CheckConfig) => check_config(&rules),
+        Some(Command::CheckConfig) => match (&config.http.tls_cert, &config.http.tls_key) {
+            (Some(cert), Some(key)) => match hids_server::tls::server_config(cert, key) {
+                Ok(_) => check_config(&rules),
+                Err(e) => config_error(&e),
+            },
+            _ => check_config(&rules),
+        },
         Some(Command::Operator(op)) => operators::run(&store_config(&config), op),
         Some(Command::LoginLink {
             operator,
             next,
             base_url,
         }) => {
-            let base = base_url.unwrap_or_else(|| format!("http://{}", config.http.listen));
+            let scheme = if config.http.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let base = base_url.unwrap_or_else(|| format!("{scheme}://{}", config.http.listen));
             operators::login_link(&store_config(&config), &operator, &next, &base)
         }
         None => {
@@ -376,10 +387,16 @@ fn run(config: ServerConfig, rules: Arc<RuleSet>) -> anyhow::Result<()> {
         );
     }
     let inventory = start_inventory(&config, &store_cfg, &shutdown)?;
+    let tls = match (&config.http.tls_cert, &config.http.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(hids_server::tls::server_config(cert, key).map_err(anyhow::Error::msg)?)
+        }
+        _ => None,
+    };
     let console = hids_server::console::Settings::new(
         config.console.anonymous_read,
         Duration::from_secs(config.console.session_hours * 3600),
-        false,
+        tls.is_some(),
     );
     let recent = (config.console.recent_megabytes > 0).then(|| {
         Arc::new(hids_server::recent::Recent::new(
@@ -410,24 +427,23 @@ fn run(config: ServerConfig, rules: Arc<RuleSet>) -> anyhow::Result<()> {
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(config.http.listen))
         .with_context(|| format!("http.listen {}: cannot listen", config.http.listen))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(
-        "console on http://{0}/, API on http://{0}/api/v1/alerts",
+        "console on {scheme}://{0}/, API on {scheme}://{0}/api/v1/alerts",
         config.http.listen
     );
     let serve_stop = shutdown.clone();
-    runtime.spawn(async move {
-        let stopped = async move {
-            while !serve_stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        };
-        if let Err(e) = axum::serve(listener, http::router(api))
-            .with_graceful_shutdown(stopped)
-            .await
-        {
-            tracing::error!("http: {e}");
+    let app = http::router(api);
+    match tls {
+        Some(tls) => {
+            let _enter = runtime.enter();
+            let listener = hids_server::tls::TlsListener::new(listener, tls)?;
+            runtime.spawn(serve(listener, app, serve_stop));
         }
-    });
+        None => {
+            runtime.spawn(serve(listener, app, serve_stop));
+        }
+    }
     runtime.spawn(stop_on_signal(shutdown.clone()));
     let triage = Triage::new(
         rules,
@@ -523,6 +539,25 @@ fn start_presence(
         shutdown.clone(),
     ));
     Ok(Some(presence))
+}
+
+/// Serves the API and the console until `stop`, letting requests in flight finish.
+async fn serve<L>(listener: L, app: axum::Router, stop: Arc<AtomicBool>)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let stopped = async move {
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stopped)
+        .await
+    {
+        tracing::error!("http: {e}");
+    }
 }
 
 async fn stop_on_signal(shutdown: Arc<AtomicBool>) {

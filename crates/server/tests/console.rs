@@ -88,6 +88,8 @@ fn browse(url_for: &mut dyn FnMut() -> String, name: &str) -> String {
                 "--disable-gpu",
                 "--no-first-run",
                 "--window-size=1400,1000",
+                // The HTTPS test's certificate is signed by a CA of its own.
+                "--ignore-certificate-errors",
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .args(extra)
@@ -361,6 +363,118 @@ fn rollouts_and_the_configuration_history_come_from_etcd() {
         dom.contains(&format!("rollout {id}")),
         "no wave of {id} in the history:\n{dom}"
     );
+}
+
+/// Given a certificate, the console is served over HTTPS only, with Secure cookies; a
+/// key that does not match the certificate is refused before anything starts.
+#[test]
+fn with_a_certificate_the_console_is_https_with_secure_cookies() {
+    skip_unless!(chromium().is_some(), "needs chromium (Debian: chromium)");
+    let certs = hids_test_support::Certs::make();
+    let dir = tempfile::tempdir().unwrap();
+    let port = hids_test_support::free_port();
+    let config = |key: &str| {
+        format!(
+            "{}[http]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = {:?}\ntls_key = {:?}\n",
+            sqlite_config("127.0.0.1:9", "events", "g1", &dir.path().join("a.db"), ""),
+            certs.path("server.pem"),
+            certs.path(key),
+        )
+    };
+    let path = write_file(dir.path(), "server.toml", &config("server-key.pem"));
+    let check = Command::new(bin("hids-server"))
+        .args(["--config", &path, "check-config"])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let wrong = write_file(dir.path(), "wrong.toml", &config("ca-key.pem"));
+    let check = Command::new(bin("hids-server"))
+        .args(["--config", &wrong, "check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        check.status.code(),
+        Some(64),
+        "a key of another certificate was taken"
+    );
+
+    let mut child = Command::new(bin("hids-server"))
+        .args(["--config", &path])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.path("ca.pem")).unwrap()).unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .add_root_certificate(ca)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let base = format!("https://127.0.0.1:{port}");
+    hids_test_support::wait_until("the console over HTTPS", Duration::from_secs(30), || {
+        client.get(format!("{base}/login")).send().is_ok()
+    });
+    // Plain HTTP on the same port gets no page.
+    assert!(http()
+        .get(format!("http://127.0.0.1:{port}/login"))
+        .send()
+        .is_err());
+    let (ok, _, err) = {
+        let mut add = Command::new(bin("hids-server"))
+            .args(["--config", &path, "operator", "add", "ana"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        add.stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{PASSWORD}\n").as_bytes())
+            .unwrap();
+        let out = add.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            (),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert!(ok, "{err}");
+    let link = Command::new(bin("hids-server"))
+        .args(["--config", &path, "login-link", "--operator", "ana"])
+        .output()
+        .unwrap();
+    let link = String::from_utf8_lossy(&link.stdout).trim().to_owned();
+    assert!(link.starts_with(&base), "{link}");
+    let r = client.get(&link).send().unwrap();
+    assert_eq!(r.status(), 303);
+    let set = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(set.contains("; Secure"), "{set}");
+    let dom = browse(
+        &mut || {
+            let out = Command::new(bin("hids-server"))
+                .args([
+                    "--config",
+                    &path,
+                    "login-link",
+                    "--operator",
+                    "ana",
+                    "--next",
+                    "/alerts",
+                ])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        },
+        "alerts-https",
+    );
+    assert!(dom.contains("<h1>Alerts</h1>"), "{dom}");
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn http() -> reqwest::blocking::Client {
