@@ -90,17 +90,30 @@ fn browse(url_for: &mut dyn FnMut() -> String, name: &str) -> String {
                 "--window-size=1400,1000",
                 // The HTTPS test's certificate is signed by a CA of its own.
                 "--ignore-certificate-errors",
+                // The page's console messages on stderr, to check above.
+                "--enable-logging=stderr",
+                "--v=0",
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .args(extra)
             .arg(url)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "chromium: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "chromium: {log}");
+        // The page's script (htmx) ran under the page's Content-Security-Policy: a
+        // refused resource or a script error is a broken page.
+        for bad in [
+            "Refused to",
+            "Uncaught",
+            "Content Security Policy",
+            "Failed to load",
+        ] {
+            assert!(
+                !log.contains(bad),
+                "{bad:?} in the browser's console:\n{log}"
+            );
+        }
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let dom = run(&["--dump-dom"], &url_for());

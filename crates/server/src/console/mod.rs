@@ -63,6 +63,19 @@ pub fn routes() -> Router<Arc<Api>> {
         .route("/login/link", get(pages::login_link))
         .route("/logout", post(pages::logout))
         .route("/console.css", get(stylesheet))
+        .route("/htmx.min.js", get(htmx))
+}
+
+/// htmx (assets/README.md): progressive enhancement only, every page works without it.
+async fn htmx() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=86400"),
+        ],
+        include_str!("../../assets/htmx-2.0.11.min.js"),
+    )
+        .into_response()
 }
 
 async fn stylesheet() -> Response {
@@ -138,10 +151,25 @@ pub fn local_path(next: Option<&str>) -> String {
     }
 }
 
+/// What a console page may load and do: its own scripts and styles only (no inline
+/// script, no eval), never framed by another site, forms posted only here.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
+
 /// A rendered page; a template that fails is a 500 naming it.
 pub fn page(t: &impl Template) -> Response {
     match t.render() {
-        Ok(html) => ([(header::CACHE_CONTROL, "no-store")], Html(html)).into_response(),
+        Ok(html) => (
+            [
+                (header::CACHE_CONTROL, "no-store"),
+                (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                (header::X_FRAME_OPTIONS, "DENY"),
+                (header::REFERRER_POLICY, "same-origin"),
+            ],
+            Html(html),
+        )
+            .into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("the console could not render this page: {e}"),

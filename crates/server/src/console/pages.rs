@@ -138,6 +138,8 @@ struct Queue {
     levels: Vec<&'static str>,
     more: Option<String>,
     limit: usize,
+    /// This page's own address, for the queue's refresh.
+    here: String,
 }
 
 pub async fn alerts(State(api): State<Arc<Api>>, headers: HeaderMap, pairs: Pairs) -> Response {
@@ -201,6 +203,7 @@ pub async fn alerts(State(api): State<Arc<Api>>, headers: HeaderMap, pairs: Pair
         levels: Level::ALL.iter().map(|l| l.as_str()).collect(),
         more,
         limit,
+        here,
     })
 }
 
