@@ -366,6 +366,10 @@ pub struct ConsoleConfig {
     /// How long a login lasts.
     #[serde(default = "default_session_hours")]
     pub session_hours: u64,
+    /// The console's address as operators' browsers see it (`https://hids.corp`), when a
+    /// proxy in front rewrites the Host header: changes are accepted from pages of it.
+    #[serde(default)]
+    pub public_origin: Option<String>,
     /// Memory for the hosts' recent processes and listeners shown on their pages; past
     /// it, the hosts heard from longest ago are forgotten (and counted).
     #[serde(default = "default_recent_megabytes")]
@@ -377,6 +381,7 @@ impl Default for ConsoleConfig {
         ConsoleConfig {
             anonymous_read: false,
             session_hours: default_session_hours(),
+            public_origin: None,
             recent_megabytes: default_recent_megabytes(),
         }
     }
@@ -569,6 +574,16 @@ impl ServerConfig {
         }
         if !(1..=24 * 30).contains(&self.console.session_hours) {
             problems.push("console.session_hours: between 1 and 720".to_string());
+        }
+        if let Some(origin) = &self.console.public_origin {
+            let scheme_host = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            if scheme_host.is_none_or(|h| h.is_empty() || h.trim_end_matches('/').contains('/')) {
+                problems.push(format!(
+                    "console.public_origin: {origin:?}; write the scheme and host only, as https://hids.example.com"
+                ));
+            }
         }
         if self.console.recent_megabytes > 64 * 1024 {
             problems.push("console.recent_megabytes: at most 65536 (0 keeps nothing)".to_string());

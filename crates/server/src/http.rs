@@ -75,6 +75,10 @@ impl ApiError {
     pub fn message(&self) -> &str {
         &self.1
     }
+
+    pub fn status(&self) -> StatusCode {
+        self.0
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -235,7 +239,22 @@ async fn add_suppression(
             s.rule_id
         )));
     }
-    let made = with_store(&api, move |st| st.add_suppression(&s, Timestamp::now())).await?;
+    let made = with_store(&api, move |st| {
+        let now = Timestamp::now();
+        let made = st.add_suppression(&s, now)?;
+        // The API has no login: the history says so, in place of a name.
+        st.record_change(
+            API_CALLER,
+            "suppress",
+            &format!(
+                "suppression {} of rule {}: {}",
+                made.id, made.rule_id, made.comment
+            ),
+            now,
+        )?;
+        Ok(made)
+    })
+    .await?;
     tracing::info!(
         "suppression {} added: rule {} ({})",
         made.id,
@@ -244,6 +263,9 @@ async fn add_suppression(
     );
     Ok((StatusCode::CREATED, Json(made)).into_response())
 }
+
+/// Who the history names for a change made through the API, which has no login.
+const API_CALLER: &str = "api (no login)";
 
 /// Suppressions are re-read by every instance every few seconds: each stays small.
 fn check_suppression_size(s: &Suppression) -> Result<(), ApiError> {
@@ -272,7 +294,20 @@ async fn remove_suppression(
     State(api): State<Arc<Api>>,
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {
-    if with_store(&api, move |s| s.remove_suppression(id)).await? {
+    let removed = with_store(&api, move |s| {
+        let removed = s.remove_suppression(id)?;
+        if removed {
+            s.record_change(
+                API_CALLER,
+                "unsuppress",
+                &format!("suppression {id}"),
+                Timestamp::now(),
+            )?;
+        }
+        Ok(removed)
+    })
+    .await?;
+    if removed {
         tracing::info!("suppression {id} removed");
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {

@@ -112,7 +112,8 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum OperatorCommand {
     /// Create an operator, or set a new password (which ends their sessions). The
-    /// password is read from standard input (one line), or asked for on a terminal.
+    /// password (12 characters or more) is read from standard input, one line; not from
+    /// a terminal, where it would echo: `read -rs P; echo "$P" | hids-server operator add NAME`.
     Add { name: String },
     /// Delete an operator and end their sessions.
     Remove { name: String },
@@ -134,12 +135,9 @@ fn main() -> ExitCode {
         Err(e) => return config_error(&e.to_string()).into(),
     };
     let exit = match cli.command {
-        Some(Command::CheckConfig) => match (&config.http.tls_cert, &config.http.tls_key) {
-            (Some(cert), Some(key)) => match hids_server::tls::server_config(cert, key) {
-                Ok(_) => check_config(&rules),
-                Err(e) => config_error(&e),
-            },
-            _ => check_config(&rules),
+        Some(Command::CheckConfig) => match load_tls(&config) {
+            Ok(_) => check_config(&rules),
+            Err(e) => config_error(&e),
         },
         Some(Command::Operator(op)) => operators::run(&store_config(&config), op),
         Some(Command::LoginLink {
@@ -156,8 +154,14 @@ fn main() -> ExitCode {
             operators::login_link(&store_config(&config), &operator, &next, &base)
         }
         None => {
+            // The certificate is part of the configuration: refused before anything
+            // opens, with the configuration's exit code.
+            let tls = match load_tls(&config) {
+                Ok(tls) => tls,
+                Err(e) => return config_error(&e).into(),
+            };
             init_logging(&config.log_level);
-            match run(config, rules) {
+            match run(config, rules, tls) {
                 Ok(()) => Exit::Success,
                 Err(e) => {
                     eprintln!("hids-server: {e:#}");
@@ -273,7 +277,7 @@ mod operators {
             let token = auth::new_token();
             let now = Timestamp::now();
             store
-                .start_session(
+                .create_login_link(
                     &auth::link_key(&token),
                     operator,
                     now,
@@ -296,6 +300,14 @@ mod operators {
                 Exit::Failure
             }
         }
+    }
+}
+
+/// The HTTPS settings when `[http]` names a certificate and its key.
+fn load_tls(config: &ServerConfig) -> Result<Option<Arc<hids_server::tls::ServerConfig>>, String> {
+    match (&config.http.tls_cert, &config.http.tls_key) {
+        (Some(cert), Some(key)) => hids_server::tls::server_config(cert, key).map(Some),
+        _ => Ok(None),
     }
 }
 
@@ -364,7 +376,11 @@ fn report_rules(rules: &RuleSet, metrics: &Metrics) {
         .set(i64::try_from(refused).unwrap_or(i64::MAX));
 }
 
-fn run(config: ServerConfig, rules: Arc<RuleSet>) -> anyhow::Result<()> {
+fn run(
+    config: ServerConfig,
+    rules: Arc<RuleSet>,
+    tls: Option<Arc<hids_server::tls::ServerConfig>>,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     report_rules(&rules, &metrics);
     let store_cfg = store_config(&config);
@@ -387,17 +403,12 @@ fn run(config: ServerConfig, rules: Arc<RuleSet>) -> anyhow::Result<()> {
         );
     }
     let inventory = start_inventory(&config, &store_cfg, &shutdown)?;
-    let tls = match (&config.http.tls_cert, &config.http.tls_key) {
-        (Some(cert), Some(key)) => {
-            Some(hids_server::tls::server_config(cert, key).map_err(anyhow::Error::msg)?)
-        }
-        _ => None,
-    };
     let console = hids_server::console::Settings::new(
         config.console.anonymous_read,
         Duration::from_secs(config.console.session_hours * 3600),
         tls.is_some(),
-    );
+    )
+    .with_public_origin(config.console.public_origin.clone());
     let recent = (config.console.recent_megabytes > 0).then(|| {
         Arc::new(hids_server::recent::Recent::new(
             usize::try_from(config.console.recent_megabytes << 20).unwrap_or(usize::MAX),

@@ -142,37 +142,32 @@ impl Inner {
     }
 }
 
-fn text(event: &Value, pointer: &str) -> String {
-    event
+/// A string field, at most `max` bytes (cut at a character boundary) and allocated at
+/// that size: an event's 256 KiB field never sits behind a short count.
+fn text(event: &Value, pointer: &str, max: usize) -> String {
+    let s = event
         .pointer(pointer)
         .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned()
+        .unwrap_or_default();
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
 }
 
 fn number(event: &Value, pointer: &str) -> u64 {
     event.pointer(pointer).and_then(Value::as_u64).unwrap_or(0)
 }
 
-fn cut(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-    s
-}
-
 impl Activity {
     fn exec(&mut self, event: &Value) {
         self.processes.push_front(Process {
-            at: text(event, "/@timestamp"),
+            at: text(event, "/@timestamp", 40),
             pid: number(event, "/process/pid"),
-            user: text(event, "/user/name"),
-            executable: cut(text(event, "/process/executable"), MAX_COMMAND_BYTES),
-            command_line: cut(text(event, "/process/command_line"), MAX_COMMAND_BYTES),
+            user: text(event, "/user/name", 64),
+            executable: text(event, "/process/executable", MAX_COMMAND_BYTES),
+            command_line: text(event, "/process/command_line", MAX_COMMAND_BYTES),
         });
         self.processes.truncate(PROCESSES_PER_HOST);
     }
@@ -186,11 +181,11 @@ impl Activity {
 
     /// Returns false when the listener could not be kept (too many).
     fn listening(&mut self, event: &Value) -> bool {
-        let run = event.pointer("/hids/run_id").and_then(Value::as_str);
-        if let Some(run) = run.filter(|r| *r != self.network_run) {
+        let run = text(event, "/hids/run_id", 64);
+        if !run.is_empty() && run != self.network_run {
             // A new run of the plugin reports every listener again, from scratch.
             self.listeners.clear();
-            self.network_run = cut(run.to_owned(), 64);
+            self.network_run = run;
         }
         let key = Activity::socket(event);
         if self.listeners.len() >= LISTENERS_PER_HOST && !self.listeners.contains_key(&key) {
@@ -199,10 +194,10 @@ impl Activity {
         self.listeners.insert(
             key,
             Listener {
-                transport: cut(text(event, "/network/transport"), 16),
-                address: cut(text(event, "/source/ip"), 64),
+                transport: text(event, "/network/transport", 16),
+                address: text(event, "/source/ip", 64),
                 port: number(event, "/source/port"),
-                process: cut(text(event, "/process/name"), 64),
+                process: text(event, "/process/name", 64),
                 pid: number(event, "/process/pid"),
             },
         );
@@ -213,20 +208,43 @@ impl Activity {
         self.listeners.remove(&Activity::socket(event));
     }
 
-    /// Bytes held, roughly: the strings and a fixed cost per entry.
+    /// Bytes held: the structs, their strings' capacity, and the map's nodes (a B-tree
+    /// node per entry is an overestimate, as a budget should be).
     fn size(&self) -> usize {
-        const ENTRY: usize = 64;
+        const NODE: usize = 48;
         let processes: usize = self
             .processes
             .iter()
-            .map(|p| ENTRY + p.at.len() + p.user.len() + p.executable.len() + p.command_line.len())
+            .map(|p| {
+                std::mem::size_of::<Process>()
+                    + p.at.capacity()
+                    + p.user.capacity()
+                    + p.executable.capacity()
+                    + p.command_line.capacity()
+            })
             .sum();
         let listeners: usize = self
             .listeners
             .values()
-            .map(|l| ENTRY + l.transport.len() + l.address.len() + l.process.len())
+            .map(|l| {
+                std::mem::size_of::<((u64, u64), Listener)>()
+                    + NODE
+                    + l.transport.capacity()
+                    + l.address.capacity()
+                    + l.process.capacity()
+            })
             .sum();
-        std::mem::size_of::<Activity>() + processes + listeners + self.network_run.len()
+        // A host's key and its slot in the hash map.
+        std::mem::size_of::<Activity>()
+            + 2 * std::mem::size_of::<usize>()
+            + self
+                .processes
+                .capacity()
+                .saturating_sub(self.processes.len())
+                * std::mem::size_of::<Process>()
+            + processes
+            + listeners
+            + self.network_run.capacity()
     }
 }
 
@@ -315,6 +333,21 @@ mod tests {
             "the newest host was forgotten"
         );
         assert!(r.host("host-0").is_none(), "the oldest host was kept");
+    }
+
+    #[test]
+    fn a_huge_field_is_kept_at_its_cap_and_counted_as_kept() {
+        let r = Recent::new(1 << 20);
+        let mut ev = listening("run1", 1, 22);
+        ev["source"]["ip"] = json!("9".repeat(200_000));
+        ev["process"]["name"] = json!("é".repeat(100_000));
+        r.observe("h1", &ev);
+        let a = r.host("h1").unwrap();
+        let l = a.listeners.values().next().unwrap();
+        assert_eq!(l.address.len(), 64);
+        assert!(l.process.len() <= 64 && l.process.chars().all(|c| c == 'é'));
+        let (_, bytes) = r.size();
+        assert!(bytes < 2_000, "{bytes} bytes counted for one listener");
     }
 
     #[test]

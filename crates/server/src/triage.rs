@@ -83,12 +83,13 @@ impl Triage {
         }
     }
 
-    /// Skips parsing the package lists of inventories the index holds.
+    /// Keeps each host's last processes and listeners for the console.
     pub fn with_recent(mut self, recent: Arc<crate::recent::Recent>) -> Triage {
         self.recent = Some(recent);
         self
     }
 
+    /// Skips parsing the package lists of inventories the index holds.
     pub fn with_inventory(mut self, inventory: Arc<crate::inventory::Inventory>) -> Triage {
         self.inventories_known = Some(inventory);
         self

@@ -148,6 +148,11 @@ fn listening(host: &str, port: u16, process: &str) -> Vec<u8> {
 
 /// A server whose store holds reverse-shell alerts of two hosts, and an operator `ana`.
 fn seeded() -> (Broker, tempfile::TempDir, Server, Vec<Value>) {
+    seeded_with("")
+}
+
+/// As [`seeded`], with `extra` in the server's configuration.
+fn seeded_with(extra: &str) -> (Broker, tempfile::TempDir, Server, Vec<Value>) {
     let topic = format!("events-{}", tag());
     let broker = Broker::start();
     broker.create_topic(&topic);
@@ -166,7 +171,7 @@ fn seeded() -> (Broker, tempfile::TempDir, Server, Vec<Value>) {
             ("web-1".to_string(), listening("web-1", 8443, "nginx")),
         ],
     );
-    let (dir, server) = sqlite_server(&broker, &topic, "");
+    let (dir, server) = sqlite_server(&broker, &topic, extra);
     let alerts = server.wait_alerts("the seeded alerts", "", Duration::from_secs(60), |a| {
         !alerts_of(a, "web-1").is_empty() && !alerts_of(a, "db-2").is_empty()
     });
@@ -298,6 +303,84 @@ fn acknowledging_and_suppressing_are_recorded_with_who_did_them() {
         "alerts-acknowledged",
     );
     assert!(dom.contains("acknowledged by ana"), "{dom}");
+}
+
+/// Five wrong passwords lock a name out, even when the guesses come all at once: the
+/// right password is refused after them.
+#[test]
+fn guessing_a_password_is_locked_out_even_in_parallel() {
+    skip_unless!(chromium().is_some(), "needs chromium (Debian: chromium)");
+    let (_broker, _dir, server, _) = seeded();
+    let url = server.url("/login");
+    let guesses: Vec<_> = (0..12)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                http()
+                    .post(&url)
+                    .form(&[
+                        ("name", "ana"),
+                        ("password", &format!("guess {i}")),
+                        ("next", "/"),
+                    ])
+                    .send()
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    for g in guesses {
+        let status = g.join().unwrap();
+        assert!(status == 401 || status == 503, "a guess got {status}");
+    }
+    let right = http()
+        .post(&url)
+        .form(&[("name", "ana"), ("password", PASSWORD), ("next", "/")])
+        .send()
+        .unwrap();
+    assert_eq!(
+        right.status(),
+        401,
+        "the right password was let in after 12 guesses"
+    );
+    assert!(right.text().unwrap().contains("login-link"));
+}
+
+/// With anonymous reading, pages show without a login; changes still need one, and a
+/// suppression's scope is never widened by a bad form.
+#[test]
+fn anonymous_reading_shows_pages_but_changes_need_an_operator() {
+    skip_unless!(chromium().is_some(), "needs chromium (Debian: chromium)");
+    let (_broker, _dir, server, alerts) = seeded_with("[console]\nanonymous_read = true\n");
+    let dom = browse(&mut || server.url("/alerts"), "anonymous");
+    assert!(dom.contains(alerts[0]["title"].as_str().unwrap()), "{dom}");
+    assert!(!dom.contains(">Acknowledge<"), "{dom}");
+    let id = alerts[0]["id"].as_str().unwrap().to_owned();
+    let ours = format!("http://127.0.0.1:{}", server.port);
+    let r = http()
+        .post(server.url(&format!("/alerts/{id}/acknowledge")))
+        .header("origin", &ours)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .starts_with("/login?next="));
+    let client = http();
+    let cookie = session_cookie(&client, &login_link(&server, "ana", "/"));
+    for (scope, why) in [("everything", "a typo"), ("", "empty")] {
+        let r = client
+            .post(server.url(&format!("/alerts/{id}/suppress")))
+            .header("cookie", &cookie)
+            .header("origin", &ours)
+            .form(&[("scope", scope), ("comment", why)])
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 400, "scope {scope:?}");
+    }
+    assert_eq!(server.get("/api/v1/suppressions"), serde_json::json!([]));
 }
 
 /// A staged rollout made with `hidsctl` against simulated agents: the console shows it,
@@ -504,7 +587,7 @@ fn session_cookie(client: &reqwest::blocking::Client, link: &str) -> String {
     assert_eq!(r.status(), 303);
     let set = r.headers()["set-cookie"].to_str().unwrap();
     assert!(
-        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        set.contains("HttpOnly") && set.contains("SameSite=Lax"),
         "{set}"
     );
     set.split(';').next().unwrap().to_owned()

@@ -608,12 +608,33 @@ impl<B: Backend> Store for SqlStore<B> {
             .write(&mut |c: &mut dyn Conn| console::end_session(c, token_hash))
     }
 
+    fn create_login_link(
+        &mut self,
+        token_hash: &str,
+        operator: &str,
+        now: Timestamp,
+        expires: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.backend.write(&mut |c: &mut dyn Conn| {
+            console::create_login_link(c, token_hash, operator, now, expires)
+        })
+    }
+
+    fn take_login_link(
+        &mut self,
+        token_hash: &str,
+        now: Timestamp,
+    ) -> Result<Option<String>, StoreError> {
+        self.backend
+            .write(&mut |c: &mut dyn Conn| console::take_login_link(c, token_hash, now))
+    }
+
     fn acknowledge(
         &mut self,
         alert_id: &str,
         operator: &str,
         now: Timestamp,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<bool>, StoreError> {
         self.backend
             .write(&mut |c: &mut dyn Conn| console::acknowledge(c, alert_id, operator, now))
     }

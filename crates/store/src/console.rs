@@ -12,6 +12,8 @@ use crate::StoreError;
 pub const MAX_SESSIONS_PER_OPERATOR: usize = 64;
 /// Operators kept at most.
 pub const MAX_OPERATORS: usize = 10_000;
+/// Login links not yet used or expired, at most.
+pub const MAX_LOGIN_LINKS: usize = 10_000;
 /// Rows of history returned by one query at most.
 pub const MAX_CHANGES_LISTED: usize = 1_000;
 /// Rows of history kept: past this, the oldest are deleted by [`crate::Store::prune`].
@@ -190,23 +192,78 @@ pub(crate) fn end_session(c: &mut dyn Conn, token_hash: &str) -> Result<(), Stor
     Ok(())
 }
 
-/// Acknowledges an alert that exists (the first acknowledgement stands); returns
-/// whether the alert exists.
+/// Stores a one-time login link (expired ones are deleted on the way).
+pub(crate) fn create_login_link(
+    c: &mut dyn Conn,
+    token_hash: &str,
+    operator: &str,
+    now: Timestamp,
+    expires: Timestamp,
+) -> Result<(), StoreError> {
+    c.execute(
+        "DELETE FROM console_links WHERE expires_at_us < $1",
+        &[Param::Int(micros(now))],
+    )?;
+    let stored = count(c, "SELECT COUNT(*) FROM console_links", &[])?;
+    if stored >= MAX_LOGIN_LINKS as i64 {
+        return Err(StoreError::Invalid(format!(
+            "{stored} login links wait to be used, the most kept: wait for them to expire"
+        )));
+    }
+    c.execute(
+        "INSERT INTO console_links (token_hash, operator, expires_at_us) VALUES ($1, $2, $3)",
+        &[
+            Param::Text(token_hash),
+            Param::Text(bounded("operator", operator)?),
+            Param::Int(micros(expires)),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Uses a login link: deletes it and returns its operator if it had not expired. One
+/// statement, so of two requests with the same link only one gets the operator.
+pub(crate) fn take_login_link(
+    c: &mut dyn Conn,
+    token_hash: &str,
+    now: Timestamp,
+) -> Result<Option<String>, StoreError> {
+    let rows = c.query(
+        "DELETE FROM console_links WHERE token_hash = $1 RETURNING operator, expires_at_us",
+        &[Param::Text(token_hash)],
+    )?;
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    let expires = cell(row, 1)
+        .and_then(|c| c.int("expires_at_us"))
+        .map_err(|what| StoreError::Unreadable {
+            row: "console_links".into(),
+            what,
+        })?;
+    if expires < micros(now) {
+        return Ok(None);
+    }
+    first_text(&rows, "operator")
+}
+
+/// Acknowledges an alert (the first acknowledgement stands): None when there is no such
+/// alert, else whether this call acknowledged it.
 pub(crate) fn acknowledge(
     c: &mut dyn Conn,
     alert_id: &str,
     operator: &str,
     now: Timestamp,
-) -> Result<bool, StoreError> {
+) -> Result<Option<bool>, StoreError> {
     let exists = count(
         c,
         "SELECT COUNT(*) FROM alerts WHERE id = $1",
         &[Param::Text(alert_id)],
     )?;
     if exists == 0 {
-        return Ok(false);
+        return Ok(None);
     }
-    c.execute(
+    let inserted = c.execute(
         "INSERT INTO alert_acks (alert_id, operator, at_us) VALUES ($1, $2, $3)
          ON CONFLICT (alert_id) DO NOTHING",
         &[
@@ -215,7 +272,7 @@ pub(crate) fn acknowledge(
             Param::Int(micros(now)),
         ],
     )?;
-    Ok(true)
+    Ok(Some(inserted > 0))
 }
 
 /// The acknowledgements of these alerts (at most a page of them).

@@ -26,8 +26,8 @@
 mod backend;
 mod console;
 pub use console::{
-    Ack, Change, MAX_CHANGES_KEPT, MAX_CHANGES_LISTED, MAX_FIELD_BYTES, MAX_OPERATORS,
-    MAX_SESSIONS_PER_OPERATOR,
+    Ack, Change, MAX_CHANGES_KEPT, MAX_CHANGES_LISTED, MAX_FIELD_BYTES, MAX_LOGIN_LINKS,
+    MAX_OPERATORS, MAX_SESSIONS_PER_OPERATOR,
 };
 mod inventory;
 pub use inventory::{
@@ -257,14 +257,31 @@ pub trait Store: Send {
     /// The operator of an unexpired session.
     fn session(&mut self, token_hash: &str, now: Timestamp) -> Result<Option<String>, StoreError>;
     fn end_session(&mut self, token_hash: &str) -> Result<(), StoreError>;
-    /// Marks an alert acknowledged (the first acknowledgement stands); returns whether
-    /// the alert exists. Retention deletes it with its alert.
+    /// Stores a one-time login link for `operator`, known by its token's hash, apart from
+    /// sessions. Fails past [`MAX_LOGIN_LINKS`] unexpired links.
+    fn create_login_link(
+        &mut self,
+        token_hash: &str,
+        operator: &str,
+        now: Timestamp,
+        expires: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Uses a login link, atomically: of two requests with it, one gets its operator
+    /// (if it had not expired), the other None.
+    fn take_login_link(
+        &mut self,
+        token_hash: &str,
+        now: Timestamp,
+    ) -> Result<Option<String>, StoreError>;
+    /// Marks an alert acknowledged (the first acknowledgement stands): None when there
+    /// is no such alert, else whether this call acknowledged it. Retention deletes the
+    /// acknowledgement with its alert.
     fn acknowledge(
         &mut self,
         alert_id: &str,
         operator: &str,
         now: Timestamp,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Option<bool>, StoreError>;
     /// The acknowledgements among these alerts (the first [`MAX_LIMIT`] ids).
     fn acks(&mut self, alert_ids: &[String]) -> Result<Vec<Ack>, StoreError>;
     /// Adds a line to the history of changes (who, what, to what). Each field at most

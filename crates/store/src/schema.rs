@@ -115,6 +115,12 @@ const MIGRATIONS: &[&[&str]] = &[
         expires_at_us BIGINT NOT NULL)",
         "CREATE INDEX console_sessions_by_operator ON console_sessions (operator, created_at_us)",
         "CREATE INDEX console_sessions_by_expiry ON console_sessions (expires_at_us)",
+        // One-time login links, apart from sessions: a link is never a session, and
+        // making links never ends an operator's sessions.
+        "CREATE TABLE console_links (
+        token_hash TEXT PRIMARY KEY,
+        operator TEXT NOT NULL,
+        expires_at_us BIGINT NOT NULL)",
         "CREATE TABLE alert_acks (
         alert_id TEXT PRIMARY KEY,
         operator TEXT NOT NULL,

@@ -559,6 +559,7 @@ fn older_schema_is_migrated_keeping_alerts(cfg: &StoreConfig) {
         "console_sessions",
         "alert_acks",
         "console_history",
+        "console_links",
     ] {
         raw_execute(cfg, &format!("DROP TABLE {table}"));
     }
@@ -814,7 +815,16 @@ fn console_accounts_sessions_acks_and_history(cfg: &StoreConfig) {
             .start_session(&format!("many-{i}"), "ana", at(200 + i as u64), at(10_000))
             .unwrap();
     }
-    assert_eq!(store.session("many-0", at(300)).unwrap(), None);
+    for gone in 0..3 {
+        assert_eq!(
+            store.session(&format!("many-{gone}"), at(300)).unwrap(),
+            None
+        );
+    }
+    assert_eq!(
+        store.session("many-3", at(300)).unwrap().as_deref(),
+        Some("ana")
+    );
     let last = format!("many-{}", hids_store::MAX_SESSIONS_PER_OPERATOR + 2);
     assert_eq!(
         store.session(&last, at(300)).unwrap().as_deref(),
@@ -825,12 +835,34 @@ fn console_accounts_sessions_acks_and_history(cfg: &StoreConfig) {
     // alert at retention.
     store.record(&[hit("r", "h1", 1)], at(1)).unwrap();
     let id = alert_id("r", "h1", 1000);
-    assert!(store.acknowledge(&id, "ana", at(30)).unwrap());
-    assert!(store.acknowledge(&id, "bob", at(31)).unwrap());
-    assert!(!store.acknowledge("no-such-alert", "ana", at(30)).unwrap());
+    assert_eq!(store.acknowledge(&id, "ana", at(30)).unwrap(), Some(true));
+    assert_eq!(store.acknowledge(&id, "bob", at(31)).unwrap(), Some(false));
+    assert_eq!(
+        store.acknowledge("no-such-alert", "ana", at(30)).unwrap(),
+        None
+    );
     let acks = store.acks(&[id.clone(), "other".into()]).unwrap();
     assert_eq!(acks.len(), 1);
     assert_eq!((acks[0].operator.as_str(), acks[0].at), ("ana", at(30)));
+
+    // Login links: apart from sessions, used once, not after they expire.
+    store
+        .create_login_link("link-1", "ana", at(10), at(130))
+        .unwrap();
+    assert_eq!(store.session("link-1", at(20)).unwrap(), None);
+    assert_eq!(
+        store.take_login_link("link-1", at(20)).unwrap().as_deref(),
+        Some("ana")
+    );
+    assert_eq!(store.take_login_link("link-1", at(21)).unwrap(), None);
+    store
+        .create_login_link("link-2", "ana", at(10), at(130))
+        .unwrap();
+    assert_eq!(store.take_login_link("link-2", at(131)).unwrap(), None);
+    assert_eq!(
+        store.session(&last, at(300)).unwrap().as_deref(),
+        Some("ana")
+    );
 
     // History, newest first, paged by id.
     for i in 0..5 {

@@ -104,61 +104,87 @@ pub fn session_token(headers: &HeaderMap) -> Option<String> {
         .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// The Set-Cookie value for a new session (`secure` when served over TLS).
+/// The Set-Cookie value for a new session (`secure` when served over TLS). Lax, not
+/// Strict: a link to an alert from a chat message or a mail must open it for a
+/// logged-in operator; every change is a POST, which Lax keeps from other sites, and
+/// is checked against its Origin besides.
 pub fn session_cookie(token: &str, lifetime: Duration, secure: bool) -> String {
     format!(
-        "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
         lifetime.as_secs(),
         if secure { "; Secure" } else { "" }
     )
 }
 
 pub fn expired_cookie() -> String {
-    format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+    format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0")
 }
 
 /// Whether a state-changing request comes from a page of this server: browsers send
-/// `Origin` on every POST; it must name the host the request was sent to. (The session
-/// cookie is SameSite=Strict as well, so another site's form carries none.)
-pub fn same_origin(headers: &HeaderMap) -> bool {
+/// `Origin` on every POST; it must name the host the request was sent to, or the
+/// console's public origin (`[console] public_origin`, for a proxy that rewrites
+/// `Host`). The session cookie is SameSite=Lax as well, so another site's form carries
+/// none.
+pub fn same_origin(headers: &HeaderMap, public_origin: Option<&str>) -> Result<(), String> {
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    match headers.get(header::ORIGIN).map(|v| v.to_str()) {
-        None => true,
-        Some(Ok(origin)) => {
-            let origin_host = origin
-                .strip_prefix("https://")
-                .or_else(|| origin.strip_prefix("http://"));
-            origin_host.is_some() && origin_host == host
-        }
-        Some(Err(_)) => false,
+    let origin = match headers.get(header::ORIGIN).map(|v| v.to_str()) {
+        None => return Ok(()),
+        Some(Ok(origin)) => origin,
+        Some(Err(_)) => return Err("an Origin that is not text".into()),
+    };
+    if public_origin.is_some_and(|p| p.trim_end_matches('/') == origin) {
+        return Ok(());
     }
+    let origin_host = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    if origin_host.is_some() && origin_host == host {
+        return Ok(());
+    }
+    Err(format!(
+        "Origin {origin:?} is neither the Host this request was sent to ({}) nor [console] public_origin ({})",
+        host.unwrap_or("none"),
+        public_origin.unwrap_or("not set")
+    ))
 }
 
 /// Failed logins per name, so a password cannot be guessed at the speed of the hash.
+/// Bounded: past [`MAX_TRACKED_NAMES`] names with recent failures, a name not yet
+/// tracked is refused until some lockout ends (counted in `refused_full`), rather than
+/// a tracked lockout forgotten to make room.
 #[derive(Default)]
 pub struct Throttle {
     failures: Mutex<HashMap<String, (u32, Instant)>>,
+    /// Logins refused because the table was full of recent failures.
+    pub refused_full: std::sync::atomic::AtomicU64,
 }
 
 impl Throttle {
     /// Whether `name` may try now.
     pub fn allows(&self, name: &str) -> bool {
-        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         match failures.get(name) {
             Some((n, since)) => *n < MAX_FAILURES || since.elapsed() >= LOCKOUT,
-            None => true,
+            None if failures.len() < MAX_TRACKED_NAMES => true,
+            None => {
+                failures.retain(|_, (_, since)| since.elapsed() < LOCKOUT);
+                let room = failures.len() < MAX_TRACKED_NAMES;
+                if !room {
+                    self.refused_full
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                room
+            }
         }
     }
 
+    /// Counts a failure; call only after [`Throttle::allows`] said yes.
     pub fn failed(&self, name: &str) {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if failures.len() >= MAX_TRACKED_NAMES && !failures.contains_key(name) {
-            let oldest = failures
-                .iter()
-                .min_by_key(|(_, (_, since))| *since)
-                .map(|(k, _)| k.clone());
-            if let Some(oldest) = oldest {
-                failures.remove(&oldest);
+            failures.retain(|_, (_, since)| since.elapsed() < LOCKOUT);
+            if failures.len() >= MAX_TRACKED_NAMES {
+                return;
             }
         }
         let entry = failures
@@ -224,19 +250,22 @@ mod tests {
     fn posts_from_another_origin_are_refused() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("hids.example:8080"));
-        assert!(same_origin(&h));
+        assert!(same_origin(&h, None).is_ok());
         h.insert(
             header::ORIGIN,
             HeaderValue::from_static("http://hids.example:8080"),
         );
-        assert!(same_origin(&h));
-        h.insert(
-            header::ORIGIN,
-            HeaderValue::from_static("https://evil.example"),
-        );
-        assert!(!same_origin(&h));
+        assert!(same_origin(&h, None).is_ok());
+        h.insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
+        let refused = same_origin(&h, None).unwrap_err();
+        assert!(refused.contains("evil.example") && refused.contains("public_origin"));
         h.insert(header::ORIGIN, HeaderValue::from_static("null"));
-        assert!(!same_origin(&h));
+        assert!(same_origin(&h, None).is_err());
+        // Behind a proxy that rewrites Host: the configured public origin.
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
+        h.insert(header::ORIGIN, HeaderValue::from_static("https://hids.corp"));
+        assert!(same_origin(&h, Some("https://hids.corp/")).is_ok());
+        assert!(same_origin(&h, Some("https://other.corp")).is_err());
     }
 
     #[test]
@@ -250,6 +279,20 @@ mod tests {
         assert!(t.allows("bob"));
         t.succeeded("ana");
         assert!(t.allows("ana"));
+    }
+
+    #[test]
+    fn a_full_table_refuses_new_names_instead_of_forgetting_a_lockout() {
+        let t = Throttle::default();
+        for _ in 0..MAX_FAILURES {
+            t.failed("ana");
+        }
+        for i in 0..MAX_TRACKED_NAMES {
+            t.failed(&format!("n{i}"));
+        }
+        assert!(!t.allows("ana"), "a lockout was forgotten to make room");
+        assert!(!t.allows("newcomer"));
+        assert!(t.refused_full.load(std::sync::atomic::Ordering::Relaxed) > 0);
     }
 
     #[test]

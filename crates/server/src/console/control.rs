@@ -15,6 +15,15 @@ pub const PAGE: usize = 50;
 /// How long a page waits for etcd.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// One page of records, newest first.
+pub struct Page {
+    pub records: Vec<Value>,
+    /// Records that did not parse as JSON (skipped).
+    pub unreadable: usize,
+    /// The key (under the directory) to list older records from, if there may be any.
+    pub older: Option<String>,
+}
+
 pub struct ControlView {
     etcd: EtcdConfig,
     keys: Keys,
@@ -31,21 +40,22 @@ impl ControlView {
         }
     }
 
-    /// The newest configuration changes, older than the record `before` when given.
-    pub async fn history(&self, before: Option<&str>) -> Result<Vec<Value>, String> {
+    /// The newest configuration changes, older than the record `before` when given,
+    /// and the id of the page's last record when there may be older ones.
+    pub async fn history(&self, before: Option<&str>) -> Result<Page, String> {
         let dir = self.keys.history_dir();
         self.newest(&dir, before).await
     }
 
     /// The newest rollouts, older than the one `before` when given.
-    pub async fn rollouts(&self, before: Option<&str>) -> Result<Vec<Value>, String> {
+    pub async fn rollouts(&self, before: Option<&str>) -> Result<Page, String> {
         let dir = self.keys.rollouts();
         self.newest(&dir, before).await
     }
 
     /// Records under `dir` with keys below `dir + before`, newest key first (keys sort
     /// by time).
-    async fn newest(&self, dir: &str, before: Option<&str>) -> Result<Vec<Value>, String> {
+    async fn newest(&self, dir: &str, before: Option<&str>) -> Result<Page, String> {
         let mut client = self.client().await?;
         let opts = GetOptions::new()
             .with_sort(SortTarget::Key, SortOrder::Descend)
@@ -58,15 +68,31 @@ impl ControlView {
             .await
             .map_err(|_| format!("etcd did not answer within {TIMEOUT:?}"))?
             .map_err(|e| format!("etcd: {e}"))?;
-        Ok(resp
-            .kvs()
+        let kvs = resp.kvs();
+        // Paged by key, not by what parsed: a record that does not parse is skipped
+        // (and counted on the page), never the end of the listing.
+        let older = (kvs.len() == PAGE)
+            .then(|| kvs.last())
+            .flatten()
+            .and_then(|kv| kv.key_str().ok())
+            .and_then(|k| k.strip_prefix(dir))
+            .map(str::to_owned);
+        let records: Vec<Value> = kvs
             .iter()
             .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
-            .collect())
+            .collect();
+        Ok(Page {
+            unreadable: kvs.len() - records.len(),
+            records,
+            older,
+        })
     }
 
     async fn client(&self) -> Result<etcd_client::Client, String> {
-        let mut slot = self.client.lock().await;
+        // Page views queue behind one connection attempt at most TIMEOUT long.
+        let mut slot = tokio::time::timeout(TIMEOUT, self.client.lock())
+            .await
+            .map_err(|_| "another page is still connecting to etcd; retry".to_string())?;
         if let Some(c) = &*slot {
             return Ok(c.clone());
         }

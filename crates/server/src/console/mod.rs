@@ -9,7 +9,7 @@
 
 pub mod auth;
 pub mod control;
-mod pages;
+pub mod pages;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,9 +29,16 @@ pub struct Settings {
     pub session_lifetime: Duration,
     /// Cookies marked Secure: the server is reached over TLS.
     pub secure_cookies: bool,
+    /// The address operators' browsers use, when a proxy in front rewrites `Host`.
+    pub public_origin: Option<String>,
     pub throttle: auth::Throttle,
     /// Password checks at once: each takes 19 MiB and tens of milliseconds by design.
     pub verifying: tokio::sync::Semaphore,
+    /// Logins waiting for a check, at most: past it, "retry in a moment".
+    pub waiting: tokio::sync::Semaphore,
+    /// The fleet overview's presence counts, shared for a few seconds: counting a
+    /// million hosts is not done per page view.
+    pub overview: std::sync::Mutex<Option<(std::time::Instant, Arc<pages::FleetCounts>)>>,
 }
 
 impl Settings {
@@ -40,9 +47,17 @@ impl Settings {
             anonymous_read,
             session_lifetime,
             secure_cookies,
+            public_origin: None,
             throttle: auth::Throttle::default(),
             verifying: tokio::sync::Semaphore::new(2),
+            waiting: tokio::sync::Semaphore::new(32),
+            overview: std::sync::Mutex::new(None),
         }
+    }
+
+    pub fn with_public_origin(mut self, origin: Option<String>) -> Self {
+        self.public_origin = origin;
+        self
     }
 }
 
@@ -114,10 +129,13 @@ pub async fn viewer(api: &Arc<Api>, headers: &HeaderMap, here: &str) -> Result<V
 
 /// The operator making a change: logged in, from a page of this server.
 pub async fn operator(api: &Arc<Api>, headers: &HeaderMap, here: &str) -> Result<String, Response> {
-    if !auth::same_origin(headers) {
+    if let Err(why) = auth::same_origin(headers, api.console.public_origin.as_deref()) {
         return Err(problem(
             StatusCode::FORBIDDEN,
-            "This change did not come from a page of this console (its Origin differs): reload the page and try again.",
+            &format!(
+                "This change did not come from a page of this console: {why}. Behind a proxy \
+                 that rewrites Host, set [console] public_origin to the address in the browser."
+            ),
         ));
     }
     match viewer(api, headers, here).await?.operator {
@@ -143,10 +161,21 @@ pub fn query_escape(value: &str) -> String {
     out
 }
 
-/// Where to go after logging in: a path of this console, never another site.
+/// Where to go after logging in: a path of this console, never another site. Only
+/// characters a path and query may hold unescaped (no space, tab, control character or
+/// backslash, which browsers drop or turn into `/`), starting with one `/`.
 pub fn local_path(next: Option<&str>) -> String {
+    let safe = |p: &str| {
+        let bytes = p.as_bytes();
+        bytes.first() == Some(&b'/')
+            && !matches!(bytes.get(1), Some(b'/' | b'\\'))
+            && p.len() <= 2048
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~/?=&%+:@!$'()*,;#".contains(b))
+    };
     match next {
-        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.contains('\\') => p.to_owned(),
+        Some(p) if safe(p) => p.to_owned(),
         _ => "/".to_owned(),
     }
 }
@@ -178,6 +207,37 @@ pub fn page(t: &impl Template) -> Response {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_login_only_paths_of_this_console() {
+        for good in [
+            "/",
+            "/alerts",
+            "/alerts?min_level=high&idc=bj1",
+            "/hosts/web-1",
+        ] {
+            assert_eq!(local_path(Some(good)), good);
+        }
+        for bad in [
+            "//evil.example",
+            "/\\evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/ /x",
+            "https://evil.example",
+            "https:x",
+            "evil",
+            "",
+        ] {
+            assert_eq!(local_path(Some(bad)), "/", "{bad:?}");
+        }
+        assert_eq!(local_path(None), "/");
+    }
+}
+
 #[derive(Template)]
 #[template(path = "problem.html")]
 struct Problem<'a> {
@@ -195,6 +255,20 @@ pub fn problem(status: StatusCode, message: &str) -> Response {
     });
     *response.status_mut() = status;
     response
+}
+
+/// A store failure or a refused request as a page saying what to do.
+pub fn api_problem(e: crate::http::ApiError) -> Response {
+    let status = e.status();
+    let message = if status.is_server_error() {
+        format!(
+            "{} The server's log says more; retry once the store is back.",
+            e.message()
+        )
+    } else {
+        e.message().to_owned()
+    };
+    problem(status, &message)
 }
 
 /// A time as the console shows it (UTC, to the second).

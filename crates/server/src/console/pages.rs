@@ -16,7 +16,9 @@ use hids_types::Timestamp;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{auth, local_path, operator, page, problem, query_escape, viewer, when, Viewer};
+use super::{
+    api_problem, auth, local_path, operator, page, problem, query_escape, viewer, when, Viewer,
+};
 use crate::http::{parse_query, with_store, Api};
 
 /// Alerts on one page of the queue, unless asked; at most [`MAX_ROWS`].
@@ -28,7 +30,7 @@ const GROUPS: usize = 12;
 type Pairs = Query<Vec<(String, String)>>;
 
 fn store_error(e: crate::http::ApiError) -> Response {
-    e.into_response()
+    api_problem(e)
 }
 
 // ---- overview ----
@@ -55,25 +57,7 @@ pub async fn overview(State(api): State<Arc<Api>>, headers: HeaderMap) -> Respon
         Err(r) => return r,
     };
     let day = Timestamp::now().utc_day();
-    let presence = api.presence.clone();
-    let counted = tokio::task::spawn_blocking(move || {
-        presence.map(|p| {
-            let p = p.lock().unwrap_or_else(|e| e.into_inner());
-            let breakdowns = ["idc", "project", "product", "version"]
-                .into_iter()
-                .map(|by| {
-                    let (groups, rest) = p.counts_by(by, GROUPS);
-                    let mut groups: Vec<(String, u64)> = groups.into_iter().collect();
-                    groups.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-                    (by, groups, rest)
-                })
-                .collect::<Vec<_>>();
-            (p.hosts.len(), breakdowns)
-        })
-    })
-    .await
-    .ok()
-    .flatten();
+    let counted = fleet_counts(&api).await;
     let since = Timestamp(std::time::SystemTime::now() - std::time::Duration::from_secs(86_400));
     let d = day.clone();
     let figures = with_store(&api, move |s| {
@@ -100,7 +84,7 @@ pub async fn overview(State(api): State<Arc<Api>>, headers: HeaderMap) -> Respon
         Err(e) => return store_error(e),
     };
     let (registered, breakdowns) = match counted {
-        Some((n, b)) => (Some(n), b),
+        Some(c) => (Some(c.registered), c.breakdowns.clone()),
         None => (None, Vec::new()),
     };
     page(&Overview {
@@ -116,6 +100,57 @@ pub async fn overview(State(api): State<Arc<Api>>, headers: HeaderMap) -> Respon
         guard_trips: guard.iter().map(|r| r.count).sum(),
         day,
     })
+}
+
+/// Agents online, and by the overview's labels.
+pub struct FleetCounts {
+    registered: usize,
+    breakdowns: Vec<Breakdown>,
+}
+
+/// How long the overview's counts are shared between page views.
+const FLEET_COUNTS_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The presence counts, from the last 10 s or counted now (one pass over the hosts,
+/// off the runtime's threads). None without [etcd].
+async fn fleet_counts(api: &Arc<Api>) -> Option<Arc<FleetCounts>> {
+    let presence = api.presence.clone()?;
+    {
+        let cached = api
+            .console
+            .overview
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((at, counts)) = &*cached {
+            if at.elapsed() < FLEET_COUNTS_FOR {
+                return Some(counts.clone());
+            }
+        }
+    }
+    let counts = tokio::task::spawn_blocking(move || {
+        const BY: [&str; 4] = ["idc", "project", "product", "version"];
+        let p = presence.lock().unwrap_or_else(|e| e.into_inner());
+        let breakdowns = BY
+            .into_iter()
+            .zip(p.counts_by_each(&BY, GROUPS))
+            .map(|(by, (groups, rest))| {
+                let mut groups: Vec<(String, u64)> = groups.into_iter().collect();
+                groups.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                (by, groups, rest)
+            })
+            .collect();
+        Arc::new(FleetCounts {
+            registered: p.hosts.len(),
+            breakdowns,
+        })
+    })
+    .await
+    .ok()?;
+    *api.console
+        .overview
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some((std::time::Instant::now(), counts.clone()));
+    Some(counts)
 }
 
 // ---- alert queue ----
@@ -165,7 +200,7 @@ pub async fn alerts(State(api): State<Arc<Api>>, headers: HeaderMap, pairs: Pair
     });
     let mut q = match parse_query(&given, &[]) {
         Ok(q) => q,
-        Err(e) => return e.into_response(),
+        Err(e) => return api_problem(e),
     };
     q.limit = limit + 1;
     let found = with_store(&api, move |s| {
@@ -299,16 +334,16 @@ pub async fn acknowledge(
     let wanted = id.clone();
     let done = with_store(&api, move |s| {
         let now = Timestamp::now();
-        let exists = s.acknowledge(&wanted, &who, now)?;
-        if exists {
+        let acknowledged = s.acknowledge(&wanted, &who, now)?;
+        if acknowledged == Some(true) {
             s.record_change(&who, "acknowledge", &format!("alert {wanted}"), now)?;
         }
-        Ok(exists)
+        Ok(acknowledged)
     })
     .await;
     match done {
-        Ok(true) => Redirect::to(&back).into_response(),
-        Ok(false) => problem(StatusCode::NOT_FOUND, &format!("There is no alert {id:?}.")),
+        Ok(Some(_)) => Redirect::to(&back).into_response(),
+        Ok(None) => problem(StatusCode::NOT_FOUND, &format!("There is no alert {id:?}.")),
         Err(e) => store_error(e),
     }
 }
@@ -344,10 +379,16 @@ pub async fn suppress(
             "Say why the alert is accepted (1 to 1024 characters): the comment is what the next person reads.",
         );
     }
+    if !matches!(form.scope.as_str(), "host" | "command" | "rule") {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Choose the suppression's scope: this host, this command line, or the rule everywhere.",
+        );
+    }
     let wanted = id.clone();
     let done = with_store(&api, move |s| {
         let Some(alert) = s.alert(&wanted)? else {
-            return Ok(None);
+            return Ok(Err(StatusCode::NOT_FOUND));
         };
         let mut sup = Suppression {
             id: 0,
@@ -360,11 +401,11 @@ pub async fn suppress(
         };
         match form.scope.as_str() {
             "host" => sup.host_id = Some(alert.host_id.clone()),
-            "command" => {
-                sup.command_line = alert.event["process"]["command_line"]
-                    .as_str()
-                    .map(str::to_owned)
-            }
+            "command" => match alert.event["process"]["command_line"].as_str() {
+                Some(line) if !line.is_empty() => sup.command_line = Some(line.to_owned()),
+                // Never widened to the whole rule by a missing field.
+                _ => return Ok(Err(StatusCode::BAD_REQUEST)),
+            },
             _ => {}
         }
         let now = Timestamp::now();
@@ -381,12 +422,18 @@ pub async fn suppress(
             ),
             now,
         )?;
-        Ok(Some(made))
+        Ok(Ok(made))
     })
     .await;
     match done {
-        Ok(Some(_)) => Redirect::to(&back).into_response(),
-        Ok(None) => problem(StatusCode::NOT_FOUND, &format!("There is no alert {id:?}.")),
+        Ok(Ok(_)) => Redirect::to(&back).into_response(),
+        Ok(Err(StatusCode::NOT_FOUND)) => {
+            problem(StatusCode::NOT_FOUND, &format!("There is no alert {id:?}."))
+        }
+        Ok(Err(status)) => problem(
+            status,
+            "This alert's evidence has no command line: suppress it for this host or the rule instead.",
+        ),
         Err(e) => store_error(e),
     }
 }
@@ -477,8 +524,12 @@ pub async fn host(
         Ok(v) => v,
         Err(r) => return r,
     };
-    let status = api.presence.as_ref().and_then(|p| {
+    let presence = api.presence.clone();
+    let wanted_status = host_id.clone();
+    let status = tokio::task::spawn_blocking(move || {
+        let p = presence?;
         let p = p.lock().unwrap_or_else(|e| e.into_inner());
+        let host_id = wanted_status;
         p.hosts.get(host_id.as_str()).map(|r| HostStatus {
             hostname: r.hostname.to_string(),
             version: r.version().to_owned(),
@@ -488,7 +539,10 @@ pub async fn host(
             desired_error: r.desired_error.as_deref().unwrap_or_default().to_owned(),
             backlog: r.backlog_since.is_some(),
         })
-    });
+    })
+    .await
+    .ok()
+    .flatten();
     let inventory = host_inventory(&api, &host_id).await;
     let recent = api.recent.as_ref().and_then(|r| r.host(&host_id));
     let wanted = host_id.clone();
@@ -634,11 +688,12 @@ pub async fn vulns(
         Ok((Some(found), _)) => {
             view.total = found.total;
             view.hosts = found.rows;
-            if (offset + PAGE_ROWS) < view.total as usize {
+            if offset.saturating_add(PAGE_ROWS) < usize::try_from(view.total).unwrap_or(usize::MAX)
+            {
                 view.next = Some(format!(
                     "/vulns?id={}&offset={}",
                     query_escape(&view.id),
-                    offset + PAGE_ROWS
+                    offset.saturating_add(PAGE_ROWS)
                 ));
             }
         }
@@ -754,25 +809,33 @@ pub async fn login(
         return refused("/".into(), "Give a name and a password.");
     };
     let next = local_path(form.next.as_deref());
-    if !auth::same_origin(&headers) {
+    if let Err(why) = auth::same_origin(&headers, api.console.public_origin.as_deref()) {
         return refused(
             next,
-            "This login did not come from this console's page: reload it and try again.",
+            &format!("This login did not come from this console's page: {why}. Behind a proxy that rewrites Host, set [console] public_origin."),
         );
     }
     if form.name.len() > auth::MAX_NAME_BYTES || form.password.len() > auth::MAX_PASSWORD_BYTES {
         return refused(next, "Wrong name or password.");
     }
+    // Bounded: a few wait, two are checked at once; the rest are told to retry.
+    let Ok(_waiting) = api.console.waiting.try_acquire() else {
+        let mut r = refused(next, "Too many logins at once: retry in a few seconds.");
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        return r;
+    };
+    let Ok(_checking) = api.console.verifying.acquire().await else {
+        return refused(next, "The server is stopping.");
+    };
+    // Asked with the check's permit held, and the failure counted before it is given
+    // back: parallel guesses cannot all pass a count taken before any of them failed.
     if !api.console.throttle.allows(&form.name) {
-        return refused(next, "Too many failed logins for this name: wait 15 minutes, or have an administrator reset the password.");
+        return refused(next, "Too many failed logins for this name (or on this server): wait 15 minutes, or log in with a link from `hids-server login-link --operator NAME`.");
     }
     let name = form.name.clone();
     let stored = match with_store(&api, move |s| s.operator_password(&name)).await {
         Ok(s) => s,
         Err(e) => return store_error(e),
-    };
-    let Ok(_permit) = api.console.verifying.acquire().await else {
-        return refused(next, "The server is stopping.");
     };
     let password = form.password;
     let matches = match stored {
@@ -847,12 +910,7 @@ pub async fn login_link(
         );
     };
     let key = auth::link_key(&q.token);
-    let used = with_store(&api, move |s| {
-        let who = s.session(&key, Timestamp::now())?;
-        s.end_session(&key)?;
-        Ok(who)
-    })
-    .await;
+    let used = with_store(&api, move |s| s.take_login_link(&key, Timestamp::now())).await;
     match used {
         Ok(Some(operator)) => {
             start_session(&api, operator, &local_path(q.next.as_deref()), "login link").await
@@ -866,6 +924,9 @@ pub async fn login_link(
 }
 
 pub async fn logout(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
+    if let Err(why) = auth::same_origin(&headers, api.console.public_origin.as_deref()) {
+        return problem(StatusCode::FORBIDDEN, &format!("Not logged out: {why}."));
+    }
     if let Some(token) = auth::session_token(&headers) {
         let key = auth::session_key(&token);
         if let Err(e) = with_store(&api, move |s| s.end_session(&key)).await {
@@ -893,7 +954,6 @@ fn field(v: &Value, pointer: &str) -> String {
 }
 
 struct ConfigChange {
-    id: String,
     at: String,
     by: String,
     action: String,
@@ -973,11 +1033,17 @@ pub async fn configuration(
         return page(&view);
     };
     match control.history(before.as_deref()).await {
-        Ok(records) => {
-            view.changes = records
+        Ok(found) => {
+            if found.unreadable > 0 {
+                view.message = format!("{} records could not be read (skipped).", found.unreadable);
+            }
+            view.older = found
+                .older
+                .map(|k| format!("/configuration?before={}", query_escape(&k)));
+            view.changes = found
+                .records
                 .iter()
                 .map(|r| ConfigChange {
-                    id: field(r, "/id"),
                     at: field(r, "/at"),
                     by: field(r, "/by"),
                     action: field(r, "/action"),
@@ -986,12 +1052,6 @@ pub async fn configuration(
                     hosts: r["hosts"].as_array().map_or(0, Vec::len),
                 })
                 .collect();
-            if view.changes.len() == super::control::PAGE {
-                view.older = view
-                    .changes
-                    .last()
-                    .map(|c| format!("/configuration?before={}", query_escape(&c.id)));
-            }
         }
         Err(e) => view.message = format!("Cannot read the history from etcd: {e}"),
     }
@@ -1021,14 +1081,14 @@ pub async fn rollouts(
         return page(&view);
     };
     match control.rollouts(before.as_deref()).await {
-        Ok(records) => {
-            view.rollouts = records.iter().map(rollout_row).collect();
-            if view.rollouts.len() == super::control::PAGE {
-                view.older = view
-                    .rollouts
-                    .last()
-                    .map(|r| format!("/rollouts?before={}", query_escape(&r.id)));
+        Ok(found) => {
+            if found.unreadable > 0 {
+                view.message = format!("{} records could not be read (skipped).", found.unreadable);
             }
+            view.older = found
+                .older
+                .map(|k| format!("/rollouts?before={}", query_escape(&k)));
+            view.rollouts = found.records.iter().map(rollout_row).collect();
         }
         Err(e) => view.message = format!("Cannot read the rollouts from etcd: {e}"),
     }

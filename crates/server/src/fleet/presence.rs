@@ -272,21 +272,38 @@ impl Presence {
     /// Registered agents by a label (`idc`, `project`, `product`, ...) or by `version`:
     /// the `limit` largest groups, and how many other groups there were.
     pub fn counts_by(&self, by: &str, limit: usize) -> (BTreeMap<String, u64>, usize) {
-        let mut all: HashMap<&str, u64> = HashMap::new();
+        self.counts_by_each(&[by], limit).pop().unwrap_or_default()
+    }
+
+    /// [`Presence::counts_by`] for several labels in one pass over the hosts.
+    pub fn counts_by_each(
+        &self,
+        labels: &[&str],
+        limit: usize,
+    ) -> Vec<(BTreeMap<String, u64>, usize)> {
+        let mut all: Vec<HashMap<&str, u64>> = vec![HashMap::new(); labels.len()];
         for r in self.hosts.values() {
-            let key = if by == "version" {
-                &*r.version
-            } else {
-                r.labels.get(by).map_or("", String::as_str)
-            };
-            *all.entry(key).or_default() += 1;
+            for (by, counts) in labels.iter().zip(all.iter_mut()) {
+                let key = if *by == "version" {
+                    &*r.version
+                } else {
+                    r.labels.get(*by).map_or("", String::as_str)
+                };
+                *counts.entry(key).or_default() += 1;
+            }
         }
-        let mut groups: Vec<(&str, u64)> = all.into_iter().collect();
-        groups.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        let rest = groups.len().saturating_sub(limit);
-        groups.truncate(limit);
-        let top = groups.into_iter().map(|(k, n)| (k.to_owned(), n)).collect();
-        (top, rest)
+        all.into_iter()
+            .map(|counts| {
+                let mut groups: Vec<(&str, u64)> = counts.into_iter().collect();
+                groups.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+                let rest = groups.len().saturating_sub(limit);
+                groups.truncate(limit);
+                (
+                    groups.into_iter().map(|(k, n)| (k.to_owned(), n)).collect(),
+                    rest,
+                )
+            })
+            .collect()
     }
 }
 

@@ -61,8 +61,12 @@ const volatile u64 wakeup_bytes = 128 * 1024;
 u64 last_wakeup_ns = 0;
 
 /* Set by user space before load: the plugin's own process, whose root directory names
- * every path (see build_path). */
+ * every path (see build_path), as its pid namespace numbers it (the namespace's device
+ * and inode, from stat of /proc/self/ns/pid): a plugin in a container is not mistaken
+ * for the host process that has the same number. */
 const volatile u32 reader_tgid = 0;
+const volatile u64 reader_pidns_dev = 0;
+const volatile u64 reader_pidns_ino = 0;
 /* The reader's root (fs->root), recorded by on_fork the first time the reader starts a
  * thread, which user space does once the programs are attached. Zero until then: paths
  * are then named from the root of their mount namespace. */
@@ -489,7 +493,10 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 {
-	if (reader_tgid && !reader_root_dentry && BPF_CORE_READ(parent, tgid) == reader_tgid) {
+	struct bpf_pidns_info ns = {};
+	if (reader_tgid && !reader_root_dentry &&
+	    !bpf_get_ns_current_pid_tgid(reader_pidns_dev, reader_pidns_ino, &ns, sizeof(ns)) &&
+	    ns.tgid == reader_tgid) {
 		struct fs_struct *fs = BPF_CORE_READ(parent, fs);
 		reader_root_mnt = (u64)BPF_CORE_READ(fs, root.mnt);
 		reader_root_dentry = (u64)BPF_CORE_READ(fs, root.dentry);

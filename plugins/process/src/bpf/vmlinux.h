@@ -142,6 +142,12 @@ struct mount {
 	struct vfsmount mnt;
 };
 
+/* A helper's argument (uapi, not a kernel struct): what bpf_get_ns_current_pid_tgid fills. */
+struct bpf_pidns_info {
+	__u32 pid;
+	__u32 tgid;
+};
+
 struct path {
 	struct vfsmount *mnt;
 	struct dentry *dentry;

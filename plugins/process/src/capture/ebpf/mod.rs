@@ -352,7 +352,13 @@ fn open_and_load<'obj>(
         ro.max_args = opts.max_args_bytes.min(ARGS_CAP) as u32;
         ro.wakeup_interval_ns = u64::try_from(cfg.linger.as_nanos()).unwrap_or(u64::MAX);
         ro.wakeup_bytes = ring as u64 / 8;
-        ro.reader_tgid = std::process::id();
+        // Our pid and pid namespace, as on_fork recognises us (see learn_reader_root).
+        if let Ok(ns) = std::fs::metadata("/proc/self/ns/pid") {
+            use std::os::unix::fs::MetadataExt;
+            ro.reader_tgid = std::process::id();
+            ro.reader_pidns_dev = ns.dev();
+            ro.reader_pidns_ino = ns.ino();
+        }
     }
     open.progs.on_commit_creds.set_autoload(want.fentry);
     open.progs.on_setsid.set_autoload(want.fentry);
