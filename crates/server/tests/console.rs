@@ -146,13 +146,65 @@ fn listening(host: &str, port: u16, process: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// web-1's software as the inventory plugin sends it: one part, with openssl below the
+/// fix of the feed's CVE.
+fn inventory(host: &str) -> Vec<u8> {
+    use hids_types::package::{inventory_hash, InventoryPart, OsRelease, Package, PackageType};
+    let os = OsRelease {
+        id: "debian".into(),
+        version_id: "12".into(),
+        codename: "bookworm".into(),
+        name: "Debian GNU/Linux 12 (bookworm)".into(),
+    };
+    let deb = |name: &str, version: &str| Package {
+        kind: PackageType::Deb,
+        name: name.into(),
+        version: version.into(),
+        architecture: "amd64".into(),
+        source: String::new(),
+        source_version: String::new(),
+        path: String::new(),
+    };
+    let packages = vec![
+        deb("bash", "5.2.15-2+b7"),
+        deb("openssl", "3.0.11-1~deb12u1"),
+    ];
+    let part = InventoryPart {
+        hash: inventory_hash(&os, "6.1.0-13-amd64", &packages),
+        packages: packages.len() as u64,
+        part: 0,
+        parts: 1,
+        os,
+        kernel: "6.1.0-13-amd64".into(),
+        items: packages,
+        command_id: None,
+    };
+    serde_json::json!({
+        "@timestamp": T0,
+        "event": {"kind": "state", "category": ["package"], "type": ["info"],
+                  "action": "inventory", "sequence": 9, "module": "hids", "dataset": "hids.inventory"},
+        "host": {"id": host, "hostname": format!("{host}.example")},
+        "hids": {"plugin": "inventory", "run_id": format!("inv-{host}"), "inventory": part}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The server's directory and the feed's, kept as long as the server runs.
+type Dirs = (tempfile::TempDir, tempfile::TempDir);
+
+/// A Debian security tracker feed with one CVE in openssl, fixed in bookworm.
+const TRACKER: &str = r#"{"openssl": {"CVE-2099-0001": {"description": "test", "scope": "local",
+  "debianbug": 1, "releases": {"bookworm": {"status": "resolved", "urgency": "high",
+  "fixed_version": "3.0.13-1~deb12u1", "repositories": {"bookworm": "x"}}}}}}"#;
+
 /// A server whose store holds reverse-shell alerts of two hosts, and an operator `ana`.
-fn seeded() -> (Broker, tempfile::TempDir, Server, Vec<Value>) {
+fn seeded() -> (Broker, Dirs, Server, Vec<Value>) {
     seeded_with("")
 }
 
 /// As [`seeded`], with `extra` in the server's configuration.
-fn seeded_with(extra: &str) -> (Broker, tempfile::TempDir, Server, Vec<Value>) {
+fn seeded_with(extra: &str) -> (Broker, Dirs, Server, Vec<Value>) {
     let topic = format!("events-{}", tag());
     let broker = Broker::start();
     broker.create_topic(&topic);
@@ -169,8 +221,13 @@ fn seeded_with(extra: &str) -> (Broker, tempfile::TempDir, Server, Vec<Value>) {
             ),
             ("web-1".to_string(), listening("web-1", 2222, "sshd")),
             ("web-1".to_string(), listening("web-1", 8443, "nginx")),
+            ("web-1".to_string(), inventory("web-1")),
         ],
     );
+    let feeds = tempfile::tempdir().unwrap();
+    let feed = write_file(feeds.path(), "debian.json", TRACKER);
+    let extra = format!("[vulns]\nfeeds = [{feed:?}]\n{extra}");
+    let extra = extra.as_str();
     let (dir, server) = sqlite_server(&broker, &topic, extra);
     let alerts = server.wait_alerts("the seeded alerts", "", Duration::from_secs(60), |a| {
         !alerts_of(a, "web-1").is_empty() && !alerts_of(a, "db-2").is_empty()
@@ -181,7 +238,7 @@ fn seeded_with(extra: &str) -> (Broker, tempfile::TempDir, Server, Vec<Value>) {
         &format!("{PASSWORD}\n"),
     );
     assert!(ok, "operator add: {err}");
-    (broker, dir, server, alerts)
+    (broker, (dir, feeds), server, alerts)
 }
 
 #[test]
@@ -213,6 +270,26 @@ fn the_alert_queue_shows_each_alert_title_and_level_in_a_browser() {
         !dom.contains("db-2.example"),
         "another host's alert on web-1's page:\n{dom}"
     );
+    for port in ["2222", "8443"] {
+        let cell = format!("<td class=\"num port\">{port}</td>");
+        assert!(
+            dom.contains(&cell),
+            "no port {port} on the host's page:\n{dom}"
+        );
+    }
+    for needle in [
+        "sshd",
+        "nginx",
+        "/dev/tcp/203.0.113.7/4444",
+        "CVE-2099-0001",
+        "3.0.13-1~deb12u1",
+        "5.2.15-2+b7",
+    ] {
+        assert!(
+            dom.contains(needle),
+            "no {needle:?} on the host's page:\n{dom}"
+        );
+    }
 }
 
 #[test]

@@ -491,7 +491,14 @@ struct HostInventory {
     reported_at: String,
     total: usize,
     packages: Vec<(String, String, String)>,
+    vulns: Vec<crate::inventory::query::HostVuln>,
+    vulns_total: usize,
+    /// Why vulnerabilities are not shown (a feed failed to load), if they are not.
+    vulns_note: String,
 }
+
+/// Vulnerabilities listed on a host's page at most.
+const HOST_VULNS: usize = 100;
 
 #[derive(Template)]
 #[template(path = "host.html")]
@@ -584,6 +591,7 @@ pub async fn host(
 async fn host_inventory(api: &Arc<Api>, host_id: &str) -> Option<HostInventory> {
     let inventory = crate::inventory::http::inventory(api).ok()?;
     let host_id = host_id.to_owned();
+    let feeds = crate::inventory::http::complete_feeds(&inventory);
     tokio::task::spawn_blocking(move || {
         let index = inventory.read_index();
         let slot = index.host_slot(&host_id)?;
@@ -602,7 +610,18 @@ async fn host_inventory(api: &Arc<Api>, host_id: &str) -> Option<HostInventory> 
                 )
             })
             .collect();
+        let (vulns, vulns_total, vulns_note) = match &feeds {
+            Ok(feeds) => {
+                let (rows, total) =
+                    crate::inventory::query::image_vulns(&index, feeds, host.image, HOST_VULNS);
+                (rows, total, String::new())
+            }
+            Err(e) => (Vec::new(), 0, e.message().to_owned()),
+        };
         Some(HostInventory {
+            vulns,
+            vulns_total,
+            vulns_note,
             os: format!("{} {}", image.os.id, image.os.version_id),
             kernel: image.kernel.to_string(),
             reported_at: when(&host.reported_at),

@@ -382,6 +382,68 @@ pub fn vuln_hosts(
     Page { total, rows }
 }
 
+/// A vulnerability one host has, through one package.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostVuln {
+    pub id: String,
+    pub severity: Severity,
+    pub package: String,
+    pub version: String,
+    pub fixed_version: Option<String>,
+}
+
+/// The vulnerabilities of one image (every host running it has them), most severe
+/// first, at most `limit`; and how many there are in all. The same matching as the
+/// fleet-wide queries, for one image's packages only.
+pub fn image_vulns(
+    index: &FleetIndex,
+    feeds: &Feeds,
+    image: ImageId,
+    limit: usize,
+) -> (Vec<HostVuln>, usize) {
+    let img = index.image(image);
+    let mut found: BTreeMap<(Arc<str>, Arc<str>), HostVuln> = BTreeMap::new();
+    for &id in &img.packages {
+        let package = index.package(id);
+        let Some(ecosystem) = Ecosystem::for_package_type(package.kind) else {
+            continue;
+        };
+        let (name, installed) = if ecosystem == Ecosystem::Debian {
+            (package.source_name(), package.source_version())
+        } else {
+            (package.name.as_str(), package.version.as_str())
+        };
+        let name = ecosystem.normalize_name(name);
+        for record in feeds.by_package(ecosystem, &name) {
+            if !record.affects(installed)
+                || (ecosystem == Ecosystem::Debian && !debian_release(record, &img.os))
+            {
+                continue;
+            }
+            let scheme = scheme_of(package.kind);
+            let entry = found
+                .entry((record.id.clone(), record.package.clone()))
+                .or_insert_with(|| HostVuln {
+                    id: record.id.to_string(),
+                    severity: record.severity,
+                    package: record.package.to_string(),
+                    version: installed.to_owned(),
+                    fixed_version: record.fixed_version_for(installed).map(str::to_owned),
+                });
+            if version::compare(scheme, installed, &entry.version).is_lt() {
+                entry.version = installed.to_owned();
+                entry.fixed_version = record.fixed_version_for(installed).map(str::to_owned);
+            }
+            entry.severity = entry.severity.max(record.severity);
+        }
+    }
+    let total = found.len();
+    let mut rows: Vec<HostVuln> = found.into_values().collect();
+    rows.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.id.cmp(&b.id)));
+    rows.truncate(limit);
+    (rows, total)
+}
+
 /// Hosts affected by a vulnerability, counted by a label (a host affected through two
 /// packages counts once).
 pub fn vuln_groups(index: &FleetIndex, feeds: &Feeds, id: &str, label: &str) -> Vec<HostGroup> {
@@ -555,6 +617,30 @@ mod tests {
         assert_eq!(second.rows[0].host_id, "h2");
         let top = fleet_vulns(&index, &feeds);
         assert_eq!((top.len(), top[0].hosts, top[0].fixable), (1, 2, true));
+    }
+
+    #[test]
+    fn a_hosts_page_lists_its_images_vulnerabilities_as_the_fleet_query_does() {
+        let index = fleet();
+        let feeds = Feeds::from_advisories(vec![
+            record("bookworm", "3.0.13-1~deb12u1"),
+            record("12", "3.0.13-1~deb12u1"),
+        ]);
+        let image_of = |host: &str| index.host(index.host_slot(host).unwrap()).image;
+        let (rows, total) = image_vulns(&index, &feeds, image_of("h1"), 10);
+        assert_eq!(
+            total, 1,
+            "one finding, though two binaries carry it: {rows:?}"
+        );
+        assert_eq!(rows[0].id, "CVE-2024-0001");
+        assert_eq!(rows[0].version, "3.0.11-1~deb12u1");
+        assert_eq!(rows[0].fixed_version.as_deref(), Some("3.0.13-1~deb12u1"));
+        for patched_or_other_release in ["h3", "h4"] {
+            let (rows, total) = image_vulns(&index, &feeds, image_of(patched_or_other_release), 10);
+            assert_eq!((rows.len(), total), (0, 0), "{patched_or_other_release}");
+        }
+        let (rows, total) = image_vulns(&index, &feeds, image_of("h1"), 0);
+        assert_eq!((rows.len(), total), (0, 1));
     }
 
     #[test]
