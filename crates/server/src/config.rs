@@ -671,7 +671,7 @@ topics = ["hids-events"]
 group = "hids-server"
 
 [store]
-path = "/var/lib/hids-server/alerts.db"
+path = "/var/lib/hids/server/alerts.db"
 
 [http]
 listen = "127.0.0.1:8080"
@@ -706,7 +706,7 @@ listen = "127.0.0.1:8080"
     #[test]
     fn both_stores_are_refused_naming_both_keys() {
         let text = MINIMAL.replace(
-            "path = \"/var/lib/hids-server/alerts.db\"",
+            "path = \"/var/lib/hids/server/alerts.db\"",
             "path = \"a.db\"\nurl = \"postgres://x@h/db\"",
         );
         let err = parse(&text).unwrap_err();
@@ -726,5 +726,26 @@ listen = "127.0.0.1:8080"
             err.contains("kafka.topics") && err.contains("kafka.group"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn console_and_https_settings_are_checked() {
+        let text = format!(
+            "{}tls_cert = \"/etc/hids/tls/server.pem\"\n\n\
+             [console]\npublic_origin = \"hids.example.com/console\"\nsession_hours = 0\n\
+             recent_megabytes = 100000\n",
+            MINIMAL
+        );
+        let err = parse(&text).unwrap_err();
+        for key in [
+            "http.tls_cert and http.tls_key",
+            "console.public_origin",
+            "console.session_hours",
+            "console.recent_megabytes",
+        ] {
+            assert!(err.contains(key), "{key} not refused: {err}");
+        }
+        let good = format!("{MINIMAL}\n[console]\npublic_origin = \"https://hids.example.com\"\n");
+        assert!(parse(&good).is_ok());
     }
 }

@@ -150,7 +150,9 @@ fn main() -> ExitCode {
             } else {
                 "http"
             };
-            let base = base_url.unwrap_or_else(|| format!("{scheme}://{}", config.http.listen));
+            let base = base_url
+                .or_else(|| config.console.public_origin.clone())
+                .unwrap_or_else(|| format!("{scheme}://{}", config.http.listen));
             operators::login_link(&store_config(&config), &operator, &next, &base)
         }
         None => {

@@ -69,11 +69,8 @@ pub(crate) fn put_operator(
         &[Param::Text(password_hash), Param::Text(name)],
     )?;
     if updated > 0 {
-        // A new password ends every session the old one opened.
-        c.execute(
-            "DELETE FROM console_sessions WHERE operator = $1",
-            &[Param::Text(name)],
-        )?;
+        // A new password ends every session and login link the old one could open.
+        end_everything_of(c, name)?;
         return Ok(false);
     }
     let stored = count(c, "SELECT COUNT(*) FROM operators", &[])?;
@@ -93,11 +90,19 @@ pub(crate) fn put_operator(
     Ok(true)
 }
 
+/// Ends an operator's sessions and unused login links.
+fn end_everything_of(c: &mut dyn Conn, name: &str) -> Result<(), StoreError> {
+    for table in ["console_sessions", "console_links"] {
+        c.execute(
+            &format!("DELETE FROM {table} WHERE operator = $1"),
+            &[Param::Text(name)],
+        )?;
+    }
+    Ok(())
+}
+
 pub(crate) fn remove_operator(c: &mut dyn Conn, name: &str) -> Result<bool, StoreError> {
-    c.execute(
-        "DELETE FROM console_sessions WHERE operator = $1",
-        &[Param::Text(name)],
-    )?;
+    end_everything_of(c, name)?;
     Ok(c.execute(
         "DELETE FROM operators WHERE name = $1",
         &[Param::Text(name)],
@@ -244,7 +249,16 @@ pub(crate) fn take_login_link(
     if expires < micros(now) {
         return Ok(None);
     }
-    first_text(&rows, "operator")
+    // Only for an operator who still exists.
+    let Some(operator) = first_text(&rows, "operator")? else {
+        return Ok(None);
+    };
+    let exists = count(
+        c,
+        "SELECT COUNT(*) FROM operators WHERE name = $1",
+        &[Param::Text(&operator)],
+    )?;
+    Ok((exists > 0).then_some(operator))
 }
 
 /// Acknowledges an alert (the first acknowledgement stands): None when there is no such

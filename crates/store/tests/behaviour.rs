@@ -859,9 +859,22 @@ fn console_accounts_sessions_acks_and_history(cfg: &StoreConfig) {
         .create_login_link("link-2", "ana", at(10), at(130))
         .unwrap();
     assert_eq!(store.take_login_link("link-2", at(131)).unwrap(), None);
+    // A new password, or removing the operator, voids the links made before.
+    store
+        .create_login_link("link-3", "ana", at(10), at(130))
+        .unwrap();
+    store.put_operator("ana", "hash-3", at(20)).unwrap();
+    assert_eq!(store.take_login_link("link-3", at(21)).unwrap(), None);
+    store.put_operator("cleo", "hash-c", at(20)).unwrap();
+    store
+        .create_login_link("link-4", "cleo", at(10), at(130))
+        .unwrap();
+    assert!(store.remove_operator("cleo").unwrap());
+    assert_eq!(store.take_login_link("link-4", at(21)).unwrap(), None);
     assert_eq!(
-        store.session(&last, at(300)).unwrap().as_deref(),
-        Some("ana")
+        store.session(&last, at(300)).unwrap(),
+        None,
+        "the new password kept a session"
     );
 
     // History, newest first, paged by id.

@@ -20,7 +20,7 @@ pub const LINK_LIFETIME: Duration = Duration::from_secs(120);
 /// Failed logins per operator name before further tries wait out [`LOCKOUT`].
 const MAX_FAILURES: u32 = 5;
 const LOCKOUT: Duration = Duration::from_secs(15 * 60);
-/// Names whose failures are remembered at most (the oldest are forgotten first).
+/// Names whose failures are remembered at most, per table (see [`Throttle`]).
 const MAX_TRACKED_NAMES: usize = 10_000;
 /// Longest operator name and password accepted.
 pub const MAX_NAME_BYTES: usize = 64;
@@ -132,7 +132,7 @@ pub fn same_origin(headers: &HeaderMap, public_origin: Option<&str>) -> Result<(
         Some(Ok(origin)) => origin,
         Some(Err(_)) => return Err("an Origin that is not text".into()),
     };
-    if public_origin.is_some_and(|p| p.trim_end_matches('/') == origin) {
+    if public_origin.is_some_and(|p| p.trim_end_matches('/').eq_ignore_ascii_case(origin)) {
         return Ok(());
     }
     let origin_host = origin
@@ -149,47 +149,50 @@ pub fn same_origin(headers: &HeaderMap, public_origin: Option<&str>) -> Result<(
 }
 
 /// Failed logins per name, so a password cannot be guessed at the speed of the hash.
-/// Bounded: past [`MAX_TRACKED_NAMES`] names with recent failures, a name not yet
-/// tracked is refused until some lockout ends (counted in `refused_full`), rather than
-/// a tracked lockout forgotten to make room.
+/// Operators that exist are kept apart from names that do not: the store holds at most
+/// [`MAX_TRACKED_NAMES`] operators, so their lockouts always fit and are never
+/// forgotten; unknown names (tracked only so that a lockout does not tell which names
+/// exist) are forgotten oldest first when their table is full, which costs nothing.
 #[derive(Default)]
 pub struct Throttle {
-    failures: Mutex<HashMap<String, (u32, Instant)>>,
-    /// Logins refused because the table was full of recent failures.
-    pub refused_full: std::sync::atomic::AtomicU64,
+    operators: Mutex<HashMap<String, (u32, Instant)>>,
+    unknown: Mutex<HashMap<String, (u32, Instant)>>,
 }
 
 impl Throttle {
-    /// Whether `name` may try now.
-    pub fn allows(&self, name: &str) -> bool {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        match failures.get(name) {
+    fn table(&self, known: bool) -> std::sync::MutexGuard<'_, HashMap<String, (u32, Instant)>> {
+        let table = if known {
+            &self.operators
+        } else {
+            &self.unknown
+        };
+        table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `name` (an operator that exists: `known`) may try now.
+    pub fn allows(&self, name: &str, known: bool) -> bool {
+        match self.table(known).get(name) {
             Some((n, since)) => *n < MAX_FAILURES || since.elapsed() >= LOCKOUT,
-            None if failures.len() < MAX_TRACKED_NAMES => true,
-            None => {
-                failures.retain(|_, (_, since)| since.elapsed() < LOCKOUT);
-                let room = failures.len() < MAX_TRACKED_NAMES;
-                if !room {
-                    self.refused_full
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                room
-            }
+            None => true,
         }
     }
 
     /// Counts a failure; call only after [`Throttle::allows`] said yes.
-    pub fn failed(&self, name: &str) {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if failures.len() >= MAX_TRACKED_NAMES && !failures.contains_key(name) {
-            failures.retain(|_, (_, since)| since.elapsed() < LOCKOUT);
-            if failures.len() >= MAX_TRACKED_NAMES {
-                return;
+    pub fn failed(&self, name: &str, known: bool) {
+        let mut table = self.table(known);
+        if table.len() >= MAX_TRACKED_NAMES && !table.contains_key(name) {
+            table.retain(|_, (_, since)| since.elapsed() < LOCKOUT);
+            if table.len() >= MAX_TRACKED_NAMES {
+                let oldest = table
+                    .iter()
+                    .min_by_key(|(_, (_, since))| *since)
+                    .map(|(k, _)| k.clone());
+                if let Some(oldest) = oldest {
+                    table.remove(&oldest);
+                }
             }
         }
-        let entry = failures
-            .entry(name.to_owned())
-            .or_insert((0, Instant::now()));
+        let entry = table.entry(name.to_owned()).or_insert((0, Instant::now()));
         if entry.1.elapsed() >= LOCKOUT {
             *entry = (0, Instant::now());
         }
@@ -198,10 +201,7 @@ impl Throttle {
     }
 
     pub fn succeeded(&self, name: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
+        self.table(true).remove(name);
     }
 }
 
@@ -256,14 +256,20 @@ mod tests {
             HeaderValue::from_static("http://hids.example:8080"),
         );
         assert!(same_origin(&h, None).is_ok());
-        h.insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.example"),
+        );
         let refused = same_origin(&h, None).unwrap_err();
         assert!(refused.contains("evil.example") && refused.contains("public_origin"));
         h.insert(header::ORIGIN, HeaderValue::from_static("null"));
         assert!(same_origin(&h, None).is_err());
         // Behind a proxy that rewrites Host: the configured public origin.
         h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
-        h.insert(header::ORIGIN, HeaderValue::from_static("https://hids.corp"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://hids.corp"),
+        );
         assert!(same_origin(&h, Some("https://hids.corp/")).is_ok());
         assert!(same_origin(&h, Some("https://other.corp")).is_err());
     }
@@ -272,27 +278,30 @@ mod tests {
     fn guessing_is_throttled_per_name() {
         let t = Throttle::default();
         for _ in 0..MAX_FAILURES {
-            assert!(t.allows("ana"));
-            t.failed("ana");
+            assert!(t.allows("ana", true));
+            t.failed("ana", true);
         }
-        assert!(!t.allows("ana"));
-        assert!(t.allows("bob"));
+        assert!(!t.allows("ana", true));
+        assert!(t.allows("bob", true));
         t.succeeded("ana");
-        assert!(t.allows("ana"));
+        assert!(t.allows("ana", true));
     }
 
     #[test]
-    fn a_full_table_refuses_new_names_instead_of_forgetting_a_lockout() {
+    fn unknown_names_cannot_push_out_an_operators_lockout() {
         let t = Throttle::default();
         for _ in 0..MAX_FAILURES {
-            t.failed("ana");
+            t.failed("ana", true);
         }
-        for i in 0..MAX_TRACKED_NAMES {
-            t.failed(&format!("n{i}"));
+        for i in 0..MAX_TRACKED_NAMES + 10 {
+            t.failed(&format!("n{i}"), false);
         }
-        assert!(!t.allows("ana"), "a lockout was forgotten to make room");
-        assert!(!t.allows("newcomer"));
-        assert!(t.refused_full.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        assert!(!t.allows("ana", true), "a lockout was forgotten");
+        assert!(
+            t.allows("bob", true),
+            "an operator was refused for others' failures"
+        );
+        assert!(t.unknown.lock().unwrap().len() <= MAX_TRACKED_NAMES);
     }
 
     #[test]

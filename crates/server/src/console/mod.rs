@@ -39,6 +39,8 @@ pub struct Settings {
     /// The fleet overview's presence counts, shared for a few seconds: counting a
     /// million hosts is not done per page view.
     pub overview: std::sync::Mutex<Option<(std::time::Instant, Arc<pages::FleetCounts>)>>,
+    /// Held while the counts are refreshed: one count at a time, the others wait for it.
+    pub overview_refresh: tokio::sync::Mutex<()>,
 }
 
 impl Settings {
@@ -52,10 +54,17 @@ impl Settings {
             verifying: tokio::sync::Semaphore::new(2),
             waiting: tokio::sync::Semaphore::new(32),
             overview: std::sync::Mutex::new(None),
+            overview_refresh: tokio::sync::Mutex::new(()),
         }
     }
 
+    /// Behind a proxy: the browsers' address. An https one marks cookies Secure, as
+    /// the browser reaches the console over TLS even when this server does not.
     pub fn with_public_origin(mut self, origin: Option<String>) -> Self {
+        let origin = origin.map(|o| o.trim_end_matches('/').to_ascii_lowercase());
+        if origin.as_deref().is_some_and(|o| o.starts_with("https://")) {
+            self.secure_cookies = true;
+        }
         self.public_origin = origin;
         self
     }
@@ -117,7 +126,7 @@ pub async fn viewer(api: &Arc<Api>, headers: &HeaderMap, here: &str) -> Result<V
             let key = auth::session_key(&token);
             crate::http::with_store(api, move |s| s.session(&key, Timestamp::now()))
                 .await
-                .map_err(IntoResponse::into_response)?
+                .map_err(api_problem)?
         }
         None => None,
     };

@@ -115,17 +115,24 @@ const FLEET_COUNTS_FOR: std::time::Duration = std::time::Duration::from_secs(10)
 /// off the runtime's threads). None without [etcd].
 async fn fleet_counts(api: &Arc<Api>) -> Option<Arc<FleetCounts>> {
     let presence = api.presence.clone()?;
-    {
+    let fresh = || {
         let cached = api
             .console
             .overview
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some((at, counts)) = &*cached {
-            if at.elapsed() < FLEET_COUNTS_FOR {
-                return Some(counts.clone());
-            }
-        }
+        cached
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < FLEET_COUNTS_FOR)
+            .map(|(_, counts)| counts.clone())
+    };
+    if let Some(counts) = fresh() {
+        return Some(counts);
+    }
+    // One count at a time: the others wait for it and take its result.
+    let _refreshing = api.console.overview_refresh.lock().await;
+    if let Some(counts) = fresh() {
+        return Some(counts);
     }
     let counts = tokio::task::spawn_blocking(move || {
         const BY: [&str; 4] = ["idc", "project", "product", "version"];
@@ -846,16 +853,17 @@ pub async fn login(
     let Ok(_checking) = api.console.verifying.acquire().await else {
         return refused(next, "The server is stopping.");
     };
-    // Asked with the check's permit held, and the failure counted before it is given
-    // back: parallel guesses cannot all pass a count taken before any of them failed.
-    if !api.console.throttle.allows(&form.name) {
-        return refused(next, "Too many failed logins for this name (or on this server): wait 15 minutes, or log in with a link from `hids-server login-link --operator NAME`.");
-    }
     let name = form.name.clone();
     let stored = match with_store(&api, move |s| s.operator_password(&name)).await {
         Ok(s) => s,
         Err(e) => return store_error(e),
     };
+    let known = stored.is_some();
+    // Asked with the check's permit held, and the failure counted before it is given
+    // back: parallel guesses get no more tries than the permits (two) allow at once.
+    if !api.console.throttle.allows(&form.name, known) {
+        return refused(next, "Too many failed logins for this name: wait 15 minutes, or log in with a link from `hids-server login-link --operator NAME`.");
+    }
     let password = form.password;
     let matches = match stored {
         Some(hash) => tokio::task::spawn_blocking(move || auth::password_matches(&password, &hash))
@@ -869,7 +877,7 @@ pub async fn login(
         }
     };
     if !matches {
-        api.console.throttle.failed(&form.name);
+        api.console.throttle.failed(&form.name, known);
         tracing::warn!("console: failed login for {:?}", form.name);
         return refused(next, "Wrong name or password.");
     }
