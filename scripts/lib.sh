@@ -35,7 +35,8 @@ BUILD_PACKAGES="protobuf-compiler libprotobuf-dev cmake libcurl4-openssl-dev lib
 # db5.3-util writes a Berkeley DB one, a JDK runs a real Java process holding a jar;
 # the version-ordering tests compare with librpm (python3-rpm) and dpkg (libdpkg-perl).
 # chromium: the web console's tests load every page in a real (headless) browser.
-TEST_PACKAGES="$BUILD_PACKAGES etcd-server etcd-client openssl postgresql prometheus rpm db5.3-util gpg openjdk-17-jdk-headless python3-rpm libdpkg-perl chromium"
+# iproute2: the network plugin's tests compare with ss and make namespaces with ip.
+TEST_PACKAGES="$BUILD_PACKAGES etcd-server etcd-client openssl postgresql prometheus rpm db5.3-util gpg openjdk-17-jdk-headless python3-rpm libdpkg-perl chromium iproute2"
 
 # tansu, the Kafka-API broker of the pipeline tests (crates.io). It must be built with
 # storage features, or it silently discards data; the build takes 20-25 minutes on two

@@ -294,8 +294,27 @@ pub struct PipelineConfig {
 fn yes() -> bool {
     true
 }
+/// Where the packages keep the agent's state (docs/packages.md).
+pub const STATE_DIR: &str = "/var/lib/hids/agent";
+/// The default before the packages: a host installed by hand (or an agent build
+/// updated from one, which must find the launcher's slot) keeps using it.
+pub const OLD_STATE_DIR: &str = "/var/lib/hids-agent";
+
 fn default_state_dir() -> PathBuf {
-    PathBuf::from("/var/lib/hids-agent")
+    default_state_dir_in(Path::new(STATE_DIR), Path::new(OLD_STATE_DIR))
+}
+
+/// `new`, unless `old` holds state and `new` holds none (the packaged unit creates `new`
+/// empty at every start): moving a running agent's state, or a `state_dir` a kept
+/// configuration names, would lose its status, spool and installed builds.
+fn default_state_dir_in(new: &Path, old: &Path) -> PathBuf {
+    let has_entries =
+        |dir: &Path| std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some());
+    if !has_entries(new) && has_entries(old) {
+        old.to_path_buf()
+    } else {
+        new.to_path_buf()
+    }
 }
 fn default_log_level() -> String {
     "info".into()
@@ -691,6 +710,29 @@ mod tests {
         // The example runs /bin/sh plugins only when uncommented; the built-in set needs
         // the plugin binary, which the test build may not have placed yet.
         assert!(cfg.plugins.is_none());
+        // The packages' layout (docs/packages.md): the example is /etc/hids/agent.toml.
+        assert_eq!(cfg.state_dir, Path::new(STATE_DIR));
+    }
+
+    #[test]
+    fn default_state_dir_stays_where_state_was_kept_before_the_packages() {
+        let root = tempfile::tempdir().unwrap();
+        let (new, old) = (
+            root.path().join("hids/agent"),
+            root.path().join("hids-agent"),
+        );
+        // A fresh host: the packages' place.
+        assert_eq!(default_state_dir_in(&new, &old), new);
+        // A host installed by hand: its state stays in use, also once the unit has
+        // created the new directory (empty).
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join("status.json"), "{}").unwrap();
+        assert_eq!(default_state_dir_in(&new, &old), old);
+        std::fs::create_dir_all(&new).unwrap();
+        assert_eq!(default_state_dir_in(&new, &old), old);
+        // Once the new place holds state, it wins.
+        std::fs::write(new.join("status.json"), "{}").unwrap();
+        assert_eq!(default_state_dir_in(&new, &old), new);
     }
 
     #[test]
