@@ -70,7 +70,7 @@ pub async fn overview(State(api): State<Arc<Api>>, headers: HeaderMap) -> Respon
         let guard = s.summary(
             &GroupBy::RuleId,
             &AlertQuery {
-                rule_id: Some("hids-fleet-guard-tripped".into()),
+                rule_id: Some(crate::fleet::rules::FleetRule::GuardTripped.id().into()),
                 ..q
             },
         )?;
