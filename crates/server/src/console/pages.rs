@@ -1041,48 +1041,7 @@ pub async fn configuration(
     headers: HeaderMap,
     query: Result<Query<BeforeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let viewer = match viewer(&api, &headers, "/configuration").await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let before = record_id(query.ok().and_then(|Query(q)| q.before));
-    let mut view = ControlPage {
-        viewer,
-        what: "configuration",
-        message: String::new(),
-        changes: Vec::new(),
-        rollouts: Vec::new(),
-        older: None,
-    };
-    let Some(control) = &api.control else {
-        view.message =
-            "This server has no [etcd]: the control plane's history is not in reach.".into();
-        return page(&view);
-    };
-    match control.history(before.as_deref()).await {
-        Ok(found) => {
-            if found.unreadable > 0 {
-                view.message = format!("{} records could not be read (skipped).", found.unreadable);
-            }
-            view.older = found
-                .older
-                .map(|k| format!("/configuration?before={}", query_escape(&k)));
-            view.changes = found
-                .records
-                .iter()
-                .map(|r| ConfigChange {
-                    at: field(r, "/at"),
-                    by: field(r, "/by"),
-                    action: field(r, "/action"),
-                    generation: field(r, "/generation"),
-                    target: field(r, "/target"),
-                    hosts: r["hosts"].as_array().map_or(0, Vec::len),
-                })
-                .collect();
-        }
-        Err(e) => view.message = format!("Cannot read the history from etcd: {e}"),
-    }
-    page(&view)
+    control_listing(&api, &headers, query, "configuration").await
 }
 
 pub async fn rollouts(
@@ -1090,36 +1049,67 @@ pub async fn rollouts(
     headers: HeaderMap,
     query: Result<Query<BeforeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let viewer = match viewer(&api, &headers, "/rollouts").await {
+    control_listing(&api, &headers, query, "rollouts").await
+}
+
+/// A page of the control plane's records: `configuration` (history/) or `rollouts`.
+async fn control_listing(
+    api: &Arc<Api>,
+    headers: &HeaderMap,
+    query: Result<Query<BeforeQuery>, axum::extract::rejection::QueryRejection>,
+    what: &'static str,
+) -> Response {
+    let viewer = match viewer(api, headers, &format!("/{what}")).await {
         Ok(v) => v,
         Err(r) => return r,
     };
     let before = record_id(query.ok().and_then(|Query(q)| q.before));
     let mut view = ControlPage {
         viewer,
-        what: "rollouts",
+        what,
         message: String::new(),
         changes: Vec::new(),
         rollouts: Vec::new(),
         older: None,
     };
     let Some(control) = &api.control else {
-        view.message = "This server has no [etcd]: rollouts are not in reach.".into();
+        view.message =
+            format!("This server has no [etcd]: the control plane's {what} is not in reach.");
         return page(&view);
     };
-    match control.rollouts(before.as_deref()).await {
+    let found = if what == "rollouts" {
+        control.rollouts(before.as_deref()).await
+    } else {
+        control.history(before.as_deref()).await
+    };
+    match found {
         Ok(found) => {
             if found.unreadable > 0 {
                 view.message = format!("{} records could not be read (skipped).", found.unreadable);
             }
             view.older = found
                 .older
-                .map(|k| format!("/rollouts?before={}", query_escape(&k)));
-            view.rollouts = found.records.iter().map(rollout_row).collect();
+                .map(|k| format!("/{what}?before={}", query_escape(&k)));
+            if what == "rollouts" {
+                view.rollouts = found.records.iter().map(rollout_row).collect();
+            } else {
+                view.changes = found.records.iter().map(config_change).collect();
+            }
         }
-        Err(e) => view.message = format!("Cannot read the rollouts from etcd: {e}"),
+        Err(e) => view.message = format!("Cannot read the {what} records from etcd: {e}"),
     }
     page(&view)
+}
+
+fn config_change(r: &Value) -> ConfigChange {
+    ConfigChange {
+        at: field(r, "/at"),
+        by: field(r, "/by"),
+        action: field(r, "/action"),
+        generation: field(r, "/generation"),
+        target: field(r, "/target"),
+        hosts: r["hosts"].as_array().map_or(0, Vec::len),
+    }
 }
 
 fn rollout_row(r: &Value) -> RolloutRow {
