@@ -563,6 +563,7 @@ fn older_schema_is_migrated_keeping_alerts(cfg: &StoreConfig) {
     ] {
         raw_execute(cfg, &format!("DROP TABLE {table}"));
     }
+    raw_execute(cfg, "DROP INDEX alerts_by_time_level");
     raw_execute(cfg, "UPDATE schema_version SET version = 1");
     let mut store = open(cfg).unwrap();
     assert_eq!(store.alerts(&AlertQuery::default()).unwrap().len(), 1);

@@ -39,6 +39,8 @@ pub struct Settings {
     /// The fleet overview's presence counts, shared for a few seconds: counting a
     /// million hosts is not done per page view.
     pub overview: std::sync::Mutex<Option<(std::time::Instant, Arc<pages::FleetCounts>)>>,
+    /// The overview's alert figures, shared the same way.
+    pub overview_alerts: std::sync::Mutex<Option<(std::time::Instant, Arc<pages::AlertFigures>)>>,
     /// Held while the counts are refreshed: one count at a time, the others wait for it.
     pub overview_refresh: tokio::sync::Mutex<()>,
 }
@@ -54,6 +56,7 @@ impl Settings {
             verifying: tokio::sync::Semaphore::new(2),
             waiting: tokio::sync::Semaphore::new(32),
             overview: std::sync::Mutex::new(None),
+            overview_alerts: std::sync::Mutex::new(None),
             overview_refresh: tokio::sync::Mutex::new(()),
         }
     }

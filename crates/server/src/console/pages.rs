@@ -58,29 +58,9 @@ pub async fn overview(State(api): State<Arc<Api>>, headers: HeaderMap) -> Respon
     };
     let day = Timestamp::now().utc_day();
     let counted = fleet_counts(&api).await;
-    let since = Timestamp(std::time::SystemTime::now() - std::time::Duration::from_secs(86_400));
-    let d = day.clone();
-    let figures = with_store(&api, move |s| {
-        let q = AlertQuery {
-            since: Some(since),
-            limit: 10,
-            ..AlertQuery::default()
-        };
-        let levels = s.summary(&GroupBy::Level, &q)?;
-        let guard = s.summary(
-            &GroupBy::RuleId,
-            &AlertQuery {
-                rule_id: Some(crate::fleet::rules::FleetRule::GuardTripped.id().into()),
-                ..q
-            },
-        )?;
-        let cpu = s.top(&d, TopFigure::Cpu, 10)?;
-        let memory = s.top(&d, TopFigure::Memory, 10)?;
-        Ok((levels, guard, cpu, memory))
-    })
-    .await;
+    let figures = alert_figures(&api, day.clone()).await;
     let (levels, guard, top_cpu, top_memory) = match figures {
-        Ok(f) => f,
+        Ok(f) => (*f).clone(),
         Err(e) => return store_error(e),
     };
     let (registered, breakdowns) = match counted {
@@ -101,6 +81,68 @@ pub async fn overview(State(api): State<Arc<Api>>, headers: HeaderMap) -> Respon
         day,
     })
 }
+
+/// The overview's alert figures (levels and guard trips of the last 24 h, the day's
+/// leaders), shared for [`FLEET_COUNTS_FOR`] as the presence counts are: a level count
+/// over a day's alerts is not done per page view.
+async fn alert_figures(
+    api: &Arc<Api>,
+    day: String,
+) -> Result<Arc<AlertFigures>, crate::http::ApiError> {
+    let fresh = || {
+        let cached = api
+            .console
+            .overview_alerts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        cached
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < FLEET_COUNTS_FOR)
+            .map(|(_, f)| f.clone())
+    };
+    if let Some(f) = fresh() {
+        return Ok(f);
+    }
+    let _refreshing = api.console.overview_refresh.lock().await;
+    if let Some(f) = fresh() {
+        return Ok(f);
+    }
+    let since = Timestamp(std::time::SystemTime::now() - std::time::Duration::from_secs(86_400));
+    let d = day;
+    let figures = with_store(api, move |s| {
+        let q = AlertQuery {
+            since: Some(since),
+            limit: 10,
+            ..AlertQuery::default()
+        };
+        let levels = s.summary(&GroupBy::Level, &q)?;
+        let guard = s.summary(
+            &GroupBy::RuleId,
+            &AlertQuery {
+                rule_id: Some(crate::fleet::rules::FleetRule::GuardTripped.id().into()),
+                ..q
+            },
+        )?;
+        let cpu = s.top(&d, TopFigure::Cpu, 10)?;
+        let memory = s.top(&d, TopFigure::Memory, 10)?;
+        Ok((levels, guard, cpu, memory))
+    })
+    .await?;
+    let figures = Arc::new(figures);
+    *api.console
+        .overview_alerts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some((std::time::Instant::now(), figures.clone()));
+    Ok(figures)
+}
+
+/// Alerts of the last 24 h by level, guard-trip alerts, the day's top CPU and memory.
+pub type AlertFigures = (
+    Vec<hids_types::alert::SummaryRow>,
+    Vec<hids_types::alert::SummaryRow>,
+    Vec<hids_store::TopHost>,
+    Vec<hids_store::TopHost>,
+);
 
 /// Agents online, and by the overview's labels.
 pub struct FleetCounts {
