@@ -229,6 +229,21 @@ fn seeded_with(extra: &str) -> (Broker, Dirs, Server, Vec<Value>) {
     let extra = format!("[vulns]\nfeeds = [{feed:?}]\n{extra}");
     let extra = extra.as_str();
     let (dir, server) = sqlite_server(&broker, &topic, extra);
+    let alerts_before = server.wait_alerts("the seeded alerts", "", Duration::from_secs(60), |a| {
+        !alerts_of(a, "web-1").is_empty() && !alerts_of(a, "db-2").is_empty()
+    });
+    // Before the first operator, the queue is readable without a login (the API
+    // already is); changes are not allowed.
+    let body = http()
+        .get(server.url("/alerts"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        body.contains(alerts_before[0]["title"].as_str().unwrap()),
+        "{body}"
+    );
     let alerts = server.wait_alerts("the seeded alerts", "", Duration::from_secs(60), |a| {
         !alerts_of(a, "web-1").is_empty() && !alerts_of(a, "db-2").is_empty()
     });

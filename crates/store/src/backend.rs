@@ -579,6 +579,11 @@ impl<B: Backend> Store for SqlStore<B> {
             .read(&mut |c: &mut dyn Conn| console::operator_password(c, name))
     }
 
+    fn has_operators(&mut self) -> Result<bool, StoreError> {
+        self.backend
+            .read(&mut |c: &mut dyn Conn| console::has_operators(c))
+    }
+
     fn operators(&mut self) -> Result<Vec<(String, Timestamp)>, StoreError> {
         let rows = self
             .backend

@@ -120,6 +120,12 @@ pub(crate) fn operator_password(
     first_text(&rows, "password_hash")
 }
 
+pub(crate) fn has_operators(c: &mut dyn Conn) -> Result<bool, StoreError> {
+    Ok(!c
+        .query("SELECT name FROM operators LIMIT 1", &[])?
+        .is_empty())
+}
+
 pub(crate) fn operators(c: &mut dyn Conn) -> Result<Vec<Row>, StoreError> {
     c.query(
         "SELECT name, created_at_us FROM operators ORDER BY name LIMIT $1",

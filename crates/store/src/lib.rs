@@ -242,6 +242,8 @@ pub trait Store: Send {
     fn remove_operator(&mut self, name: &str) -> Result<bool, StoreError>;
     /// The stored password hash of an operator.
     fn operator_password(&mut self, name: &str) -> Result<Option<String>, StoreError>;
+    /// Whether any operator exists.
+    fn has_operators(&mut self) -> Result<bool, StoreError>;
     /// Every operator and when they were created, by name.
     fn operators(&mut self) -> Result<Vec<(String, Timestamp)>, StoreError>;
     /// Starts a console session, known by the hash of its token (the token itself is

@@ -782,7 +782,9 @@ fn bad_evidence_is_replaced(cfg: &StoreConfig) {
 /// Operators, sessions, acknowledgements and history: what the web console keeps.
 fn console_accounts_sessions_acks_and_history(cfg: &StoreConfig) {
     let mut store = open(cfg).unwrap();
+    assert!(!store.has_operators().unwrap());
     assert!(store.put_operator("ana", "hash-1", at(1)).unwrap());
+    assert!(store.has_operators().unwrap());
     assert_eq!(
         store.operator_password("ana").unwrap().as_deref(),
         Some("hash-1")

@@ -41,6 +41,8 @@ pub struct Settings {
     pub overview: std::sync::Mutex<Option<(std::time::Instant, Arc<pages::FleetCounts>)>>,
     /// The overview's alert figures, shared the same way.
     pub overview_alerts: std::sync::Mutex<Option<(std::time::Instant, Arc<pages::AlertFigures>)>>,
+    /// An operator has been seen in the store (see `operators_exist`).
+    pub operators_seen: std::sync::atomic::AtomicBool,
     /// Held while the counts are refreshed: one count at a time, the others wait for it.
     pub overview_refresh: tokio::sync::Mutex<()>,
 }
@@ -57,6 +59,7 @@ impl Settings {
             waiting: tokio::sync::Semaphore::new(32),
             overview: std::sync::Mutex::new(None),
             overview_alerts: std::sync::Mutex::new(None),
+            operators_seen: std::sync::atomic::AtomicBool::new(false),
             overview_refresh: tokio::sync::Mutex::new(()),
         }
     }
@@ -133,10 +136,28 @@ pub async fn viewer(api: &Arc<Api>, headers: &HeaderMap, here: &str) -> Result<V
         }
         None => None,
     };
-    if operator.is_none() && !api.console.anonymous_read {
+    if operator.is_none() && !api.console.anonymous_read && operators_exist(api).await? {
         return Err(to_login(here));
     }
     Ok(Viewer { operator })
+}
+
+/// Whether any operator exists. Until the first is made, pages are readable without a
+/// login (the API on the same address already answers the same questions without
+/// one), saying how to make one; changes always need an operator. Once one is seen it
+/// is remembered: removing every operator later never opens the pages again.
+async fn operators_exist(api: &Arc<Api>) -> Result<bool, Response> {
+    use std::sync::atomic::Ordering;
+    if api.console.operators_seen.load(Ordering::Relaxed) {
+        return Ok(true);
+    }
+    let exist = crate::http::with_store(api, |s| s.has_operators())
+        .await
+        .map_err(api_problem)?;
+    if exist {
+        api.console.operators_seen.store(true, Ordering::Relaxed);
+    }
+    Ok(exist)
 }
 
 /// The operator making a change: logged in, from a page of this server.
