@@ -36,7 +36,8 @@ BUILD_PACKAGES="protobuf-compiler libprotobuf-dev cmake libcurl4-openssl-dev lib
 # the version-ordering tests compare with librpm (python3-rpm) and dpkg (libdpkg-perl).
 # chromium: the web console's tests load every page in a real (headless) browser.
 # iproute2: the network plugin's tests compare with ss and make namespaces with ip.
-TEST_PACKAGES="$BUILD_PACKAGES etcd-server etcd-client openssl postgresql prometheus rpm db5.3-util gpg openjdk-17-jdk-headless python3-rpm libdpkg-perl chromium iproute2"
+# systemd: systemd-analyze verifies the packaged units.
+TEST_PACKAGES="$BUILD_PACKAGES etcd-server etcd-client openssl postgresql prometheus rpm db5.3-util gpg openjdk-17-jdk-headless python3-rpm libdpkg-perl chromium iproute2 systemd"
 
 # tansu, the Kafka-API broker of the pipeline tests (crates.io). It must be built with
 # storage features, or it silently discards data; the build takes 20-25 minutes on two

@@ -144,8 +144,8 @@ pub async fn viewer(api: &Arc<Api>, headers: &HeaderMap, here: &str) -> Result<V
 
 /// Whether any operator exists. Until the first is made, pages are readable without a
 /// login (the API on the same address already answers the same questions without
-/// one), saying how to make one; changes always need an operator. Once one is seen it
-/// is remembered: removing every operator later never opens the pages again.
+/// one); changes always need an operator. Once one is seen it is remembered for the
+/// process's life: removing every operator locks the pages until the next start.
 async fn operators_exist(api: &Arc<Api>) -> Result<bool, Response> {
     use std::sync::atomic::Ordering;
     if api.console.operators_seen.load(Ordering::Relaxed) {
