@@ -36,15 +36,12 @@ pub struct Settings {
     pub verifying: tokio::sync::Semaphore,
     /// Logins waiting for a check, at most: past it, "retry in a moment".
     pub waiting: tokio::sync::Semaphore,
-    /// The fleet overview's presence counts, shared for a few seconds: counting a
-    /// million hosts is not done per page view.
-    pub overview: std::sync::Mutex<Option<(std::time::Instant, Arc<pages::FleetCounts>)>>,
-    /// The overview's alert figures, shared the same way.
-    pub overview_alerts: std::sync::Mutex<Option<(std::time::Instant, Arc<pages::AlertFigures>)>>,
+    /// The fleet overview's presence counts and alert figures, shared for a few
+    /// seconds: counting a million hosts or a day's alerts is not done per page view.
+    pub overview: Shared<pages::FleetCounts>,
+    pub overview_alerts: Shared<pages::AlertFigures>,
     /// An operator has been seen in the store (see `operators_exist`).
     pub operators_seen: std::sync::atomic::AtomicBool,
-    /// Held while the counts are refreshed: one count at a time, the others wait for it.
-    pub overview_refresh: tokio::sync::Mutex<()>,
 }
 
 impl Settings {
@@ -57,10 +54,9 @@ impl Settings {
             throttle: auth::Throttle::default(),
             verifying: tokio::sync::Semaphore::new(2),
             waiting: tokio::sync::Semaphore::new(32),
-            overview: std::sync::Mutex::new(None),
-            overview_alerts: std::sync::Mutex::new(None),
+            overview: Shared::new(SHARED_FOR),
+            overview_alerts: Shared::new(SHARED_FOR),
             operators_seen: std::sync::atomic::AtomicBool::new(false),
-            overview_refresh: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -73,6 +69,53 @@ impl Settings {
         }
         self.public_origin = origin;
         self
+    }
+}
+
+/// How long the overview's figures are shared between page views.
+const SHARED_FOR: Duration = Duration::from_secs(10);
+
+/// A value computed at most once per `lifetime`, one computation at a time: the
+/// requests that find it stale wait for the one computing it and take its result.
+pub struct Shared<T> {
+    value: std::sync::Mutex<Option<(std::time::Instant, Arc<T>)>>,
+    refreshing: tokio::sync::Mutex<()>,
+    lifetime: Duration,
+}
+
+impl<T> Shared<T> {
+    pub fn new(lifetime: Duration) -> Self {
+        Shared {
+            value: std::sync::Mutex::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
+            lifetime,
+        }
+    }
+
+    fn fresh(&self) -> Option<Arc<T>> {
+        let value = self.value.lock().unwrap_or_else(|e| e.into_inner());
+        value
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < self.lifetime)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// The value, computed by `make` when it is older than the lifetime.
+    pub async fn get<E, F>(&self, make: impl FnOnce() -> F) -> Result<Arc<T>, E>
+    where
+        F: std::future::Future<Output = Result<T, E>>,
+    {
+        if let Some(v) = self.fresh() {
+            return Ok(v);
+        }
+        let _refreshing = self.refreshing.lock().await;
+        if let Some(v) = self.fresh() {
+            return Ok(v);
+        }
+        let v = Arc::new(make().await?);
+        *self.value.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((std::time::Instant::now(), v.clone()));
+        Ok(v)
     }
 }
 

@@ -83,57 +83,37 @@ pub async fn overview(State(api): State<Arc<Api>>, headers: HeaderMap) -> Respon
 }
 
 /// The overview's alert figures (levels and guard trips of the last 24 h, the day's
-/// leaders), shared for [`FLEET_COUNTS_FOR`] as the presence counts are: a level count
-/// over a day's alerts is not done per page view.
+/// leaders), shared for a few seconds as the presence counts are.
 async fn alert_figures(
     api: &Arc<Api>,
     day: String,
 ) -> Result<Arc<AlertFigures>, crate::http::ApiError> {
-    let fresh = || {
-        let cached = api
-            .console
-            .overview_alerts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        cached
-            .as_ref()
-            .filter(|(at, _)| at.elapsed() < FLEET_COUNTS_FOR)
-            .map(|(_, f)| f.clone())
-    };
-    if let Some(f) = fresh() {
-        return Ok(f);
-    }
-    let _refreshing = api.console.overview_refresh.lock().await;
-    if let Some(f) = fresh() {
-        return Ok(f);
-    }
     let since = Timestamp(std::time::SystemTime::now() - std::time::Duration::from_secs(86_400));
     let d = day;
-    let figures = with_store(api, move |s| {
-        let q = AlertQuery {
-            since: Some(since),
-            limit: 10,
-            ..AlertQuery::default()
-        };
-        let levels = s.summary(&GroupBy::Level, &q)?;
-        let guard = s.summary(
-            &GroupBy::RuleId,
-            &AlertQuery {
-                rule_id: Some(crate::fleet::rules::FleetRule::GuardTripped.id().into()),
-                ..q
-            },
-        )?;
-        let cpu = s.top(&d, TopFigure::Cpu, 10)?;
-        let memory = s.top(&d, TopFigure::Memory, 10)?;
-        Ok((levels, guard, cpu, memory))
-    })
-    .await?;
-    let figures = Arc::new(figures);
-    *api.console
+    let store = api.clone();
+    api.console
         .overview_alerts
-        .lock()
-        .unwrap_or_else(|e| e.into_inner()) = Some((std::time::Instant::now(), figures.clone()));
-    Ok(figures)
+        .get(|| {
+            with_store(&store, move |s| {
+                let q = AlertQuery {
+                    since: Some(since),
+                    limit: 10,
+                    ..AlertQuery::default()
+                };
+                let levels = s.summary(&GroupBy::Level, &q)?;
+                let guard = s.summary(
+                    &GroupBy::RuleId,
+                    &AlertQuery {
+                        rule_id: Some(crate::fleet::rules::FleetRule::GuardTripped.id().into()),
+                        ..q
+                    },
+                )?;
+                let cpu = s.top(&d, TopFigure::Cpu, 10)?;
+                let memory = s.top(&d, TopFigure::Memory, 10)?;
+                Ok((levels, guard, cpu, memory))
+            })
+        })
+        .await
 }
 
 /// Alerts of the last 24 h by level, guard-trip alerts, the day's top CPU and memory.
@@ -150,56 +130,31 @@ pub struct FleetCounts {
     breakdowns: Vec<Breakdown>,
 }
 
-/// How long the overview's counts are shared between page views.
-const FLEET_COUNTS_FOR: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// The presence counts, from the last 10 s or counted now (one pass over the hosts,
 /// off the runtime's threads). None without [etcd].
 async fn fleet_counts(api: &Arc<Api>) -> Option<Arc<FleetCounts>> {
     let presence = api.presence.clone()?;
-    let fresh = || {
-        let cached = api
-            .console
-            .overview
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        cached
-            .as_ref()
-            .filter(|(at, _)| at.elapsed() < FLEET_COUNTS_FOR)
-            .map(|(_, counts)| counts.clone())
-    };
-    if let Some(counts) = fresh() {
-        return Some(counts);
-    }
-    // One count at a time: the others wait for it and take its result.
-    let _refreshing = api.console.overview_refresh.lock().await;
-    if let Some(counts) = fresh() {
-        return Some(counts);
-    }
-    let counts = tokio::task::spawn_blocking(move || {
-        const BY: [&str; 4] = ["idc", "project", "product", "version"];
-        let p = presence.lock().unwrap_or_else(|e| e.into_inner());
-        let breakdowns = BY
-            .into_iter()
-            .zip(p.counts_by_each(&BY, GROUPS))
-            .map(|(by, (groups, rest))| {
-                let mut groups: Vec<(String, u64)> = groups.into_iter().collect();
-                groups.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-                (by, groups, rest)
-            })
-            .collect();
-        Arc::new(FleetCounts {
-            registered: p.hosts.len(),
-            breakdowns,
+    let counted = api.console.overview.get(|| async move {
+        tokio::task::spawn_blocking(move || {
+            const BY: [&str; 4] = ["idc", "project", "product", "version"];
+            let p = presence.lock().unwrap_or_else(|e| e.into_inner());
+            let breakdowns = BY
+                .into_iter()
+                .zip(p.counts_by_each(&BY, GROUPS))
+                .map(|(by, (groups, rest))| {
+                    let mut groups: Vec<(String, u64)> = groups.into_iter().collect();
+                    groups.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                    (by, groups, rest)
+                })
+                .collect();
+            FleetCounts {
+                registered: p.hosts.len(),
+                breakdowns,
+            }
         })
-    })
-    .await
-    .ok()?;
-    *api.console
-        .overview
-        .lock()
-        .unwrap_or_else(|e| e.into_inner()) = Some((std::time::Instant::now(), counts.clone()));
-    Some(counts)
+        .await
+    });
+    counted.await.ok()
 }
 
 // ---- alert queue ----
