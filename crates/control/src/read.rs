@@ -1,7 +1,7 @@
 //! Reading a whole directory of keys, a page at a time, all pages at one revision: one
 //! implementation for `hidsctl`'s listings and `hids-server`'s view of the fleet.
 
-use etcd_client::{Client, GetOptions, KeyValue};
+use etcd_client::{Client, GetOptions, KeyValue, WatchOptions, WatchStream};
 
 /// Values per page for listings (gRPC messages are limited to 4 MiB; a status document
 /// is about 1 KB).
@@ -52,4 +52,28 @@ pub async fn for_each_page(
             _ => return Ok(revision),
         }
     }
+}
+
+/// Largest watch response taken from etcd. etcd puts every event of a revision in one
+/// response, and joins revisions while a watcher catches up: with `hids-gateway`
+/// committing 128 status documents a transaction, the watch of `agents/` during a
+/// fleet-wide acknowledgement got a 4.4 MB response, over gRPC's default 4 MiB, and
+/// broke (measured at 100,000 agents).
+pub const WATCH_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Watches every key under `prefix` with `options`, taking responses up to
+/// [`WATCH_MESSAGE_BYTES`]: the one way `hidsctl`, `hids-server` and `hids-gateway`
+/// follow a directory.
+///
+/// # Errors
+/// What etcd answered.
+pub async fn watch_prefix(
+    client: &Client,
+    prefix: &str,
+    options: WatchOptions,
+) -> Result<WatchStream, etcd_client::Error> {
+    let mut watch = client
+        .watch_client()
+        .max_decoding_message_size(WATCH_MESSAGE_BYTES);
+    watch.watch(prefix, Some(options.with_prefix())).await
 }

@@ -257,10 +257,8 @@ async fn watch_from(
     dir: &str,
     revision: i64,
 ) -> Result<WatchStream, etcd_client::Error> {
-    let opts = WatchOptions::new()
-        .with_prefix()
-        .with_start_revision(revision + 1);
-    client.watch(dir, Some(opts)).await
+    let opts = WatchOptions::new().with_start_revision(revision + 1);
+    hids_control::read::watch_prefix(client, dir, opts).await
 }
 
 /// Every status, read: hosts without one are offline. Returns the revision read (to

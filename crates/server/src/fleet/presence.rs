@@ -373,10 +373,8 @@ async fn follow_once(
     };
     metrics.fleet.etcd_connected.set(1);
     tracing::info!("etcd presence: {registered} agent(s) registered at revision {revision}");
-    let opts = WatchOptions::new()
-        .with_prefix()
-        .with_start_revision(revision + 1);
-    let mut stream = client.watch(dir.as_str(), Some(opts)).await?;
+    let opts = WatchOptions::new().with_start_revision(revision + 1);
+    let mut stream = hids_control::read::watch_prefix(&client, &dir, opts).await?;
     loop {
         if shutdown.load(Ordering::Relaxed) {
             return Ok(());
