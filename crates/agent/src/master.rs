@@ -496,7 +496,7 @@ impl Master {
         }
         // etcd is written at once only on a real change; counters and resource figures
         // ride along with the periodic refresh and go out in the stats events.
-        self.publisher.publish(&doc);
+        self.publisher.publish(doc);
     }
 
     /// Periodic work is phase-shifted by the host's stagger offset, so a fleet does not

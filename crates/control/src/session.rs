@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
 use crate::hub::{Subscription, WatchHub};
+use crate::publish::StatusValue;
 use crate::sign::{Refusal, TrustedKeys, Verified};
 use crate::{EtcdConfig, Keys};
 
@@ -349,9 +350,9 @@ impl Session {
     }
 
     /// Runs sessions until `shutdown`, reconnecting after every failure.
-    pub async fn run(
+    pub async fn run<S: StatusValue>(
         self,
-        status: watch::Receiver<Vec<u8>>,
+        status: watch::Receiver<S>,
         updates: mpsc::Sender<Update>,
         shutdown: watch::Receiver<bool>,
     ) {
@@ -360,10 +361,10 @@ impl Session {
 
     /// [`Session::run`] on `shared`, a client many sessions use (its connection
     /// re-establishes itself), or on a connection of its own when `None`.
-    pub async fn run_on(
+    pub async fn run_on<S: StatusValue>(
         mut self,
         shared: Option<Arc<Client>>,
-        mut status: watch::Receiver<Vec<u8>>,
+        mut status: watch::Receiver<S>,
         updates: mpsc::Sender<Update>,
         mut shutdown: watch::Receiver<bool>,
     ) {
@@ -417,17 +418,17 @@ impl Session {
     ///
     /// # Errors
     /// Any etcd failure, a lost lease, or a closed stream: the caller reconnects.
-    pub async fn serve(
+    pub async fn serve<S: StatusValue>(
         &mut self,
         client: &mut Client,
-        status: &mut watch::Receiver<Vec<u8>>,
+        status: &mut watch::Receiver<S>,
         updates: &mpsc::Sender<Update>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Exit, SessionError> {
         let host = self.cfg.host_id.clone();
         let mut lease = self.grant_lease(client).await?;
         let mut writes = StatusWrites::new(&self.cfg, lease.id, self.rpc_slots.clone());
-        let value = status.borrow_and_update().clone();
+        let value = status.borrow_and_update().encode();
         writes.put(client, value).await?;
         let first_watch = Box::pin(self.read_and_watch(client, updates));
         let mut watch = first_watch.await?;
@@ -463,7 +464,7 @@ impl Session {
                     writes.dirty = true;
                 }
                 _ = tokio::time::sleep_until(writes.next_put), if writes.dirty => {
-                    let value = status.borrow_and_update().clone();
+                    let value = status.borrow_and_update().encode();
                     writes.due(client, value).await?;
                 }
                 _ = refresh_timer.tick() => writes.dirty = true,
@@ -478,12 +479,14 @@ impl Session {
     }
 
     /// Grants the session's lease and starts the task that keeps it, every TTL/3 from
-    /// the host's stagger offset.
+    /// the host's stagger offset. The TTL is the one granted, as etcd's own client does:
+    /// etcd grants what was asked, a watch gateway (`hids-gateway`) may grant more,
+    /// because it sees an agent's death by its connection rather than by keepalives.
     async fn grant_lease(&self, client: &mut Client) -> Result<Lease, SessionError> {
-        let ttl = self.cfg.lease_ttl.as_secs().max(2) as i64;
+        let asked = self.cfg.lease_ttl.as_secs().max(2) as i64;
         let slots = self.rpc_slots.clone();
-        let grant = timed(slots.clone(), client.lease_grant(ttl, None));
-        let id = grant.await?.id();
+        let grant = timed(slots.clone(), client.lease_grant(asked, None)).await?;
+        let (id, ttl) = (grant.id(), grant.ttl().max(2));
         let keep_alive = timed(slots.clone(), client.lease_keep_alive(id));
         let (keeper, keepalives) = keep_alive.await?;
         let period = Duration::from_secs((ttl / 3).max(1) as u64);

@@ -1,7 +1,8 @@
 //! The simulated hosts: who they are (ids, labels spread like a real fleet's), what
 //! their status documents say, and the task that runs one agent's session, acknowledges
-//! what it applies and publishes its status on every guard sample, through the agent's
-//! own publisher (so only what a real agent would write reaches etcd).
+//! what it applies and publishes its status through the agent's own publisher (so only
+//! what a real agent would write reaches etcd). The guard's figures, which move on every
+//! sample but never count as a change, are filled in when a status is written.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use etcd_client::Client;
-use hids_control::publish::StatusPublisher;
+use hids_control::publish::{Refresh, StatusPublisher};
 use hids_control::session::{Session, Update};
 use hids_control::state::ControlState;
 use hids_types::guard::{GuardConfig, GuardState, GuardStatus};
@@ -211,9 +212,6 @@ pub struct Fleet {
     pub ramp: Arc<Semaphore>,
     /// The latest guard sample (see [`sample_guard`]).
     pub guard: watch::Receiver<GuardStatus>,
-    /// How often each agent publishes its status with the latest sample (staggered
-    /// per host, as the agent's guard ticks are).
-    pub guard_period: Duration,
     /// How simulated plugin updates go.
     pub outcomes: Outcomes,
 }
@@ -224,7 +222,7 @@ fn installed(plugin: &str) -> Option<&'static str> {
 }
 
 /// One virtual agent: the agent's session on a shared client, the agent's own handling
-/// of what the session delivers, and the agent's status publishing on every guard tick.
+/// of what the session delivers, and the agent's status publishing.
 /// Holds a ramp permit until it first registers.
 pub async fn agent(
     i: usize,
@@ -242,21 +240,25 @@ pub async fn agent(
         hash: hids_types::stagger::host_hash(&fleet.profile.host_id(i)),
         outcomes: &fleet.outcomes,
     };
-    let (mut publisher, status_rx) = StatusPublisher::new();
+    // The guard's figures and the time never count as a change: filled in when the
+    // status is written rather than republished on every sample by every agent.
+    let sample = fleet.guard.clone();
+    let refresh: Refresh = Arc::new(move |doc: &mut AgentStatus| {
+        doc.guard = Some(sample.borrow().clone());
+        doc.updated_at = Timestamp::now();
+    });
+    let (publisher, status_rx) = StatusPublisher::new();
+    let mut publisher = publisher.with_refresh(refresh);
     let status = |control: &ControlState, updates: &Updates| {
         let mut s = fleet.profile.status(i, control, &fleet.guard.borrow());
         updates.report(&mut s.plugins, host, SystemTime::now());
         s
     };
-    publisher.publish(&status(&control, &updates));
+    publisher.publish(status(&control, &updates));
     let (updates_tx, mut updates_rx) = mpsc::channel(4);
-    let period = fleet.guard_period;
-    let offset = hids_types::stagger::offset(&fleet.profile.host_id(i), period);
     let consume = async {
         let mut permit = Some(permit);
         let mut online = false;
-        let mut sample = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
-        sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next_phase = updates.next_change(host, SystemTime::now());
             tokio::select! {
@@ -274,13 +276,12 @@ pub async fn agent(
                     control.body = Default::default();
                     control.blob = None;
                 }
-                _ = sample.tick() => {}
                 // A simulated update changes phase: published at once, as the agent does.
                 _ = tokio::time::sleep(next_phase.unwrap_or_default()), if next_phase.is_some() => {}
             }
-            // As the agent does after every update and guard sample: the publisher
-            // decides whether etcd is written now or with the next refresh.
-            publisher.publish(&status(&control, &updates));
+            // As the agent does after every update: the publisher decides whether etcd
+            // is written now or with the next refresh.
+            publisher.publish(status(&control, &updates));
         }
         if online {
             fleet.counters.online.fetch_sub(1, Ordering::Relaxed);
