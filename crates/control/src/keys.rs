@@ -77,6 +77,15 @@ impl Keys {
         format!("{}rollouts/{id}", self.prefix)
     }
 
+    /// `gateways/`: one report per running watch gateway, on the gateway's lease.
+    pub fn gateways(&self) -> String {
+        format!("{}gateways/", self.prefix)
+    }
+
+    pub fn gateway(&self, name: &str) -> String {
+        format!("{}gateways/{name}", self.prefix)
+    }
+
     /// The fleet-wide generation counter.
     pub fn generation(&self) -> String {
         format!("{}meta/generation", self.prefix)

@@ -10,6 +10,7 @@
 
 pub mod connect;
 pub mod credentials;
+pub mod gateways;
 pub mod hex;
 pub mod hub;
 pub mod keys;

@@ -1,0 +1,387 @@
+//! Writes to etcd on the agents' behalf: status puts and presence deletes merged into
+//! transactions of up to 128 operations, all on the gateway's own lease.
+//!
+//! 100,000 acknowledgements of a fleet-wide command are 100,000 puts to etcd when each
+//! agent writes its own (about 12 s of this machine's etcd, docs/benchmarks.md), and
+//! about 800 transactions here. Each key goes to one lane by its hash, and a lane has
+//! one transaction in flight, so two writes of one key land in the order they came.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
+use hids_types::stagger::Backoff;
+use tokio::sync::{mpsc, oneshot, watch};
+use tonic::Status;
+
+/// etcd's default `--max-txn-ops`.
+pub const MAX_TXN_OPS: usize = 128;
+/// Under etcd's default 1.5 MiB request limit, with room for the keys.
+pub const MAX_TXN_BYTES: usize = 1 << 20;
+/// Largest status value taken (the agent keeps its document under 16 KiB).
+pub const MAX_VALUE_BYTES: usize = 32 << 10;
+/// Writes queued per lane: with [`MAX_VALUE_BYTES`], at most 32 MiB a lane.
+const LANE_QUEUE: usize = 1024;
+const TXN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a lane waits for more writes before committing a transaction that is not
+/// full. A fleet-wide command fills transactions at once; the trickle of periodic
+/// status refreshes (100,000 agents every 300 s: 333 a second) would otherwise cost
+/// etcd one transaction, and one disk sync, each (measured: etcd at 23% of a core with
+/// nothing else to do).
+pub const LINGER: Duration = Duration::from_millis(100);
+
+/// One write for etcd.
+enum Op {
+    Put {
+        key: String,
+        value: Vec<u8>,
+        reply: oneshot::Sender<Result<i64, Status>>,
+    },
+    /// Delete the key if it is still on the gateway's lease (a newer gateway may own it).
+    Delete { key: String },
+}
+
+#[derive(Default)]
+pub struct WriterCounters {
+    pub txns: AtomicU64,
+    pub puts: AtomicU64,
+    pub deletes: AtomicU64,
+    /// Transactions tried again (etcd away or overloaded).
+    pub retries: AtomicU64,
+    /// Puts answered with an error, deletes given up.
+    pub failed: AtomicU64,
+}
+
+/// The gateway's own lease in etcd: every status key it writes is on it, so a gateway
+/// that dies takes its agents out of the listing after one TTL, in one revocation.
+pub struct GatewayLease {
+    id: AtomicI64,
+    changed: watch::Sender<i64>,
+}
+
+impl GatewayLease {
+    pub fn new() -> Arc<Self> {
+        Arc::new(GatewayLease {
+            id: AtomicI64::new(0),
+            changed: watch::channel(0).0,
+        })
+    }
+
+    /// The current lease, 0 before the first grant.
+    pub fn id(&self) -> i64 {
+        self.id.load(Ordering::Acquire)
+    }
+
+    pub fn set(&self, id: i64) {
+        self.id.store(id, Ordering::Release);
+        self.changed.send_replace(id);
+    }
+
+    /// Waits for a lease.
+    pub async fn wait(&self) -> i64 {
+        let mut rx = self.changed.subscribe();
+        let id = rx.wait_for(|id| *id != 0).await.map(|id| *id);
+        id.unwrap_or(0)
+    }
+
+    /// etcd said `id` is gone: the keeper grants another (once per lost lease).
+    pub fn lost(&self, id: i64) {
+        let _ = self
+            .id
+            .compare_exchange(id, 0, Ordering::AcqRel, Ordering::Acquire);
+        self.changed.send_if_modified(|cur| {
+            if *cur == id {
+                *cur = 0;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.changed.subscribe()
+    }
+}
+
+pub struct Writer {
+    lanes: Vec<mpsc::Sender<Op>>,
+    pub counters: Arc<WriterCounters>,
+}
+
+impl Writer {
+    /// Starts `lanes` lanes writing through `client` on `lease`.
+    pub fn start(client: &Client, lease: &Arc<GatewayLease>, lanes: usize) -> Writer {
+        let counters = Arc::new(WriterCounters::default());
+        let lanes = (0..lanes.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(LANE_QUEUE);
+                tokio::spawn(lane(rx, client.clone(), lease.clone(), counters.clone()));
+                tx
+            })
+            .collect();
+        Writer { lanes, counters }
+    }
+
+    fn lane(&self, key: &str) -> &mpsc::Sender<Op> {
+        let i = hids_types::stagger::host_hash(key) as usize % self.lanes.len();
+        &self.lanes[i]
+    }
+
+    /// Writes `value` to `key` on the gateway's lease: the revision it was written at.
+    ///
+    /// # Errors
+    /// What etcd said, or UNAVAILABLE when the writer is gone.
+    pub async fn put(&self, key: String, value: Vec<u8>) -> Result<i64, Status> {
+        let (reply, answer) = oneshot::channel();
+        let lane = self.lane(&key);
+        if lane.send(Op::Put { key, value, reply }).await.is_err() {
+            return Err(Status::unavailable("the gateway is shutting down"));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(Status::unavailable("the gateway is shutting down")))
+    }
+
+    /// Deletes `key` if it is still on the gateway's lease.
+    pub async fn delete(&self, key: String) {
+        let _ = self.lane(&key).send(Op::Delete { key }).await;
+    }
+}
+
+/// A transaction being gathered: the last write of each key wins (etcd refuses a key
+/// twice in one transaction), and every waiting put gets the transaction's answer.
+#[derive(Default)]
+struct Batch {
+    slots: Vec<Slot>,
+    index: HashMap<String, usize>,
+    bytes: usize,
+}
+
+struct Slot {
+    key: String,
+    /// `None`: delete.
+    value: Option<Vec<u8>>,
+    replies: Vec<oneshot::Sender<Result<i64, Status>>>,
+}
+
+impl Batch {
+    fn full(&self) -> bool {
+        self.slots.len() >= MAX_TXN_OPS || self.bytes >= MAX_TXN_BYTES
+    }
+
+    fn add(&mut self, op: Op) {
+        let (key, value, reply) = match op {
+            Op::Put { key, value, reply } => (key, Some(value), Some(reply)),
+            Op::Delete { key } => (key, None, None),
+        };
+        self.bytes += key.len() + value.as_ref().map_or(0, Vec::len);
+        if let Some(&i) = self.index.get(&key) {
+            let slot = &mut self.slots[i];
+            slot.value = value;
+            slot.replies.extend(reply);
+            return;
+        }
+        self.index.insert(key.clone(), self.slots.len());
+        self.slots.push(Slot {
+            key,
+            value,
+            replies: reply.into_iter().collect(),
+        });
+    }
+
+    /// Puts nobody waits for any more (the agent timed out and will write again) are
+    /// not worth a write.
+    fn forget_abandoned(&mut self) {
+        self.slots
+            .retain(|s| s.value.is_none() || s.replies.iter().any(|r| !r.is_closed()));
+        self.index = (self.slots.iter().enumerate())
+            .map(|(i, s)| (s.key.clone(), i))
+            .collect();
+    }
+
+    fn txn(&self, lease: i64) -> Txn {
+        let ops: Vec<TxnOp> = self
+            .slots
+            .iter()
+            .map(|s| match &s.value {
+                Some(v) => TxnOp::put(
+                    s.key.clone(),
+                    v.clone(),
+                    Some(PutOptions::new().with_lease(lease)),
+                ),
+                None => TxnOp::txn(
+                    Txn::new()
+                        .when([Compare::lease(s.key.clone(), CompareOp::Equal, lease)])
+                        .and_then([TxnOp::delete(s.key.clone(), None)]),
+                ),
+            })
+            .collect();
+        Txn::new().and_then(ops)
+    }
+
+    fn answer(self, result: &Result<i64, Status>, counters: &WriterCounters) {
+        for slot in self.slots {
+            let counter = match (&slot.value, result) {
+                (_, Err(_)) => &counters.failed,
+                (Some(_), Ok(_)) => &counters.puts,
+                (None, Ok(_)) => &counters.deletes,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            for reply in slot.replies {
+                let _ = reply.send(result.clone());
+            }
+        }
+    }
+}
+
+async fn lane(
+    mut rx: mpsc::Receiver<Op>,
+    client: Client,
+    lease: Arc<GatewayLease>,
+    counters: Arc<WriterCounters>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = Batch::default();
+        batch.add(first);
+        let deadline = tokio::time::Instant::now() + LINGER;
+        while !batch.full() {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(op)) => batch.add(op),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        commit(&client, &lease, batch, &counters).await;
+    }
+}
+
+/// Commits `batch`, retrying while etcd is away or overloaded.
+async fn commit(
+    client: &Client,
+    lease: &GatewayLease,
+    mut batch: Batch,
+    counters: &WriterCounters,
+) {
+    let mut retry = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        let id = lease.wait().await;
+        let mut kv = client.kv_client();
+        let result = tokio::time::timeout(TXN_TIMEOUT, kv.txn(batch.txn(id))).await;
+        let error = match result {
+            Ok(Ok(resp)) => {
+                counters.txns.fetch_add(1, Ordering::Relaxed);
+                let revision = resp.header().map_or(0, |h| h.revision());
+                batch.answer(&Ok(revision), counters);
+                return;
+            }
+            Ok(Err(e)) => e,
+            Err(_) => etcd_client::Error::GRpcStatus(Status::deadline_exceeded("txn timed out")),
+        };
+        if lease_gone(&error) {
+            tracing::warn!("gateway: etcd lost the gateway's lease {id:x}; granting another");
+            lease.lost(id);
+            let status = Status::not_found("etcdserver: requested lease not found");
+            batch.answer(&Err(status), counters);
+            return;
+        }
+        if !transient(&error) {
+            tracing::warn!("gateway: status transaction refused: {error}");
+            batch.answer(&Err(Status::unavailable(error.to_string())), counters);
+            return;
+        }
+        counters.retries.fetch_add(1, Ordering::Relaxed);
+        let delay = retry.failed();
+        tracing::debug!("gateway: status transaction: {error}; again in {delay:?}");
+        tokio::time::sleep(delay).await;
+        batch.forget_abandoned();
+        if batch.slots.is_empty() {
+            return;
+        }
+    }
+}
+
+/// etcd no longer has the lease (expired while the gateway was cut off).
+pub fn lease_gone(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("lease not found"))
+}
+
+/// Worth trying again: etcd overloaded, restarting, without a leader, or unreachable.
+pub fn transient(e: &etcd_client::Error) -> bool {
+    if hids_control::overloaded(e) {
+        return true;
+    }
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Aborted
+            ) || s.message().contains("leader")
+        }
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value: &str) -> (Op, oneshot::Receiver<Result<i64, Status>>) {
+        let (reply, rx) = oneshot::channel();
+        let op = Op::Put {
+            key: key.to_owned(),
+            value: value.as_bytes().to_vec(),
+            reply,
+        };
+        (op, rx)
+    }
+
+    #[test]
+    fn a_key_written_twice_in_one_batch_is_written_once_with_its_last_value() {
+        let mut batch = Batch::default();
+        let (a1, mut r1) = put("k/a", "1");
+        let (a2, mut r2) = put("k/a", "2");
+        let (b, _rb) = put("k/b", "x");
+        batch.add(a1);
+        batch.add(b);
+        batch.add(a2);
+        assert_eq!(batch.slots.len(), 2);
+        assert_eq!(batch.slots[0].value.as_deref(), Some(&b"2"[..]));
+        let counters = WriterCounters::default();
+        batch.answer(&Ok(42), &counters);
+        assert_eq!(r1.try_recv().ok().and_then(|r| r.ok()), Some(42));
+        assert_eq!(r2.try_recv().ok().and_then(|r| r.ok()), Some(42));
+        assert_eq!(counters.puts.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_batch_stops_at_128_operations_or_a_mebibyte() {
+        let mut batch = Batch::default();
+        let mut waiting = Vec::new();
+        for i in 0..MAX_TXN_OPS {
+            assert!(!batch.full());
+            let (op, rx) = put(&format!("k/{i}"), "v");
+            batch.add(op);
+            waiting.push(rx);
+        }
+        assert!(batch.full());
+        let mut big = Batch::default();
+        let (op, _rx) = put("k/big", &"x".repeat(MAX_TXN_BYTES));
+        big.add(op);
+        assert!(big.full());
+    }
+
+    #[test]
+    fn abandoned_puts_are_dropped_but_deletes_kept() {
+        let mut batch = Batch::default();
+        let (a, ra) = put("k/a", "1");
+        batch.add(a);
+        batch.add(Op::Delete { key: "k/b".into() });
+        drop(ra);
+        batch.forget_abandoned();
+        assert_eq!(batch.slots.len(), 1);
+        assert!(batch.slots[0].value.is_none());
+    }
+}
