@@ -29,8 +29,12 @@ pub struct GatewayReport {
     /// Desired states cached, and the etcd revision the cache is complete up to.
     pub desired: u64,
     pub revision: i64,
-    /// Seconds since the Unix epoch when the gateway started.
+    /// Seconds since the Unix epoch when the gateway started, and when it wrote this.
     pub started_unix: u64,
+    pub reported_unix: u64,
+    /// How often it writes this report: one older than three of these is stale (the
+    /// gateway is gone; the report leaves with its lease).
+    pub report_interval_secs: u64,
     /// Status transactions committed, and puts and deletes in them.
     pub txns: u64,
     pub puts: u64,
@@ -43,4 +47,12 @@ pub struct GatewayReport {
     /// Watch responses that found their stream full (the stream was closed and its
     /// agents watched again).
     pub watch_overflows: u64,
+}
+
+impl GatewayReport {
+    /// Written more than three report intervals before `now_unix`: its gateway is
+    /// gone or cut off from etcd.
+    pub fn stale(&self, now_unix: u64) -> bool {
+        now_unix.saturating_sub(self.reported_unix) > 3 * self.report_interval_secs.max(1)
+    }
 }

@@ -24,11 +24,13 @@ pub enum Exit {
     /// (failures or rollbacks over `--max-failure-percent`, or a wave timed out with
     /// hosts pending); later waves were not written.
     RolloutHalted,
+    /// `gateways`: a gateway's report differs from the status keys on its lease.
+    Inconsistent,
 }
 
 impl Exit {
     /// Every code, in the order `--help` lists them.
-    const ALL: [Exit; 7] = [
+    const ALL: [Exit; 8] = [
         Exit::Success,
         Exit::Error,
         Exit::Usage,
@@ -36,6 +38,7 @@ impl Exit {
         Exit::NotAllApplied,
         Exit::NothingFound,
         Exit::RolloutHalted,
+        Exit::Inconsistent,
     ];
 
     /// The process exit status. Values are a contract with scripts: never renumber.
@@ -48,6 +51,7 @@ impl Exit {
             Exit::NotAllApplied => 4,
             Exit::NothingFound => 5,
             Exit::RolloutHalted => 6,
+            Exit::Inconsistent => 7,
         }
     }
 
@@ -62,6 +66,9 @@ impl Exit {
             Exit::RolloutHalted => {
                 "rollout: halted (too many failures or rollbacks, or a wave timed out); \
                  later waves not written"
+            }
+            Exit::Inconsistent => {
+                "gateways: a gateway's report differs from the status keys on its lease"
             }
         }
     }
@@ -91,7 +98,7 @@ mod tests {
         let help = Exit::help();
         let mut codes: Vec<u8> = Exit::ALL.iter().map(|e| e.code()).collect();
         codes.dedup();
-        assert_eq!(codes, [0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(codes, [0, 1, 2, 3, 4, 5, 6, 7]);
         for exit in Exit::ALL {
             assert!(help.contains(&format!("  {}  ", exit.code())), "{help}");
         }

@@ -28,6 +28,7 @@ mod bootstrap;
 mod enroll;
 mod exit;
 mod fleet;
+mod gateways;
 mod progress;
 mod push;
 mod reconcile;
@@ -95,6 +96,12 @@ enum Command {
         /// Only agents whose labels match, e.g. 'env=prod,idc in (bj,sh)'.
         #[arg(long)]
         selector: Option<Selector>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Watch gateways (hids-gateway) and the agents each serves, checked against the
+    /// status keys etcd holds on each gateway's lease (exit 7 when they differ).
+    Gateways {
         #[arg(long)]
         json: bool,
     },
@@ -544,6 +551,7 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Agents { selector, json } => {
             fleet::agents(&mut connect().await?, &keys, selector.as_ref(), json).await
         }
+        Command::Gateways { json } => gateways::gateways(&mut connect().await?, &keys, json).await,
         Command::Stats { by, json } => fleet::stats(&mut connect().await?, &keys, &by, json).await,
         Command::Rollout { command } => {
             rollout_command(&mut connect().await?, &keys, command).await

@@ -109,6 +109,7 @@ pub struct Gateway {
     pub upstream: etcd_client::Client,
     /// Shortest TTL granted to an agent lease, in seconds.
     pub agent_lease_ttl: i64,
+    pub report_interval: std::time::Duration,
     started: SystemTime,
 }
 
@@ -121,6 +122,8 @@ pub struct Settings {
     pub blob_cache_bytes: usize,
     /// Shortest TTL granted to an agent lease (an agent asking for more gets more).
     pub agent_lease_ttl: std::time::Duration,
+    /// How often the gateway writes its report under `gateways/`.
+    pub report_interval: std::time::Duration,
 }
 
 impl Gateway {
@@ -145,6 +148,7 @@ impl Gateway {
             counters: Counters::default(),
             upstream,
             agent_lease_ttl: settings.agent_lease_ttl.as_secs() as i64,
+            report_interval: settings.report_interval,
             started: SystemTime::now(),
         })
     }
@@ -181,10 +185,9 @@ impl Gateway {
             connections: load(&self.counters.connections),
             desired: desired as u64,
             revision: self.cache.revision(),
-            started_unix: self
-                .started
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            started_unix: unix_secs(self.started),
+            reported_unix: unix_secs(SystemTime::now()),
+            report_interval_secs: self.report_interval.as_secs(),
             txns: load(&w.txns),
             puts: load(&w.puts),
             deletes: load(&w.deletes),
@@ -194,6 +197,11 @@ impl Gateway {
             watch_overflows: load(&self.cache.counters.overflowed),
         }
     }
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -158,6 +158,7 @@ async fn run(cli: Cli) -> Result<(), (u8, anyhow::Error)> {
             lanes: cli.lanes,
             blob_cache_bytes: cli.blob_cache_bytes,
             agent_lease_ttl: cli.agent_lease_ttl,
+            report_interval: cli.report_interval,
         },
         client.clone(),
     );
