@@ -47,20 +47,31 @@ class Etcd:
 
     def __init__(self, tmp, flags=()):
         self.dir = tempfile.mkdtemp(dir=tmp, prefix="etcd-")
-        port, peer = free_port(), free_port()
+        port, self.peer = free_port(), free_port()
         self.url = f"http://127.0.0.1:{port}"
+        self.flags = list(flags)
+        self._spawn()
+
+    def _spawn(self):
+        peer = f"http://127.0.0.1:{self.peer}"
         self.proc = subprocess.Popen(
             ["etcd", "--data-dir", self.dir, "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-             "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls",
-             f"http://127.0.0.1:{peer}", "--initial-cluster", f"default=http://127.0.0.1:{peer}"] + list(flags),
+             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", f"default={peer}"] + self.flags,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(100):
+        for _ in range(300):
             try:
                 self.metrics()
                 return
             except OSError:
                 time.sleep(0.1)
         raise SystemExit("etcd did not start")
+
+    def restart(self):
+        """Stops etcd (SIGTERM) and starts it again on its data: leases and keys kept."""
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+        self._spawn()
 
     def metrics(self):
         with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:

@@ -25,12 +25,16 @@ pub const MAX_VALUE_BYTES: usize = 32 << 10;
 /// Writes queued per lane: with [`MAX_VALUE_BYTES`], at most 32 MiB a lane.
 const LANE_QUEUE: usize = 1024;
 const TXN_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a lane waits for more writes before committing a transaction that is not
-/// full. A fleet-wide command fills transactions at once; the trickle of periodic
-/// status refreshes (100,000 agents every 300 s: 333 a second) would otherwise cost
-/// etcd one transaction, and one disk sync, each (measured: etcd at 23% of a core with
-/// nothing else to do).
+/// How long a lane waits for more writes while it has fewer than [`MIN_BATCH`]. The
+/// trickle of periodic status refreshes (100,000 agents every 300 s: 333 a second)
+/// would otherwise cost etcd one transaction, and one disk sync, each (measured: etcd
+/// at 23% of a core with nothing else to do).
 pub const LINGER: Duration = Duration::from_millis(100);
+/// Writes that make a transaction worth committing without waiting longer. During a
+/// fleet-wide command they come within milliseconds; waiting the whole [`LINGER`] for
+/// every transaction instead held each acknowledgement 100 ms, and a process speaking
+/// for 10,000 agents on one connection (256 requests in flight) to 1,700 a second.
+pub const MIN_BATCH: usize = 16;
 
 /// One write for etcd.
 enum Op {
@@ -248,9 +252,14 @@ async fn lane(
         batch.add(first);
         let deadline = tokio::time::Instant::now() + LINGER;
         while !batch.full() {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(op)) => batch.add(op),
-                Ok(None) | Err(_) => break,
+            let next = if batch.slots.len() >= MIN_BATCH {
+                rx.try_recv().ok()
+            } else {
+                tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten()
+            };
+            match next {
+                Some(op) => batch.add(op),
+                None => break,
             }
         }
         commit(&client, &lease, batch, &counters).await;
