@@ -97,6 +97,27 @@ pub enum ConnectError {
 }
 
 impl EtcdConfig {
+    /// The same settings with one endpoint: the `attempt`-th after `hash(host_id) mod n`.
+    /// A session talks to one endpoint at a time. etcd's client spreads requests over
+    /// every endpoint it is given, which suits the members of one etcd cluster (a lease
+    /// is the cluster's) but not watch gateways: an agent's lease lives in the gateway
+    /// that granted it, and a keepalive sent to another is answered "not found". One
+    /// endpoint per session, moving to the next after a failure, also spreads a fleet
+    /// over its gateways by host.
+    #[must_use]
+    pub fn one_endpoint(&self, host_id: &str, attempt: u32) -> EtcdConfig {
+        let n = self.endpoints.len();
+        if n <= 1 {
+            return self.clone();
+        }
+        let first = hids_types::stagger::bucket(host_id, n as u64) as usize;
+        let i = (first + attempt as usize) % n;
+        EtcdConfig {
+            endpoints: vec![self.endpoints[i].clone()],
+            ..self.clone()
+        }
+    }
+
     /// Connects (with HTTP/2 keepalives, so a dead connection is noticed within seconds).
     ///
     /// # Errors
@@ -130,5 +151,31 @@ impl EtcdConfig {
                 endpoints: self.endpoints.join(","),
                 source,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_uses_one_endpoint_chosen_by_host_and_moves_on_after_a_failure() {
+        let cfg = EtcdConfig {
+            endpoints: vec!["http://a".into(), "http://b".into(), "http://c".into()],
+            ..Default::default()
+        };
+        let first = cfg.one_endpoint("web-1", 0).endpoints;
+        assert_eq!(first.len(), 1);
+        assert_eq!(
+            cfg.one_endpoint("web-1", 0).endpoints,
+            first,
+            "stable per host"
+        );
+        assert_ne!(cfg.one_endpoint("web-1", 1).endpoints, first);
+        assert_eq!(cfg.one_endpoint("web-1", 3).endpoints, first);
+        let spread: std::collections::BTreeSet<_> = (0..100)
+            .map(|i| cfg.one_endpoint(&format!("h{i}"), 0).endpoints[0].clone())
+            .collect();
+        assert_eq!(spread.len(), 3, "hosts spread over every endpoint");
     }
 }

@@ -42,11 +42,23 @@ pub struct GatewayReport {
     /// Writes failed or given up, and transactions retried.
     pub write_failures: u64,
     pub write_retries: u64,
-    /// Agent leases that expired (their agents stopped keeping them alive).
+    /// Agent leases that ended unrenewed or with their connection.
     pub expired: u64,
-    /// Watch responses that found their stream full (the stream was closed and its
-    /// agents watched again).
+    /// Agent watches whose stream was full when a response came (the stream was
+    /// closed; its agents' sessions end and register again).
     pub watch_overflows: u64,
+    /// Agent keepalive streams open; desired-state events taken from etcd and watch
+    /// responses sent to agents; blobs read from etcd and blobs forgotten for room.
+    #[serde(default)]
+    pub keepalive_streams: u64,
+    #[serde(default)]
+    pub events: u64,
+    #[serde(default)]
+    pub delivered: u64,
+    #[serde(default)]
+    pub blob_reads: u64,
+    #[serde(default)]
+    pub blob_evicted: u64,
 }
 
 impl GatewayReport {

@@ -379,7 +379,11 @@ impl Session {
             let client: Result<Box<Client>, String> = match &shared {
                 Some(client) => Ok(Box::new(Client::clone(client))),
                 None => {
-                    let connect = Box::pin(self.cfg.etcd.connect());
+                    let etcd = self
+                        .cfg
+                        .etcd
+                        .one_endpoint(&self.cfg.host_id, retry.failures());
+                    let connect = Box::pin(async move { etcd.connect().await });
                     connect.await.map(Box::new).map_err(|e| e.to_string())
                 }
             };

@@ -90,9 +90,9 @@ async fn summarize(client: &mut Client, keys: &Keys) -> anyhow::Result<Summary> 
         },
     )
     .await?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    // Clocks are compared: the gateways' and this host's must agree within a few
+    // seconds (NTP), or every report looks stale.
+    let now = hids_types::Timestamp::now().unix_secs().max(0) as u64;
     let gateways: Vec<Row> = reports
         .into_iter()
         .map(|report| {

@@ -61,6 +61,13 @@ impl StreamOut {
         self.overflowed.store(true, Ordering::Relaxed);
         false
     }
+
+    /// Ends the stream with an error at its next poll (woken by an empty response that
+    /// is never sent).
+    fn end(&self) {
+        self.overflowed.store(true, Ordering::Relaxed);
+        let _ = self.tx.try_send(PbWatchResponse::default());
+    }
 }
 
 /// The responses of one watch stream, as tonic sends them; ends with
@@ -81,7 +88,8 @@ impl tokio_stream::Stream for Outgoing {
         if self.out.overflowed.load(Ordering::Relaxed) {
             self.done = true;
             return Poll::Ready(Some(Err(Status::resource_exhausted(
-                "watch stream fell behind the gateway's queue; watch again",
+                "watch stream closed by the gateway (it fell behind, or the gateway's \
+                 etcd lease was lost); watch again",
             ))));
         }
         self.rx.poll_recv(cx).map(|r| r.map(Ok))
@@ -279,6 +287,21 @@ impl Cache {
             self.deliver(&mut inner, &header, event);
         }
         inner.revision = inner.revision.max(revision);
+    }
+
+    /// Ends every agent watch stream (their sessions end and register again) and
+    /// forgets their watches: how many streams.
+    pub fn end_all_streams(&self) -> usize {
+        let mut inner = self.lock();
+        let mut streams = std::collections::HashSet::new();
+        for sub in inner.watchers.values().flatten() {
+            if streams.insert(sub.out.id) {
+                sub.out.end();
+            }
+        }
+        inner.watchers.clear();
+        inner.watches = 0;
+        streams.len()
     }
 
     /// Moves the cache's revision on (an etcd progress notification: nothing changed

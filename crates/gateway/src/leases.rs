@@ -10,8 +10,10 @@
 //! key is deleted in etcd (if no newer lease of the same host owns it by then).
 //!
 //! A lease also belongs to the connection that granted it, and ends when that
-//! connection closes: an agent killed with `-9` leaves the listing within a second, a
-//! host that vanished within the gateway's HTTP/2 keepalive (40 s), whatever its TTL.
+//! connection closes: an agent killed with `-9` leaves the listing within about two
+//! seconds (the next expiry pass and a transaction), a host that vanished within the
+//! gateway's HTTP/2 keepalive (40 s), whatever its TTL. Only that connection may renew,
+//! revoke or write with the lease.
 //! That is why the gateway can grant long TTLs (`--agent-lease-ttl`), and the agents,
 //! renewing at a third of the TTL granted, send few keepalives.
 
@@ -89,9 +91,19 @@ impl Leases {
         (id, ttl)
     }
 
-    /// Renews `id`: its TTL, or 0 when it is unknown (expired, revoked, another run's).
-    pub fn keep_alive(&mut self, id: i64, now: Instant) -> i64 {
-        match self.by_id.get_mut(&id) {
+    /// `id` as `connection` may use it: granted on that connection and not yet past
+    /// its deadline. Another connection's lease is "not found" to it: ids are
+    /// guessable, and one agent must not renew, end or write with another's lease.
+    fn usable(&mut self, id: i64, connection: u64, now: Instant) -> Option<&mut AgentLease> {
+        self.by_id
+            .get_mut(&id)
+            .filter(|l| l.connection == connection && l.expires > now)
+    }
+
+    /// Renews `id`: its TTL, or 0 when it is unknown (expired, revoked, another run's
+    /// or another connection's).
+    pub fn keep_alive(&mut self, id: i64, connection: u64, now: Instant) -> i64 {
+        match self.usable(id, connection, now) {
             Some(lease) => {
                 lease.expires = now + ttl_duration(lease.ttl);
                 lease.ttl
@@ -101,19 +113,27 @@ impl Leases {
     }
 
     /// (TTL left in seconds, granted TTL, key) of `id`.
-    pub fn time_to_live(&self, id: i64, now: Instant) -> Option<(i64, i64, Option<&str>)> {
-        self.by_id.get(&id).map(|l| {
+    pub fn time_to_live(
+        &mut self,
+        id: i64,
+        connection: u64,
+        now: Instant,
+    ) -> Option<(i64, i64, Option<String>)> {
+        self.usable(id, connection, now).map(|l| {
             let left = l.expires.saturating_duration_since(now).as_secs() as i64;
-            (left, l.ttl, l.key.as_deref())
+            (left, l.ttl, l.key.clone())
         })
     }
 
     /// Ties `key` to `id` (a lease writes one key), and makes `id` the key's owner.
     ///
     /// # Errors
-    /// An unknown lease, or one already tied to another key.
-    pub fn bind(&mut self, id: i64, key: &str) -> Result<(), LeaseError> {
-        let lease = self.by_id.get_mut(&id).ok_or(LeaseError::NotFound)?;
+    /// An unknown lease (or another connection's), or one tied to another key.
+    pub fn bind(&mut self, id: i64, connection: u64, key: &str) -> Result<(), LeaseError> {
+        let now = Instant::now();
+        let lease = self
+            .usable(id, connection, now)
+            .ok_or(LeaseError::NotFound)?;
         match &lease.key {
             Some(bound) if bound != key => {
                 return Err(LeaseError::OtherKey {
@@ -129,13 +149,22 @@ impl Leases {
         Ok(())
     }
 
-    /// Ends `id`: the key to delete in etcd, if it still owned one. `Err` when unknown.
+    /// Ends `id`: the key to delete in etcd, if it still owned one.
     ///
     /// # Errors
-    /// An unknown lease.
-    pub fn revoke(&mut self, id: i64) -> Result<Option<String>, LeaseError> {
+    /// An unknown lease, or another connection's.
+    pub fn revoke(&mut self, id: i64, connection: u64) -> Result<Option<String>, LeaseError> {
+        match self.by_id.get(&id) {
+            Some(l) if l.connection == connection => {}
+            _ => return Err(LeaseError::NotFound),
+        }
         let lease = self.by_id.remove(&id).ok_or(LeaseError::NotFound)?;
         Ok(self.release(id, lease))
+    }
+
+    /// Whether some live lease owns `key`.
+    pub fn owned(&self, key: &str) -> bool {
+        self.owner.contains_key(key)
     }
 
     /// Ends every lease past its deadline: the keys they still owned.
@@ -217,14 +246,14 @@ mod tests {
         let t0 = Instant::now();
         let (id, ttl) = leases.grant(60, 1, t0);
         assert_eq!(ttl, 60);
-        leases.bind(id, "agents/a").unwrap();
-        assert_eq!(leases.keep_alive(id, t0 + Duration::from_secs(50)), 60);
+        leases.bind(id, 1, "agents/a").unwrap();
+        assert_eq!(leases.keep_alive(id, 1, t0 + Duration::from_secs(50)), 60);
         assert!(leases.expire(t0 + Duration::from_secs(100)).is_empty());
         assert_eq!(
             leases.expire(t0 + Duration::from_secs(111)),
             vec!["agents/a"]
         );
-        assert_eq!(leases.keep_alive(id, t0 + Duration::from_secs(112)), 0);
+        assert_eq!(leases.keep_alive(id, 1, t0 + Duration::from_secs(112)), 0);
         assert_eq!(leases.agents(), 0);
     }
 
@@ -232,13 +261,21 @@ mod tests {
     fn a_lease_speaks_for_one_key_only() {
         let mut leases = Leases::new(7);
         let (id, _) = leases.grant(60, 1, Instant::now());
-        leases.bind(id, "agents/a").unwrap();
-        leases.bind(id, "agents/a").unwrap();
+        leases.bind(id, 1, "agents/a").unwrap();
+        leases.bind(id, 1, "agents/a").unwrap();
         assert!(matches!(
-            leases.bind(id, "agents/b"),
+            leases.bind(id, 1, "agents/b"),
             Err(LeaseError::OtherKey { .. })
         ));
-        assert_eq!(leases.bind(id + 1, "agents/b"), Err(LeaseError::NotFound));
+        assert_eq!(
+            leases.bind(id + 1, 1, "agents/b"),
+            Err(LeaseError::NotFound)
+        );
+        assert_eq!(
+            leases.bind(id, 2, "agents/a"),
+            Err(LeaseError::NotFound),
+            "another connection cannot use it"
+        );
     }
 
     #[test]
@@ -246,13 +283,14 @@ mod tests {
         let mut leases = Leases::new(7);
         let t0 = Instant::now();
         let (old, _) = leases.grant(10, 1, t0);
-        leases.bind(old, "agents/a").unwrap();
+        leases.bind(old, 1, "agents/a").unwrap();
         let (new, _) = leases.grant(60, 1, t0);
-        leases.bind(new, "agents/a").unwrap();
+        leases.bind(new, 1, "agents/a").unwrap();
         assert!(leases.expire(t0 + Duration::from_secs(11)).is_empty());
         assert_eq!(leases.agents(), 1);
-        assert_eq!(leases.revoke(new), Ok(Some("agents/a".to_owned())));
-        assert_eq!(leases.revoke(new), Err(LeaseError::NotFound));
+        assert_eq!(leases.revoke(new, 2), Err(LeaseError::NotFound));
+        assert_eq!(leases.revoke(new, 1), Ok(Some("agents/a".to_owned())));
+        assert_eq!(leases.revoke(new, 1), Err(LeaseError::NotFound));
     }
 
     #[test]
@@ -261,11 +299,16 @@ mod tests {
         let t0 = Instant::now();
         let (a, _) = leases.grant(600, 1, t0);
         let (b, _) = leases.grant(600, 2, t0);
-        leases.bind(a, "agents/a").unwrap();
-        leases.bind(b, "agents/b").unwrap();
+        leases.bind(a, 1, "agents/a").unwrap();
+        leases.bind(b, 2, "agents/b").unwrap();
         assert_eq!(leases.connection_closed(1, t0), 1);
         assert_eq!(leases.expire(t0), vec!["agents/a"]);
-        assert_eq!(leases.keep_alive(b, t0), 600);
+        assert_eq!(leases.keep_alive(b, 2, t0), 600);
+        assert_eq!(
+            leases.keep_alive(b, 1, t0),
+            0,
+            "not from another connection"
+        );
         assert_eq!(leases.connection_closed(1, t0), 0);
     }
 

@@ -195,13 +195,17 @@ impl Gateway {
             write_retries: load(&w.retries),
             expired: load(&self.counters.expired),
             watch_overflows: load(&self.cache.counters.overflowed),
+            keepalive_streams: load(&self.counters.keepalive_streams),
+            events: load(&self.cache.counters.events),
+            delivered: load(&self.cache.counters.delivered),
+            blob_reads: load(&self.counters.blob_reads),
+            blob_evicted: load(&self.counters.blob_evicted),
         }
     }
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    hids_types::Timestamp(t).unix_secs().max(0) as u64
 }
 
 #[cfg(test)]

@@ -133,7 +133,25 @@ fn settings(cli: &Cli) -> anyhow::Result<EtcdSettings> {
     })
 }
 
+/// Raises the open-files limit to its hard limit: every agent holds a connection, and
+/// the usual soft limit (1,024) would refuse the 1,025th.
+fn raise_open_files() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::info!("open files: up to {:?}", limit.maximum),
+        Err(e) => {
+            tracing::warn!("open files: cannot raise the limit ({e}); it caps the agents served")
+        }
+    }
+}
+
 async fn run(cli: Cli) -> Result<(), (u8, anyhow::Error)> {
+    raise_open_files();
     let usage = |e: anyhow::Error| (EXIT_USAGE, e);
     let etcd = settings(&cli)
         .map_err(usage)?

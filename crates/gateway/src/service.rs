@@ -21,6 +21,8 @@ use crate::Gateway;
 /// Keepalive answers queued per stream (a stream carries one lease per agent; a process
 /// speaking for many agents opens many streams).
 const KEEPALIVE_QUEUE: usize = 64;
+/// A blob read passed on to etcd gives up after this (the agent retries, staggered).
+const BLOB_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct Services {
@@ -50,12 +52,12 @@ impl Services {
         Some(self.gw.cache.header())
     }
 
-    /// The host of a single `desired/<id>` key.
+    /// The host of a single `desired/<id>` key with a valid host id.
     fn desired_host<'a>(&self, key: &'a [u8], range_end: &[u8]) -> Option<&'a str> {
         if !range_end.is_empty() {
             return None;
         }
-        self.gw.keys.host_of(&self.gw.keys.desired_dir(), key)
+        valid_host(self.gw.keys.host_of(&self.gw.keys.desired_dir(), key))
     }
 
     async fn read_blob(&self, key: Vec<u8>) -> Result<Vec<PbKeyValue>, Status> {
@@ -70,7 +72,10 @@ impl Services {
         }
         self.gw.counters.blob_reads.fetch_add(1, Ordering::Relaxed);
         let mut kv = self.gw.upstream.kv_client();
-        let resp = kv.get(key.clone(), None).await.map_err(upstream_status)?;
+        let resp = tokio::time::timeout(BLOB_READ_TIMEOUT, kv.get(key.clone(), None))
+            .await
+            .map_err(|_| Status::unavailable("etcd did not answer the blob read; try again"))?
+            .map_err(upstream_status)?;
         let Some(found) = resp.0.kvs.into_iter().next() else {
             return Ok(Vec::new());
         };
@@ -87,6 +92,17 @@ impl Services {
             .fetch_add(evicted, Ordering::Relaxed);
         Ok(vec![found])
     }
+}
+
+/// A host id that can be a key (bounded, plain characters): a 4 MiB key name would
+/// push a whole transaction of other agents' writes past etcd's request limit.
+fn valid_host(host: Option<&str>) -> Option<&str> {
+    host.filter(|h| hids_control::keys::check_host_id(h).is_ok())
+}
+
+/// The connection a request came on (its leases are its own).
+fn connection<T>(request: &Request<T>) -> u64 {
+    request.extensions().get::<ConnInfo>().map_or(0, |c| c.id)
 }
 
 fn blob_kv(key: Vec<u8>, value: &[u8]) -> PbKeyValue {
@@ -138,11 +154,7 @@ impl PbKvService for Services {
             };
             return Ok(Response::new(strip(resp, &req)));
         } else if req.range_end.is_empty()
-            && self
-                .gw
-                .keys
-                .host_of(&self.gw.keys.blobs(), &req.key)
-                .is_some()
+            && valid_host(self.gw.keys.host_of(&self.gw.keys.blobs(), &req.key)).is_some()
         {
             self.read_blob(req.key.clone()).await?
         } else {
@@ -171,8 +183,9 @@ impl PbKvService for Services {
 
     async fn put(&self, request: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
         self.ready()?;
+        let connection = connection(&request);
         let req = request.into_inner();
-        let Some(host) = self.gw.keys.host_of(&self.gw.keys.agents(), &req.key) else {
+        let Some(host) = valid_host(self.gw.keys.host_of(&self.gw.keys.agents(), &req.key)) else {
             return Err(not_served("a write outside agents/<host_id>"));
         };
         if req.lease == 0 {
@@ -189,9 +202,14 @@ impl PbKvService for Services {
         let key = self.gw.keys.agent(host);
         self.gw
             .agent_leases()
-            .bind(req.lease, &key)
+            .bind(req.lease, connection, &key)
             .map_err(lease_status)?;
-        let revision = self.gw.writer.put(key, req.value).await?;
+        let revision = self.gw.writer.put(key.clone(), req.value).await?;
+        // The lease may have ended while the write waited for its transaction, and its
+        // delete gone ahead of the write: take the key out again.
+        if !self.gw.agent_leases().owned(&key) {
+            self.gw.writer.delete(key).await;
+        }
         let header = PbResponseHeader {
             revision,
             ..self.gw.cache.header()
@@ -321,7 +339,7 @@ impl PbLeaseService for Services {
         request: Request<PbLeaseGrantRequest>,
     ) -> Result<Response<PbLeaseGrantResponse>, Status> {
         self.ready()?;
-        let connection = request.extensions().get::<ConnInfo>().map_or(0, |c| c.id);
+        let connection = connection(&request);
         let ttl = request.into_inner().ttl.max(self.gw.agent_lease_ttl);
         let (id, ttl) = self
             .gw
@@ -339,8 +357,13 @@ impl PbLeaseService for Services {
         &self,
         request: Request<PbLeaseRevokeRequest>,
     ) -> Result<Response<PbLeaseRevokeResponse>, Status> {
+        let connection = connection(&request);
         let id = request.into_inner().id;
-        let key = self.gw.agent_leases().revoke(id).map_err(lease_status)?;
+        let key = self
+            .gw
+            .agent_leases()
+            .revoke(id, connection)
+            .map_err(lease_status)?;
         if let Some(key) = key {
             self.gw.writer.delete(key).await;
         }
@@ -357,13 +380,16 @@ impl PbLeaseService for Services {
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         let (tx, rx) = mpsc::channel(KEEPALIVE_QUEUE);
         let gw = self.gw.clone();
+        let connection = connection(&request);
         let mut requests = request.into_inner();
         tokio::spawn(async move {
             gw.counters
                 .keepalive_streams
                 .fetch_add(1, Ordering::Relaxed);
             while let Ok(Some(req)) = requests.message().await {
-                let ttl = gw.agent_leases().keep_alive(req.id, Instant::now());
+                let ttl = gw
+                    .agent_leases()
+                    .keep_alive(req.id, connection, Instant::now());
                 let resp = PbLeaseKeepAliveResponse {
                     header: Some(gw.cache.header()),
                     id: req.id,
@@ -384,19 +410,19 @@ impl PbLeaseService for Services {
         &self,
         request: Request<PbLeaseTimeToLiveRequest>,
     ) -> Result<Response<PbLeaseTimeToLiveResponse>, Status> {
+        let connection = connection(&request);
         let req = request.into_inner();
-        let leases = self.gw.agent_leases();
-        let (ttl, granted_ttl, keys) = match leases.time_to_live(req.id, Instant::now()) {
+        let found = (self.gw.agent_leases()).time_to_live(req.id, connection, Instant::now());
+        let (ttl, granted_ttl, keys) = match found {
             Some((left, granted, key)) => {
                 let keys = match (req.keys, key) {
-                    (true, Some(k)) => vec![k.as_bytes().to_vec()],
+                    (true, Some(k)) => vec![k.into_bytes()],
                     _ => Vec::new(),
                 };
                 (left, granted, keys)
             }
             None => (-1, 0, Vec::new()),
         };
-        drop(leases);
         Ok(Response::new(PbLeaseTimeToLiveResponse {
             header: self.header(),
             id: req.id,

@@ -65,7 +65,9 @@ pub async fn follow_desired(gw: Arc<Gateway>, client: Client) {
 async fn read_desired(gw: &Gateway, client: &Client) -> Result<(), etcd_client::Error> {
     let dir = gw.keys.desired_dir();
     let end = hids_control::keys::prefix_end(&dir);
-    let mut kv = client.kv_client();
+    let mut kv = client
+        .kv_client()
+        .max_decoding_message_size(hids_control::read::WATCH_MESSAGE_BYTES);
     let mut from = dir.as_bytes().to_vec();
     let mut revision = 0;
     let mut kvs = Vec::new();
@@ -135,14 +137,28 @@ async fn watch_desired(gw: &Gateway, client: &Client) -> Gap {
                 resp.cancel_reason
             )));
         }
-        let revision = resp.header.as_ref().map_or(0, |h| h.revision);
         if let Some(h) = &resp.header {
             gw.cache.set_cluster(h.cluster_id, h.member_id, h.raft_term);
         }
-        if resp.events.is_empty() {
-            gw.cache.progress(revision);
-        } else {
-            gw.cache.apply(resp.events, revision);
+        // The header's revision is etcd's current one, not how far this watch got: a
+        // `created` answer and the batches of a watch catching up carry it too. Taken
+        // as the cache's revision, a break during the catch-up would resume past events
+        // never applied. Only a progress notification (sent to a caught-up watcher)
+        // vouches for it; otherwise the cache is as far as its last event.
+        if resp.created {
+            continue;
+        }
+        match resp
+            .events
+            .iter()
+            .filter_map(|e| e.kv.as_ref())
+            .map(|kv| kv.mod_revision)
+            .max()
+        {
+            Some(last) => gw.cache.apply(resp.events, last),
+            None => gw
+                .cache
+                .progress(resp.header.as_ref().map_or(0, |h| h.revision)),
         }
     }
 }
@@ -166,8 +182,13 @@ pub async fn keep_gateway_lease(gw: Arc<Gateway>, client: Client, ttl: Duration)
                 Ok(r) => {
                     let dropped = gw.agent_leases().clear();
                     if dropped > 0 {
+                        // Their keys went with the old lease: end their sessions now
+                        // (not at their next keepalive, up to 200 s away) so they
+                        // register again within seconds.
+                        let streams = gw.cache.end_all_streams();
                         tracing::warn!(
-                            "gateway: new etcd lease {:x}: {dropped} agents register again",
+                            "gateway: new etcd lease {:x}: {dropped} agent leases dropped, \
+                             {streams} watch streams closed; the agents register again",
                             r.id()
                         );
                     }
@@ -184,7 +205,12 @@ pub async fn keep_gateway_lease(gw: Arc<Gateway>, client: Client, ttl: Duration)
             },
             id => id,
         };
-        match renew(&mut lease, id, period).await {
+        let renewed = tokio::select! {
+            r = renew(&mut lease, id, period) => r,
+            // The writer found the lease gone first: grant the next one now.
+            _ = lost(&gw, id) => Ok(()),
+        };
+        match renewed {
             Err(e) if lease_gone(&e) => gw.lease.lost(id),
             Err(e) if transient(&e) => {
                 let delay = retry.failed();
@@ -198,6 +224,12 @@ pub async fn keep_gateway_lease(gw: Arc<Gateway>, client: Client, ttl: Duration)
             Ok(()) => {}
         }
     }
+}
+
+/// Resolves once the gateway's lease is no longer `id`.
+async fn lost(gw: &Gateway, id: i64) {
+    let mut changed = gw.lease.subscribe();
+    let _ = changed.wait_for(|current| *current != id).await;
 }
 
 /// Renews `id` every `period` on one keepalive stream until it fails.

@@ -255,7 +255,10 @@ async fn lane(
             let next = if batch.slots.len() >= MIN_BATCH {
                 rx.try_recv().ok()
             } else {
-                tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten()
+                tokio::time::timeout_at(deadline, rx.recv())
+                    .await
+                    .ok()
+                    .flatten()
             };
             match next {
                 Some(op) => batch.add(op),
@@ -313,7 +316,12 @@ async fn commit(
 
 /// etcd no longer has the lease (expired while the gateway was cut off).
 pub fn lease_gone(e: &etcd_client::Error) -> bool {
-    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("lease not found"))
+    match e {
+        etcd_client::Error::GRpcStatus(s) => s.message().contains("lease not found"),
+        // The client's own word when a keepalive stream opens on a lease etcd lost.
+        etcd_client::Error::LeaseKeepAliveError(m) => m.contains("lease not found"),
+        _ => false,
+    }
 }
 
 /// Worth trying again: etcd overloaded, restarting, without a leader, or unreachable.
@@ -336,6 +344,20 @@ pub fn transient(e: &etcd_client::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lost_lease_is_told_from_etcd_being_away() {
+        let status = |code, m: &str| etcd_client::Error::GRpcStatus(Status::new(code, m));
+        let gone = status(
+            tonic::Code::NotFound,
+            "etcdserver: requested lease not found",
+        );
+        assert!(lease_gone(&gone) && !transient(&gone));
+        let reopened = etcd_client::Error::LeaseKeepAliveError("lease not found".into());
+        assert!(lease_gone(&reopened));
+        let away = status(tonic::Code::Unavailable, "connection refused");
+        assert!(!lease_gone(&away) && transient(&away));
+    }
 
     fn put(key: &str, value: &str) -> (Op, oneshot::Receiver<Result<i64, Status>>) {
         let (reply, rx) = oneshot::channel();

@@ -71,8 +71,12 @@ fn agents_behind_a_gateway_acknowledge_a_fleet_wide_stop_and_are_counted() {
     let gw_report = &summary["gateways"][0];
     assert_eq!(gw_report["watches"], 200, "{summary}");
     assert_eq!(summary["keys_direct"], 0, "{summary}");
+    let (puts, txns) = (
+        gw_report["puts"].as_u64().unwrap(),
+        gw_report["txns"].as_u64().unwrap(),
+    );
     assert!(
-        gw_report["txns"].as_u64().unwrap() < 200,
+        puts >= 200 && puts >= 8 * txns,
         "acknowledgements are merged: {summary}"
     );
 
@@ -81,6 +85,62 @@ fn agents_behind_a_gateway_acknowledge_a_fleet_wide_stop_and_are_counted() {
     assert!(out.status.success());
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("200"), "{table}");
+
+    // A status key on the gateway's lease that the gateway does not know of: the
+    // check fails with its own exit code.
+    let lease = format!("{:x}", gw_report["lease"].as_i64().unwrap());
+    let ghost = etcd.etcdctl(
+        &[
+            "put",
+            &format!("--lease={lease}"),
+            "/hids/v1/agents/ghost",
+            "{}",
+        ],
+        None,
+    );
+    assert!(
+        ghost.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ghost.stderr)
+    );
+    let (summary, code) = gateways(&etcd);
+    assert_eq!(code, 7, "{summary}");
+    assert_eq!(summary["gateways"][0]["difference"], -1, "{summary}");
+}
+
+#[test]
+fn several_gateways_share_one_etcd_and_each_agent_uses_one_of_them() {
+    if !etcd_available() {
+        return;
+    }
+    let etcd = Etcd::start();
+    let key = KeyPair::make(&etcd);
+    let a = Gateway::start(&etcd, &["--report-interval", "1s", "--name", "gw-a"]);
+    let b = Gateway::start(&etcd, &["--report-interval", "1s", "--name", "gw-b"]);
+    let trusted = key.public();
+    let endpoints = format!("{},{}", a.url(), b.url());
+    let _sim = Sim::start_at(
+        &endpoints,
+        100,
+        &[
+            "--trusted-key",
+            trusted.to_str().unwrap(),
+            "--connections",
+            "4",
+        ],
+    );
+    let out = change(&etcd, &key, &["stop", "--all"]);
+    assert_eq!(out["acked"], 100, "{out}");
+    let summary = wait_reported(&etcd, 100);
+    let served: Vec<u64> = summary["gateways"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["agents"].as_u64().unwrap())
+        .collect();
+    assert_eq!(served, [50, 50], "{summary}");
+    // Each gateway watches desired/ once.
+    assert_eq!(etcd.metric("etcd_debugging_mvcc_watcher_total"), 2.0);
 }
 
 #[test]
@@ -155,7 +215,7 @@ fn agents_move_to_a_restarted_gateway_and_the_old_lease_takes_nothing_with_it() 
     gw.restart();
     // The agents reconnect (spread by hash(host_id)) and their keys move to the new
     // gateway's lease; the old one expires after its 10 s and takes nothing with it.
-    // Meanwhile the dead gateway's last report is stale, and left out of the check.
+    // The new gateway (same name) writes its report over the dead one's.
     wait_until(
         "the agents to move to the new gateway",
         Duration::from_secs(30),

@@ -264,7 +264,10 @@ impl Connections {
             .unwrap_or(cli.agents.div_ceil(10_000))
             .clamp(1, cli.agents);
         let mut clients = Vec::with_capacity(connections);
-        for _ in 0..connections {
+        for i in 0..connections {
+            // Round robin over the endpoints, one each: with gateways, a session's lease
+            // exists only where it was granted (see `EtcdConfig::one_endpoint`).
+            let etcd = etcd.one_endpoint("", i as u32);
             clients.push(Arc::new(etcd.connect().await?));
         }
         let slots = (0..connections)
