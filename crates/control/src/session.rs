@@ -369,6 +369,9 @@ impl Session {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut retry = reconnect_backoff(&self.cfg.host_id);
+        // Never reset (unlike the backoff): each failed session moves to the next
+        // endpoint in this host's order.
+        let mut endpoint: u32 = 0;
         loop {
             if *shutdown.borrow() {
                 return;
@@ -379,10 +382,7 @@ impl Session {
             let client: Result<Box<Client>, String> = match &shared {
                 Some(client) => Ok(Box::new(Client::clone(client))),
                 None => {
-                    let etcd = self
-                        .cfg
-                        .etcd
-                        .one_endpoint(&self.cfg.host_id, retry.failures());
+                    let etcd = self.cfg.etcd.one_endpoint(&self.cfg.host_id, endpoint);
                     let connect = Box::pin(async move { etcd.connect().await });
                     connect.await.map(Box::new).map_err(|e| e.to_string())
                 }
@@ -397,6 +397,7 @@ impl Session {
                 }
                 Err(e) => e.to_string(),
             };
+            endpoint = endpoint.wrapping_add(1);
             if started.elapsed() > Duration::from_secs(60) {
                 retry.succeeded();
             }

@@ -76,7 +76,7 @@ async fn summarize(client: &mut Client, keys: &Keys) -> anyhow::Result<Summary> 
         eprintln!("hidsctl: skipped {bad} gateway report(s) that do not parse");
     }
     let mut by_lease: HashMap<i64, u64> = HashMap::new();
-    let mut keys_total = 0;
+    let mut keys_total: u64 = 0;
     hids_control::read::for_each_page(
         client,
         &keys.agents(),
@@ -110,7 +110,7 @@ async fn summarize(client: &mut Client, keys: &Keys) -> anyhow::Result<Summary> 
     Ok(Summary {
         reported_agents: live().map(|g| g.report.agents).sum(),
         consistent: live().all(|g| g.difference == 0),
-        keys_direct: keys_total - keys_via_gateways,
+        keys_direct: keys_total.saturating_sub(keys_via_gateways),
         keys_via_gateways,
         keys_total,
         gateways,

@@ -87,13 +87,24 @@ impl tokio_stream::Stream for Outgoing {
         }
         if self.out.overflowed.load(Ordering::Relaxed) {
             self.done = true;
-            return Poll::Ready(Some(Err(Status::resource_exhausted(
-                "watch stream closed by the gateway (it fell behind, or the gateway's \
-                 etcd lease was lost); watch again",
-            ))));
+            return Poll::Ready(Some(Err(closed_by_gateway())));
         }
-        self.rx.poll_recv(cx).map(|r| r.map(Ok))
+        let next = self.rx.poll_recv(cx);
+        // Ended while this poll waited: the empty response that woke it (see
+        // `StreamOut::end`) is not for the agent.
+        if matches!(next, Poll::Ready(Some(_))) && self.out.overflowed.load(Ordering::Relaxed) {
+            self.done = true;
+            return Poll::Ready(Some(Err(closed_by_gateway())));
+        }
+        next.map(|r| r.map(Ok))
     }
+}
+
+fn closed_by_gateway() -> Status {
+    Status::resource_exhausted(
+        "watch stream closed by the gateway (it fell behind, or the gateway's etcd lease \
+         was lost); watch again",
+    )
 }
 
 /// One agent watch on one stream.

@@ -162,9 +162,9 @@ impl Leases {
         Ok(self.release(id, lease))
     }
 
-    /// Whether some live lease owns `key`.
-    pub fn owned(&self, key: &str) -> bool {
-        self.owner.contains_key(key)
+    /// The live lease that owns `key`, if any.
+    pub fn owner(&self, key: &str) -> Option<i64> {
+        self.owner.get(key).copied()
     }
 
     /// Ends every lease past its deadline: the keys they still owned.

@@ -101,7 +101,7 @@ pub struct Gateway {
     pub name: String,
     pub listen: String,
     pub cache: Cache,
-    leases: Mutex<Leases>,
+    leases: writer::Owners,
     pub lease: Arc<GatewayLease>,
     pub writer: Writer,
     pub blobs: Mutex<BlobCache>,
@@ -129,19 +129,20 @@ pub struct Settings {
 impl Gateway {
     pub fn new(settings: Settings, upstream: etcd_client::Client) -> Arc<Gateway> {
         let lease = GatewayLease::new();
-        let writer = Writer::start(&upstream, &lease, settings.lanes);
         let salt = hids_types::stagger::host_hash(&format!(
             "{}-{:?}-{}",
             settings.name,
             SystemTime::now(),
             std::process::id()
         )) as u32;
+        let leases: writer::Owners = Arc::new(Mutex::new(Leases::new(salt)));
+        let writer = Writer::start(&upstream, &lease, &leases, settings.lanes);
         Arc::new(Gateway {
             keys: settings.keys,
             name: settings.name,
             listen: settings.listen,
             cache: Cache::default(),
-            leases: Mutex::new(Leases::new(salt)),
+            leases,
             lease,
             writer,
             blobs: Mutex::new(BlobCache::new(settings.blob_cache_bytes)),

@@ -138,12 +138,18 @@ fn settings(cli: &Cli) -> anyhow::Result<EtcdSettings> {
 fn raise_open_files() {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let limit = getrlimit(Resource::Nofile);
+    // An unlimited hard limit cannot be the soft one: the kernel caps both at nr_open.
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    let target = limit.maximum.map_or(nr_open, |m| m.min(nr_open));
     let raised = Rlimit {
-        current: limit.maximum,
+        current: Some(target),
         maximum: limit.maximum,
     };
     match setrlimit(Resource::Nofile, raised) {
-        Ok(()) => tracing::info!("open files: up to {:?}", limit.maximum),
+        Ok(()) => tracing::info!("open files: up to {target}"),
         Err(e) => {
             tracing::warn!("open files: cannot raise the limit ({e}); it caps the agents served")
         }

@@ -204,12 +204,7 @@ impl PbKvService for Services {
             .agent_leases()
             .bind(req.lease, connection, &key)
             .map_err(lease_status)?;
-        let revision = self.gw.writer.put(key.clone(), req.value).await?;
-        // The lease may have ended while the write waited for its transaction, and its
-        // delete gone ahead of the write: take the key out again.
-        if !self.gw.agent_leases().owned(&key) {
-            self.gw.writer.delete(key).await;
-        }
+        let revision = self.gw.writer.put(key, req.value, req.lease).await?;
         let header = PbResponseHeader {
             revision,
             ..self.gw.cache.header()

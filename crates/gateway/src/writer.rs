@@ -16,6 +16,8 @@ use hids_types::stagger::Backoff;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
 
+use crate::leases::Leases;
+
 /// etcd's default `--max-txn-ops`.
 pub const MAX_TXN_OPS: usize = 128;
 /// Under etcd's default 1.5 MiB request limit, with room for the keys.
@@ -38,9 +40,12 @@ pub const MIN_BATCH: usize = 16;
 
 /// One write for etcd.
 enum Op {
+    /// Written only if `lease` (the agent's) still owns the key when its transaction
+    /// is built.
     Put {
         key: String,
         value: Vec<u8>,
+        lease: i64,
         reply: oneshot::Sender<Result<i64, Status>>,
     },
     /// Delete the key if it is still on the gateway's lease (a newer gateway may own it).
@@ -115,14 +120,31 @@ pub struct Writer {
     pub counters: Arc<WriterCounters>,
 }
 
+/// The agent leases, shared with the lanes: ownership of a key is decided when its
+/// transaction is built, in the key's lane, where a key's writes are in order. Decided
+/// earlier (when the request came), a delete queued by an ending lease could land after
+/// the put of the same host's new lease, or a put after the delete of its own lease.
+pub type Owners = Arc<std::sync::Mutex<Leases>>;
+
 impl Writer {
-    /// Starts `lanes` lanes writing through `client` on `lease`.
-    pub fn start(client: &Client, lease: &Arc<GatewayLease>, lanes: usize) -> Writer {
+    /// Starts `lanes` lanes writing through `client` on `lease`, for the leases in `owners`.
+    pub fn start(
+        client: &Client,
+        lease: &Arc<GatewayLease>,
+        owners: &Owners,
+        lanes: usize,
+    ) -> Writer {
         let counters = Arc::new(WriterCounters::default());
         let lanes = (0..lanes.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(LANE_QUEUE);
-                tokio::spawn(lane(rx, client.clone(), lease.clone(), counters.clone()));
+                let shared = Shared {
+                    client: client.clone(),
+                    lease: lease.clone(),
+                    owners: owners.clone(),
+                    counters: counters.clone(),
+                };
+                tokio::spawn(lane(rx, shared));
                 tx
             })
             .collect();
@@ -134,14 +156,22 @@ impl Writer {
         &self.lanes[i]
     }
 
-    /// Writes `value` to `key` on the gateway's lease: the revision it was written at.
+    /// Writes `value` to `key` on the gateway's lease, if agent lease `lease` still
+    /// owns the key then: the revision it was written at.
     ///
     /// # Errors
-    /// What etcd said, or UNAVAILABLE when the writer is gone.
-    pub async fn put(&self, key: String, value: Vec<u8>) -> Result<i64, Status> {
+    /// What etcd said, NOT_FOUND when the lease ended first, or UNAVAILABLE when the
+    /// writer is gone.
+    pub async fn put(&self, key: String, value: Vec<u8>, lease: i64) -> Result<i64, Status> {
         let (reply, answer) = oneshot::channel();
         let lane = self.lane(&key);
-        if lane.send(Op::Put { key, value, reply }).await.is_err() {
+        let op = Op::Put {
+            key,
+            value,
+            lease,
+            reply,
+        };
+        if lane.send(op).await.is_err() {
             return Err(Status::unavailable("the gateway is shutting down"));
         }
         answer
@@ -168,7 +198,13 @@ struct Slot {
     key: String,
     /// `None`: delete.
     value: Option<Vec<u8>>,
+    /// The agent lease a put is for.
+    lease: i64,
     replies: Vec<oneshot::Sender<Result<i64, Status>>>,
+}
+
+fn lease_ended() -> Status {
+    Status::not_found("etcdserver: requested lease not found")
 }
 
 impl Batch {
@@ -177,14 +213,26 @@ impl Batch {
     }
 
     fn add(&mut self, op: Op) {
-        let (key, value, reply) = match op {
-            Op::Put { key, value, reply } => (key, Some(value), Some(reply)),
-            Op::Delete { key } => (key, None, None),
+        let (key, value, lease, reply) = match op {
+            Op::Put {
+                key,
+                value,
+                lease,
+                reply,
+            } => (key, Some(value), lease, Some(reply)),
+            Op::Delete { key } => (key, None, 0, None),
         };
         self.bytes += key.len() + value.as_ref().map_or(0, Vec::len);
         if let Some(&i) = self.index.get(&key) {
             let slot = &mut self.slots[i];
+            if value.is_none() {
+                // A delete after a put: the put's lease ended; it was not written.
+                for r in slot.replies.drain(..) {
+                    let _ = r.send(Err(lease_ended()));
+                }
+            }
             slot.value = value;
+            slot.lease = lease;
             slot.replies.extend(reply);
             return;
         }
@@ -192,15 +240,28 @@ impl Batch {
         self.slots.push(Slot {
             key,
             value,
+            lease,
             replies: reply.into_iter().collect(),
         });
     }
 
-    /// Puts nobody waits for any more (the agent timed out and will write again) are
-    /// not worth a write.
-    fn forget_abandoned(&mut self) {
-        self.slots
-            .retain(|s| s.value.is_none() || s.replies.iter().any(|r| !r.is_closed()));
+    /// Keeps what is still worth writing: a put whose lease still owns its key and that
+    /// someone waits for (an agent that timed out writes again), a delete of a key no
+    /// live lease owns. A put whose lease ended is answered NOT_FOUND.
+    fn keep_current(&mut self, owners: &Owners, counters: &WriterCounters) {
+        let leases = owners.lock().unwrap_or_else(|e| e.into_inner());
+        self.slots.retain_mut(|s| match &s.value {
+            Some(_) if leases.owner(&s.key) != Some(s.lease) => {
+                for r in s.replies.drain(..) {
+                    let _ = r.send(Err(lease_ended()));
+                }
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Some(_) => s.replies.iter().any(|r| !r.is_closed()),
+            None => leases.owner(&s.key).is_none(),
+        });
+        drop(leases);
         self.index = (self.slots.iter().enumerate())
             .map(|(i, s)| (s.key.clone(), i))
             .collect();
@@ -241,12 +302,15 @@ impl Batch {
     }
 }
 
-async fn lane(
-    mut rx: mpsc::Receiver<Op>,
+/// What every lane uses.
+struct Shared {
     client: Client,
     lease: Arc<GatewayLease>,
+    owners: Owners,
     counters: Arc<WriterCounters>,
-) {
+}
+
+async fn lane(mut rx: mpsc::Receiver<Op>, shared: Shared) {
     while let Some(first) = rx.recv().await {
         let mut batch = Batch::default();
         batch.add(first);
@@ -265,19 +329,25 @@ async fn lane(
                 None => break,
             }
         }
-        commit(&client, &lease, batch, &counters).await;
+        commit(&shared, batch).await;
     }
 }
 
-/// Commits `batch`, retrying while etcd is away or overloaded.
-async fn commit(
-    client: &Client,
-    lease: &GatewayLease,
-    mut batch: Batch,
-    counters: &WriterCounters,
-) {
+/// Commits `batch`, retrying while etcd is away or overloaded; what is still current
+/// is decided again before each attempt.
+async fn commit(shared: &Shared, mut batch: Batch) {
+    let Shared {
+        client,
+        lease,
+        owners,
+        counters,
+    } = shared;
     let mut retry = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
+        batch.keep_current(owners, counters);
+        if batch.slots.is_empty() {
+            return;
+        }
         let id = lease.wait().await;
         let mut kv = client.kv_client();
         let result = tokio::time::timeout(TXN_TIMEOUT, kv.txn(batch.txn(id))).await;
@@ -307,10 +377,6 @@ async fn commit(
         let delay = retry.failed();
         tracing::debug!("gateway: status transaction: {error}; again in {delay:?}");
         tokio::time::sleep(delay).await;
-        batch.forget_abandoned();
-        if batch.slots.is_empty() {
-            return;
-        }
     }
 }
 
@@ -364,6 +430,7 @@ mod tests {
         let op = Op::Put {
             key: key.to_owned(),
             value: value.as_bytes().to_vec(),
+            lease: 1,
             reply,
         };
         (op, rx)
@@ -405,14 +472,51 @@ mod tests {
     }
 
     #[test]
-    fn abandoned_puts_are_dropped_but_deletes_kept() {
+    fn only_current_writes_are_sent_and_a_put_whose_lease_ended_is_told_so() {
+        let owners: Owners = Arc::new(std::sync::Mutex::new(Leases::new(1)));
+        let now = std::time::Instant::now();
+        let (a, b) = {
+            let mut l = owners.lock().unwrap();
+            let (a, _) = l.grant(60, 1, now);
+            let (b, _) = l.grant(60, 1, now);
+            l.bind(a, 1, "k/a").unwrap();
+            l.bind(b, 1, "k/b").unwrap();
+            (a, b)
+        };
         let mut batch = Batch::default();
-        let (a, ra) = put("k/a", "1");
-        batch.add(a);
-        batch.add(Op::Delete { key: "k/b".into() });
-        drop(ra);
-        batch.forget_abandoned();
-        assert_eq!(batch.slots.len(), 1);
-        assert!(batch.slots[0].value.is_none());
+        let op = |key: &str, lease| {
+            let (reply, rx) = oneshot::channel();
+            let op = Op::Put {
+                key: key.into(),
+                value: b"v".to_vec(),
+                lease,
+                reply,
+            };
+            (op, rx)
+        };
+        let (current, _r1) = op("k/a", a);
+        let (stale, mut r2) = op("k/b", a);
+        let (abandoned, r3) = op("k/b", b);
+        batch.add(current);
+        batch.add(stale);
+        drop(r3);
+        batch.add(Op::Delete { key: "k/c".into() });
+        let mut other = Batch::default();
+        other.add(abandoned);
+        other.add(Op::Delete { key: "k/a".into() });
+        let counters = WriterCounters::default();
+        batch.keep_current(&owners, &counters);
+        let kept: Vec<_> = batch.slots.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(
+            kept,
+            ["k/a", "k/c"],
+            "k/b's put was for a lease that does not own it"
+        );
+        assert!(matches!(r2.try_recv(), Ok(Err(s)) if s.code() == tonic::Code::NotFound));
+        other.keep_current(&owners, &counters);
+        assert!(
+            other.slots.is_empty(),
+            "nobody waits for the put; k/a is owned: no delete"
+        );
     }
 }

@@ -315,3 +315,41 @@ fn an_agent_can_write_only_the_one_status_key_of_its_lease() {
         || etcd.get("/hids/v1/agents/a").is_empty(),
     );
 }
+
+/// etcd lost the gateway's lease (here: revoked by hand; in the field, a gateway cut
+/// off longer than its TTL): every status key went with it. The gateway takes a new
+/// lease and ends its agents' sessions; they register again and their keys come back.
+#[test]
+fn agents_come_back_when_etcd_loses_the_gateways_lease() {
+    if !etcd_available() {
+        return;
+    }
+    let etcd = Etcd::start();
+    let key = KeyPair::make(&etcd);
+    let gw = Gateway::start(&etcd, &["--report-interval", "1s", "--lease-ttl", "12s"]);
+    let _sim = sim_through(&gw, 50, &key);
+    let before = wait_reported(&etcd, 50);
+    let old_lease = before["gateways"][0]["lease"].as_i64().unwrap();
+    let revoked = etcd.etcdctl(&["lease", "revoke", &format!("{old_lease:x}")], None);
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    wait_until(
+        "the agents back on a new gateway lease",
+        Duration::from_secs(40),
+        || {
+            let (summary, code) = gateways(&etcd);
+            code == 0
+                && summary["keys_total"] == 50
+                && summary["gateways"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|g| g["lease"] != old_lease && g["keys_on_lease"] == 50)
+        },
+    );
+    let out = change(&etcd, &key, &["stop", "--all"]);
+    assert_eq!(out["acked"], 50, "{out}\n{}", gw.log_text());
+}

@@ -265,9 +265,9 @@ impl Connections {
             .clamp(1, cli.agents);
         let mut clients = Vec::with_capacity(connections);
         for i in 0..connections {
-            // Round robin over the endpoints, one each: with gateways, a session's lease
-            // exists only where it was granted (see `EtcdConfig::one_endpoint`).
-            let etcd = etcd.one_endpoint("", i as u32);
+            // One endpoint each, in turn: with gateways, a session's lease exists only
+            // where it was granted (see `EtcdConfig::one_endpoint`).
+            let etcd = etcd.one_endpoint("hids-sim", i as u32);
             clients.push(Arc::new(etcd.connect().await?));
         }
         let slots = (0..connections)
