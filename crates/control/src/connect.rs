@@ -35,6 +35,20 @@ pub struct EtcdSettings {
     pub key_file: Option<PathBuf>,
 }
 
+/// A `--user user:password` flag (`hids-sim`, `hids-gateway`): the user and password.
+///
+/// # Errors
+/// When there is no `:`.
+pub fn user_and_password(flag: Option<&str>) -> Result<(Option<String>, Option<String>), String> {
+    match flag {
+        Some(u) => u
+            .split_once(':')
+            .map(|(u, p)| (Some(u.to_owned()), Some(p.to_owned())))
+            .ok_or_else(|| "--user: give user:password".to_owned()),
+        None => Ok((None, None)),
+    }
+}
+
 impl EtcdSettings {
     /// What to connect with: the credentials from `credentials_file` when given, else
     /// `user` with `password` (one without the other is no login); TLS when `ca_file`

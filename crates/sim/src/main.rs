@@ -186,13 +186,8 @@ fn trusted_keys(path: Option<&PathBuf>) -> anyhow::Result<TrustedKeys> {
 
 /// How to reach etcd: `--user` is `user:password`.
 fn etcd_settings(cli: &Cli) -> anyhow::Result<EtcdSettings> {
-    let (user, password) = match &cli.user {
-        Some(u) => u
-            .split_once(':')
-            .map(|(u, p)| (Some(u.to_owned()), Some(p.to_owned())))
-            .ok_or_else(|| anyhow::anyhow!("--user: give user:password"))?,
-        None => (None, None),
-    };
+    let (user, password) = hids_control::connect::user_and_password(cli.user.as_deref())
+        .map_err(anyhow::Error::msg)?;
     Ok(EtcdSettings {
         endpoints: cli.endpoints.clone(),
         credentials_file: None,
