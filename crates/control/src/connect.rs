@@ -111,23 +111,24 @@ pub enum ConnectError {
 }
 
 impl EtcdConfig {
-    /// The same settings with one endpoint: the `attempt`-th after `hash(host_id) mod n`.
+    /// The same settings with one endpoint: the `attempt`-th in this host's own order
+    /// of the endpoints (rendezvous hashing: by `hash(host_id/endpoint)`).
     /// A session talks to one endpoint at a time. etcd's client spreads requests over
     /// every endpoint it is given, which suits the members of one etcd cluster (a lease
     /// is the cluster's) but not watch gateways: an agent's lease lives in the gateway
-    /// that granted it, and a keepalive sent to another is answered "not found". One
-    /// endpoint per session, moving to the next after a failure, also spreads a fleet
-    /// over its gateways by host.
+    /// that granted it, and a keepalive sent to another is answered "not found". Each
+    /// host's order is its own, so a fleet spreads over its gateways, and the agents of
+    /// one that goes spread over all the others rather than onto its neighbour.
     #[must_use]
     pub fn one_endpoint(&self, host_id: &str, attempt: u32) -> EtcdConfig {
         let n = self.endpoints.len();
         if n <= 1 {
             return self.clone();
         }
-        let first = hids_types::stagger::bucket(host_id, n as u64) as usize;
-        let i = (first + attempt as usize) % n;
+        let mut order: Vec<&String> = self.endpoints.iter().collect();
+        order.sort_by_key(|e| hids_types::stagger::host_hash(&format!("{host_id}/{e}")));
         EtcdConfig {
-            endpoints: vec![self.endpoints[i].clone()],
+            endpoints: vec![order[attempt as usize % n].clone()],
             ..self.clone()
         }
     }
@@ -173,23 +174,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_session_uses_one_endpoint_chosen_by_host_and_moves_on_after_a_failure() {
+    fn a_session_uses_one_endpoint_in_its_hosts_own_order_and_moves_on_after_a_failure() {
         let cfg = EtcdConfig {
             endpoints: vec!["http://a".into(), "http://b".into(), "http://c".into()],
             ..Default::default()
         };
-        let first = cfg.one_endpoint("web-1", 0).endpoints;
+        let pick = |host: &str, attempt| cfg.one_endpoint(host, attempt).endpoints;
+        let first = pick("web-1", 0);
         assert_eq!(first.len(), 1);
-        assert_eq!(
-            cfg.one_endpoint("web-1", 0).endpoints,
-            first,
-            "stable per host"
-        );
-        assert_ne!(cfg.one_endpoint("web-1", 1).endpoints, first);
-        assert_eq!(cfg.one_endpoint("web-1", 3).endpoints, first);
-        let spread: std::collections::BTreeSet<_> = (0..100)
-            .map(|i| cfg.one_endpoint(&format!("h{i}"), 0).endpoints[0].clone())
+        assert_eq!(pick("web-1", 0), first, "stable per host");
+        let tried: std::collections::BTreeSet<_> =
+            (0..3).map(|a| pick("web-1", a)[0].clone()).collect();
+        assert_eq!(tried.len(), 3, "three attempts, three endpoints");
+        assert_eq!(pick("web-1", 3), first);
+        let hosts: Vec<String> = (0..1000).map(|i| format!("h{i}")).collect();
+        let firsts: std::collections::BTreeSet<_> =
+            hosts.iter().map(|h| pick(h, 0)[0].clone()).collect();
+        assert_eq!(firsts.len(), 3, "hosts spread over every endpoint");
+        // a's hosts, when a goes, spread over b and c, not all onto one neighbour.
+        let next_of_a: std::collections::BTreeSet<_> = hosts
+            .iter()
+            .filter(|h| pick(h, 0)[0] == "http://a")
+            .map(|h| pick(h, 1)[0].clone())
             .collect();
-        assert_eq!(spread.len(), 3, "hosts spread over every endpoint");
+        assert_eq!(next_of_a.len(), 2, "{next_of_a:?}");
     }
 }

@@ -196,11 +196,15 @@ struct Batch {
 
 struct Slot {
     key: String,
-    /// `None`: delete.
+    /// The last put's value; `None`: no put, a delete.
     value: Option<Vec<u8>>,
-    /// The agent lease a put is for.
+    /// The agent lease the last put is for.
     lease: i64,
-    replies: Vec<oneshot::Sender<Result<i64, Status>>>,
+    /// Who waits, with the lease each wrote for.
+    replies: Vec<(i64, oneshot::Sender<Result<i64, Status>>)>,
+    /// A delete came too (from a lease that ended): it applies if, when the transaction
+    /// is built, nobody owns the key.
+    delete: bool,
 }
 
 fn lease_ended() -> Status {
@@ -223,26 +227,32 @@ impl Batch {
             Op::Delete { key } => (key, None, 0, None),
         };
         self.bytes += key.len() + value.as_ref().map_or(0, Vec::len);
-        if let Some(&i) = self.index.get(&key) {
-            let slot = &mut self.slots[i];
-            if value.is_none() {
-                // A delete after a put: the put's lease ended; it was not written.
-                for r in slot.replies.drain(..) {
-                    let _ = r.send(Err(lease_ended()));
-                }
+        let i = match self.index.get(&key) {
+            Some(&i) => i,
+            None => {
+                self.index.insert(key.clone(), self.slots.len());
+                self.slots.push(Slot {
+                    key,
+                    value: None,
+                    lease: 0,
+                    replies: Vec::new(),
+                    delete: false,
+                });
+                self.slots.len() - 1
             }
-            slot.value = value;
-            slot.lease = lease;
-            slot.replies.extend(reply);
-            return;
+        };
+        // Which of a put and a delete of one key wins is decided when the transaction
+        // is built (`keep_current`), by who owns the key then: a delete from a host's
+        // ended lease and a put from its new one can come in either order.
+        let slot = &mut self.slots[i];
+        match value {
+            Some(v) => {
+                slot.value = Some(v);
+                slot.lease = lease;
+                slot.replies.extend(reply.map(|r| (lease, r)));
+            }
+            None => slot.delete = true,
         }
-        self.index.insert(key.clone(), self.slots.len());
-        self.slots.push(Slot {
-            key,
-            value,
-            lease,
-            replies: reply.into_iter().collect(),
-        });
     }
 
     /// Keeps what is still worth writing: a put whose lease still owns its key and that
@@ -250,16 +260,25 @@ impl Batch {
     /// live lease owns. A put whose lease ended is answered NOT_FOUND.
     fn keep_current(&mut self, owners: &Owners, counters: &WriterCounters) {
         let leases = owners.lock().unwrap_or_else(|e| e.into_inner());
-        self.slots.retain_mut(|s| match &s.value {
-            Some(_) if leases.owner(&s.key) != Some(s.lease) => {
-                for r in s.replies.drain(..) {
-                    let _ = r.send(Err(lease_ended()));
-                }
+        self.slots.retain_mut(|s| {
+            let owner = leases.owner(&s.key);
+            let put_current = s.value.is_some() && owner == Some(s.lease);
+            // Puts for a lease that does not own the key (any more) are not written.
+            let (current, ended): (Vec<_>, Vec<_>) = s
+                .replies
+                .drain(..)
+                .partition(|(lease, _)| put_current && Some(*lease) == owner);
+            for (_, r) in ended {
+                let _ = r.send(Err(lease_ended()));
                 counters.failed.fetch_add(1, Ordering::Relaxed);
-                false
             }
-            Some(_) => s.replies.iter().any(|r| !r.is_closed()),
-            None => leases.owner(&s.key).is_none(),
+            s.replies = current;
+            if put_current {
+                // Nobody waits any more: the agent timed out and writes again.
+                return s.replies.iter().any(|(_, r)| !r.is_closed());
+            }
+            s.value = None;
+            s.delete && owner.is_none()
         });
         drop(leases);
         self.index = (self.slots.iter().enumerate())
@@ -295,7 +314,7 @@ impl Batch {
                 (None, Ok(_)) => &counters.deletes,
             };
             counter.fetch_add(1, Ordering::Relaxed);
-            for reply in slot.replies {
+            for (_, reply) in slot.replies {
                 let _ = reply.send(result.clone());
             }
         }
@@ -344,11 +363,13 @@ async fn commit(shared: &Shared, mut batch: Batch) {
     } = shared;
     let mut retry = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
+        // The gateway's lease first: when it changes, every agent lease was dropped
+        // before the new one was set, so the ownership seen next is after that.
+        let id = lease.wait().await;
         batch.keep_current(owners, counters);
         if batch.slots.is_empty() {
             return;
         }
-        let id = lease.wait().await;
         let mut kv = client.kv_client();
         let result = tokio::time::timeout(TXN_TIMEOUT, kv.txn(batch.txn(id))).await;
         let error = match result {
@@ -469,6 +490,52 @@ mod tests {
         let (op, _rx) = put("k/big", &"x".repeat(MAX_TXN_BYTES));
         big.add(op);
         assert!(big.full());
+    }
+
+    #[test]
+    fn a_put_and_a_delete_of_one_key_in_one_batch_are_settled_by_who_owns_it() {
+        let owners: Owners = Arc::new(std::sync::Mutex::new(Leases::new(1)));
+        let now = std::time::Instant::now();
+        let (new, ended) = {
+            let mut l = owners.lock().unwrap();
+            let (new, _) = l.grant(60, 1, now);
+            let (ended, _) = l.grant(60, 1, now);
+            l.bind(new, 1, "k/back").unwrap();
+            l.bind(ended, 1, "k/gone").unwrap();
+            l.revoke(ended, 1).unwrap();
+            (new, ended)
+        };
+        let op = |key: &str, lease| {
+            let (reply, rx) = oneshot::channel();
+            let op = Op::Put {
+                key: key.into(),
+                value: b"v".to_vec(),
+                lease,
+                reply,
+            };
+            (op, rx)
+        };
+        let mut batch = Batch::default();
+        // The host came back on a new lease; its old lease's delete came after its put.
+        let (back, _r_back) = op("k/back", new);
+        batch.add(back);
+        batch.add(Op::Delete {
+            key: "k/back".into(),
+        });
+        // A put whose lease then ended, and that lease's delete.
+        let (gone, mut r_gone) = op("k/gone", ended);
+        batch.add(gone);
+        batch.add(Op::Delete {
+            key: "k/gone".into(),
+        });
+        batch.keep_current(&owners, &WriterCounters::default());
+        let kept: Vec<_> = batch
+            .slots
+            .iter()
+            .map(|s| (s.key.as_str(), s.value.is_some()))
+            .collect();
+        assert_eq!(kept, [("k/back", true), ("k/gone", false)]);
+        assert!(matches!(r_gone.try_recv(), Ok(Err(s)) if s.code() == tonic::Code::NotFound));
     }
 
     #[test]
