@@ -447,11 +447,16 @@ mod tests {
     }
 
     fn put(key: &str, value: &str) -> (Op, oneshot::Receiver<Result<i64, Status>>) {
+        put_for(key, value, 1)
+    }
+
+    /// A put of `value` to `key` for agent lease `lease`, and where its answer comes.
+    fn put_for(key: &str, value: &str, lease: i64) -> (Op, oneshot::Receiver<Result<i64, Status>>) {
         let (reply, rx) = oneshot::channel();
         let op = Op::Put {
             key: key.to_owned(),
             value: value.as_bytes().to_vec(),
-            lease: 1,
+            lease,
             reply,
         };
         (op, rx)
@@ -505,25 +510,15 @@ mod tests {
             l.revoke(ended, 1).unwrap();
             (new, ended)
         };
-        let op = |key: &str, lease| {
-            let (reply, rx) = oneshot::channel();
-            let op = Op::Put {
-                key: key.into(),
-                value: b"v".to_vec(),
-                lease,
-                reply,
-            };
-            (op, rx)
-        };
         let mut batch = Batch::default();
         // The host came back on a new lease; its old lease's delete came after its put.
-        let (back, _r_back) = op("k/back", new);
+        let (back, _r_back) = put_for("k/back", "v", new);
         batch.add(back);
         batch.add(Op::Delete {
             key: "k/back".into(),
         });
         // A put whose lease then ended, and that lease's delete.
-        let (gone, mut r_gone) = op("k/gone", ended);
+        let (gone, mut r_gone) = put_for("k/gone", "v", ended);
         batch.add(gone);
         batch.add(Op::Delete {
             key: "k/gone".into(),
@@ -551,19 +546,9 @@ mod tests {
             (a, b)
         };
         let mut batch = Batch::default();
-        let op = |key: &str, lease| {
-            let (reply, rx) = oneshot::channel();
-            let op = Op::Put {
-                key: key.into(),
-                value: b"v".to_vec(),
-                lease,
-                reply,
-            };
-            (op, rx)
-        };
-        let (current, _r1) = op("k/a", a);
-        let (stale, mut r2) = op("k/b", a);
-        let (abandoned, r3) = op("k/b", b);
+        let (current, _r1) = put_for("k/a", "v", a);
+        let (stale, mut r2) = put_for("k/b", "v", a);
+        let (abandoned, r3) = put_for("k/b", "v", b);
         batch.add(current);
         batch.add(stale);
         drop(r3);
